@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv if missing and install the package (editable, with its C extension).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/*.py)
+
+.PHONY: demo test stress bench bench-quick install check-headers clean
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
+	@$(MAKE) --no-print-directory check-headers
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@$(BIN)/python -c "import heliosdb, heliosdb.audit.chain as c; print('heliosdb', heliosdb.version, '| native extension:', heliosdb.native_available(), '| chain impl:', c.__impl__)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The C extension needs OpenSSL and SQLite extension headers. Without them the package
+# still installs (pure-Python audit chain, no encryption); say which package fixes it.
+check-headers:
+	@test -f /usr/include/openssl/evp.h || echo "warning: OpenSSL headers missing: apt-get install libssl-dev (encryption will be unavailable)"
+	@test -f /usr/include/sqlite3ext.h || echo "warning: SQLite extension header missing: apt-get install libsqlite3-dev (encryption will be unavailable)"
+	@command -v cc >/dev/null 2>&1 || echo "warning: no C compiler: apt-get install gcc (encryption will be unavailable)"
+
+demo: $(STAMP)
+	$(BIN)/python -m heliosdb demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+stress: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info heliosdb/_native*.so heliosdb/_native.c
+
+# Rebuild only the native module in place (developers: after editing csrc/).
+# HELIOSDB_REQUIRE_NATIVE=1 makes a compile error fail loudly instead of being skipped.
+native: $(STAMP)
+	HELIOSDB_REQUIRE_NATIVE=1 $(BIN)/python setup.py -q build_ext --inplace
