@@ -1,10 +1,155 @@
-"""HeliosDB: SQLite, made compliant. (Being assembled: see dbapi.py.)"""
-from .errors import *  # noqa: F401,F403
-from . import native as _native_mod
+"""HeliosDB: SQLite, made compliant.
 
-version = "0.1.0"
+A drop-in replacement for the stdlib ``sqlite3`` module (PEP 249) built on APSW, with
+transparent AES-256-GCM page encryption and a tamper-evident audit log::
+
+    import heliosdb
+    conn = heliosdb.connect("app.db", key="correct horse battery staple", config="hipaa")
+
+``import heliosdb as sqlite3`` works for ordinary code: the module globals, exception
+tree, ``Row``, adapters and converters are those of ``sqlite3``.
+"""
+from __future__ import annotations
+
+import datetime as _datetime
+import time as _time
+
+import apsw as _apsw
+
+from . import native as _native_mod
+from .dbapi import (
+    PARSE_COLNAMES,
+    PARSE_DECLTYPES,
+    Connection,
+    Cursor,
+    PrepareProtocol,
+    Row,
+    adapt,
+    adapters,
+    complete_statement,
+    connect,
+    converters,
+    register_adapter,
+    register_converter,
+)
+from .config import Config, load_config
+from .crypto import Key
+from .errors import (
+    AuditIntegrityError,
+    ConfigError,
+    CorruptPageError,
+    DatabaseError,
+    DataError,
+    EncryptionError,
+    EncryptionUnavailableError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    KeyRequiredError,
+    NotEncryptedError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    Warning,
+    WrongKeyError,
+)
+
+__version__ = "0.1.0"
+
+#: PEP 249 globals, with the values of the stdlib module.
+apilevel = "2.0"
+
+
+def _threadsafety() -> int:
+    # As the stdlib does since 3.11: derived from how SQLite was compiled
+    # (SQLITE_THREADSAFE 0 -> 0, 1 (serialized) -> 3, 2 (multi-thread) -> 1).
+    opts = [o for o in _apsw.compile_options if o.startswith("THREADSAFE=")]
+    level = int(opts[0].split("=")[1]) if opts else 1
+    return {0: 0, 1: 3, 2: 1}.get(level, 1)
+
+
+threadsafety = _threadsafety()
+paramstyle = "qmark"
+#: The version of this package (``sqlite3.version`` is its module version, deprecated).
+version = __version__
+version_info = tuple(int(p) for p in __version__.split("."))
+#: The SQLite library heliosdb runs on: APSW's own.
+sqlite_version = _apsw.sqlite_lib_version()
+sqlite_version_info = tuple(int(p) for p in sqlite_version.split("."))
+
+# PEP 249 type constructors.
+Date = _datetime.date
+Time = _datetime.time
+Timestamp = _datetime.datetime
+Binary = memoryview
+
+
+def DateFromTicks(ticks: float) -> _datetime.date:
+    """PEP 249: a date from seconds since the epoch (local time)."""
+    return Date(*_time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> _datetime.time:
+    """PEP 249: a time from seconds since the epoch (local time)."""
+    return Time(*_time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> _datetime.datetime:
+    """PEP 249: a timestamp from seconds since the epoch (local time)."""
+    return Timestamp(*_time.localtime(ticks)[:6])
+
+
+_callback_tracebacks = False
+
+
+def enable_callback_tracebacks(flag: bool, /) -> None:
+    """Print tracebacks of exceptions raised in user callbacks (as sqlite3 does)."""
+    global _callback_tracebacks
+    _callback_tracebacks = bool(flag)
+
+
+def enable_shared_cache(enable: bool, /) -> None:
+    """Deprecated in sqlite3; APSW's SQLite is built without shared cache, so this is
+    refused rather than silently ignored."""
+    if enable:
+        raise NotSupportedError("shared cache is not available: use WAL mode, or the "
+                                "'file:name?mode=memory&cache=shared' URI for in-memory "
+                                "sharing")
+
+
+#: Incremental BLOB I/O handle returned by ``Connection.blobopen`` (``sqlite3.Blob``).
+Blob = _apsw.Blob
 
 
 def native_available() -> bool:
     """True when the C extension (VFS shim, chain hash) is built and in use."""
     return _native_mod.available()
+
+
+# sqlite3 exposes the SQLite constants used with set_authorizer, setlimit, ...
+for _name in dir(_apsw):
+    if _name.startswith("SQLITE_") and isinstance(getattr(_apsw, _name), int):
+        if _name.startswith(("SQLITE_OPEN_", "SQLITE_FCNTL_", "SQLITE_IOCAP_", "SQLITE_ACCESS_",
+                             "SQLITE_LOCK_", "SQLITE_SHM_", "SQLITE_SYNC_", "SQLITE_CONFIG_",
+                             "SQLITE_DBCONFIG_", "SQLITE_STATUS_", "SQLITE_DBSTATUS_",
+                             "SQLITE_TXN_")):
+            continue
+        globals()[_name] = getattr(_apsw, _name)
+del _name
+
+
+__all__ = [
+    "apilevel", "threadsafety", "paramstyle", "version", "version_info", "sqlite_version",
+    "sqlite_version_info", "connect", "Connection", "Cursor", "Row", "PrepareProtocol",
+    "Binary", "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks",
+    "TimestampFromTicks", "PARSE_DECLTYPES", "PARSE_COLNAMES", "register_adapter",
+    "register_converter", "adapt", "adapters", "converters", "complete_statement",
+    "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
+    "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
+    "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
+    "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError",
+    "AuditIntegrityError", "native_available", "Key", "Config", "load_config", "enable_callback_tracebacks", "enable_shared_cache", "Blob",
+]
+
+from . import dbapi2  # noqa: E402,F401  - `from sqlite3 import dbapi2` style code

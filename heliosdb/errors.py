@@ -18,7 +18,8 @@ __all__ = [
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
-    "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError", "translate",
+    "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError",
+    "AuditIntegrityError", "translate",
 ]
 
 
@@ -103,6 +104,15 @@ class CorruptPageError(EncryptionError):
         super().__init__(message)
         self.file = file
         self.page = page
+
+
+class AuditIntegrityError(DatabaseError):
+    """The audit log failed verification (``VerifyReport.raise_for_fault``); ``report``
+    holds the details: fault, first bad event id, message."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class EncryptionUnavailableError(EncryptionError):

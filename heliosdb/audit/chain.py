@@ -1,1 +1,286 @@
-__impl__ = "pure"
+"""The hash chain: ``checksum = SHA-256(prev_checksum || encoding(event))``, in C or Python.
+
+Two implementations give the same bytes:
+
+* ``"c"``: ``csrc/chain.c`` through the cffi module :mod:`heliosdb._native`; one call per
+  batch encodes and hashes every event of the batch (writer) or re-checks every row of a
+  batch (verifier).
+* ``"pure"``: :func:`heliosdb.audit.events.encode_event` and :mod:`hashlib`; used when the
+  native module is not built or ``HELIOSDB_PURE=1`` hides it.
+
+``__impl__`` says which one runs. The encoding itself is specified in
+:mod:`heliosdb.audit.events` and ``docs/AUDIT_FORMAT.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from itertools import repeat
+from operator import is_
+from typing import Optional, Sequence
+
+from .. import native
+from .events import GENESIS, NTEXT, encode_event, encode_ints
+
+__all__ = ["__impl__", "GENESIS", "checksum", "event_checksum", "chain_checksums",
+           "verify_rows", "MalformedBatch", "available_impls"]
+
+_lib = native.lib if native.available() else None
+_ffi = native.ffi if native.available() else None
+#: ``"c"`` when the native writer is in use, ``"pure"`` otherwise.
+__impl__ = "c" if _lib is not None else "pure"
+
+_MASK_ROWS_NULL = 1 << NTEXT
+_INT64_MIN = -(1 << 63)
+_E_MALFORMED = -2
+
+
+class MalformedBatch(Exception):
+    """A batch the C fast path cannot take as is (a text holding U+0000, a value of the
+    wrong type): the caller falls back to the row-by-row path, which decides."""
+
+
+def available_impls() -> tuple[str, ...]:
+    """The implementations usable in this process (``"pure"`` always)."""
+    return ("c", "pure") if native.available() else ("pure",)
+
+
+def _set_impl(name: str) -> None:
+    """Switch implementation (tests run the suite against both)."""
+    global __impl__
+    if name not in available_impls():
+        raise ValueError(f"chain implementation {name!r} is not available here")
+    __impl__ = name
+
+
+def checksum(prev: bytes, encoding: bytes) -> bytes:
+    """SHA-256(prev || encoding): the link of the chain."""
+    return hashlib.sha256(prev + encoding).digest()
+
+
+def event_checksum(prev: bytes, id: int, ts_us: int, affected_rows: Optional[int],
+                   success: int, texts: Sequence[Optional[str]]) -> bytes:
+    """Checksum of one event (pure Python; the reference the C code is tested against)."""
+    return hashlib.sha256(prev + encode_event(id, ts_us, affected_rows, success, texts)).digest()
+
+
+def chain_checksums(prev: bytes, ids: Sequence[int], ts: Sequence[int],
+                    rows: Sequence[Optional[int]], success: Sequence[int],
+                    texts: Sequence[Optional[str]]) -> list[bytes]:
+    """Checksums of consecutive events, the first linked to ``prev``.
+
+    ``texts`` holds the ten text fields of each event, event after event (``10 * n``
+    items). Raises TypeError, OverflowError or UnicodeEncodeError for values the encoding
+    cannot represent, whichever implementation runs.
+    """
+    n = len(ids)
+    if not (len(ts) == len(rows) == len(success) == n and len(texts) == NTEXT * n):
+        raise ValueError("chain_checksums: column lengths disagree")
+    if n == 0:
+        return []
+    if prev.__class__ is not bytes or len(prev) != 32:
+        raise ValueError("prev must be 32 bytes")
+    if __impl__ == "c":
+        out = _c_chain(prev, n, ids, ts, rows, success, texts)
+        if out is not None:
+            return out
+    return _pure_chain(prev, n, ids, ts, rows, success, texts)
+
+
+def _pure_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],
+                rows: Sequence[Optional[int]], success: Sequence[int],
+                texts: Sequence[Optional[str]]) -> list[bytes]:
+    out = []
+    sha = hashlib.sha256
+    for i in range(n):
+        prev = sha(prev + encode_event(ids[i], ts[i], rows[i], success[i],
+                                       texts[NTEXT * i:NTEXT * i + NTEXT])).digest()
+        out.append(prev)
+    return out
+
+
+def _check_int_types(*cols: Sequence[Optional[int]]) -> None:
+    # cffi would silently accept bools (and the pure path refuses them); keep both equal.
+    for col in cols:
+        for v in col:
+            if v.__class__ is not int and v is not None:
+                raise TypeError(f"integer field holds {type(v).__name__}")
+
+
+def _c_one(prev: bytes, id: int, ts: int, rows: Optional[int], success: int,
+           texts: Sequence[Optional[str]]) -> Optional[list[bytes]]:
+    # Scalar arguments: building four arrays costs more than hashing one event.
+    mask = 0
+    bit = 1
+    for t in texts:
+        if t is None:
+            mask |= bit
+        bit <<= 1
+    if rows is None:
+        mask |= _MASK_ROWS_NULL
+        rows = 0
+    _check_int_types((id, ts, rows, success))
+    blob = "\x00".join(["" if t is None else t for t in texts]).encode("utf-8")
+    out = _ffi.new("unsigned char[32]")
+    rc = _lib.heliosdb_chain_one(prev, id, ts, rows, success, mask, blob, len(blob), out)
+    if rc == _E_MALFORMED:
+        return None
+    if rc != 0:
+        raise MemoryError(f"heliosdb_chain_one failed ({rc})")
+    return [_ffi.buffer(out)[:]]
+
+
+def _c_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],
+             rows: Sequence[Optional[int]], success: Sequence[int],
+             texts: Sequence[Optional[str]]) -> Optional[list[bytes]]:
+    if n == 1:
+        return _c_one(prev, ids[0], ts[0], rows[0], success[0], texts)
+    text_nulls = bytes(map(is_, texts, repeat(None)))
+    rows_nulls = bytes(map(is_, rows, repeat(None)))
+    rows_v = [0 if r is None else r for r in rows] if any(rows_nulls) else rows
+    _check_int_types(ids, ts, rows, success)
+    # join raises TypeError for a non-str field, as the pure encoder does.
+    blob = "\x00".join(["" if t is None else t for t in texts]).encode("utf-8")
+    link = _ffi.new("unsigned char[32]", prev)
+    out = _ffi.new("unsigned char[]", 32 * n)
+    rc = _lib.heliosdb_chain_append(link, n, ids, ts, rows_v, success, text_nulls,
+                                    rows_nulls, blob, len(blob), out)
+    if rc == _E_MALFORMED:
+        return None  # a text holds U+0000: the pure encoder takes this batch
+    if rc != 0:
+        raise MemoryError(f"heliosdb_chain_append failed ({rc})")
+    buf = _ffi.buffer(out)[:]
+    return [buf[i:i + 32] for i in range(0, 32 * n, 32)]
+
+
+def verify_rows(expect_prev: bytes, first_id: int, last_ts: Optional[int],
+                ids: list, ts: list, rows: list, success: list, texts: list,
+                prevs: list, cks: list) -> tuple[int, bytes]:
+    """Check a batch of stored rows against the chain (the verifier's fast path).
+
+    Row ``i`` is good when its id is ``first_id + i``, its ``ts_us`` is greater than the
+    previous row's (``last_ts`` for row 0; None = no bound), its ``prev_hash`` equals the
+    previous row's checksum (``expect_prev`` for row 0) and SHA-256(prev_hash || encoding)
+    equals its stored checksum. ``texts[i]`` holds row i's ten text fields as stored
+    (UTF-8 bytes) joined by NUL, a NULL field being the single byte 0xFF (what the
+    verifier's SQL produces); ``rows`` may hold None.
+
+    Returns ``(-1, last checksum)`` when every row is good, else ``(index of the first bad
+    row, checksum of the row before it)``. Raises :class:`MalformedBatch` when a value does
+    not fit the fast path (a wrong type, a text holding U+0000): the caller re-checks those
+    rows slowly, and the slow check decides.
+    """
+    n = len(ids)
+    if n == 0:
+        return -1, expect_prev
+    try:
+        rows_nulls = bytes(map(is_, rows, repeat(None)))
+        if any(rows_nulls):
+            rows = [0 if r is None else r for r in rows]
+        pblob = b"".join(prevs)
+        cblob = b"".join(cks)
+    except TypeError as exc:
+        raise MalformedBatch(str(exc)) from None
+    if len(pblob) != 32 * n or len(cblob) != 32 * n or set(map(len, cks)) != {32} \
+            or set(map(len, prevs)) != {32}:
+        raise MalformedBatch("a prev_hash or checksum is not 32 bytes")
+    if __impl__ == "c":
+        return _c_verify(expect_prev, first_id, last_ts, n, ids, ts, rows, success,
+                         rows_nulls, texts, pblob, cblob, cks)
+    return _pure_verify(expect_prev, first_id, last_ts, n, ids, ts, rows, success,
+                        rows_nulls, texts, prevs, cks)
+
+
+def _c_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: int,
+              ids: list, ts: list, rows: list, success: list, rows_nulls: bytes,
+              texts: list, pblob: bytes, cblob: bytes, cks: list) -> tuple[int, bytes]:
+    try:
+        blob = b"\x00".join(texts)
+    except TypeError as exc:
+        raise MalformedBatch(str(exc)) from None
+    last = _ffi.new("unsigned char[32]")
+    try:
+        # cffi refuses a non-integer (text, blob, real, NULL) in an integer column here.
+        rc = _lib.heliosdb_chain_verify(expect_prev, first_id,
+                                        _INT64_MIN if last_ts is None else last_ts, n, ids,
+                                        ts, rows, success, rows_nulls, blob, len(blob), pblob,
+                                        cblob, last)
+    except (TypeError, OverflowError) as exc:
+        raise MalformedBatch(str(exc)) from None
+    if rc == -1:
+        return -1, bytes(_ffi.buffer(last))
+    if rc < -1:
+        if rc == _E_MALFORMED:
+            raise MalformedBatch("a text field holds U+0000")
+        raise MemoryError(f"heliosdb_chain_verify failed ({rc})")
+    return rc, (expect_prev if rc == 0 else cks[rc - 1])
+
+
+_TXT = struct.Struct(">BI")
+_HDR4 = struct.Struct(">BBqBqBqBq")  # version + four non-NULL integers, the common case
+_NULL_MARK = b"\xff"
+
+
+def _pure_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: int,
+                 ids: list, ts: list, rows: list, success: list, rows_nulls: bytes,
+                 texts: list, prevs: list, cks: list) -> tuple[int, bytes]:
+    try:
+        _check_int_types(ids, ts, rows, success)
+    except TypeError as exc:
+        raise MalformedBatch(str(exc)) from None
+    sha = hashlib.sha256
+    link = expect_prev
+    lt = _INT64_MIN if last_ts is None else last_ts
+    for i in range(n):
+        if ids[i] != first_id + i or ts[i] <= lt or prevs[i] != link:
+            return i, link
+        t = texts[i]
+        if t.__class__ is not bytes:
+            raise MalformedBatch("texts must be bytes")
+        parts = t.split(b"\x00")
+        if len(parts) != NTEXT:
+            raise MalformedBatch("a text field holds U+0000")
+        try:
+            if rows_nulls[i]:
+                head = encode_ints(ids[i], ts[i], None, success[i])
+            else:
+                head = _HDR4.pack(1, 1, ids[i], 1, ts[i], 1, rows[i], 1, success[i])
+        except (TypeError, OverflowError, struct.error) as exc:
+            raise MalformedBatch(str(exc)) from None
+        enc = [prevs[i], head]
+        enc += [b"\x00" if p == _NULL_MARK else _TXT.pack(2, len(p)) + p for p in parts]
+        if sha(b"".join(enc)).digest() != cks[i]:
+            return i, link
+        link = cks[i]
+        lt = ts[i]
+    return -1, link
+
+
+_CHECK = struct.Struct("<qqqqB32s")
+
+
+def register_sql_check(conn: object) -> bool:
+    """Register the C aggregate ``heliosdb_chain_check`` on an APSW connection.
+
+    True when the verifier may use it: the C implementation is selected, and the native
+    module has been loaded into APSW's SQLite as an extension (it reaches SQLite through
+    the API table the extension entry point receives). False otherwise: the verifier
+    then feeds rows to C (or Python) itself, which is slower but checks the same rules.
+    """
+    if __impl__ != "c":
+        return False
+    try:
+        from ..crypto import vfs as _vfs
+        _vfs.ensure_loaded()
+    except Exception:  # noqa: BLE001 - any failure just means: no SQL fast path
+        return False
+    rc = _lib.heliosdb_chain_register(_ffi.cast("void *", conn.sqlite3pointer()))
+    return rc == 0
+
+
+def decode_check_result(blob: Optional[bytes]) -> tuple[int, bool, int, Optional[int], bytes]:
+    """Unpack ``heliosdb_chain_check``'s result: (n_good, failed, bad_id, last_ts, link)."""
+    if blob is None:
+        return 0, False, 0, None, b""
+    n_good, failed, bad_id, last_ts, has_ts, link = _CHECK.unpack(blob)
+    return n_good, bool(failed), bad_id, (last_ts if has_ts else None), link

@@ -1,0 +1,617 @@
+"""Transparent encryption: every page of every file SQLite writes, AES-256-GCM.
+
+:func:`open_connection` is what ``heliosdb.connect()`` calls for every connection. With a
+key it reads the HeliosDB header in front of the database (see ``docs/FORMAT.md``),
+unwraps the data key with the given key (a wrong key fails here, before SQLite reads a
+page), hands the data key to the C VFS shim (``csrc/vfs.c``) and opens the database with
+``vfs="heliosdb"``. Without a key it opens plaintext files as usual and refuses encrypted
+ones with :class:`~heliosdb.errors.KeyRequiredError`.
+
+ATTACH is SQL and cannot carry a key: register the attached file's key first with
+:func:`register_attach_key` (or use :func:`attach`, which also creates a new encrypted
+file correctly). A database attached to an encrypted connection without a registered key
+cannot be opened: nothing falls back to plaintext, and the main key is never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+import threading
+import urllib.parse
+import warnings
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+import apsw
+
+from .. import native
+from ..errors import (
+    ConfigError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
+    KeyRequiredError, NotEncryptedError, OperationalError, WrongKeyError, translate,
+)
+from . import format as fmt
+from . import vfs as _vfs
+from .keys import KDF_PROFILES, Key, KeyLike, coerce_key, derive_kek, get_profile
+
+__all__ = [
+    "Key", "KDF_PROFILES", "open_connection", "explain", "storage_info",
+    "register_attach_key", "unregister_attach_key", "attach", "is_encrypted", "NONCE_LIMIT",
+]
+
+#: NIST SP 800-38D: at most 2^32 GCM encryptions with random 96-bit nonces per key.
+NONCE_LIMIT = 2 ** 32
+DEFAULT_NONCE_WARNING_FRACTION = 0.5
+ALGORITHM = "aes-256-gcm"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class _Info:
+    """What heliosdb knows about one encrypted connection (no key material)."""
+
+    __slots__ = ("path", "full_path", "slot_index", "warn_fraction")
+
+    def __init__(self, path: str, full_path: str, slot_index: int, warn_fraction: float):
+        self.path, self.full_path = path, full_path
+        self.slot_index, self.warn_fraction = slot_index, warn_fraction
+
+
+_connections: "weakref.WeakKeyDictionary[apsw.Connection, _Info]" = weakref.WeakKeyDictionary()
+_attach_keys: Dict[str, list] = {}
+_attach_lock = threading.Lock()
+
+
+class EncryptedConnection(apsw.Connection):
+    """An APSW connection on the heliosdb VFS; closing it releases the key registration."""
+
+    def close(self, force: bool = False) -> None:  # type: ignore[override]
+        try:
+            super().close(force)
+        finally:
+            fin = getattr(self, "_helios_release", None)
+            if fin is not None:
+                fin()
+
+
+# --------------------------------------------------------------------------- helpers ---
+
+def _resolve_path(database: str, uri: bool) -> Tuple[Optional[str], bool]:
+    """(filesystem path or None for memory/temp databases, URI names a vfs)."""
+    if database in (":memory:", ""):
+        return None, False
+    if uri and database.startswith("file:"):
+        parts = urllib.parse.urlsplit(database)
+        query = urllib.parse.parse_qs(parts.query)
+        if query.get("mode", [""])[0] == "memory":
+            return None, "vfs" in query
+        path = urllib.parse.unquote(parts.path)
+        if parts.netloc not in ("", "localhost"):
+            path = urllib.parse.unquote(parts.netloc) + path
+        if path in ("", ":memory:"):
+            return None, "vfs" in query
+        return path, "vfs" in query
+    return database, False
+
+
+def _file_state(path: str) -> str:
+    """'missing', 'empty', 'encrypted' or 'plain'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(fmt.MAGIC))
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError:
+        return "plain"
+    if not head:
+        return "empty"
+    return "encrypted" if fmt.is_encrypted_file(head) else "plain"
+
+
+def _read_header(path: str) -> fmt.Header:
+    """Read and parse the header; a header that does not parse is retried once (another
+    process may be creating the file right now)."""
+    for attempt in range(3):
+        with open(path, "rb") as f:
+            raw = f.read(fmt.HEADER_SIZE)
+        try:
+            return fmt.read_header(raw)
+        except ValueError as exc:
+            if attempt == 2:
+                raise EncryptionError(f"{path}: damaged HeliosDB header: {exc}") from None
+            threading.Event().wait(0.01)
+    raise AssertionError("unreachable")
+
+
+def _key_from_config(encryption: Any) -> Optional[Key]:
+    src = getattr(encryption, "key_source", None)
+    if src is None:
+        return None
+    kind, value = getattr(src, "kind", None), getattr(src, "value", None)
+    prof = getattr(encryption, "kdf_profile", None) or "default"
+    if kind == "file":
+        return Key.from_file(value)
+    if kind == "env":
+        return Key.from_env(value)
+    if kind == "passphrase_env":
+        return Key.from_passphrase_env(value, prof)
+    raise ConfigError(f"unknown encryption.key_source kind {kind!r}: use file, env or "
+                      "passphrase_env", key="encryption.key_source")
+
+
+def _new_slot(header: fmt.Header, index: int, key: Key, dek: bytearray) -> fmt.Slot:
+    salt = os.urandom(16)
+    if key.kind == "passphrase":
+        p = get_profile(key.profile)
+        slot = fmt.Slot(fmt.SLOT_PASSPHRASE, fmt.KDF_ARGON2ID, p.time_cost, p.memory_kib,
+                        p.parallelism, salt)
+    else:
+        slot = fmt.Slot(fmt.SLOT_RAW, fmt.KDF_HKDF_SHA256, 0, 0, 0, salt)
+    kek = derive_kek(key, slot.kdf, salt, slot.time_cost, slot.memory_kib, slot.parallelism)
+    try:
+        header.wrap(index, slot, bytes(kek), dek)
+    finally:
+        kek[:] = bytes(len(kek))
+    return slot
+
+
+def _create_encrypted_file(path: str, key: Key, exists: bool) -> Tuple[bytearray, bytes]:
+    """Write the header of a new encrypted database; (its random DEK, its file id).
+
+    Another process may create the file at the same moment: the caller compares the file
+    id on disk with the one returned, and unlocks the winner's header when they differ.
+    """
+    dek = bytearray(os.urandom(32))
+    header = fmt.new_header(dek)
+    header.slots.append(_new_slot(header, 0, key, dek))
+    raw = header.to_bytes()
+    if exists:
+        # An empty file: fill it only if it is still empty.
+        with open(path, "r+b") as f:
+            try:  # serialise concurrent first opens of one empty file
+                import fcntl
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            except (ImportError, OSError):
+                pass
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+        return dek, header.file_id
+    # A new file appears whole or not at all.
+    tmp = f"{path}.helios-new-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        f.write(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return dek, header.file_id
+
+
+def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
+    """(DEK, slot index) for ``key``; WrongKeyError when no slot opens."""
+    want = fmt.SLOT_PASSPHRASE if key.kind == "passphrase" else fmt.SLOT_RAW
+    tried = 0
+    for i, slot in enumerate(header.slots):
+        if slot.kind != want:
+            continue
+        tried += 1
+        kek = derive_kek(key, slot.kdf, slot.salt, slot.time_cost, slot.memory_kib,
+                         slot.parallelism)
+        try:
+            dek = header.unwrap(i, bytes(kek))
+        finally:
+            kek[:] = bytes(len(kek))
+        if dek is not None:
+            return dek, i
+    if not tried:
+        other = "a raw key" if want == fmt.SLOT_PASSPHRASE else "a passphrase"
+        raise WrongKeyError(f"{path}: wrong key: this database has no "
+                            f"{'passphrase' if want == fmt.SLOT_PASSPHRASE else 'raw-key'} "
+                            f"slot (it is opened with {other})")
+    raise WrongKeyError(f"{path}: wrong key: the key does not open this encrypted database")
+
+
+def _prepare_key_for_path(path: str, key: Key, create: bool) -> Tuple[str, int, bool]:
+    """Create or check the file's header, register its DEK. (full path, slot, new)."""
+    try:
+        return _prepare_key_for_path_io(path, key, create)
+    except OSError as exc:
+        # What SQLite would say (SQLITE_CANTOPEN), without a raw OSError escaping.
+        new = OperationalError(f"unable to open database file {path}: {exc.strerror or exc}")
+        new.sqlite_errorcode = apsw.SQLITE_CANTOPEN
+        new.sqlite_errorname = "SQLITE_CANTOPEN"
+        raise new from exc
+
+
+def _prepare_key_for_path_io(path: str, key: Key, create: bool) -> Tuple[str, int, bool]:
+    state = _file_state(path)
+    new = False
+    created: Optional[Tuple[bytearray, bytes]] = None
+    if state in ("missing", "empty"):
+        if state == "missing" and not create:
+            raise translate(apsw.CantOpenError(f"unable to open database file {path}"))
+        created = _create_encrypted_file(path, key, exists=state == "empty")
+        new = True
+    elif state == "plain":
+        raise NotEncryptedError(
+            f"{path} is a plaintext database; a key was given. To encrypt it, make an "
+            "encrypted copy with heliosdb.encrypt(plain, encrypted, key), or open it "
+            "without key=")
+    header = _read_header(path)
+    full = _vfs.full_pathname(path)
+    if key.kind == "passphrase":
+        hit = _cache_try(full, header, key)
+        if hit is not None:
+            return full, hit, new
+    if created is not None and created[1] == header.file_id:
+        dek, slot_index = created[0], 0  # our own new file: no second key stretch
+    else:
+        if created is not None:
+            created[0][:] = bytes(32)  # another process created the file first
+        dek, slot_index = _unlock(path, header, key)
+    try:
+        _vfs.register(full, dek, header.file_id)
+    finally:
+        dek[:] = bytes(len(dek))
+    if key.kind == "passphrase":
+        _cache_store(full, _verifier(header, slot_index, key), slot_index)
+    return full, slot_index, new
+
+
+# Unlock cache. Argon2id costs ~0.1-1 s by design; paying it at every connect of a pool
+# is a pitfall peers fell into. While a connection to a file is open in this process its
+# data key is registered in the shim anyway, so a later connect with the same passphrase
+# only needs proof that it is the same passphrase: a SHA-256 verifier over the file id,
+# the slot's salt and wrapped key, and the passphrase (which a passphrase change or
+# another file never matches). The entry is dropped when the last connection that used
+# it closes, and a file never opened stays uncached.
+_unlock_cache: Dict[str, list] = {}  # full path -> [verifier, slot index, users]
+_cache_lock = threading.Lock()
+
+
+def _verifier(header: fmt.Header, slot_index: int, key: Key) -> bytes:
+    slot = header.slots[slot_index]
+    return hashlib.sha256(b"HeliosDB unlock cache v1" + header.file_id + bytes([slot_index])
+                          + slot.salt + slot.wrapped + bytes(key.secret())).digest()
+
+
+def _cache_try(full: str, header: fmt.Header, key: Key) -> Optional[int]:
+    with _cache_lock:
+        entry = _unlock_cache.get(full)
+        if entry is None or entry[1] >= len(header.slots):
+            return None
+        if not hmac.compare_digest(_verifier(header, entry[1], key), entry[0]):
+            return None
+        if not _vfs.addref(full, header.file_id):
+            return None
+        entry[2] += 1
+        return int(entry[1])
+
+
+def _cache_store(full: str, verifier: bytes, slot_index: int) -> None:
+    with _cache_lock:
+        entry = _unlock_cache.get(full)
+        if entry is not None and entry[0] == verifier:
+            entry[2] += 1
+        else:
+            _unlock_cache[full] = [verifier, slot_index, 1]
+
+
+def _release(full: str, cached: bool) -> None:
+    """Drop one registration of ``full`` (a connection closed, an attach key dropped);
+    ``cached``: it was made with a passphrase, so it holds an unlock-cache reference."""
+    _vfs.unregister(full)
+    if not cached:
+        return
+    with _cache_lock:
+        entry = _unlock_cache.get(full)
+        if entry is not None:
+            entry[2] -= 1
+            if entry[2] <= 0:
+                del _unlock_cache[full]
+
+
+def _set_reserve(conn: apsw.Connection, schema: str) -> None:
+    """Give a new database 32 reserved bytes per page (nonce and tag), before page 1."""
+    p = native.ffi.new("int *", fmt.RESERVE_BYTES)
+    conn.file_control(schema, apsw.SQLITE_FCNTL_RESERVE_BYTES,
+                      int(native.ffi.cast("intptr_t", p)))
+
+
+def _warn_fraction(encryption: Any) -> float:
+    return float(getattr(encryption, "nonce_warning_fraction", DEFAULT_NONCE_WARNING_FRACTION)
+                 or DEFAULT_NONCE_WARNING_FRACTION)
+
+
+# ------------------------------------------------------------------------ public API ---
+
+def open_connection(database: str, *, flags: int, uri: bool, key: KeyLike, encryption: Any,
+                    statementcachesize: int = 128) -> apsw.Connection:
+    """Open ``database`` for ``heliosdb.connect()``, encrypted when a key is in play.
+
+    ``key`` is None, a passphrase ``str``, 32 raw bytes or a :class:`Key`; ``encryption`` is
+    None or the ``[encryption]`` config (``enabled``, ``algorithm``, ``key_source``,
+    ``kdf_profile``, ``nonce_warning_fraction``). Raises KeyRequiredError,
+    WrongKeyError, NotEncryptedError, EncryptionUnavailableError or a translated error.
+    """
+    enabled = bool(getattr(encryption, "enabled", False)) if encryption is not None else False
+    algorithm = getattr(encryption, "algorithm", ALGORITHM) if encryption is not None else ALGORITHM
+    if algorithm and str(algorithm).lower() != ALGORITHM:
+        raise ConfigError(f"encryption.algorithm {algorithm!r} is not supported: use "
+                          f"{ALGORITHM!r}", key="encryption.algorithm")
+    prof = getattr(encryption, "kdf_profile", None) if encryption is not None else None
+    owned_key = False
+    k = coerce_key(key, prof)
+    if k is not None and k is not key:
+        owned_key = True
+    if k is None and enabled:
+        k = _key_from_config(encryption)
+        owned_key = k is not None
+        if k is None:
+            raise ConfigError("encryption.enabled is true but no key was given and no "
+                              "encryption.key_source is configured", key="encryption.key_source")
+    try:
+        return _open(database, flags, uri, k, encryption, statementcachesize)
+    finally:
+        if owned_key and k is not None:
+            k.close()
+
+
+def _plain(database: str, flags: int, statementcachesize: int, **kw: Any) -> apsw.Connection:
+    try:
+        return apsw.Connection(database, flags=flags, statementcachesize=statementcachesize, **kw)
+    except apsw.Error as exc:
+        raise translate(exc) from None
+
+
+def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: Any,
+          statementcachesize: int) -> apsw.Connection:
+    path, uri_vfs = _resolve_path(database, uri)
+    if path is None:
+        if key is not None and database == "":
+            # An on-disk temp database: the shim encrypts it with a throwaway key.
+            _vfs.ensure_loaded()
+            return _plain(database, flags, statementcachesize, vfs=_vfs.VFS_NAME)
+        return _plain(database, flags, statementcachesize)
+    if key is None:
+        if _file_state(path) == "encrypted":
+            raise KeyRequiredError(
+                f"{path} is an encrypted HeliosDB database: pass the key, e.g. "
+                "heliosdb.connect(path, key=...) (a passphrase, 32 raw bytes or heliosdb.Key)")
+        return _plain(database, flags, statementcachesize)
+    if uri_vfs:
+        raise ConfigError("an encrypted database cannot name its own vfs= in the URI",
+                          key="vfs")
+    if not native.available():
+        raise EncryptionUnavailableError(
+            f"cannot open encrypted database {path}: {native.unavailable_reason()}")
+    _vfs.ensure_loaded()
+    full, slot_index, new = _prepare_key_for_path(
+        path, key, create=bool(flags & apsw.SQLITE_OPEN_CREATE))
+    _vfs.clear_last_error()
+    try:
+        conn = EncryptedConnection(database, flags=flags, vfs=_vfs.VFS_NAME,
+                                   statementcachesize=statementcachesize)
+    except apsw.Error as exc:
+        _release(full, key.kind == "passphrase")
+        raise (_from_shim_error(exc) or translate(exc)) from None
+    conn._helios_release = weakref.finalize(  # type: ignore[attr-defined]
+        conn, _release, full, key.kind == "passphrase")
+    _connections[conn] = _Info(path, full, slot_index, _warn_fraction(encryption))
+    try:
+        if new:
+            _set_reserve(conn, "main")
+        # Read page 1 now: a damaged first page fails here, not at the first query. A
+        # writer may hold the lock: wait a little, and leave BUSY to the first query.
+        conn.setbusytimeout(2000)
+        try:
+            conn.execute("PRAGMA schema_version").fetchall()
+        except apsw.BusyError:
+            pass
+        finally:
+            conn.setbusytimeout(0)
+    except apsw.Error as exc:
+        mapped = explain(conn, exc) or translate(exc)
+        conn.close()
+        raise mapped from None
+    _nonce_check(conn)
+    return conn
+
+
+def _nonce_check(conn: apsw.Connection) -> None:
+    info = _connections.get(conn)
+    if info is None:
+        return
+    used = _encryptions(info)
+    if used > info.warn_fraction * NONCE_LIMIT:
+        warnings.warn(f"{info.path}: {used} pages were encrypted under the current data key, "
+                      f"{used / NONCE_LIMIT:.0%} of the 2^32 NIST SP 800-38D bound for random "
+                      "nonces: rotate the data key", RuntimeWarning, stacklevel=3)
+
+
+def _encryptions(info: _Info) -> int:
+    with open(info.path, "rb") as f:
+        f.seek(fmt.OFF_COUNTER)
+        (counter,) = struct.unpack(">Q", f.read(8))
+    ki = _vfs.key_info(info.full_path)
+    return counter + (ki[0] if ki else 0)
+
+
+def explain(conn: apsw.Connection, exc: BaseException) -> Optional[BaseException]:
+    """A heliosdb error for an apsw error caused by encryption, or None.
+
+    SQLITE_IOERR_DATA from the shim -> CorruptPageError naming the file and page; a
+    database shorter than its header says -> CorruptPageError naming the first missing
+    page; a file the shim refused to open -> EncryptionError with its reason.
+    """
+    code = _code(exc)
+    if code is None:
+        return None
+    shim = _from_shim_error(exc)
+    if shim is not None:
+        return shim
+    if (code & 0xFF) in (apsw.SQLITE_CORRUPT, apsw.SQLITE_NOTADB):
+        info = _connections.get(conn)
+        if info is None:
+            return None
+        ki = _vfs.key_info(info.full_path)
+        if ki is None or not ki[1]:
+            return None
+        _pending, page_size, pages = ki
+        size = max(0, os.path.getsize(info.path) - fmt.HEADER_SIZE)
+        have = size // page_size
+        if pages > have or size % page_size:
+            first = have + 1
+            new = CorruptPageError(
+                f"{info.path}: page {first}: the file is truncated: it holds {size} bytes of "
+                f"pages, the database has {pages} pages of {page_size} bytes",
+                file=info.path, page=first)
+            new.__cause__ = exc
+            return new
+    return None
+
+
+def _code(exc: BaseException) -> Optional[int]:
+    code = getattr(exc, "extendedresult", None)
+    if code is None:
+        code = getattr(exc, "result", None)
+    return code
+
+
+def _from_shim_error(exc: BaseException) -> Optional[BaseException]:
+    """The error the shim recorded on this thread for ``exc``, as a heliosdb error."""
+    code = _code(exc)
+    if code is None or (code & 0xFF) not in (apsw.SQLITE_IOERR, apsw.SQLITE_CANTOPEN):
+        return None
+    err = _vfs.last_error()
+    if err is None:
+        return None
+    file, page, msg = err
+    if code & 0xFF == apsw.SQLITE_CANTOPEN:
+        new: BaseException = KeyRequiredError(f"{file}: {msg}")
+    elif code == apsw.SQLITE_IOERR_DATA:
+        new = CorruptPageError(f"{file}: page {page}: {msg}", file=file, page=page)
+    else:
+        new = EncryptionError(f"{file}: {msg}")
+    new.sqlite_errorcode = code  # type: ignore[attr-defined]
+    new.__cause__ = exc
+    return new
+
+
+def is_encrypted(conn: apsw.Connection) -> bool:
+    """True when ``conn`` was opened by :func:`open_connection` on an encrypted file.
+
+    For callers that copy data out (backup, dump): a copy of an encrypted database into a
+    plaintext one must be an explicit operation, never a side effect.
+    """
+    return conn in _connections
+
+
+def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
+    """How the connection's main database is stored (no key material)."""
+    info = _connections.get(conn)
+    page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
+    out: Dict[str, Any] = {
+        "encryption_enabled": info is not None, "encryption_algorithm": None, "kdf": None,
+        "page_size": page_size, "reserve_bytes": _reserve_bytes(conn),
+        "format_version": None, "key_slots": [], "encryptions_under_current_key": 0,
+        "nonce_limit": NONCE_LIMIT, "nonce_warning": False, "header_size": 0,
+        "file_id": None,
+    }
+    if info is None:
+        return out
+    header = _read_header(info.path)
+    used = _encryptions(info)
+    slots = [dict(s.describe(), index=i) for i, s in enumerate(header.slots)]
+    out.update({
+        "encryption_algorithm": ALGORITHM,
+        "kdf": slots[info.slot_index]["kdf"],
+        "format_version": header.version,
+        "key_slots": slots,
+        "encryptions_under_current_key": used,
+        "nonce_warning": used > info.warn_fraction * NONCE_LIMIT,
+        "nonce_warning_fraction": info.warn_fraction,
+        "header_size": header.header_size,
+        "file_id": header.file_id.hex(),
+        "data_key_generation": header.generation,
+    })
+    return out
+
+
+def _reserve_bytes(conn: apsw.Connection) -> Optional[int]:
+    if native.ffi is None:
+        return None
+    p = native.ffi.new("int *", -1)  # negative: query without changing
+    try:
+        conn.file_control("main", apsw.SQLITE_FCNTL_RESERVE_BYTES,
+                          int(native.ffi.cast("intptr_t", p)))
+    except apsw.Error:
+        return None
+    return int(p[0])
+
+
+def register_attach_key(path: str, key: KeyLike, *, create: bool = True) -> str:
+    """Register the key of a database that SQL will ATTACH (or VACUUM INTO) later.
+
+    Creates the encrypted header when the file does not exist (``create``). Returns the
+    full path the registration is under. The registration lasts until
+    :func:`unregister_attach_key`. A file ATTACHed by SQL with a registered key is
+    encrypted under its own data key; one without is refused by the shim.
+    """
+    k = coerce_key(key)
+    if k is None:
+        raise TypeError("register_attach_key needs a key")
+    if not native.available():
+        raise EncryptionUnavailableError(native.unavailable_reason() or "native unavailable")
+    _vfs.ensure_loaded()
+    cached = k.kind == "passphrase"
+    try:
+        full, _slot, _new = _prepare_key_for_path(path, k, create)
+    finally:
+        if k is not key:
+            k.close()
+    with _attach_lock:
+        _attach_keys.setdefault(full, []).append(cached)
+    return full
+
+
+def unregister_attach_key(path: str) -> None:
+    """Drop a registration made by :func:`register_attach_key`."""
+    full = _vfs.full_pathname(path)
+    with _attach_lock:
+        flags = _attach_keys.get(full)
+        if not flags:
+            return
+        cached = flags.pop()
+        if not flags:
+            del _attach_keys[full]
+    _release(full, cached)
+
+
+def attach(conn: apsw.Connection, path: str, schema: str, key: KeyLike) -> None:
+    """ATTACH an encrypted database under its own key (created if missing).
+
+    The connection must be on the heliosdb VFS (an encrypted connection, or one opened
+    with ``vfs="heliosdb"``).
+    """
+    new = _file_state(path) in ("missing", "empty")
+    register_attach_key(path, key)
+    try:
+        conn.execute("ATTACH ? AS " + _quote_ident(schema), (path,))
+        if new:
+            _set_reserve(conn, schema)
+    except apsw.Error as exc:
+        unregister_attach_key(path)
+        raise explain(conn, exc) or translate(exc) from None
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,368 @@
+/* The audit chain in C: canonical encoding of an event + SHA-256 link, one call per batch.
+ *
+ * Format (docs/AUDIT_FORMAT.md is the reference; heliosdb/audit/events.py the pure twin):
+ *   encoding = 0x01 (format version)
+ *              id, ts_us, affected_rows, success      each: 0x00 (NULL) | 0x01 + int64 BE
+ *              session_id, user, operation, target, query, error, metadata,
+ *              old_values, new_values, reason         each: 0x00 (NULL) | 0x02 + u32 BE len + UTF-8
+ *   checksum = SHA-256(prev_checksum (32 bytes) || encoding)
+ *
+ * Calling convention (chosen because cffi charges per argument, not per byte): the ten
+ * text fields of every event in a batch arrive as ONE buffer, joined with NUL bytes
+ * (a NULL field is an empty slot plus a flag). A text containing U+0000 would shift the
+ * slots; the separator count catches that and we return -2 so Python falls back to its
+ * own encoder for that batch (same bytes, slower). Integers arrive as column arrays.
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED 1 /* SHA256_* is the cheapest one-shot in OpenSSL 3 */
+#include <openssl/sha.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chain_api.h"
+
+#define FORMAT_VERSION 1
+#define TAG_NULL 0x00
+#define TAG_INT 0x01
+#define TAG_TEXT 0x02
+#define MASK_ROWS_NULL (1LL << HELIOSDB_CHAIN_NTEXT)
+
+#define E_MALFORMED (-2)
+#define E_TOOLONG (-3)
+#define E_NOMEM (-4)
+
+int heliosdb_chain_format_version(void) { return FORMAT_VERSION; }
+
+typedef struct {
+    unsigned char *p;
+    size_t n, cap;
+} buf_t;
+
+static int buf_reserve(buf_t *b, size_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->n + extra) cap *= 2;
+    unsigned char *p = realloc(b->p, cap);
+    if (!p) return E_NOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline void put_int(unsigned char *q, int64_t v) {
+    uint64_t u = (uint64_t)v;
+    q[0] = TAG_INT;
+    for (int i = 8; i >= 1; i--) { q[i] = (unsigned char)(u & 0xff); u >>= 8; }
+}
+
+/* Splits the next text slot out of [*cur, end): sets *len and advances *cur past the NUL.
+ * `last` says the slot is the final one of the whole buffer (it ends at `end`, no NUL). */
+static inline int next_slot(const char **cur, const char *end, int last, const char **start,
+                            size_t *len) {
+    const char *c = *cur;
+    const char *z = memchr(c, 0, (size_t)(end - c));
+    if (last) {
+        if (z) return E_MALFORMED; /* an extra NUL: some text contained U+0000 */
+        z = end;
+    } else if (!z) {
+        return E_MALFORMED;
+    }
+    *start = c;
+    *len = (size_t)(z - c);
+    *cur = last ? z : z + 1;
+    return 0;
+}
+
+/* Appends prev || encoding(event) to b (b->n reset first). A text slot is NULL when its
+ * bit is set in mask or, with `marker` set, when the slot is the single byte 0xFF (the
+ * verifier's SQL writes NULL that way; no UTF-8 text is that byte). */
+static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t ts,
+                        int64_t rows, int64_t success, int64_t mask, int marker,
+                        const char **cur, const char *end, int last_event) {
+    b->n = 0;
+    if (buf_reserve(b, 32 + 1 + 4 * 9 + HELIOSDB_CHAIN_NTEXT * 5)) return E_NOMEM;
+    unsigned char *q = b->p;
+    if (prev) memcpy(q, prev, 32);
+    q += 32;
+    *q++ = FORMAT_VERSION;
+    put_int(q, id); q += 9;
+    put_int(q, ts); q += 9;
+    if (mask & MASK_ROWS_NULL) *q++ = TAG_NULL; else { put_int(q, rows); q += 9; }
+    put_int(q, success); q += 9;
+    b->n = (size_t)(q - b->p);
+    for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++) {
+        const char *s;
+        size_t len;
+        int rc = next_slot(cur, end, last_event && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
+        if (rc) return rc;
+        if (marker && len == 1 && (unsigned char)s[0] == 0xff) {
+            b->p[b->n++] = TAG_NULL;
+            continue;
+        }
+        if (mask & (1LL << f)) {
+            if (len) return E_MALFORMED; /* a NULL field must have an empty slot */
+            b->p[b->n++] = TAG_NULL;
+            if (buf_reserve(b, 5 * (HELIOSDB_CHAIN_NTEXT - f))) return E_NOMEM;
+            continue;
+        }
+        if (len > 0xffffffffu) return E_TOOLONG;
+        if (buf_reserve(b, 5 + len + 5 * (HELIOSDB_CHAIN_NTEXT - f))) return E_NOMEM;
+        q = b->p + b->n;
+        q[0] = TAG_TEXT;
+        q[1] = (unsigned char)(len >> 24);
+        q[2] = (unsigned char)(len >> 16);
+        q[3] = (unsigned char)(len >> 8);
+        q[4] = (unsigned char)len;
+        memcpy(q + 5, s, len);
+        b->n += 5 + len;
+    }
+    return 0;
+}
+
+/* Writer: computes the checksums of n consecutive events starting from *prev; on success
+ * out holds n*32 bytes and prev the last checksum. Returns 0 or a negative E_* code. */
+int64_t heliosdb_chain_append(unsigned char *prev, int64_t n, const int64_t *ids,
+                              const int64_t *ts, const int64_t *rows, const int64_t *success,
+                              const char *text_nulls, const char *rows_nulls,
+                              const char *texts, int64_t texts_len, unsigned char *out) {
+    buf_t b = {0};
+    const char *cur = texts, *end = texts + texts_len;
+    const unsigned char *link = prev;
+    int64_t rc = 0;
+    if (n <= 0) return 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t mask = rows_nulls[i] ? MASK_ROWS_NULL : 0;
+        const char *tn = text_nulls + i * HELIOSDB_CHAIN_NTEXT;
+        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++)
+            if (tn[f]) mask |= 1LL << f;
+        rc = encode_event(&b, link, ids[i], ts[i], rows[i], success[i], mask, 0, &cur, end,
+                          i == n - 1);
+        if (rc) break;
+        SHA256(b.p, b.n, out + 32 * i);
+        link = out + 32 * i;
+    }
+    if (!rc) memcpy(prev, out + 32 * (n - 1), 32);
+    free(b.p);
+    return rc;
+}
+
+/* Verifier fast path: checks n stored rows against the chain. Row i is good when its id is
+ * first_id + i, its ts_us is greater than the previous one (last_ts for row 0), its stored
+ * prev equals the previous stored checksum (expect_prev for row 0), and SHA-256(stored prev
+ * || encoding) equals its stored checksum. Texts come as the table stores them (UTF-8
+ * bytes), NULL as the single byte 0xFF, all slots NUL-separated; rows_nulls flags a NULL
+ * affected_rows. Returns -1 when all are good (last_ck then holds the last checksum), the
+ * index of the first bad row, or a negative E_* code (< -1). Python re-examines the bad
+ * row slowly to name the fault. */
+int64_t heliosdb_chain_verify(const unsigned char *expect_prev, int64_t first_id,
+                              int64_t last_ts, int64_t n, const int64_t *ids,
+                              const int64_t *ts, const int64_t *rows, const int64_t *success,
+                              const char *rows_nulls, const char *texts, int64_t texts_len,
+                              const unsigned char *stored_prev, const unsigned char *stored_ck,
+                              unsigned char *last_ck) {
+    buf_t b = {0};
+    const char *cur = texts, *end = texts + texts_len;
+    const unsigned char *link = expect_prev;
+    unsigned char md[32];
+    int64_t result = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] != first_id + i || ts[i] <= last_ts ||
+            memcmp(stored_prev + 32 * i, link, 32) != 0) {
+            result = i;
+            break;
+        }
+        int64_t rc = encode_event(&b, stored_prev + 32 * i, ids[i], ts[i], rows[i], success[i],
+                                  rows_nulls[i] ? MASK_ROWS_NULL : 0, 1, &cur, end, i == n - 1);
+        if (rc) { result = rc; break; }
+        SHA256(b.p, b.n, md);
+        if (memcmp(md, stored_ck + 32 * i, 32) != 0) { result = i; break; }
+        link = stored_ck + 32 * i;
+        last_ts = ts[i];
+    }
+    if (result == -1 && n > 0) memcpy(last_ck, link, 32);
+    free(b.p);
+    return result;
+}
+
+/* The encoding of one event (without prev): returns its length; writes it to out when it
+ * fits in cap. Negative E_* code on malformed input. For tests and the format document. */
+int64_t heliosdb_chain_encode(int64_t id, int64_t ts, int64_t rows, int64_t success,
+                              int64_t mask, const char *texts, int64_t texts_len,
+                              unsigned char *out, int64_t cap) {
+    buf_t b = {0};
+    const char *cur = texts;
+    int64_t rc = encode_event(&b, NULL, id, ts, rows, success, mask, 0, &cur,
+                              texts + texts_len, 1);
+    if (rc == 0) {
+        rc = (int64_t)b.n - 32;
+        if (rc <= cap) memcpy(out, b.p + 32, (size_t)rc);
+    }
+    free(b.p);
+    return rc;
+}
+
+/* ---- The verifier as a SQL aggregate: no Python object per row ------------------------
+ *
+ * heliosdb_chain_check(expect_prev, first_id, last_ts,
+ *                      id, ts_us, affected_rows, success, <10 texts>, prev_hash, checksum)
+ * walks rows in the order SQLite feeds them (a rowid range scan: id order) with the same
+ * rules as heliosdb_chain_verify, reading values with their storage class (a BLOB in a text
+ * column or text in an integer column fails the row). It returns a 65-byte blob:
+ *   int64 n_good | int64 failed (0/1) | int64 bad_id | int64 last_ts | 1 byte has_last_ts |
+ *   32 bytes checksum of the last good row      (integers little-endian)
+ * or NULL when it saw no row. It stops checking at the first bad row; Python then names
+ * the fault. SQLite API calls go through the sqlite3_api table that vfs.c's extension
+ * entry point stores (SQLITE_EXTENSION_INIT1 there): registration needs the extension to
+ * have been loaded into APSW's SQLite once. */
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT3
+
+#define CHECK_NARGS (3 + 4 + HELIOSDB_CHAIN_NTEXT + 2)
+
+typedef struct {
+    int init, failed, has_last_ts;
+    int64_t expect_id, last_ts, n_good, bad_id;
+    unsigned char link[32];
+    buf_t b;
+} check_state;
+
+static void put_le(unsigned char *q, int64_t v) {
+    uint64_t u = (uint64_t)v;
+    for (int i = 0; i < 8; i++) { q[i] = (unsigned char)(u & 0xff); u >>= 8; }
+}
+
+static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+    check_state *s = sqlite3_aggregate_context(ctx, (int)sizeof(check_state));
+    if (!s) { sqlite3_result_error_nomem(ctx); return; }
+    (void)argc;
+    if (!s->init) {
+        s->init = 1;
+        if (sqlite3_value_type(argv[0]) != SQLITE_BLOB || sqlite3_value_bytes(argv[0]) != 32) {
+            sqlite3_result_error(ctx, "heliosdb_chain_check: expect_prev must be 32 bytes", -1);
+            s->failed = 1;
+            s->bad_id = INT64_MIN;
+            return;
+        }
+        memcpy(s->link, sqlite3_value_blob(argv[0]), 32);
+        s->expect_id = sqlite3_value_int64(argv[1]);
+        s->has_last_ts = sqlite3_value_type(argv[2]) != SQLITE_NULL;
+        s->last_ts = sqlite3_value_int64(argv[2]);
+    }
+    if (s->failed) return;
+    sqlite3_value **v = argv + 3;
+    int bad = sqlite3_value_type(v[0]) != SQLITE_INTEGER;
+    int64_t id = bad ? INT64_MIN : sqlite3_value_int64(v[0]);
+    s->bad_id = id;
+    bad |= sqlite3_value_type(v[1]) != SQLITE_INTEGER ||
+           sqlite3_value_type(v[3]) != SQLITE_INTEGER ||
+           (sqlite3_value_type(v[2]) != SQLITE_INTEGER && sqlite3_value_type(v[2]) != SQLITE_NULL);
+    const unsigned char *prev = NULL, *ck = NULL;
+    if (!bad) {
+        int tp = sqlite3_value_type(v[4 + HELIOSDB_CHAIN_NTEXT]);
+        int tc = sqlite3_value_type(v[5 + HELIOSDB_CHAIN_NTEXT]);
+        bad = tp != SQLITE_BLOB || tc != SQLITE_BLOB ||
+              sqlite3_value_bytes(v[4 + HELIOSDB_CHAIN_NTEXT]) != 32 ||
+              sqlite3_value_bytes(v[5 + HELIOSDB_CHAIN_NTEXT]) != 32;
+        if (!bad) {
+            prev = sqlite3_value_blob(v[4 + HELIOSDB_CHAIN_NTEXT]);
+            ck = sqlite3_value_blob(v[5 + HELIOSDB_CHAIN_NTEXT]);
+        }
+    }
+    int64_t ts = sqlite3_value_int64(v[1]);
+    if (!bad) bad = id != s->expect_id || (s->has_last_ts && ts <= s->last_ts) ||
+                    memcmp(prev, s->link, 32) != 0;
+    if (!bad) {
+        buf_t *b = &s->b;
+        b->n = 0;
+        if (buf_reserve(b, 32 + 1 + 4 * 9 + HELIOSDB_CHAIN_NTEXT * 5)) {
+            sqlite3_result_error_nomem(ctx);
+            s->failed = 1;
+            return;
+        }
+        unsigned char *q = b->p;
+        memcpy(q, prev, 32);
+        q += 32;
+        *q++ = FORMAT_VERSION;
+        put_int(q, id); q += 9;
+        put_int(q, ts); q += 9;
+        if (sqlite3_value_type(v[2]) == SQLITE_NULL) *q++ = TAG_NULL;
+        else { put_int(q, sqlite3_value_int64(v[2])); q += 9; }
+        put_int(q, sqlite3_value_int64(v[3])); q += 9;
+        b->n = (size_t)(q - b->p);
+        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT && !bad; f++) {
+            sqlite3_value *t = v[4 + f];
+            int ty = sqlite3_value_type(t);
+            if (ty == SQLITE_NULL) {
+                b->p[b->n++] = TAG_NULL;
+                continue;
+            }
+            if (ty != SQLITE_TEXT) { bad = 1; break; }
+            const unsigned char *z = sqlite3_value_text(t); /* UTF-8 whatever the db encoding */
+            size_t len = (size_t)sqlite3_value_bytes(t);
+            if (buf_reserve(b, 5 + len + 5 * (HELIOSDB_CHAIN_NTEXT - f))) {
+                sqlite3_result_error_nomem(ctx);
+                s->failed = 1;
+                return;
+            }
+            q = b->p + b->n;
+            q[0] = TAG_TEXT;
+            q[1] = (unsigned char)(len >> 24);
+            q[2] = (unsigned char)(len >> 16);
+            q[3] = (unsigned char)(len >> 8);
+            q[4] = (unsigned char)len;
+            if (len) memcpy(q + 5, z, len);
+            b->n += 5 + len;
+        }
+        if (!bad) {
+            unsigned char md[32];
+            SHA256(b->p, b->n, md);
+            bad = memcmp(md, ck, 32) != 0;
+        }
+    }
+    if (bad) {
+        s->failed = 1;
+        return;
+    }
+    memcpy(s->link, ck, 32);
+    s->last_ts = ts;
+    s->has_last_ts = 1;
+    s->expect_id++;
+    s->n_good++;
+}
+
+static void check_final(sqlite3_context *ctx) {
+    check_state *s = sqlite3_aggregate_context(ctx, 0);
+    if (!s) { sqlite3_result_null(ctx); return; }
+    unsigned char out[65];
+    put_le(out, s->n_good);
+    put_le(out + 8, s->failed);
+    put_le(out + 16, s->bad_id);
+    put_le(out + 24, s->last_ts);
+    out[32] = (unsigned char)s->has_last_ts;
+    memcpy(out + 33, s->link, 32);
+    free(s->b.p);
+    s->b.p = NULL;
+    sqlite3_result_blob(ctx, out, 65, SQLITE_TRANSIENT);
+}
+
+/* Registers heliosdb_chain_check on a connection (an apsw.Connection's sqlite3pointer()).
+ * Returns 0, -1 when the extension was never loaded (no sqlite3_api), or a SQLite code. */
+int heliosdb_chain_register(void *db) {
+    if (!sqlite3_api) return -1;
+    return sqlite3_create_function_v2((sqlite3 *)db, "heliosdb_chain_check", CHECK_NARGS,
+                                      SQLITE_UTF8 | SQLITE_DIRECTONLY, NULL, NULL, check_step,
+                                      check_final, NULL);
+}
+
+/* One event, scalar arguments (no arrays to build on the Python side): the capture path
+ * appends one event per statement, where per-call overhead is what counts. */
+int64_t heliosdb_chain_one(const unsigned char *prev, int64_t id, int64_t ts, int64_t rows,
+                           int64_t success, int64_t mask, const char *texts,
+                           int64_t texts_len, unsigned char *out) {
+    buf_t b = {0};
+    const char *cur = texts;
+    int64_t rc = encode_event(&b, prev, id, ts, rows, success, mask, 0, &cur, texts + texts_len, 1);
+    if (rc == 0) SHA256(b.p, b.n, out);
+    free(b.p);
+    return rc;
+}

@@ -1,0 +1,1107 @@
+/*
+** heliosdb VFS shim: AES-256-GCM encryption of every page SQLite writes.
+**
+** MANUAL
+** ======
+** This file is a SQLite loadable extension (entry point sqlite3_heliosdb_init) and part
+** of the cffi module heliosdb._native. Loading it (once per process, into APSW's own
+** SQLite) registers a VFS named "heliosdb" that sits over the default (unix) VFS, in the
+** manner of SQLite's ext/misc/cksumvfs.c. It is never the default VFS: connections opt
+** in with vfs="heliosdb". It is built against sqlite3ext.h and never linked with
+** -lsqlite3; every SQLite call goes through the sqlite3_api table SQLite hands to the
+** entry point, which returns SQLITE_OK_LOAD_PERMANENTLY so that the library stays loaded
+** after the loading connection closes.
+**
+** Keys. Python (heliosdb.crypto) reads the file header, unwraps the data key (DEK) and
+** registers it here with heliosdb_key_register(full_path, dek, file_id) before opening
+** the database. xOpen of a main database finds its key by its full pathname (the string
+** SQLite passes, see heliosdb_full_pathname). Keys never travel in a URI, a filename, SQL
+** text or an error message. A main database with no registered key cannot be opened
+** through this VFS (SQLITE_CANTOPEN): nothing ever falls back to plaintext. Journals and
+** WAL files find their database's key with sqlite3_database_file_object().
+**
+** Main database file layout:
+**     [ HeliosDB header, 4096 bytes ][ SQLite page 1 ][ page 2 ] ...
+** The header (written by Python, format in docs/FORMAT.md) holds magic, version, cipher,
+** file id, key slots and key-check value; this file reads the magic and file id and keeps
+** two mutable fields up to date: the page size (offset 48) and the persisted count of
+** GCM encryptions under the DEK (offset 56), flushed at each xSync of the main file.
+** Every SQLite offset is shifted by 4096, so SQLite's own 100-byte header is encrypted
+** with the rest of page 1: no byte of SQLite's file is stored in clear.
+**
+** Page transform (domains: 0 main page, 1 rollback-journal page image, 2 WAL frame page):
+**     n      = page_size - 28
+**     aad    = "HDB1" || file_id[16] || be32(format_version=1) || u8(domain) || be32(pgno)
+**     ct,tag = AES-256-GCM(DEK, nonce = 12 fresh random bytes, plaintext = page[0:n], aad)
+**     stored = ct || nonce || tag                           (page_size bytes)
+** The last 28 bytes of every page are SQLite "reserved bytes": the database must have
+** at least 28 (HeliosDB creates it with 32 via SQLITE_FCNTL_RESERVE_BYTES); a page-1
+** write with fewer is refused. heliosdb/crypto/pages.py implements the same transform.
+**
+** Rollback journal: records are be32(pgno) || page || be32(checksum) after a sector-
+** aligned header. A page image is an I/O of a page size (power of two 512..65536) at an
+** offset = 4 mod 8; it is transformed in domain 1 bound to the pgno stored just before
+** it. Journal headers, pgnos and checksums stay in clear (no page content).
+** WAL: 32-byte header, frames of 24-byte header + page; each frame's page is transformed
+** in domain 2 bound to the pgno in its frame header. Frame headers stay in clear. A read
+** that includes a frame header (WAL recovery) turns a page that fails authentication
+** into zeros, so that SQLite's frame checksum ends the log there, as it would for a torn
+** frame; a page-only read (normal reads, checkpoints) fails with SQLITE_IOERR_DATA.
+** Temp files (temp databases and journals, statement journals, sorter spills, transient
+** indexes/VACUUM copies, anything opened without a name): AES-256-CTR keyed by a random
+** per-file key made at open and never stored, counter = file offset / 16. They are
+** deleted on close; rewrites at one offset reuse keystream, so an attacker needs two
+** snapshots of a live temp file to learn the XOR of two versions (documented limit).
+** Super-journals hold only journal file names and are passed through.
+**
+** A decrypted page's 28 reserved bytes read as zeros (SQLite's copy of every page then
+** equals what it wrote, which the checksums of WAL frames and journal records need).
+**
+** Errors. An authentication failure returns SQLITE_IOERR_DATA and records the file name
+** and page number in a per-thread slot (heliosdb_last_error) that Python turns into
+** CorruptPageError. All-zero pages are not "decrypted": they fail. Short reads stay
+** SQLITE_IOERR_SHORT_READ with zero fill. A page-1 read that fails authentication is
+** retried (SQLite reads the header without a lock, so another process may be writing
+** it), probing other page sizes (after a VACUUM that changed the page size).
+** Memory-mapped I/O is impossible: the io_methods are version 2 (no xFetch) and
+** SQLITE_FCNTL_MMAP_SIZE answers 0.
+**
+** Page-1 cache. SQLite re-reads page 1 at the start of every read transaction; the shim
+** keeps the last authenticated page 1 (ciphertext and plaintext) per open file and
+** serves it again while the stored nonce and tag are unchanged (every write draws a
+** fresh random nonce), so that the common case costs a 28-byte read and no decryption.
+**
+** Page size. New databases may use any page size (512..65536). Changing the page size of
+** an existing database in place (PRAGMA page_size + VACUUM) is refused before anything
+** is written: SQLite copies the new pages in units of the old size, which have no
+** reserved bytes of their own, and may spill some of them before page 1 announces the
+** new size. VACUUM INTO a new encrypted file takes the new size.
+**
+** Nonce budget. Every page sealed (main, journal, WAL) is counted per key; the count is
+** added to the header at the main file's xSync and before it gives up a write lock.
+**
+** Python API (csrc/vfs.cdef): heliosdb_key_register / _unregister / _info,
+** heliosdb_full_pathname, heliosdb_last_error, heliosdb_page_encrypt / _decrypt (the
+** known-answer tests), heliosdb_gcm_encrypt_raw (NIST vectors), heliosdb_stats.
+*/
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT1
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "vfs_api.h"
+
+#define HDB_VFS_NAME "heliosdb"
+#define HDB_HDR_SIZE 4096
+#define HDB_FORMAT_VERSION 1
+#define HDB_MAGIC "HeliosDB\0" "enc\0\0\0\0" /* 16 bytes; split so no hex escape eats "e" */
+#define HDB_MAGIC_LEN 16
+#define HDB_OFF_FILE_ID 32
+#define HDB_OFF_PAGE_SIZE 48
+#define HDB_OFF_COUNTER 56
+#define HDB_NONCE 12
+#define HDB_TAG 16
+#define HDB_OVERHEAD (HDB_NONCE + HDB_TAG)
+#define HDB_AAD_LEN 29
+#define HDB_MAX_PAGE 65536
+#define HDB_P1_RETRIES 8
+
+enum { K_MAIN = 1, K_JOURNAL, K_WAL, K_TEMP, K_PLAIN };
+enum { D_MAIN = 0, D_JOURNAL = 1, D_WAL = 2 };
+
+/* ---------------------------------------------------------------- statistics --- */
+static long long g_stats[6]; /* encrypts, decrypts, page1 cache hits, auth failures,
+                                temp bytes ciphered, page1 retries */
+#define STAT_ADD(i, n) __atomic_add_fetch(&g_stats[i], (n), __ATOMIC_RELAXED)
+
+/* ---------------------------------------------------------- per-thread error --- */
+typedef struct {
+  int set;
+  long long page;
+  char file[512];
+  char msg[256];
+} LastError;
+static __thread LastError t_err;
+
+static void set_error(const char *zFile, long long page, const char *zMsg) {
+  t_err.set = 1;
+  t_err.page = page;
+  snprintf(t_err.file, sizeof t_err.file, "%s", zFile ? zFile : "");
+  snprintf(t_err.msg, sizeof t_err.msg, "%s", zMsg);
+}
+
+int heliosdb_last_error(char *zFile, int nFile, char *zMsg, int nMsg, long long *page) {
+  if (!t_err.set) return 0;
+  if (zFile && nFile > 0) snprintf(zFile, (size_t)nFile, "%s", t_err.file);
+  if (zMsg && nMsg > 0) snprintf(zMsg, (size_t)nMsg, "%s", t_err.msg);
+  if (page) *page = t_err.page;
+  return 1;
+}
+
+void heliosdb_clear_last_error(void) { t_err.set = 0; }
+
+void heliosdb_stats(long long *out, int n) {
+  for (int i = 0; i < n && i < (int)(sizeof g_stats / sizeof g_stats[0]); i++)
+    out[i] = __atomic_load_n(&g_stats[i], __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------ key registry --- */
+typedef struct KeyEntry KeyEntry;
+struct KeyEntry {
+  KeyEntry *next;
+  char *zPath;
+  unsigned char dek[32];
+  unsigned char fid[16];
+  int nReg;            /* registrations from Python */
+  int nOpen;           /* open main files using it */
+  long long pending;   /* encryptions not yet added to the header counter */
+  int pgsz;            /* last page size seen on page 1 */
+  long long hdrPages;  /* database size in pages from the last page 1 seen */
+};
+static KeyEntry *g_keys = 0;
+static pthread_mutex_t g_keys_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static KeyEntry *find_entry(const char *zPath) {
+  for (KeyEntry *e = g_keys; e; e = e->next)
+    if (strcmp(e->zPath, zPath) == 0) return e;
+  return 0;
+}
+
+static void free_entry_locked(KeyEntry *e) {
+  KeyEntry **pp = &g_keys;
+  while (*pp && *pp != e) pp = &(*pp)->next;
+  if (*pp) *pp = e->next;
+  OPENSSL_cleanse(e->dek, sizeof e->dek);
+  free(e->zPath);
+  free(e);
+}
+
+/* Register (or add a reference to) the key of the database at zPath. Returns 0, or 1
+** when another key is registered for that path and a file is open with it. */
+int heliosdb_key_register(const char *zPath, const unsigned char *dek,
+                          const unsigned char *file_id) {
+  int rc = 0;
+  pthread_mutex_lock(&g_keys_mu);
+  KeyEntry *e = find_entry(zPath);
+  if (e && (memcmp(e->dek, dek, 32) != 0 || memcmp(e->fid, file_id, 16) != 0)) {
+    if (e->nOpen > 0) {
+      rc = 1;
+      goto done;
+    }
+    /* The file was replaced since: the new key wins, old registrations carry over. */
+    memcpy(e->dek, dek, 32);
+    memcpy(e->fid, file_id, 16);
+    e->pending = 0;
+  }
+  if (!e) {
+    e = calloc(1, sizeof *e);
+    if (!e || !(e->zPath = strdup(zPath))) {
+      free(e);
+      rc = 2;
+      goto done;
+    }
+    memcpy(e->dek, dek, 32);
+    memcpy(e->fid, file_id, 16);
+    e->next = g_keys;
+    g_keys = e;
+  }
+  e->nReg++;
+done:
+  pthread_mutex_unlock(&g_keys_mu);
+  return rc;
+}
+
+/* Drop one registration; the key is wiped once no registration or open file uses it. */
+int heliosdb_key_unregister(const char *zPath) {
+  pthread_mutex_lock(&g_keys_mu);
+  KeyEntry *e = find_entry(zPath);
+  int rc = e ? 0 : 1;
+  if (e && e->nReg > 0) e->nReg--;
+  if (e && e->nReg == 0 && e->nOpen == 0) free_entry_locked(e);
+  pthread_mutex_unlock(&g_keys_mu);
+  return rc;
+}
+
+int heliosdb_key_info(const char *zPath, long long *pending, int *page_size,
+                      long long *hdr_db_pages) {
+  pthread_mutex_lock(&g_keys_mu);
+  KeyEntry *e = find_entry(zPath);
+  if (e) {
+    if (pending) *pending = __atomic_load_n(&e->pending, __ATOMIC_RELAXED);
+    if (page_size) *page_size = e->pgsz;
+    if (hdr_db_pages) *hdr_db_pages = e->hdrPages;
+  }
+  pthread_mutex_unlock(&g_keys_mu);
+  return e ? 1 : 0;
+}
+
+/* ---------------------------------------------------------- page transform --- */
+static void put_be32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
+  p[2] = (unsigned char)(v >> 8);  p[3] = (unsigned char)v;
+}
+static uint32_t get_be32(const unsigned char *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void make_aad(unsigned char *aad, const unsigned char *fid, int domain, uint32_t pgno) {
+  memcpy(aad, "HDB1", 4);
+  memcpy(aad + 4, fid, 16);
+  put_be32(aad + 20, HDB_FORMAT_VERSION);
+  aad[24] = (unsigned char)domain;
+  put_be32(aad + 25, pgno);
+}
+
+/* enc must be an AES-256-GCM encryption context with its key set. out != in. */
+static int gcm_seal(EVP_CIPHER_CTX *enc, const unsigned char *fid, int domain, uint32_t pgno,
+                    const unsigned char *nonce, const unsigned char *in, unsigned char *out,
+                    int pgsz) {
+  unsigned char aad[HDB_AAD_LEN];
+  int n = pgsz - HDB_OVERHEAD, len = 0;
+  make_aad(aad, fid, domain, pgno);
+  if (EVP_EncryptInit_ex(enc, NULL, NULL, NULL, nonce) != 1) return 0;
+  if (EVP_EncryptUpdate(enc, NULL, &len, aad, HDB_AAD_LEN) != 1) return 0;
+  if (EVP_EncryptUpdate(enc, out, &len, in, n) != 1) return 0;
+  if (EVP_EncryptFinal_ex(enc, out + len, &len) != 1) return 0;
+  memcpy(out + n, nonce, HDB_NONCE);
+  if (EVP_CIPHER_CTX_ctrl(enc, EVP_CTRL_GCM_GET_TAG, HDB_TAG, out + n + HDB_NONCE) != 1)
+    return 0;
+  STAT_ADD(0, 1);
+  return 1;
+}
+
+/* dec: AES-256-GCM decryption context with its key set. in may equal out. */
+static int gcm_open(EVP_CIPHER_CTX *dec, const unsigned char *fid, int domain, uint32_t pgno,
+                    const unsigned char *in, unsigned char *out, int pgsz) {
+  unsigned char aad[HDB_AAD_LEN], nt[HDB_OVERHEAD];
+  int n = pgsz - HDB_OVERHEAD, len = 0;
+  memcpy(nt, in + n, HDB_OVERHEAD); /* in may be overwritten in place */
+  make_aad(aad, fid, domain, pgno);
+  STAT_ADD(1, 1);
+  if (EVP_DecryptInit_ex(dec, NULL, NULL, NULL, nt) != 1) return 0;
+  if (EVP_CIPHER_CTX_ctrl(dec, EVP_CTRL_GCM_SET_TAG, HDB_TAG, nt + HDB_NONCE) != 1) return 0;
+  if (EVP_DecryptUpdate(dec, NULL, &len, aad, HDB_AAD_LEN) != 1) return 0;
+  if (EVP_DecryptUpdate(dec, out, &len, in, n) != 1) return 0;
+  if (EVP_DecryptFinal_ex(dec, out + len, &len) != 1) {
+    STAT_ADD(3, 1);
+    return 0;
+  }
+  /* The reserved bytes read back as zeros, never as nonce and tag: SQLite's copy of a
+  ** page must be what it will write back, since WAL frame checksums cover the whole
+  ** page as SQLite wrote it and are recomputed over what xRead returns at recovery. */
+  memset(out + n, 0, HDB_OVERHEAD);
+  return 1;
+}
+
+static EVP_CIPHER_CTX *new_ctx(const EVP_CIPHER *c, const unsigned char *key, int enc) {
+  EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+  if (!x) return 0;
+  if (EVP_CipherInit_ex(x, c, NULL, key, NULL, enc) != 1) {
+    EVP_CIPHER_CTX_free(x);
+    return 0;
+  }
+  return x;
+}
+
+static int valid_page_size(sqlite3_int64 n) {
+  return n >= 512 && n <= HDB_MAX_PAGE && (n & (n - 1)) == 0;
+}
+
+/* Known-answer entry points for the tests (one-shot contexts). Return 1 on success. */
+int heliosdb_page_encrypt(const unsigned char *dek, const unsigned char *file_id, int domain,
+                          uint32_t pgno, const unsigned char *nonce, const unsigned char *in,
+                          unsigned char *out, int page_size) {
+  if (!valid_page_size(page_size)) return 0;
+  EVP_CIPHER_CTX *c = new_ctx(EVP_aes_256_gcm(), dek, 1);
+  if (!c) return 0;
+  int ok = gcm_seal(c, file_id, domain, pgno, nonce, in, out, page_size);
+  EVP_CIPHER_CTX_free(c);
+  return ok;
+}
+
+int heliosdb_page_decrypt(const unsigned char *dek, const unsigned char *file_id, int domain,
+                          uint32_t pgno, const unsigned char *in, unsigned char *out,
+                          int page_size) {
+  if (!valid_page_size(page_size)) return 0;
+  EVP_CIPHER_CTX *c = new_ctx(EVP_aes_256_gcm(), dek, 0);
+  if (!c) return 0;
+  int ok = gcm_open(c, file_id, domain, pgno, in, out, page_size);
+  EVP_CIPHER_CTX_free(c);
+  return ok;
+}
+
+/* ---------------------------------------------------------------- the VFS --- */
+typedef struct HFile HFile;
+struct HFile {
+  sqlite3_file base;
+  int kind;
+  const char *zName;          /* SQLite's name (valid while open), for error text */
+  KeyEntry *entry;            /* main file: its registry entry */
+  HFile *pMain;               /* journal / WAL: the main database file */
+  unsigned char fid[16];
+  EVP_CIPHER_CTX *enc, *dec;  /* GCM (main/journal/WAL) or CTR (temp, enc only) */
+  unsigned char *buf;         /* scratch */
+  int nBuf;
+  int pgsz;                   /* main: page size; WAL: WAL page size (0 = unknown) */
+  int reserveOk;              /* main: page 1 seen with >= 28 reserved bytes */
+  int lockLevel;              /* main: the lock this handle holds */
+  int pgszDirty;              /* main: header page size to rewrite at next sync */
+  unsigned char *p1c, *p1p;   /* main: cached page 1 ciphertext and plaintext */
+  unsigned char *sub;         /* main: page buffer for sub-page reads (plaintext) */
+  int p1sz;
+  sqlite3_int64 last4Off;     /* journal/WAL: last 4-byte I/O (pgno tracking) */
+  uint32_t last4Val;
+  int have4;
+  unsigned char ctrPrefix[8]; /* temp: random IV prefix */
+  sqlite3_file *pReal;        /* the underlying file, allocated right after this */
+};
+
+static sqlite3_vfs *g_root = 0;
+static sqlite3_vfs g_vfs;
+static int g_registered = 0;
+static const sqlite3_io_methods g_io;
+
+#define REAL(p) ((p)->pReal)
+
+int heliosdb_vfs_registered(void) { return g_registered; }
+
+int heliosdb_full_pathname(const char *zIn, char *zOut, int nOut) {
+  if (!g_root) return SQLITE_MISUSE;
+  return g_root->xFullPathname(g_root, zIn, nOut, zOut);
+}
+
+static int ensure_buf(HFile *p, int n) {
+  if (p->nBuf >= n) return 1;
+  unsigned char *b = malloc((size_t)n);
+  if (!b) return 0;
+  if (p->buf) {
+    OPENSSL_cleanse(p->buf, (size_t)p->nBuf);
+    free(p->buf);
+  }
+  p->buf = b;
+  p->nBuf = n;
+  return 1;
+}
+
+static int all_zero_bytes(const unsigned char *p, int n) {
+  for (int i = 0; i < n; i++)
+    if (p[i]) return 0;
+  return 1;
+}
+
+/* Is a stored page all zeros? A sealed page's random nonce is all zeros with chance
+** 2^-96, so the 28-byte trailer decides quickly and the full scan runs almost never. */
+static int all_zero(const unsigned char *p, int n) {
+  return all_zero_bytes(p + n - HDB_OVERHEAD, HDB_OVERHEAD) && all_zero_bytes(p, n);
+}
+
+static const char *fname(HFile *p) { return p->zName ? p->zName : "(temp file)"; }
+
+static int corrupt(HFile *p, long long page, const char *what) {
+  char msg[200];
+  snprintf(msg, sizeof msg, "%s", what);
+  set_error(fname(p), page, msg);
+  return SQLITE_IOERR_DATA;
+}
+
+/* -- main database ------------------------------------------------------------- */
+
+/* Bytes of the real file from offset off (for deciding short reads). */
+static sqlite3_int64 real_avail(HFile *p, sqlite3_int64 off) {
+  sqlite3_int64 sz = 0;
+  if (REAL(p)->pMethods->xFileSize(REAL(p), &sz) != SQLITE_OK) return 0;
+  return sz > off ? sz - off : 0;
+}
+
+/* Read and authenticate page pgno of size P into out (P bytes). */
+static int main_read_page_once(HFile *p, uint32_t pgno, int P, unsigned char *out) {
+  sqlite3_int64 off = HDB_HDR_SIZE + (sqlite3_int64)(pgno - 1) * P;
+  if (pgno == 1 && p->p1c && p->p1sz == P) {
+    /* SQLite re-reads page 1 at the start of every read transaction. Every write of a
+    ** page draws a fresh random nonce, so an unchanged nonce and tag mean an unchanged
+    ** page: serve the plaintext authenticated earlier. Never unauthenticated data: a
+    ** page changed behind an unchanged tag is served as it was when it authenticated. */
+    unsigned char t[HDB_OVERHEAD];
+    if (REAL(p)->pMethods->xRead(REAL(p), t, HDB_OVERHEAD, off + P - HDB_OVERHEAD) == SQLITE_OK &&
+        memcmp(t, p->p1c + P - HDB_OVERHEAD, HDB_OVERHEAD) == 0) {
+      memcpy(out, p->p1p, (size_t)P);
+      STAT_ADD(2, 1);
+      return SQLITE_OK;
+    }
+  }
+  int rc = REAL(p)->pMethods->xRead(REAL(p), out, P, off);
+  if (rc == SQLITE_IOERR_SHORT_READ) {
+    if (real_avail(p, off) == 0) {
+      /* A new, empty database: SQLite may spill pages 2.. before it writes page 1; the
+      ** reserve of the new database is checked when page 1 is written, and the whole
+      ** transaction rolls back (truncating what was spilled) if it is too small. */
+      if (pgno == 1) p->reserveOk = 1;
+      memset(out, 0, (size_t)P);
+      return SQLITE_IOERR_SHORT_READ;
+    }
+    return corrupt(p, pgno, "the page is truncated");
+  }
+  if (rc != SQLITE_OK) return rc;
+  if (all_zero(out, P)) return corrupt(p, pgno, "the page is all zeros");
+  if (!ensure_buf(p, P)) return SQLITE_NOMEM;
+  if (pgno == 1) memcpy(p->buf, out, (size_t)P); /* ciphertext, for the cache */
+  if (!gcm_open(p->dec, p->fid, D_MAIN, pgno, out, out, P))
+    return corrupt(p, pgno, "the page failed authentication (wrong data for this key, "
+                            "tampered with, or from another position or file)");
+  if (pgno == 1) {
+    if (out[20] >= HDB_OVERHEAD) p->reserveOk = 1;
+    if (p->p1sz != P) {
+      free(p->p1c);
+      if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
+      free(p->p1p);
+      p->p1c = malloc((size_t)P);
+      p->p1p = malloc((size_t)P);
+      p->p1sz = (p->p1c && p->p1p) ? P : 0;
+    }
+    if (p->p1sz == P) {
+      memcpy(p->p1c, p->buf, (size_t)P);
+      memcpy(p->p1p, out, (size_t)P);
+    }
+    p->entry->pgsz = P;
+    p->entry->hdrPages = get_be32(out + 28);
+  }
+  return SQLITE_OK;
+}
+
+/* Page 1 is read without a lock: retry a failed authentication, since another process
+** may be writing it at this moment (a torn read is not a wrong key nor corruption). */
+static int main_read_page(HFile *p, uint32_t pgno, int P, unsigned char *out) {
+  int rc = main_read_page_once(p, pgno, P, out);
+  for (int i = 0; rc == SQLITE_IOERR_DATA && pgno == 1 && i < HDB_P1_RETRIES; i++) {
+    STAT_ADD(5, 1);
+    g_root->xSleep(g_root, 1000 * (i + 1));
+    rc = main_read_page_once(p, pgno, P, out);
+  }
+  if (rc == SQLITE_OK) heliosdb_clear_last_error();
+  return rc;
+}
+
+static int main_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  if (valid_page_size(iAmt) && iOfst % iAmt == 0) {
+    int rc = main_read_page(p, (uint32_t)(iOfst / iAmt) + 1, iAmt, zBuf);
+    if (rc == SQLITE_OK && iOfst == 0) p->pgsz = iAmt;
+    return rc;
+  }
+  /* A part of one page: SQLite's reads of the database header in page 1. */
+  int P = p->pgsz;
+  uint32_t pgno = (uint32_t)(iOfst / P) + 1;
+  if (!p->sub) {
+    p->sub = malloc(HDB_MAX_PAGE); /* one page-sized buffer per main file */
+    if (!p->sub) return SQLITE_NOMEM;
+  }
+  unsigned char *page = p->sub;
+  int rc = main_read_page(p, pgno, P, page); /* retries a torn page 1 */
+  if (rc == SQLITE_IOERR_DATA && pgno == 1) {
+    /* The page size field may be stale (a damaged or older header): probe the others. */
+    for (int q = 512; q <= HDB_MAX_PAGE; q *= 2) {
+      if (q == P || main_read_page_once(p, 1, q, page) != SQLITE_OK) continue;
+      p->pgsz = P = q;
+      p->pgszDirty = 1;
+      rc = SQLITE_OK;
+      heliosdb_clear_last_error();
+      break;
+    }
+    if (rc != SQLITE_OK) {
+      /* Report the failure at the recorded size, not the last probe's. */
+      heliosdb_clear_last_error();
+      rc = main_read_page_once(p, 1, P, page);
+    }
+  }
+  int inPage = (int)(iOfst - (sqlite3_int64)(pgno - 1) * P);
+  if ((rc == SQLITE_OK || rc == SQLITE_IOERR_SHORT_READ)) {
+    if (inPage < 0 || inPage + iAmt > P) {
+      set_error(fname(p), pgno, "read across a page boundary refused by the encrypting VFS");
+      rc = SQLITE_IOERR_READ;
+    } else {
+      memcpy(zBuf, page + inPage, (size_t)iAmt);
+    }
+  }
+  return rc;
+}
+
+static int main_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  const unsigned char *in = zBuf;
+  if (!valid_page_size(iAmt) || iOfst % iAmt != 0) {
+    set_error(fname(p), iOfst / (p->pgsz ? p->pgsz : 4096) + 1,
+              "write that is not one whole page refused by the encrypting VFS");
+    return SQLITE_IOERR_WRITE;
+  }
+  uint32_t pgno = (uint32_t)(iOfst / iAmt) + 1;
+  if (pgno == 1) {
+    int hdrP = in[16] * 256 + in[17];
+    if (hdrP == 1) hdrP = 65536;
+    if (hdrP != iAmt) {
+      /* SQLite changes the page size of an existing database (VACUUM after PRAGMA
+      ** page_size) by copying the new pages in units of the old size: such a unit has no
+      ** reserved bytes of its own to seal. Refuse before anything is written; the
+      ** transaction rolls back. VACUUM INTO a new encrypted file does work. */
+      set_error(fname(p), 1, "changing the page size of an encrypted database in place is "
+                             "not supported: VACUUM INTO a new encrypted database instead");
+      return SQLITE_IOERR_WRITE;
+    }
+    if (in[20] < HDB_OVERHEAD) {
+      set_error(fname(p), 1, "page 1 has fewer than 28 reserved bytes: the database was "
+                             "not created by heliosdb.crypto (SQLITE_FCNTL_RESERVE_BYTES)");
+      return SQLITE_IOERR_WRITE;
+    }
+    p->reserveOk = 1;
+    if (p->pgsz != iAmt) {
+      p->pgsz = iAmt;
+      p->pgszDirty = 1;
+    }
+    p->entry->pgsz = iAmt;
+    p->entry->hdrPages = get_be32(in + 28);
+  } else if (!p->reserveOk) {
+    set_error(fname(p), pgno, "page written before page 1 was seen");
+    return SQLITE_IOERR_WRITE;
+  }
+  unsigned char nonce[HDB_NONCE];
+  if (RAND_bytes(nonce, HDB_NONCE) != 1) return SQLITE_IOERR_WRITE;
+  if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
+  if (!gcm_seal(p->enc, p->fid, D_MAIN, pgno, nonce, in, p->buf, iAmt)) return SQLITE_IOERR_WRITE;
+  __atomic_add_fetch(&p->entry->pending, 1, __ATOMIC_RELAXED);
+  int rc = REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, HDB_HDR_SIZE + iOfst);
+  if (rc == SQLITE_OK && pgno == 1) {
+    if (p->p1sz != iAmt) {
+      free(p->p1c);
+      if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
+      free(p->p1p);
+      p->p1c = malloc((size_t)iAmt);
+      p->p1p = malloc((size_t)iAmt);
+      p->p1sz = (p->p1c && p->p1p) ? iAmt : 0;
+    }
+    if (p->p1sz == iAmt) {
+      memcpy(p->p1c, p->buf, (size_t)iAmt);
+      memcpy(p->p1p, in, (size_t)iAmt - HDB_OVERHEAD);
+      memset(p->p1p + iAmt - HDB_OVERHEAD, 0, HDB_OVERHEAD); /* as a read returns it */
+    }
+  }
+  return rc;
+}
+
+/* Add this process's pending encryptions (and a new page size) to the header. Called
+** from xSync of the main file, i.e. under SQLite's write or checkpoint lock. */
+static int main_flush_header(HFile *p) {
+  long long d = __atomic_exchange_n(&p->entry->pending, 0, __ATOMIC_RELAXED);
+  if (d == 0 && !p->pgszDirty) return SQLITE_OK;
+  unsigned char h[16];
+  int rc = REAL(p)->pMethods->xRead(REAL(p), h, 16, HDB_OFF_PAGE_SIZE);
+  if (rc != SQLITE_OK) {
+    __atomic_add_fetch(&p->entry->pending, d, __ATOMIC_RELAXED);
+    return rc;
+  }
+  if (p->pgszDirty && p->pgsz) put_be32(h, (uint32_t)p->pgsz);
+  unsigned long long c = ((unsigned long long)get_be32(h + 8) << 32) | get_be32(h + 12);
+  c += (unsigned long long)d;
+  put_be32(h + 8, (uint32_t)(c >> 32));
+  put_be32(h + 12, (uint32_t)c);
+  rc = REAL(p)->pMethods->xWrite(REAL(p), h, 16, HDB_OFF_PAGE_SIZE);
+  if (rc == SQLITE_OK) p->pgszDirty = 0;
+  else __atomic_add_fetch(&p->entry->pending, d, __ATOMIC_RELAXED);
+  return rc;
+}
+
+/* -- journal and WAL -------------------------------------------------------------- */
+
+/* The pgno stored at off: from the last 4-byte I/O of this handle when useCache (the
+** pager writes or reads a record's pgno just before its page), else from the file. */
+static int side_pgno_at(HFile *p, sqlite3_int64 off, uint32_t *pg, int useCache) {
+  if (useCache && p->have4 && p->last4Off == off) {
+    *pg = p->last4Val;
+    return SQLITE_OK;
+  }
+  unsigned char b[4];
+  int rc = REAL(p)->pMethods->xRead(REAL(p), b, 4, off);
+  if (rc != SQLITE_OK) return rc == SQLITE_IOERR_SHORT_READ ? SQLITE_IOERR_DATA : rc;
+  *pg = get_be32(b);
+  return SQLITE_OK;
+}
+
+static void note4(HFile *p, const void *buf, int amt, sqlite3_int64 off) {
+  if (amt == 4) {
+    p->have4 = 1;
+    p->last4Off = off;
+    p->last4Val = get_be32(buf);
+  }
+}
+
+static int journal_is_page(int amt, sqlite3_int64 off) {
+  return valid_page_size(amt) && off % 8 == 4 && off >= 4;
+}
+
+static int journal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  int rc = REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
+  if (rc != SQLITE_OK) return rc;
+  note4(p, zBuf, iAmt, iOfst);
+  if (!journal_is_page(iAmt, iOfst)) return SQLITE_OK;
+  uint32_t pg;
+  if ((rc = side_pgno_at(p, iOfst - 4, &pg, 1)) != SQLITE_OK) return rc;
+  if (all_zero(zBuf, iAmt)) return corrupt(p, pg, "journal record for page is all zeros");
+  if (!gcm_open(p->dec, p->fid, D_JOURNAL, pg, zBuf, zBuf, iAmt))
+    return corrupt(p, pg, "journal record for page failed authentication");
+  return SQLITE_OK;
+}
+
+static int journal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  if (!journal_is_page(iAmt, iOfst)) {
+    note4(p, zBuf, iAmt, iOfst);
+    return REAL(p)->pMethods->xWrite(REAL(p), zBuf, iAmt, iOfst);
+  }
+  uint32_t pg;
+  int rc = side_pgno_at(p, iOfst - 4, &pg, 1);
+  if (rc != SQLITE_OK) return rc;
+  unsigned char nonce[HDB_NONCE];
+  if (RAND_bytes(nonce, HDB_NONCE) != 1) return SQLITE_IOERR_WRITE;
+  if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
+  if (!gcm_seal(p->enc, p->fid, D_JOURNAL, pg, nonce, zBuf, p->buf, iAmt)) return SQLITE_IOERR_WRITE;
+  __atomic_add_fetch(&p->pMain->entry->pending, 1, __ATOMIC_RELAXED);
+  return REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
+}
+
+static int wal_page_size(HFile *p) {
+  if (p->pgsz) return p->pgsz;
+  unsigned char h[32];
+  if (REAL(p)->pMethods->xRead(REAL(p), h, 32, 0) == SQLITE_OK) {
+    uint32_t v = get_be32(h + 8);
+    if (valid_page_size(v)) return p->pgsz = (int)v;
+  }
+  return p->pMain->pgsz;
+}
+
+/* For each frame's page region overlapping [off, off+amt): call back. */
+static int wal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  unsigned char *buf = zBuf;
+  int rc = REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
+  if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) return rc;
+  int shortRead = rc == SQLITE_IOERR_SHORT_READ;
+  sqlite3_int64 have = shortRead ? real_avail(p, iOfst) : iAmt;
+  if (have > iAmt) have = iAmt;
+  note4(p, zBuf, iAmt, iOfst);
+  if (iOfst == 0 && have >= 32 && valid_page_size(get_be32(buf + 8))) p->pgsz = (int)get_be32(buf + 8);
+  int P = wal_page_size(p);
+  if (!P) return rc;
+  sqlite3_int64 szF = 24 + (sqlite3_int64)P, end = iOfst + iAmt;
+  sqlite3_int64 k = iOfst < 32 ? 0 : (iOfst - 32) / szF;
+  for (;; k++) {
+    sqlite3_int64 hOff = 32 + k * szF, pOff = hOff + 24;
+    if (pOff >= end) break;
+    if (pOff + P <= iOfst) continue;
+    int lenient = hOff >= iOfst; /* the read includes the frame header: WAL recovery */
+    uint32_t pg;
+    if (lenient) pg = get_be32(buf + (hOff - iOfst));
+    else if ((rc = side_pgno_at(p, hOff, &pg, 0)) != SQLITE_OK) return rc;
+    if (pOff >= iOfst && pOff + P <= iOfst + have) {
+      unsigned char *pp = buf + (pOff - iOfst);
+      if (all_zero(pp, P) || !gcm_open(p->dec, p->fid, D_WAL, pg, pp, pp, P)) {
+        if (lenient) memset(pp, 0, (size_t)P);
+        else return corrupt(p, pg, "WAL frame for page failed authentication");
+      }
+    } else if (pOff >= iOfst + have) {
+      /* Beyond end of file: zero fill stays (short read). */
+      sqlite3_int64 a = pOff - iOfst, b = (pOff + P < end ? pOff + P : end) - iOfst;
+      memset(buf + a, 0, (size_t)(b - a));
+    } else {
+      /* Partial overlap: authenticate the whole page, then copy the overlap. */
+      if (!ensure_buf(p, P)) return SQLITE_NOMEM;
+      int r2 = REAL(p)->pMethods->xRead(REAL(p), p->buf, P, pOff);
+      if (r2 != SQLITE_OK || !gcm_open(p->dec, p->fid, D_WAL, pg, p->buf, p->buf, P)) {
+        if (lenient) memset(p->buf, 0, (size_t)P);
+        else return corrupt(p, pg, "WAL frame for page failed authentication");
+      }
+      sqlite3_int64 a = pOff > iOfst ? pOff : iOfst;
+      sqlite3_int64 b = pOff + P < end ? pOff + P : end;
+      memcpy(buf + (a - iOfst), p->buf + (a - pOff), (size_t)(b - a));
+    }
+  }
+  return shortRead ? SQLITE_IOERR_SHORT_READ : SQLITE_OK;
+}
+
+static int wal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  const unsigned char *in = zBuf;
+  if (iOfst == 0 && iAmt >= 32 && valid_page_size(get_be32(in + 8))) p->pgsz = (int)get_be32(in + 8);
+  int P = wal_page_size(p);
+  sqlite3_int64 szF = 24 + (sqlite3_int64)P, end = iOfst + iAmt;
+  int touched = 0;
+  for (sqlite3_int64 k = iOfst < 32 ? 0 : (iOfst - 32) / szF; P; k++) {
+    sqlite3_int64 hOff = 32 + k * szF, pOff = hOff + 24;
+    if (pOff >= end) break;
+    if (pOff + P <= iOfst) continue;
+    if (pOff < iOfst || pOff + P > end) {
+      set_error(fname(p), 0, "partial WAL page write refused by the encrypting VFS");
+      return SQLITE_IOERR_WRITE;
+    }
+    if (!touched) {
+      /* Frame headers are copied as they are; page contents are sealed over them. */
+      if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
+      memcpy(p->buf, in, (size_t)iAmt);
+      touched = 1;
+    }
+    uint32_t pg;
+    int rc;
+    if (hOff >= iOfst) pg = get_be32(in + (hOff - iOfst));
+    else if ((rc = side_pgno_at(p, hOff, &pg, 1)) != SQLITE_OK) return rc;
+    unsigned char nonce[HDB_NONCE];
+    if (RAND_bytes(nonce, HDB_NONCE) != 1) return SQLITE_IOERR_WRITE;
+    if (!gcm_seal(p->enc, p->fid, D_WAL, pg, nonce, in + (pOff - iOfst), p->buf + (pOff - iOfst), P))
+      return SQLITE_IOERR_WRITE;
+    __atomic_add_fetch(&p->pMain->entry->pending, 1, __ATOMIC_RELAXED);
+  }
+  if (!touched) {
+    if (iAmt == 24) note4(p, zBuf, 4, iOfst); /* a frame header starts with its pgno */
+    return REAL(p)->pMethods->xWrite(REAL(p), zBuf, iAmt, iOfst);
+  }
+  return REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
+}
+
+/* -- temp files: AES-256-CTR with a per-file random key ----------------------------- */
+static int ctr_xor(HFile *p, sqlite3_int64 off, const unsigned char *in, unsigned char *out, int n) {
+  unsigned char iv[16], junk[16];
+  static const unsigned char zeros[16];
+  uint64_t blk = (uint64_t)off / 16;
+  int skip = (int)(off % 16), len;
+  memcpy(iv, p->ctrPrefix, 8);
+  for (int i = 0; i < 8; i++) iv[8 + i] = (unsigned char)(blk >> (56 - 8 * i));
+  if (EVP_EncryptInit_ex(p->enc, NULL, NULL, NULL, iv) != 1) return 0;
+  if (skip && EVP_EncryptUpdate(p->enc, junk, &len, zeros, skip) != 1) return 0;
+  if (EVP_EncryptUpdate(p->enc, out, &len, in, n) != 1) return 0;
+  STAT_ADD(4, n);
+  return 1;
+}
+
+static int temp_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  int rc = REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
+  if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) return rc;
+  sqlite3_int64 have = rc == SQLITE_OK ? iAmt : real_avail(p, iOfst);
+  if (have > iAmt) have = iAmt;
+  if (have > 0 && !ctr_xor(p, iOfst, zBuf, zBuf, (int)have)) return SQLITE_IOERR_READ;
+  return rc;
+}
+
+static int temp_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
+  if (!ctr_xor(p, iOfst, zBuf, p->buf, iAmt)) return SQLITE_IOERR_WRITE;
+  return REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
+}
+
+/* -- io methods --------------------------------------------------------------------- */
+static int hClose(sqlite3_file *pFile) {
+  HFile *p = (HFile *)pFile;
+  int rc = REAL(p)->pMethods ? REAL(p)->pMethods->xClose(REAL(p)) : SQLITE_OK;
+  if (p->enc) EVP_CIPHER_CTX_free(p->enc);
+  if (p->dec) EVP_CIPHER_CTX_free(p->dec);
+  if (p->buf) OPENSSL_cleanse(p->buf, (size_t)p->nBuf);
+  free(p->buf);
+  if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
+  free(p->p1p);
+  free(p->p1c);
+  if (p->sub) OPENSSL_cleanse(p->sub, HDB_MAX_PAGE);
+  free(p->sub);
+  p->sub = 0;
+  OPENSSL_cleanse(p->ctrPrefix, sizeof p->ctrPrefix);
+  if (p->kind == K_MAIN && p->entry) {
+    pthread_mutex_lock(&g_keys_mu);
+    if (--p->entry->nOpen == 0 && p->entry->nReg == 0) free_entry_locked(p->entry);
+    pthread_mutex_unlock(&g_keys_mu);
+  }
+  p->enc = p->dec = 0;
+  p->buf = p->p1p = p->p1c = 0;
+  p->entry = 0;
+  return rc;
+}
+
+static int hRead(sqlite3_file *pFile, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  HFile *p = (HFile *)pFile;
+  switch (p->kind) {
+    case K_MAIN: return main_read(p, zBuf, iAmt, iOfst);
+    case K_JOURNAL: return journal_read(p, zBuf, iAmt, iOfst);
+    case K_WAL: return wal_read(p, zBuf, iAmt, iOfst);
+    case K_TEMP: return temp_read(p, zBuf, iAmt, iOfst);
+    default: return REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
+  }
+}
+
+static int hWrite(sqlite3_file *pFile, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  HFile *p = (HFile *)pFile;
+  switch (p->kind) {
+    case K_MAIN: return main_write(p, zBuf, iAmt, iOfst);
+    case K_JOURNAL: return journal_write(p, zBuf, iAmt, iOfst);
+    case K_WAL: return wal_write(p, zBuf, iAmt, iOfst);
+    case K_TEMP: return temp_write(p, zBuf, iAmt, iOfst);
+    default: return REAL(p)->pMethods->xWrite(REAL(p), zBuf, iAmt, iOfst);
+  }
+}
+
+static int hTruncate(sqlite3_file *pFile, sqlite3_int64 size) {
+  HFile *p = (HFile *)pFile;
+  if (p->kind == K_MAIN) size += HDB_HDR_SIZE;
+  if (p->kind == K_JOURNAL || p->kind == K_WAL) p->have4 = 0;
+  return REAL(p)->pMethods->xTruncate(REAL(p), size);
+}
+
+static int hSync(sqlite3_file *pFile, int flags) {
+  HFile *p = (HFile *)pFile;
+  if (p->kind == K_MAIN) {
+    int rc = main_flush_header(p);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return REAL(p)->pMethods->xSync(REAL(p), flags);
+}
+
+static int hFileSize(sqlite3_file *pFile, sqlite3_int64 *pSize) {
+  HFile *p = (HFile *)pFile;
+  int rc = REAL(p)->pMethods->xFileSize(REAL(p), pSize);
+  if (rc == SQLITE_OK && p->kind == K_MAIN) *pSize = *pSize > HDB_HDR_SIZE ? *pSize - HDB_HDR_SIZE : 0;
+  return rc;
+}
+
+static int hLock(sqlite3_file *f, int e) {
+  HFile *p = (HFile *)f;
+  int rc = REAL(p)->pMethods->xLock(REAL(p), e);
+  if (rc == SQLITE_OK) p->lockLevel = e;
+  return rc;
+}
+
+static int hUnlock(sqlite3_file *f, int e) {
+  HFile *p = (HFile *)f;
+  /* Still holding the write lock: persist the encryption count even when SQLite does
+  ** not sync (PRAGMA synchronous=OFF). A failure here only delays the count. */
+  if (p->kind == K_MAIN && p->lockLevel >= SQLITE_LOCK_EXCLUSIVE && p->entry &&
+      __atomic_load_n(&p->entry->pending, __ATOMIC_RELAXED) > 0)
+    main_flush_header(p);
+  int rc = REAL(p)->pMethods->xUnlock(REAL(p), e);
+  if (rc == SQLITE_OK) p->lockLevel = e;
+  return rc;
+}
+static int hCheckReservedLock(sqlite3_file *f, int *r) {
+  HFile *p = (HFile *)f;
+  return REAL(p)->pMethods->xCheckReservedLock(REAL(p), r);
+}
+
+static int hFileControl(sqlite3_file *pFile, int op, void *pArg) {
+  HFile *p = (HFile *)pFile;
+  if (op == SQLITE_FCNTL_MMAP_SIZE) {
+    /* Memory-mapped reads would bypass decryption: always off. */
+    *(sqlite3_int64 *)pArg = 0;
+    return SQLITE_OK;
+  }
+  if (op == SQLITE_FCNTL_SIZE_HINT && p->kind == K_MAIN) {
+    sqlite3_int64 sz = *(sqlite3_int64 *)pArg + HDB_HDR_SIZE;
+    return REAL(p)->pMethods->xFileControl(REAL(p), op, &sz);
+  }
+  int rc = REAL(p)->pMethods->xFileControl(REAL(p), op, pArg);
+  if (rc == SQLITE_OK && op == SQLITE_FCNTL_VFSNAME) {
+    char *z = sqlite3_mprintf("%s/%z", HDB_VFS_NAME, *(char **)pArg);
+    *(char **)pArg = z;
+  }
+  return rc;
+}
+
+static int hSectorSize(sqlite3_file *f) { HFile *p = (HFile *)f; return REAL(p)->pMethods->xSectorSize(REAL(p)); }
+static int hDeviceCharacteristics(sqlite3_file *f) {
+  HFile *p = (HFile *)f;
+  int d = REAL(p)->pMethods->xDeviceCharacteristics(REAL(p));
+  /* Batch-atomic writes would route page writes around this shim's assumptions. */
+  return d & ~SQLITE_IOCAP_BATCH_ATOMIC;
+}
+static int hShmMap(sqlite3_file *f, int i, int sz, int e, void volatile **pp) {
+  HFile *p = (HFile *)f;
+  return REAL(p)->pMethods->xShmMap(REAL(p), i, sz, e, pp);
+}
+static int hShmLock(sqlite3_file *f, int o, int n, int fl) {
+  HFile *p = (HFile *)f;
+  return REAL(p)->pMethods->xShmLock(REAL(p), o, n, fl);
+}
+static void hShmBarrier(sqlite3_file *f) { HFile *p = (HFile *)f; REAL(p)->pMethods->xShmBarrier(REAL(p)); }
+static int hShmUnmap(sqlite3_file *f, int d) { HFile *p = (HFile *)f; return REAL(p)->pMethods->xShmUnmap(REAL(p), d); }
+
+/* Version 2: no xFetch/xUnfetch, so SQLite never memory-maps an encrypted file. */
+static const sqlite3_io_methods g_io = {
+    2, hClose, hRead, hWrite, hTruncate, hSync, hFileSize, hLock, hUnlock,
+    hCheckReservedLock, hFileControl, hSectorSize, hDeviceCharacteristics,
+    hShmMap, hShmLock, hShmBarrier, hShmUnmap, 0, 0};
+
+static int open_main(HFile *p, const char *zName) {
+  pthread_mutex_lock(&g_keys_mu);
+  KeyEntry *e = zName ? find_entry(zName) : 0;
+  if (e) e->nOpen++;
+  pthread_mutex_unlock(&g_keys_mu);
+  if (!e) {
+    set_error(zName, 0, "no key is registered for this database file: open it with "
+                        "heliosdb (key=...) or register_attach_key() before ATTACH");
+    return SQLITE_CANTOPEN;
+  }
+  p->entry = e;
+  unsigned char h[64];
+  int rc = REAL(p)->pMethods->xRead(REAL(p), h, 64, 0);
+  if (rc != SQLITE_OK || memcmp(h, HDB_MAGIC, HDB_MAGIC_LEN) != 0) {
+    set_error(zName, 0, "the file has no HeliosDB encryption header");
+    return SQLITE_CANTOPEN;
+  }
+  if (memcmp(h + HDB_OFF_FILE_ID, e->fid, 16) != 0) {
+    set_error(zName, 0, "the file's id differs from the one its key was registered for");
+    return SQLITE_CANTOPEN;
+  }
+  memcpy(p->fid, e->fid, 16);
+  uint32_t ps = get_be32(h + HDB_OFF_PAGE_SIZE);
+  p->pgsz = valid_page_size(ps) ? (int)ps : 4096;
+  p->enc = new_ctx(EVP_aes_256_gcm(), e->dek, 1);
+  p->dec = new_ctx(EVP_aes_256_gcm(), e->dek, 0);
+  return (p->enc && p->dec) ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+static int open_side(HFile *p, const char *zName) {
+  sqlite3_file *m = sqlite3_database_file_object(zName);
+  if (!m || m->pMethods != &g_io || ((HFile *)m)->kind != K_MAIN) {
+    set_error(zName, 0, "journal or WAL without its encrypted main database");
+    return SQLITE_CANTOPEN;
+  }
+  p->pMain = (HFile *)m;
+  memcpy(p->fid, p->pMain->fid, 16);
+  p->enc = new_ctx(EVP_aes_256_gcm(), p->pMain->entry->dek, 1);
+  p->dec = new_ctx(EVP_aes_256_gcm(), p->pMain->entry->dek, 0);
+  return (p->enc && p->dec) ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+static int open_temp(HFile *p) {
+  unsigned char key[32];
+  if (RAND_bytes(key, 32) != 1 || RAND_bytes(p->ctrPrefix, 8) != 1) return SQLITE_IOERR;
+  p->enc = new_ctx(EVP_aes_256_ctr(), key, 1);
+  OPENSSL_cleanse(key, sizeof key);
+  return p->enc ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+static int hOpen(sqlite3_vfs *pVfs, const char *zName, sqlite3_file *pFile, int flags,
+                 int *pOutFlags) {
+  HFile *p = (HFile *)pFile;
+  (void)pVfs;
+  memset(p, 0, sizeof *p);
+  p->pReal = (sqlite3_file *)&p[1];
+  p->zName = zName;
+  if (flags & SQLITE_OPEN_MAIN_DB) p->kind = zName ? K_MAIN : K_TEMP;
+  else if (flags & SQLITE_OPEN_MAIN_JOURNAL) p->kind = K_JOURNAL;
+  else if (flags & SQLITE_OPEN_WAL) p->kind = K_WAL;
+  else if (flags & SQLITE_OPEN_SUPER_JOURNAL) p->kind = K_PLAIN;
+  else p->kind = K_TEMP; /* temp db/journal, subjournal, transient db, sorter, unnamed */
+  if (!zName || (flags & SQLITE_OPEN_DELETEONCLOSE)) {
+    if (p->kind == K_MAIN || p->kind == K_JOURNAL || p->kind == K_WAL) p->kind = K_TEMP;
+  }
+  int rc = g_root->xOpen(g_root, zName, p->pReal, flags, pOutFlags);
+  if (rc != SQLITE_OK) {
+    p->pReal->pMethods = 0;
+    return rc;
+  }
+  if (p->kind == K_MAIN) rc = open_main(p, zName);
+  else if (p->kind == K_JOURNAL || p->kind == K_WAL) rc = open_side(p, zName);
+  else if (p->kind == K_TEMP) rc = open_temp(p);
+  pFile->pMethods = &g_io;
+  if (rc != SQLITE_OK) {
+    hClose(pFile);
+    pFile->pMethods = 0;
+  }
+  return rc;
+}
+
+static int vDelete(sqlite3_vfs *v, const char *z, int s) { (void)v; return g_root->xDelete(g_root, z, s); }
+static int vAccess(sqlite3_vfs *v, const char *z, int f, int *r) { (void)v; return g_root->xAccess(g_root, z, f, r); }
+static int vFullPathname(sqlite3_vfs *v, const char *z, int n, char *o) { (void)v; return g_root->xFullPathname(g_root, z, n, o); }
+static void *vDlOpen(sqlite3_vfs *v, const char *z) { (void)v; return g_root->xDlOpen(g_root, z); }
+static void vDlError(sqlite3_vfs *v, int n, char *z) { (void)v; g_root->xDlError(g_root, n, z); }
+static void (*vDlSym(sqlite3_vfs *v, void *h, const char *z))(void) { (void)v; return g_root->xDlSym(g_root, h, z); }
+static void vDlClose(sqlite3_vfs *v, void *h) { (void)v; g_root->xDlClose(g_root, h); }
+static int vRandomness(sqlite3_vfs *v, int n, char *z) { (void)v; return g_root->xRandomness(g_root, n, z); }
+static int vSleep(sqlite3_vfs *v, int us) { (void)v; return g_root->xSleep(g_root, us); }
+static int vCurrentTime(sqlite3_vfs *v, double *t) { (void)v; return g_root->xCurrentTime(g_root, t); }
+static int vGetLastError(sqlite3_vfs *v, int n, char *z) { (void)v; return g_root->xGetLastError(g_root, n, z); }
+static int vCurrentTimeInt64(sqlite3_vfs *v, sqlite3_int64 *t) { (void)v; return g_root->xCurrentTimeInt64(g_root, t); }
+static int vSetSystemCall(sqlite3_vfs *v, const char *z, sqlite3_syscall_ptr f) { (void)v; return g_root->xSetSystemCall(g_root, z, f); }
+static sqlite3_syscall_ptr vGetSystemCall(sqlite3_vfs *v, const char *z) { (void)v; return g_root->xGetSystemCall(g_root, z); }
+static const char *vNextSystemCall(sqlite3_vfs *v, const char *z) { (void)v; return g_root->xNextSystemCall(g_root, z); }
+
+#ifdef _WIN32
+__declspec(dllexport)
+#endif
+int sqlite3_heliosdb_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_routines *pApi) {
+  (void)db;
+  (void)pzErrMsg;
+  SQLITE_EXTENSION_INIT2(pApi);
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  int rc = SQLITE_OK;
+  pthread_mutex_lock(&mu);
+  if (!g_registered && !sqlite3_vfs_find(HDB_VFS_NAME)) {
+    g_root = sqlite3_vfs_find(0);
+    if (!g_root || g_root->iVersion < 3) {
+      rc = SQLITE_ERROR;
+    } else {
+      memset(&g_vfs, 0, sizeof g_vfs);
+      g_vfs.iVersion = 3;
+      g_vfs.szOsFile = (int)sizeof(HFile) + g_root->szOsFile;
+      g_vfs.mxPathname = g_root->mxPathname;
+      g_vfs.zName = HDB_VFS_NAME;
+      g_vfs.xOpen = hOpen;
+      g_vfs.xDelete = vDelete;
+      g_vfs.xAccess = vAccess;
+      g_vfs.xFullPathname = vFullPathname;
+      g_vfs.xDlOpen = vDlOpen;
+      g_vfs.xDlError = vDlError;
+      g_vfs.xDlSym = vDlSym;
+      g_vfs.xDlClose = vDlClose;
+      g_vfs.xRandomness = vRandomness;
+      g_vfs.xSleep = vSleep;
+      g_vfs.xCurrentTime = vCurrentTime;
+      g_vfs.xGetLastError = vGetLastError;
+      g_vfs.xCurrentTimeInt64 = vCurrentTimeInt64;
+      g_vfs.xSetSystemCall = vSetSystemCall;
+      g_vfs.xGetSystemCall = vGetSystemCall;
+      g_vfs.xNextSystemCall = vNextSystemCall;
+      rc = sqlite3_vfs_register(&g_vfs, 0);
+      if (rc == SQLITE_OK) g_registered = 1;
+    }
+  } else if (!g_registered) {
+    rc = SQLITE_ERROR; /* another "heliosdb" VFS: another copy of this library */
+  }
+  pthread_mutex_unlock(&mu);
+  return rc == SQLITE_OK ? SQLITE_OK_LOAD_PERMANENTLY : rc;
+}
+
+/* AES-256-GCM itself, for checking the primitive against NIST SP 800-38D vectors.
+** Returns 1 on success. */
+int heliosdb_gcm_encrypt_raw(const unsigned char *key, const unsigned char *iv,
+                             const unsigned char *aad, int naad, const unsigned char *in,
+                             int n, unsigned char *out, unsigned char *tag) {
+  EVP_CIPHER_CTX *c = new_ctx(EVP_aes_256_gcm(), key, 1);
+  int len = 0, ok = 0;
+  if (!c) return 0;
+  if (EVP_EncryptInit_ex(c, NULL, NULL, NULL, iv) == 1 &&
+      (naad == 0 || EVP_EncryptUpdate(c, NULL, &len, aad, naad) == 1) &&
+      (n == 0 || EVP_EncryptUpdate(c, out, &len, in, n) == 1) &&
+      EVP_EncryptFinal_ex(c, out + (n ? len : 0), &len) == 1 &&
+      EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, 16, tag) == 1)
+    ok = 1;
+  EVP_CIPHER_CTX_free(c);
+  return ok;
+}
+
+/* Add a registration to the key already registered for zPath (same file id), without
+** handing the key again: Python's unlock cache, so that a passphrase is stretched once
+** while a connection to the file is open. Returns 0, or 1 when there is no such key. */
+int heliosdb_key_addref(const char *zPath, const unsigned char *file_id) {
+  pthread_mutex_lock(&g_keys_mu);
+  KeyEntry *e = find_entry(zPath);
+  int rc = (e && memcmp(e->fid, file_id, 16) == 0) ? 0 : 1;
+  if (rc == 0) e->nReg++;
+  pthread_mutex_unlock(&g_keys_mu);
+  return rc;
+}

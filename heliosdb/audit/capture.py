@@ -1,0 +1,1184 @@
+"""Statement capture: turn what a connection runs into audit events.
+
+How each piece of SQLite's machinery is used (DESIGN.md sections 3 and 3a):
+
+* The **authorizer** runs when a statement is prepared. It classifies the statement
+  (operation, target tables, columns read) and denies any user statement that would write,
+  alter or drop the audit tables. APSW reuses prepared statements from its cache without
+  calling the authorizer again, so the classification is kept per SQL text.
+* The **preupdate hook** gives old and new row values (only when
+  ``capture_row_values = true``: it costs a Python call per row).
+* The **rollback hook** tells when SQLite rolled a transaction back on its own.
+* Statement timing is measured around the execution.
+
+Transaction rules:
+
+* A change and its event commit together: inside a user transaction the event is written
+  in that transaction; an autocommit statement is wrapped in ``BEGIN`` ... ``COMMIT`` with
+  its event (statements that cannot run in a transaction, such as VACUUM, ATTACH or a
+  journal-mode change, get their event in a transaction of its own right after).
+* Failed, denied and rolled-back attempts are kept in memory and written in a separate
+  transaction *after* the rollback, so they survive it. A crash before that write loses
+  them, as it loses the attempt itself; SELECT events buffered under
+  ``async_buffer_size`` may likewise be lost in a crash (at most that many).
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+import uuid
+from typing import Any, Iterable, Optional
+
+import apsw
+
+from ..errors import translate
+from . import store
+from .api import AuditAPI
+from .events import EventFields, canonical_json
+
+# Authorizer action codes -> audit operation, in priority order: the first one seen in
+# this list names the statement (a CREATE TABLE also reports an INSERT into
+# sqlite_master; that INSERT must not name it).
+_DDL_ACTIONS = {
+    apsw.SQLITE_CREATE_TABLE: "CREATE_TABLE", apsw.SQLITE_CREATE_TEMP_TABLE: "CREATE_TABLE",
+    apsw.SQLITE_DROP_TABLE: "DROP_TABLE", apsw.SQLITE_DROP_TEMP_TABLE: "DROP_TABLE",
+    apsw.SQLITE_ALTER_TABLE: "ALTER_TABLE",
+    apsw.SQLITE_CREATE_INDEX: "CREATE_INDEX", apsw.SQLITE_CREATE_TEMP_INDEX: "CREATE_INDEX",
+    apsw.SQLITE_DROP_INDEX: "DROP_INDEX", apsw.SQLITE_DROP_TEMP_INDEX: "DROP_INDEX",
+    apsw.SQLITE_CREATE_VIEW: "CREATE_VIEW", apsw.SQLITE_CREATE_TEMP_VIEW: "CREATE_VIEW",
+    apsw.SQLITE_DROP_VIEW: "DROP_VIEW", apsw.SQLITE_DROP_TEMP_VIEW: "DROP_VIEW",
+    apsw.SQLITE_CREATE_TRIGGER: "CREATE_TRIGGER",
+    apsw.SQLITE_CREATE_TEMP_TRIGGER: "CREATE_TRIGGER",
+    apsw.SQLITE_DROP_TRIGGER: "DROP_TRIGGER", apsw.SQLITE_DROP_TEMP_TRIGGER: "DROP_TRIGGER",
+    apsw.SQLITE_CREATE_VTABLE: "CREATE_TABLE", apsw.SQLITE_DROP_VTABLE: "DROP_TABLE",
+}
+# Actions whose second argument (not the first) is the table: (index or trigger, table).
+_ON_TABLE = frozenset((
+    apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_DROP_INDEX, apsw.SQLITE_CREATE_TEMP_INDEX,
+    apsw.SQLITE_DROP_TEMP_INDEX, apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_TRIGGER,
+    apsw.SQLITE_CREATE_TEMP_TRIGGER, apsw.SQLITE_DROP_TEMP_TRIGGER, apsw.SQLITE_ALTER_TABLE,
+    apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE))
+_DML_ACTIONS = {apsw.SQLITE_INSERT: "INSERT", apsw.SQLITE_UPDATE: "UPDATE",
+                apsw.SQLITE_DELETE: "DELETE"}
+_OTHER_ACTIONS = {apsw.SQLITE_PRAGMA: "PRAGMA", apsw.SQLITE_ATTACH: "ATTACH",
+                  apsw.SQLITE_DETACH: "DETACH", apsw.SQLITE_ANALYZE: "ANALYZE",
+                  apsw.SQLITE_REINDEX: "REINDEX"}
+_SCHEMA_TABLES = ("sqlite_master", "sqlite_temp_master", "sqlite_schema",
+                  "sqlite_temp_schema", "sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
+
+_CATEGORY = {**{op: "ddl" for op in _DDL_ACTIONS.values()},
+             "INSERT": "dml", "UPDATE": "dml", "DELETE": "dml",
+             "SELECT": "select", "BEGIN": "tx", "COMMIT": "tx", "ROLLBACK": "tx",
+             "SAVEPOINT": "tx", "RELEASE": "tx", "ROLLBACK_TO": "tx"}
+_TX_OPS = frozenset(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "ROLLBACK_TO"))
+# Events of a transaction are stored in batches of at most this many (see _queue).
+_TX_BATCH = 1000
+# Events that a rollback does not turn into failed attempts: they record what happened
+# (a read, the start of the transaction) or are failures already.
+_KEEP_ON_ROLLBACK = frozenset(("BEGIN", "SELECT", "SAVEPOINT", "RELEASE", "ROLLBACK_TO"))
+# First keywords of statements the audit layer wraps in BEGIN ... COMMIT with their event
+# when they run in autocommit mode. Others (SELECT, PRAGMA, VACUUM, ATTACH, transaction
+# control ...) are not: some cannot run inside a transaction, and a read must not take
+# the write lock. WITH is wrapped when its text holds a DML keyword.
+_WRAP_WORDS = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER"))
+_DML_WORDS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# Leading keyword -> operation, for statements the authorizer never saw (syntax errors)
+# or that have no action code (VACUUM).
+_KEYWORD_OPS = {
+    "INSERT": "INSERT", "REPLACE": "INSERT", "UPDATE": "UPDATE", "DELETE": "DELETE",
+    "SELECT": "SELECT", "VALUES": "SELECT", "EXPLAIN": "SELECT", "PRAGMA": "PRAGMA",
+    "ATTACH": "ATTACH", "DETACH": "DETACH", "BEGIN": "BEGIN", "COMMIT": "COMMIT",
+    "END": "COMMIT", "ROLLBACK": "ROLLBACK", "SAVEPOINT": "SAVEPOINT", "RELEASE": "RELEASE",
+    "VACUUM": "VACUUM", "ANALYZE": "ANALYZE", "REINDEX": "REINDEX",
+}
+_UNKNOWN = "UNKNOWN"  # a statement whose first word is no SQL verb (a syntax error)
+
+
+class _Classification:
+    """What a statement does, as the authorizer saw it at prepare time."""
+
+    __slots__ = ("operation", "targets", "target", "columns", "tx_verb", "savepoint")
+
+    def __init__(self, operation: str, targets: tuple, columns: tuple,
+                 tx_verb: Optional[str], savepoint: Optional[str] = None) -> None:
+        self.operation = operation
+        self.targets = targets
+        self.target = ",".join(targets) or None  # the event's target column
+        self.columns = columns
+        self.tx_verb = tx_verb
+        self.savepoint = savepoint
+
+
+def _qualified(name: str, dbname: Any) -> str:
+    if dbname and dbname != "main":
+        return f"{dbname}.{name}"
+    return name
+
+
+def _classify_actions(actions: list, sql: str = "") -> _Classification:
+    ddl = dml = other = None
+    select = False
+    targets: list[str] = []
+    columns: list[str] = []
+    tx_verb = None
+    savepoint = None
+    for code, a1, a2, dbname in actions:
+        if code in _DDL_ACTIONS:
+            if ddl is None:
+                ddl = _DDL_ACTIONS[code]
+                tbl = a2 if code in _ON_TABLE else a1
+                if tbl:
+                    tbl = _qualified(tbl, dbname)
+                    if tbl not in targets:
+                        targets.insert(0, tbl)
+        elif code in _DML_ACTIONS:
+            if a1 in _SCHEMA_TABLES:
+                continue
+            if dml is None:
+                dml = _DML_ACTIONS[code]
+            if a1:
+                t = _qualified(a1, dbname)
+                if t not in targets:
+                    targets.append(t)
+        elif code == apsw.SQLITE_READ:
+            if a1 in _SCHEMA_TABLES:
+                continue
+            t = _qualified(a1, dbname)
+            col = f"{t}.{a2}" if a2 else t
+            if col not in columns:
+                columns.append(col)
+        elif code == apsw.SQLITE_SELECT:
+            select = True
+        elif code == apsw.SQLITE_TRANSACTION:
+            tx_verb = (a1 or "").upper()
+        elif code == apsw.SQLITE_SAVEPOINT:
+            verb = (a1 or "").upper()
+            tx_verb = tx_verb or {"BEGIN": "SAVEPOINT", "RELEASE": "RELEASE",
+                                  "ROLLBACK": "ROLLBACK_TO"}.get(verb, "SAVEPOINT")
+            savepoint = a2
+        elif code in _OTHER_ACTIONS and other is None:
+            other = _OTHER_ACTIONS[code]
+            if code == apsw.SQLITE_PRAGMA and a1:
+                targets.append(a1)
+            elif code == apsw.SQLITE_ATTACH and a1:
+                targets.append(a1)
+            elif code == apsw.SQLITE_DETACH and a1:
+                targets.append(a1)
+    if tx_verb in _TX_OPS:
+        op = tx_verb
+    else:
+        op = ddl or dml or other
+        if op is None:
+            kw = _keyword_op(sql) if sql else _UNKNOWN
+            op = "SELECT" if select or kw in (_UNKNOWN, "SELECT") else kw
+        if op == "SELECT":
+            for c in columns:
+                t = c.rsplit(".", 1)[0] if "." in c else c
+                if t not in targets:
+                    targets.append(t)
+    return _Classification(op, tuple(targets), tuple(columns), tx_verb, savepoint)
+
+
+def _first_words(sql: str) -> list:
+    from ..dbapi import _skip_space_and_comments
+
+    i = _skip_space_and_comments(sql, 0)
+    return sql[i:i + 40].upper().replace("(", " ").replace(";", " ").split()
+
+
+def _keyword_op(sql: str) -> str:
+    words = _first_words(sql)
+    first = words[0] if words else ""
+    if first == "WITH":
+        up = sql.upper()
+        for w in _DML_WORDS:
+            if w in up:
+                return "INSERT" if w == "REPLACE" else w
+        return "SELECT"
+    if first == "ROLLBACK" and len(words) > 1 and words[1] == "TO" or \
+            first == "ROLLBACK" and len(words) > 2 and words[2] == "TO":
+        return "ROLLBACK_TO"
+    if first in ("CREATE", "DROP", "ALTER"):
+        kind = words[1] if len(words) > 1 else ""
+        if kind in ("TEMP", "TEMPORARY", "UNIQUE", "VIRTUAL") and len(words) > 2:
+            kind = words[2]
+        if kind in ("TABLE", "INDEX", "VIEW", "TRIGGER"):
+            return f"{first}_{kind}"
+        return _UNKNOWN
+    return _KEYWORD_OPS.get(first, _UNKNOWN)
+
+
+def _classify_by_keyword(sql: str) -> _Classification:
+    """Fallback classification from the leading keyword (statement never prepared here)."""
+    return _Classification(_keyword_op(sql), (), (), None)
+
+
+def _needs_wrap(sql: str) -> bool:
+    """Does ``sql``, run in autocommit mode, change data or schema (wrap it with its event)?"""
+    words = _first_words(sql)
+    first = words[0] if words else ""
+    if first in _WRAP_WORDS:
+        return True
+    if first == "WITH":
+        up = sql.upper()
+        return any(w in up for w in _DML_WORDS)
+    return False
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _Drained:
+    """Stands in for an APSW cursor whose statement (DML ... RETURNING) the audit layer ran
+    to completion: SQLite makes every change at the first step, but counts them only when
+    the statement ends, and a wrapping COMMIT cannot run while it is active. The rows are
+    kept here and served to the DB-API cursor as APSW would serve them."""
+
+    __slots__ = ("_real", "_rows", "_desc")
+
+    def __init__(self, real: Any, rows: list, desc: Any) -> None:
+        self._real = real
+        self._rows = iter(rows)
+        self._desc = desc
+
+    def __iter__(self) -> "_Drained":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._rows)
+
+    def get_description(self) -> Any:
+        return self._desc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class AuditSession(AuditAPI):
+    """The audit side of one connection: capture, pending events, and the public API.
+
+    Reached as ``conn.audit``. Created by :func:`attach_audit`.
+    """
+
+    def __init__(self, conn: Any, config: Any, user: Optional[str],
+                 context: Optional[dict]) -> None:
+        self._conn = conn
+        self._db = conn._apsw
+        self._cfg = config.audit
+        self._config = config
+        self.table = self._cfg.table_name
+        self.session_id = uuid.uuid4().hex
+        try:
+            default_user = getpass.getuser()
+        except Exception:  # noqa: BLE001 - no login name in some containers
+            default_user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+        self.user = user if user is not None else default_user
+        self._context: dict[str, Any] = dict(context or {})
+        self._md_parts: Optional[tuple] = None
+        self._class_cache: dict[str, _Classification] = {}
+        self._wanted_ops: dict[str, bool] = {}
+        self._sql_info: dict[str, tuple] = {}  # sql -> (wrap in autocommit, can_cache)
+        self._actions: list = []
+        self._writing = False  # our own statements: the authorizer lets them through
+        # Events written in the open transaction: rewritten as failed attempts if it rolls
+        # back. _savepoints: (name, len(_pending_tx)) for ROLLBACK TO.
+        self._pending_tx: list[EventFields] = []
+        self._unstored = 0  # the last _unstored events of _pending_tx are not stored yet
+        self._savepoints: list[tuple[str, int]] = []
+        self._deferred: list[EventFields] = []  # failures, written after the transaction
+        self._select_buffer: list[EventFields] = []
+        self._row_values: list = []
+        self._rolled_back = False
+        self._closed = False
+        self._denied: Optional[str] = None
+        self._pending_begin: Optional[EventFields] = None
+        self._just_begun = False  # the DB-API issued BEGIN for the statement now running
+        self._prepared = False
+        #: Rows this session inserted into the audit table (``total_changes`` counts them).
+        self.own_changes = 0
+        from .store import META_TABLE
+
+        self._protected = frozenset((self.table.lower(), META_TABLE.lower()))
+        with self._internal():
+            store.ensure_schema(self._db, self.table)
+        conn._set_internal_authorizer(self._authorize)
+        self._db.set_rollback_hook(self._on_rollback)
+        if self._cfg.capture_row_values:
+            self._db.preupdate_hook(self._on_preupdate)
+        if self._cfg.log_auth:
+            self._write_now([self._event("LOGIN", target=None, query=None)])
+
+    # -- plumbing -------------------------------------------------------------------
+    class _InternalGuard:
+        __slots__ = ("s", "rowid")
+
+        def __init__(self, session: "AuditSession") -> None:
+            self.s = session
+
+        def __enter__(self) -> None:
+            self.s._writing = True
+            # Our INSERTs must not change what last_insert_rowid() tells the user.
+            self.rowid = self.s._db.last_insert_rowid()
+
+        def __exit__(self, *exc: Any) -> None:
+            self.s._writing = False
+            try:
+                self.s._db.set_last_insert_rowid(self.rowid)
+            except apsw.Error:  # noqa: BLE001 - connection closing
+                pass
+
+    def _internal(self) -> "_InternalGuard":
+        return AuditSession._InternalGuard(self)
+
+    def _authorize(self, code: int, a1: Any, a2: Any, dbname: Any, trigger: Any) -> int:
+        if self._writing:
+            return apsw.SQLITE_OK
+        self._actions.append((code, a1, a2, dbname))
+        # Append-only: nobody but the audit writer changes, alters, drops, shadows or
+        # attaches triggers to the log and its meta table.
+        prot = self._protected
+        if code in (apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
+                    apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
+                    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_TEMP_TABLE,
+                    apsw.SQLITE_CREATE_VIEW, apsw.SQLITE_CREATE_TEMP_VIEW,
+                    apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE):
+            if a1 and a1.lower() in prot:
+                if code in (apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
+                            apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
+                            apsw.SQLITE_DROP_VTABLE):
+                    self._denied = f"the audit log {a1} is append-only"
+                else:
+                    self._denied = f"the name {a1} is reserved for the audit log"
+                return apsw.SQLITE_DENY
+        elif code in _ON_TABLE:
+            if a2 and a2.lower() in prot:
+                if code in (apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_CREATE_TEMP_TRIGGER):
+                    self._denied = f"triggers on the audit log {a2} are not allowed"
+                elif code in (apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_CREATE_TEMP_INDEX):
+                    # An index expression could call a function that fails every append.
+                    self._denied = f"indexes on the audit log {a2} are managed by heliosdb"
+                else:
+                    self._denied = f"the audit log {a2} is append-only"
+                return apsw.SQLITE_DENY
+        elif code == apsw.SQLITE_PRAGMA and a2 is not None and a1 \
+                and a1.lower() == "writable_schema":
+            self._denied = "writable_schema would let SQL rewrite the audit log"
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+    def _on_rollback(self) -> None:
+        self._rolled_back = True
+
+    def _on_preupdate(self, update: Any) -> None:
+        if self._writing:
+            return
+        tname = update.table_name
+        if tname.lower() in self._protected:
+            return
+        op = update.op
+        old = list(update.old) if op in ("UPDATE", "DELETE") else None
+        new = list(update.new) if op in ("UPDATE", "INSERT") else None
+        self._row_values.append((tname, update.rowid, old, new))
+
+    def _mark_prepared(self, cursor: Any, sql: str, bindings: Any) -> bool:
+        cursor.exec_trace = None
+        self._prepared = True
+        return True
+
+    def _info(self, sql: str) -> tuple:
+        """(wrap in autocommit, may use APSW's statement cache, DML with RETURNING,
+        VACUUM, store queued events first), once per SQL text.
+
+        A text that names the audit tables never comes from the statement cache: the
+        authorizer runs only when a statement is prepared, and the cache could hold the
+        very same text prepared by the audit writer itself."""
+        info = self._sql_info.get(sql)
+        if info is None:
+            low = sql.lower()
+            wrap = _needs_wrap(sql)
+            words = _first_words(sql)
+            can_cache = not any(p in low for p in self._protected)
+            info = (wrap, can_cache, wrap and "returning" in low,
+                    bool(words) and words[0] == "VACUUM",
+                    not can_cache or _keyword_op(sql) in ("COMMIT", "RELEASE", "ROLLBACK_TO",
+                                                          "SAVEPOINT"))
+            if len(self._sql_info) > 4096:
+                self._sql_info.clear()
+            self._sql_info[sql] = info
+        return info
+
+    def _classification(self, sql: str) -> _Classification:
+        if self._actions:
+            c = _classify_actions(self._actions, sql)
+            if len(self._class_cache) > 2048:
+                self._class_cache.clear()
+            self._class_cache[sql] = c
+            return c
+        c = self._class_cache.get(sql)
+        if c is None:
+            c = _classify_by_keyword(sql)
+        return c
+
+    def _wanted(self, op: str) -> bool:
+        w = self._wanted_ops.get(op)
+        if w is None:
+            w = self._wanted_ops[op] = self._wanted_uncached(op)
+        return w
+
+    def _wanted_uncached(self, op: str) -> bool:
+        cat = _CATEGORY.get(op)
+        cfg = self._cfg
+        if cat == "ddl":
+            return cfg.log_ddl
+        if cat == "dml":
+            return cfg.log_dml
+        if cat == "select":
+            return cfg.log_select
+        if cat == "tx":
+            return cfg.log_transactions
+        # PRAGMA, ATTACH, DETACH, ANALYZE, VACUUM ...: administrative, logged with DDL.
+        return cfg.log_ddl
+
+    def _metadata(self, elapsed_ns: Optional[int]) -> dict:
+        cm = self._cfg.capture_metadata
+        ctx = self._context
+        md: dict[str, Any] = {}
+        if cm.client_ip and "client_ip" in ctx:
+            md["client_ip"] = ctx["client_ip"]
+        if cm.application_name and "application_name" in ctx:
+            md["application_name"] = ctx["application_name"]
+        if cm.database_name:
+            md["database_name"] = os.path.basename(self._conn._database) or ":memory:"
+        if cm.execution_time and elapsed_ns is not None:
+            md["execution_time_ms"] = round(elapsed_ns / 1e6, 3)
+        if cm.custom_fields:
+            names = cm.custom_field_names
+            for k, v in ctx.items():
+                if k not in ("client_ip", "application_name", "reason") \
+                        and (not names or k in names):
+                    md[k] = v
+        return md
+
+    def _metadata_parts(self) -> tuple:
+        """(canonical JSON of the constant metadata or None, prefix, suffix): the metadata
+        of an event with an execution time is ``prefix + repr(ms) + suffix``, already in
+        canonical form (sorted keys), so that no JSON is encoded per statement. Rebuilt
+        when the context changes. ``prefix`` is None when that shortcut does not apply."""
+        parts = self._md_parts
+        if parts is None:
+            const = self._metadata(None)
+            whole = canonical_json(const) if const else None
+            key = "execution_time_ms"
+            if key in const:  # a custom field of that name: no shortcut
+                parts = (whole, None, None)
+            else:
+                before = canonical_json({k: v for k, v in const.items() if k < key})[1:-1]
+                after = canonical_json({k: v for k, v in const.items() if k > key})[1:-1]
+                parts = (whole, "{" + before + ("," if before else "") + f'"{key}":',
+                         ("," + after if after else "") + "}")
+            self._md_parts = parts
+        return parts
+
+    def _event(self, operation: str, *, target: Optional[str], query: Optional[str],
+               affected_rows: Optional[int] = None, success: bool = True,
+               error: Optional[str] = None, elapsed_ns: Optional[int] = None,
+               old_values: Any = None, new_values: Any = None,
+               details: Optional[dict] = None, reason: Optional[str] = None) -> EventFields:
+        maxlen = self._cfg.max_query_length
+        if query is not None and maxlen and len(query) > maxlen:
+            query = query[:maxlen]
+        if details:
+            md: Any = self._metadata(elapsed_ns)
+            md["details"] = details
+        else:
+            whole, prefix, suffix = self._md_parts or self._metadata_parts()
+            if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
+                md = whole
+            elif prefix is not None:
+                md = prefix + repr(round(elapsed_ns / 1e6, 3)) + suffix
+            else:
+                md = self._metadata(elapsed_ns)
+        return EventFields(
+            operation=operation, target=target, user=self.user, session_id=self.session_id,
+            query=query, affected_rows=affected_rows, success=1 if success else 0,
+            error=error, metadata=md or None, old_values=old_values, new_values=new_values,
+            reason=reason if reason is not None else self._context.get("reason"))
+
+    def _store(self, events: list[EventFields]) -> None:
+        with self._internal():
+            store.append(self._db, self.table, events,
+                         max_query_length=self._cfg.max_query_length)
+        self.own_changes += len(events)
+
+    def _queue(self, events: list[EventFields]) -> None:
+        """Add events to the open transaction (a pending BEGIN event and buffered SELECT
+        events go first). They are stored in batches, inside that transaction: before it
+        commits, before a transaction-control statement or a statement naming the audit
+        tables, when the log is read through ``conn.audit``, and every ``_TX_BATCH``
+        events. One append per batch instead of per statement halves the cost of an
+        audited statement; the change and its event still commit together or not at all.
+        """
+        if self._pending_begin is not None or self._select_buffer:
+            head = [self._pending_begin] if self._pending_begin is not None else []
+            events = head + self._select_buffer + list(events)
+            self._pending_begin = None
+            self._select_buffer = []
+        self._pending_tx.extend(events)
+        self._unstored += len(events)
+        if self._unstored >= _TX_BATCH:
+            self._flush_tx()
+
+    def _flush_tx(self) -> None:
+        """Store the queued events of the open transaction (in it)."""
+        n = self._unstored
+        if n:
+            batch = self._pending_tx[-n:]
+            self._unstored = 0
+            try:
+                self._store(batch)
+            except BaseException:
+                self._unstored = n
+                raise
+
+    def _append(self, events: list[EventFields]) -> None:
+        """Append inside the open transaction, now (queued events go first); the events
+        are remembered until the transaction ends."""
+        self._queue(events)
+        self._flush_tx()
+
+    def _write_now(self, events: list[EventFields]) -> None:
+        """Write events in a transaction of their own (nothing else may be open).
+
+        Failures kept from earlier (their own write failed) and buffered SELECT events go
+        first: nothing is open, so they can go now. If this write fails, those stay kept;
+        ``events`` are the caller's to handle."""
+        carried = self._deferred + self._select_buffer if (
+            self._deferred or self._select_buffer) else []
+        self._deferred = []
+        self._select_buffer = []
+        batch = carried + list(events) if carried else events
+        if not batch:
+            return
+        db = self._db
+        try:
+            with self._internal():
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    store.append(db, self.table, batch,
+                                 max_query_length=self._cfg.max_query_length)
+                except BaseException:
+                    if not db.get_autocommit():
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            self.own_changes += len(batch)
+        except BaseException as exc:
+            self._deferred[:0] = carried
+            if isinstance(exc, apsw.Error):
+                raise translate(exc) from exc
+            raise
+        finally:
+            self._rolled_back = False
+
+    def _write_or_defer(self, events: list[EventFields]) -> None:
+        """Write failure records now; if even that fails (the database is locked, the disk
+        is full), keep them for the next write rather than hide the user's error."""
+        try:
+            self._write_now(events)
+        except Exception:  # noqa: BLE001
+            self._deferred.extend(events)
+
+    def _failed_copies(self, events: list[EventFields], reason: str) -> list[EventFields]:
+        out = []
+        for ev in events:
+            if ev.operation in _KEEP_ON_ROLLBACK:
+                out.append(ev)
+            elif ev.success:
+                out.append(ev._replace(success=0, error=reason))
+            else:
+                out.append(ev._replace(error=f"{ev.error}; {reason}" if ev.error else reason))
+        return out
+
+    def _after_rollback(self, reason: str, extra: Optional[list] = None) -> None:
+        """The transaction is gone: record what it tried, and deferred failures."""
+        self._rolled_back = False
+        self._just_begun = False
+        events = self._failed_copies(self._pending_tx, reason)
+        if self._pending_begin is not None:
+            events.insert(0, self._pending_begin)  # nothing was written: BEGIN goes now
+            self._pending_begin = None
+        events += self._select_buffer
+        self._select_buffer = []
+        self._pending_tx = []
+        self._unstored = 0
+        self._savepoints = []
+        self._row_values = []
+        events.extend(self._deferred)
+        self._deferred = []
+        if extra:
+            events.extend(extra)
+        if self._cfg.log_transactions:
+            events.append(self._event("ROLLBACK", target=None, query=None,
+                                      details={"reason": reason}))
+        if self._db.get_autocommit():
+            self._write_or_defer(events)
+        else:  # a new transaction already began (cannot happen via the DB-API): keep them
+            self._deferred = events
+
+    def _after_commit(self, query: Optional[str]) -> None:
+        """A user COMMIT (or RELEASE of the outermost savepoint) ran: what was pending is
+        committed; deferred failures and the COMMIT event follow in a write of their own."""
+        self._pending_tx = []
+        self._unstored = 0
+        self._savepoints = []
+        self._just_begun = False
+        events = []
+        if self._cfg.log_transactions and self._pending_begin is not None:
+            events.append(self._pending_begin)
+        self._pending_begin = None
+        events += self._select_buffer + self._deferred
+        self._select_buffer = []
+        self._deferred = []
+        if self._cfg.log_transactions:
+            events.append(self._event("COMMIT", target=None, query=query))
+        self._write_or_defer(events)
+
+    def _abort_transaction(self, reason: str) -> None:
+        """The audit write failed inside an open transaction: the change it was for must
+        not commit without its event, so the whole transaction is rolled back."""
+        db = self._db
+        with self._internal():
+            if not db.get_autocommit():
+                try:
+                    db.execute("ROLLBACK")
+                except apsw.Error:
+                    pass
+        self._after_rollback(reason)
+
+    # -- the execution paths the DB-API calls ----------------------------------------
+    def execute(self, cursor: Any, sql: str, params: Any, flags: int) -> Any:
+        """Run one statement for ``cursor`` and record it."""
+        db = self._db
+        self._actions = []
+        self._denied = None
+        if self._row_values:
+            self._row_values = []
+        info = self._sql_info.get(sql)
+        if info is None:
+            info = self._info(sql)
+        cur = cursor._cur
+        if cur.__class__ is _Drained:
+            cur = cursor._cur = cur._real
+        if self._unstored and info[4]:
+            # COMMIT / SAVEPOINT / RELEASE / ROLLBACK TO, or SQL naming the log: queued
+            # events of the transaction are stored first (a savepoint must be set after
+            # the events of the work before it, so that ROLLBACK TO keeps them).
+            try:
+                self._flush_tx()
+            except BaseException as exc:
+                self._abort_transaction(f"rolled back: audit write failed: {exc}")
+                if isinstance(exc, apsw.Error):
+                    raise translate(exc) from exc
+                raise
+        autocommit = db.get_autocommit()
+        wrap = autocommit and info[0]
+        just_begun = self._just_begun
+        self._just_begun = False
+        if wrap:
+            with self._internal():
+                db.execute("BEGIN")
+        elif just_begun:
+            self._prepared = False
+            cur.exec_trace = self._mark_prepared
+        before = db.total_changes()
+        t0 = time.perf_counter_ns()
+        try:
+            if info[3]:
+                # VACUUM copies every table, the audit log included, through SQL that
+                # the authorizer sees: it is trusted (it cannot carry other SQL).
+                with self._internal():
+                    cur.execute(sql, params, can_cache=info[1])
+            else:
+                cur.execute(sql, params, can_cache=info[1])
+            rows = None
+            if info[2]:  # DML ... RETURNING: run it to its end (see _Drained)
+                try:
+                    desc = cur.get_description()
+                    rows = list(cur)
+                except apsw.ExecutionCompleteError:  # it returned no row
+                    desc, rows = None, []
+        except BaseException as exc:  # noqa: BLE001
+            elapsed = time.perf_counter_ns() - t0
+            if just_begun:
+                cur.exec_trace = None
+            self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
+                                 unprepared_begin=just_begun and not self._prepared)
+            self._raise(exc, sql)
+        elapsed = time.perf_counter_ns() - t0
+        c = self._classification(sql)
+        op = c.operation
+        if rows is None and not wrap and op not in _TX_OPS and op != "SELECT" \
+                and db.get_autocommit() and self._wanted(op):
+            # PRAGMA, VACUUM, ATTACH ... in autocommit mode: the event is written in a
+            # transaction of its own, which cannot commit while this statement is active
+            # (PRAGMA journal_mode returns a row): finish it first (small results).
+            try:
+                desc = cur.get_description()
+                rows = list(cur)
+            except apsw.ExecutionCompleteError:
+                pass
+        if rows is not None:
+            cursor._cur = _Drained(cur, rows, desc)
+            cursor._after_execute(flags)
+            cursor._count_at_end = False
+            cursor.rowcount = db.changes()
+        else:
+            cursor._after_execute(flags)
+        if op in _TX_OPS:
+            self._on_tx_statement(c, sql, was_autocommit=autocommit)
+            return cursor
+        if self._rolled_back:  # e.g. a trigger's RAISE(ROLLBACK) that did not raise
+            self._after_rollback("rolled back by SQLite")
+        if self._wanted(op):
+            if op in ("INSERT", "UPDATE", "DELETE"):
+                affected = db.changes() if db.total_changes() != before else 0
+            else:
+                affected = None
+            old, new = self._take_row_values()
+            ev = self._event(op, target=c.target, query=sql,
+                             affected_rows=affected, elapsed_ns=elapsed,
+                             old_values=old, new_values=new)
+            if op == "SELECT":
+                self._buffer_select(ev)
+            else:
+                self._record_change(ev, wrapped=wrap)
+        elif wrap:
+            self._commit_wrapper()
+        return cursor
+
+    def _raise(self, exc: BaseException, sql: str) -> None:
+        """Raise what the DB-API raises; a denial by the audit layer says why."""
+        from ..dbapi import _raise_translated
+        from ..errors import DatabaseError
+
+        if isinstance(exc, apsw.AuthError) and self._denied:
+            err = DatabaseError(f"not authorized: {self._denied}")
+            err.sqlite_errorcode = apsw.SQLITE_AUTH
+            err.sqlite_errorname = "SQLITE_AUTH"
+            raise err from exc
+        _raise_translated(exc, sql)
+
+    def _take_row_values(self) -> tuple:
+        if not self._row_values:
+            return None, None
+        rows = self._row_values
+        self._row_values = []
+        old = [{"table": t, "rowid": r, "values": o} for t, r, o, _n in rows if o is not None]
+        new = [{"table": t, "rowid": r, "values": n} for t, r, _o, n in rows if n is not None]
+        return (old or None), (new or None)
+
+    def _record_change(self, ev: EventFields, *, wrapped: bool) -> None:
+        db = self._db
+        if db.get_autocommit() and not wrapped:
+            # A statement that cannot run in a transaction (VACUUM, ATTACH, PRAGMA ...)
+            # already took effect: its event follows at once, in a transaction of its own.
+            self._write_now([ev])
+            return
+        carried = self._deferred if wrapped else []  # our own transaction: they can go
+        if carried:
+            self._deferred = []
+        try:
+            if wrapped:
+                self._append(carried + [ev] if carried else [ev])
+            else:
+                self._queue([ev])
+        except BaseException as exc:
+            self._deferred[:0] = carried
+            if wrapped:
+                with self._internal():
+                    if not db.get_autocommit():
+                        db.execute("ROLLBACK")
+                self._rolled_back = False
+                self._pending_tx = []
+                self._unstored = 0
+                fail = ev._replace(success=0, error=f"audit write failed: {exc}",
+                                   affected_rows=0)
+                self._write_or_defer([fail])
+            else:
+                self._abort_transaction(f"rolled back: audit write failed: {exc}")
+            if isinstance(exc, apsw.Error):
+                raise translate(exc) from exc
+            raise
+        if wrapped:
+            self._commit_wrapper()
+
+    def _commit_wrapper(self) -> None:
+        try:
+            with self._internal():
+                self._db.execute("COMMIT")
+        except apsw.Error as exc:
+            # The change and its event are rolled back together.
+            with self._internal():
+                if not self._db.get_autocommit():
+                    self._db.execute("ROLLBACK")
+            self._after_rollback(f"rolled back: COMMIT failed: {exc}")
+            raise translate(exc) from exc
+        self._pending_tx = []
+        self._unstored = 0
+        self._rolled_back = False
+
+    def _record_failure(self, sql: str, exc: BaseException, elapsed: int, *,
+                        wrapped: bool, before: int, unprepared_begin: bool = False) -> None:
+        db = self._db
+        denied = isinstance(exc, apsw.AuthError)
+        try:
+            c = self._classification(sql) if self._actions or sql in self._class_cache \
+                else _classify_by_keyword(sql)
+        except Exception:  # noqa: BLE001
+            c = _Classification(_UNKNOWN, (), (), None)
+        old, new = self._take_row_values()
+        partial = db.total_changes() - before if not db.get_autocommit() else 0
+        msg = self._denied if denied else None
+        err_text = str(exc.args[0]) if getattr(exc, "args", None) else type(exc).__name__
+        if msg:
+            err_text = f"not authorized: {msg}"
+        details = {"denied": True} if denied else None
+        ev = self._event(c.operation, target=c.target, query=sql,
+                         affected_rows=partial, success=False, error=err_text,
+                         elapsed_ns=elapsed, details=details,
+                         old_values=old if partial else None,
+                         new_values=new if partial else None)
+        if self._rolled_back:
+            # SQLite rolled the whole transaction back (ON CONFLICT ROLLBACK, RAISE(ROLLBACK),
+            # disk full ...): the wrapper, or the user's transaction, is gone.
+            self._after_rollback(f"rolled back by SQLite: {err_text}",
+                                 extra=[ev._replace(affected_rows=0, old_values=None,
+                                                    new_values=None)])
+            return
+        if wrapped or unprepared_begin:
+            if partial > 0:
+                # Rows changed before the failure stay (INSERT OR FAIL, executemany), as
+                # in sqlite3's autocommit mode: commit them with this event.
+                try:
+                    self._append([ev])
+                    if wrapped:
+                        self._commit_wrapper()
+                    return
+                except BaseException:  # noqa: BLE001
+                    pass
+            # Nothing to keep: end the transaction (the wrapper's, or the one the DB-API
+            # opened for a statement that never compiled, as sqlite3 opens none then).
+            with self._internal():
+                if not db.get_autocommit():
+                    db.execute("ROLLBACK")
+            self._rolled_back = False
+            if unprepared_begin:
+                self._pending_begin = None
+            self._pending_tx = []
+            self._unstored = 0
+            self._write_or_defer([ev._replace(affected_rows=0, old_values=None,
+                                              new_values=None)])
+        elif db.get_autocommit():
+            self._write_or_defer([ev])
+        elif partial > 0:
+            # Inside a user transaction, rows changed before the failure stay in it: the
+            # event goes with them (and becomes a rolled-back attempt if it rolls back).
+            try:
+                self._queue([ev])
+            except BaseException:  # noqa: BLE001
+                self._abort_transaction("rolled back: audit write failed")
+        else:
+            # Inside a user transaction: the event must outlive a later rollback, so it
+            # is written after the transaction ends, whichever way it ends.
+            self._deferred.append(ev)
+
+    def executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any], flags: int) -> int:
+        """Run a DML statement over many parameter sets; one event for the batch.
+
+        Returns the number of rows changed by the batch (``total_changes`` also counts
+        the audit rows)."""
+        db = self._db
+        self._actions = []
+        self._denied = None
+        self._row_values = []
+        info = self._info(sql)
+        cur = cursor._cur
+        if cur.__class__ is _Drained:
+            cur = cursor._cur = cur._real
+        wrap = db.get_autocommit()
+        just_begun = self._just_begun
+        self._just_begun = False
+        if wrap:
+            with self._internal():
+                db.execute("BEGIN")
+        elif just_begun:
+            self._prepared = False
+            cur.exec_trace = self._mark_prepared
+        before = db.total_changes()
+        t0 = time.perf_counter_ns()
+        try:
+            for _ in cur.executemany(sql, params_iter, can_cache=info[1]):
+                pass
+        except BaseException as exc:  # noqa: BLE001
+            elapsed = time.perf_counter_ns() - t0
+            if just_begun:
+                cur.exec_trace = None
+            self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
+                                 unprepared_begin=just_begun and not self._prepared)
+            self._raise(exc, sql)
+        elapsed = time.perf_counter_ns() - t0
+        count = db.total_changes() - before
+        c = self._classification(sql)
+        if self._wanted(c.operation):
+            old, new = self._take_row_values()
+            ev = self._event(c.operation, target=c.target, query=sql,
+                             affected_rows=count, elapsed_ns=elapsed,
+                             old_values=old, new_values=new, details={"executemany": True})
+            self._record_change(ev, wrapped=wrap)
+        elif wrap:
+            self._commit_wrapper()
+        return count
+
+    def executescript(self, cursor: Any, script: str) -> None:
+        """Run a script statement by statement, each captured like ``execute``."""
+        from ..dbapi import _DML, _EMPTY, _RETURNING, _classify
+
+        for stmt in split_statements(script):
+            flags = _classify(stmt) & (_DML | _EMPTY | _RETURNING)
+            if flags & _EMPTY:
+                continue
+            self.execute(cursor, stmt.strip(), None, flags)
+            for _ in cursor._cur:
+                pass
+
+    def on_begin(self) -> None:
+        """The DB-API opened an implicit transaction."""
+        self._just_begun = True
+        if self._cfg.log_transactions:
+            # Kept in memory and written with the first change or at commit, so that a
+            # read-only transaction does not take the write lock at BEGIN.
+            self._pending_begin = self._event("BEGIN", target=None, query=None)
+
+    def _on_tx_statement(self, c: _Classification, sql: str, *, was_autocommit: bool) -> None:
+        op = c.operation
+        db = self._db
+        now_autocommit = db.get_autocommit()
+        if was_autocommit and not now_autocommit:
+            # BEGIN, or a SAVEPOINT that opened the transaction.
+            self._pending_tx = []
+            self._unstored = 0
+            self._savepoints = []
+            if self._cfg.log_transactions:
+                self._pending_begin = self._event("BEGIN" if op == "BEGIN" else op,
+                                                  target=c.savepoint, query=sql)
+            if op == "SAVEPOINT":
+                self._savepoints.append(((c.savepoint or "").lower(), 0))
+            return
+        if not was_autocommit and now_autocommit:
+            if op == "ROLLBACK":
+                self._after_rollback("rolled back")
+            else:  # COMMIT, END, or RELEASE of the outermost savepoint
+                self._after_commit(sql)
+            return
+        if now_autocommit:
+            return  # a no-op (RELEASE / ROLLBACK TO of nothing raises; BEGIN cannot be here)
+        name = (c.savepoint or "").lower()
+        if op == "SAVEPOINT":
+            self._savepoints.append((name, len(self._pending_tx)))
+        elif op in ("RELEASE", "ROLLBACK_TO"):
+            idx = None
+            for i in range(len(self._savepoints) - 1, -1, -1):
+                if self._savepoints[i][0] == name:
+                    idx = i
+                    break
+            if idx is not None:
+                pos = self._savepoints[idx][1]
+                if op == "RELEASE":
+                    del self._savepoints[idx:]
+                else:
+                    # The savepoint stays; what was written after it is gone: record it
+                    # as rolled back, after the transaction ends.
+                    del self._savepoints[idx + 1:]
+                    undone = self._pending_tx[pos:]
+                    del self._pending_tx[pos:]
+                    self._deferred.extend(
+                        self._failed_copies(undone, f"rolled back to savepoint {c.savepoint}"))
+        if self._cfg.log_transactions and op in ("SAVEPOINT", "RELEASE", "ROLLBACK_TO"):
+            ev = self._event(op, target=c.savepoint, query=sql)
+            if op == "ROLLBACK_TO":
+                self._deferred.append(ev)
+            else:
+                try:
+                    self._queue([ev])
+                except BaseException:  # noqa: BLE001
+                    pass  # queued; stored with the next batch, or the transaction aborts
+
+    # -- transaction control from the DB-API -------------------------------------------
+    def flush(self) -> None:
+        """Write buffered SELECT events (in the open transaction, or in one of their own)."""
+        if not self._select_buffer:
+            return
+        if self._db.get_autocommit():
+            self._write_now([])
+        else:
+            self._queue([])
+
+    def _buffer_select(self, ev: EventFields) -> None:
+        self._select_buffer.append(ev)
+        if len(self._select_buffer) >= max(1, self._cfg.async_buffer_size):
+            self.flush()
+
+    def commit(self) -> None:
+        """Commit: buffered events first, then COMMIT (and its event, if logged)."""
+        deferred = self._deferred
+        self._deferred = []
+        events = list(deferred)
+        if self._cfg.log_transactions:
+            events.append(self._event("COMMIT", target=None, query=None))
+        try:
+            if events or self._select_buffer or self._pending_begin is not None:
+                self._queue(events)
+            self._flush_tx()
+        except BaseException as exc:
+            # The events of the transaction cannot be stored: it must not commit.
+            self._abort_transaction(f"rolled back: audit write failed: {exc}")
+            if isinstance(exc, apsw.Error):
+                raise translate(exc) from exc
+            raise
+        try:
+            with self._internal():
+                self._db.execute("COMMIT")
+        except apsw.Error as exc:
+            if self._db.get_autocommit():
+                # SQLite gave the transaction up: everything in it is gone.
+                self._after_rollback(f"rolled back: COMMIT failed: {exc}")
+            else:
+                # Still open (a deferred foreign key, a busy database): the deferred
+                # failures stay recorded in it; the COMMIT event did not happen.
+                if self._cfg.log_transactions and self._pending_tx:
+                    self._pending_tx.pop()  # the COMMIT event: it did not happen
+                self._deferred.append(self._event("COMMIT", target=None, query=None,
+                                                  success=False, error=str(exc)))
+            raise translate(exc) from exc
+        self._pending_tx = []
+        self._unstored = 0
+        self._savepoints = []
+        self._just_begun = False
+
+    def rollback(self) -> None:
+        """Roll back, then record what was rolled back in a write of its own."""
+        try:
+            with self._internal():
+                self._db.execute("ROLLBACK")
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        self._after_rollback("rolled back")
+
+    def close(self) -> None:
+        """Called by Connection.close(): flush, log LOGOUT, detach hooks."""
+        if self._closed:
+            return
+        self._closed = True
+        db = self._db
+        if not db.get_autocommit():
+            # sqlite3 rolls back at close: record that too.
+            with self._internal():
+                db.execute("ROLLBACK")
+            self._after_rollback("rolled back at close")
+        events = self._deferred
+        self._deferred = []
+        if self._cfg.log_auth:
+            events.append(self._event("LOGOUT", target=None, query=None))
+        self._write_now(events)
+
+    # -- public API ---------------------------------------------------------------------
+    def verify(self, *, checkpoint: Any = None, public_key: Any = None,
+               hmac_key: Optional[bytes] = None, since_checkpoint: bool = False,
+               progress: Any = None) -> Any:
+        """Verify the chain; return a :class:`heliosdb.audit.VerifyReport`.
+
+        ``checkpoint`` is a :class:`Checkpoint` or the path of a saved one; with it the
+        signature is checked (``public_key`` for Ed25519, ``hmac_key`` for HMAC) and a
+        truncated tail, a rewritten chain or a rolled-back file are detected.
+        """
+        from .checkpoint import Checkpoint
+        from .verify import verify_connection
+
+        self._flush_for_read()
+        self._flush_tx()
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint.load(checkpoint)
+        with self._internal():
+            return verify_connection(self._db, self.table, checkpoint=checkpoint,
+                                     public_key=public_key, hmac_key=hmac_key,
+                                     since_checkpoint=since_checkpoint, progress=progress)
+
+    def checkpoint(self, signing_key: Any, path: Any = None) -> Any:
+        """Sign the head of the chain (Ed25519 private key, or HMAC key bytes); save it to
+        ``path`` if given. Keep the key, and the file, outside the database."""
+        from .checkpoint import create_checkpoint
+
+        self._flush_for_read()
+        self._flush_tx()
+        with self._internal():
+            cp = create_checkpoint(self._db, self.table, signing_key)
+        if path is not None:
+            cp.save(path)
+        return cp
+
+    def head(self) -> Any:
+        """The head of the chain: (last id, last checksum, last time, count)."""
+        self._flush_tx()
+        with self._internal():
+            return store.head(self._db, self.table)
+
+    def _flush_for_read(self) -> None:
+        if self._select_buffer and self._db.get_autocommit():
+            self.flush()
+
+    def set_context(self, **context: Any) -> None:
+        """Update the session context (client_ip, application_name, reason, custom fields)."""
+        self._context.update(context)
+        self._md_parts = None
+
+    def log(self, operation: str, *, target: Optional[str] = None,
+            details: Optional[dict] = None, success: bool = True,
+            reason: Optional[str] = None) -> None:
+        """Append an application event (LOGIN, GRANT, DATA_SUBJECT_REQUEST, custom ...)."""
+        if not isinstance(operation, str) or not operation:
+            raise ValueError("operation must be a non-empty string")
+        ev = self._event(operation.upper(), target=target, query=None, success=success,
+                         details=details, reason=reason)
+        if self._db.get_autocommit():
+            self._write_now([ev])
+        else:
+            self._append([ev])
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (quotes, comments, triggers respected)."""
+    out = []
+    start = 0
+    pos = script.find(";")
+    while pos >= 0:
+        if apsw.complete(script[start:pos + 1]):
+            out.append(script[start:pos + 1])
+            start = pos + 1
+        pos = script.find(";", pos + 1)
+    tail = script[start:]
+    if tail.strip():
+        out.append(tail)
+    return out
+
+
+def attach_audit(conn: Any, config: Any, *, user: Optional[str],
+                 context: Optional[dict]) -> AuditSession:
+    """Create the audit session of a new connection (called by ``Connection.__init__``)."""
+    return AuditSession(conn, config, user, context)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,246 @@
+"""Signed checkpoints of the audit chain head, kept outside the database.
+
+A plain hash chain can be recomputed by anyone who can write the file, and a truncated
+tail or an older copy of the whole file still verifies. A checkpoint signs the head
+(event id, checksum, count, time) with Ed25519 or HMAC-SHA256 under a key that is not in
+the database; verifying against it detects:
+
+* a truncated tail (the log ends before the signed event, and the database recorded the
+  checkpoint): ``truncated``;
+* a re-hashed chain (the signed event has another checksum now): ``modified``;
+* a whole file restored from an older copy (the database does not know the checkpoint,
+  whose number it records in ``__audit_meta`` when the checkpoint is taken):
+  ``rolled_back``.
+
+File format (UTF-8 text, one ``key: value`` per line, ``#`` lines are comments)::
+
+    format: heliosdb-audit-checkpoint/1
+    table: __audit_log
+    database_id: <32 hex>          random id of the database (in __audit_meta)
+    seq: <int>                     checkpoint number in this database, 1, 2, ...
+    event_id: <int>                id of the head event (anchor id when empty)
+    checksum: <64 hex>             its checksum
+    count: <int>                   events from the anchor to the head
+    head_ts_us: <int> | -          its ts_us (UTC microseconds)
+    created_us: <int>              when the checkpoint was taken (UTC microseconds)
+    anchor_id: <int>               id before the first stored event (0 unless purged)
+    algorithm: ed25519 | hmac-sha256
+    key_id: <16 hex>               first 8 bytes of SHA-256("heliosdb-audit-key-id\\0" || key)
+    public_key: <64 hex> | -       Ed25519 public key (informational: verify with your own copy)
+    signature: <hex>
+
+The signed message is the UTF-8 bytes of the lines ``format`` .. ``public_key`` exactly as
+above (``key: value\\n`` each, in that order); the ``signature`` line signs them.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Any, Optional, Union
+
+import apsw
+
+from ..errors import ProgrammingError, translate
+from .store import DEFAULT_TABLE, _head, anchor, check_table_name, get_meta
+
+__all__ = ["FORMAT", "Checkpoint", "create_checkpoint", "key_id"]
+
+FORMAT = "heliosdb-audit-checkpoint/1"
+_SIGNED = ("format", "table", "database_id", "seq", "event_id", "checksum", "count",
+           "head_ts_us", "created_us", "anchor_id", "algorithm", "key_id", "public_key")
+_INTS = {"seq", "event_id", "count", "head_ts_us", "created_us", "anchor_id"}
+_HEX = {"checksum", "public_key", "signature"}
+_MIN_HMAC_KEY = 16
+
+try:  # cryptography is a dependency; imported lazily-safe so the error names it
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey, Ed25519PublicKey)
+except ImportError:  # pragma: no cover - declared in pyproject
+    Ed25519PrivateKey = Ed25519PublicKey = None  # type: ignore[assignment,misc]
+
+
+def key_id(material: bytes) -> str:
+    """Short public id of a key: Ed25519 raw public key, or the HMAC key itself (hashed)."""
+    return hashlib.sha256(b"heliosdb-audit-key-id\x00" + material).hexdigest()[:16]
+
+
+def _raw_public(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed head of an audit chain. Create with :func:`create_checkpoint`."""
+
+    table: str
+    database_id: str
+    seq: int
+    event_id: int
+    checksum: bytes
+    count: int
+    head_ts_us: Optional[int]
+    created_us: int
+    anchor_id: int
+    algorithm: str
+    key_id: str
+    public_key: Optional[bytes]
+    signature: bytes = b""
+
+    def _value(self, name: str) -> str:
+        v = FORMAT if name == "format" else getattr(self, name)
+        if v is None:
+            return "-"
+        if isinstance(v, bytes):
+            return v.hex()
+        return str(v)
+
+    def payload(self) -> bytes:
+        """The exact bytes the signature covers."""
+        return "".join(f"{k}: {self._value(k)}\n" for k in _SIGNED).encode("utf-8")
+
+    def to_text(self) -> str:
+        """The file contents: a comment line, the signed lines, the signature line."""
+        return ("# HeliosDB audit checkpoint: see docs/AUDIT_FORMAT.md\n"
+                + self.payload().decode("utf-8") + f"signature: {self.signature.hex()}\n")
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the checkpoint file (atomically: a temporary file renamed over ``path``)."""
+        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(self.to_text())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_text(cls, text: str) -> "Checkpoint":
+        """Parse checkpoint file contents; raises ProgrammingError naming the bad line."""
+        values: dict[str, str] = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            key, sep, value = line.partition(": ")
+            if not sep or key in values or key not in _SIGNED + ("signature",):
+                raise ProgrammingError(f"checkpoint line {n}: unexpected {line!r}")
+            values[key] = value.strip()
+        missing = [k for k in _SIGNED + ("signature",) if k not in values]
+        if missing:
+            raise ProgrammingError(f"checkpoint file lacks {', '.join(missing)}")
+        if values.pop("format") != FORMAT:
+            raise ProgrammingError(f"not a {FORMAT} file")
+        kw: dict[str, Any] = {}
+        try:
+            for f in fields(cls):
+                v = values[f.name]
+                if v == "-":
+                    kw[f.name] = None
+                elif f.name in _INTS:
+                    kw[f.name] = int(v)
+                elif f.name in _HEX:
+                    kw[f.name] = bytes.fromhex(v)
+                else:
+                    kw[f.name] = v
+        except ValueError as exc:
+            raise ProgrammingError(f"checkpoint field {f.name}: {exc}") from None
+        return cls(**kw)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Checkpoint":
+        """Read a checkpoint file written by :meth:`save`."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_text(f.read())
+
+    def verify_signature(self, *, public_key: Any = None,
+                         hmac_key: Optional[bytes] = None) -> Optional[str]:
+        """None when the signature verifies under the given key, else why not."""
+        payload = self.payload()
+        if self.algorithm == "ed25519":
+            if public_key is None:
+                return "it is signed with Ed25519: pass public_key="
+            if isinstance(public_key, (bytes, bytearray)):
+                try:
+                    public_key = Ed25519PublicKey.from_public_bytes(bytes(public_key))
+                except ValueError as exc:
+                    return f"bad public key: {exc}"
+            elif Ed25519PrivateKey is not None and isinstance(public_key, Ed25519PrivateKey):
+                public_key = public_key.public_key()
+            try:
+                public_key.verify(self.signature, payload)
+            except InvalidSignature:
+                if key_id(_raw_public(public_key)) != self.key_id:
+                    return (f"it was signed by key {self.key_id}, not by the given key "
+                            f"{key_id(_raw_public(public_key))} (or the file was altered)")
+                return "the Ed25519 signature does not match the contents: the file was altered"
+            return None
+        if self.algorithm == "hmac-sha256":
+            if hmac_key is None:
+                return "it is signed with HMAC-SHA256: pass hmac_key="
+            mac = hmac.new(bytes(hmac_key), payload, hashlib.sha256).digest()
+            if not hmac.compare_digest(mac, self.signature):
+                if key_id(bytes(hmac_key)) != self.key_id:
+                    return (f"it was signed by key {self.key_id}, not by the given key "
+                            f"{key_id(bytes(hmac_key))} (or the file was altered)")
+                return "the HMAC does not match the contents: the file was altered"
+            return None
+        return f"unknown algorithm {self.algorithm!r}"
+
+
+def _sign(cp: Checkpoint, signing_key: Any) -> Checkpoint:
+    if Ed25519PrivateKey is not None and isinstance(signing_key, Ed25519PrivateKey):
+        return replace(cp, signature=signing_key.sign(cp.payload()))
+    return replace(cp, signature=hmac.new(bytes(signing_key), cp.payload(),
+                                          hashlib.sha256).digest())
+
+
+def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
+                      signing_key: Any = None, *, now_us: Optional[int] = None) -> Checkpoint:
+    """Sign the current head of the chain and record the checkpoint number in the database.
+
+    ``signing_key``: an ``Ed25519PrivateKey`` (verify later with its public key) or bytes
+    (HMAC-SHA256, at least 16 bytes). Keep it outside the database. Must be called outside
+    a transaction: it signs only what is committed, in a ``BEGIN IMMEDIATE`` of its own
+    that also stores ``checkpoint_seq`` (what lets a verifier tell a rolled-back copy).
+    Save the result with :meth:`Checkpoint.save`.
+    """
+    check_table_name(table)
+    if Ed25519PrivateKey is not None and isinstance(signing_key, Ed25519PrivateKey):
+        algorithm, pub = "ed25519", _raw_public(signing_key.public_key())
+        kid = key_id(pub)
+    elif isinstance(signing_key, (bytes, bytearray)):
+        if len(signing_key) < _MIN_HMAC_KEY:
+            raise ProgrammingError(f"an HMAC checkpoint key needs at least {_MIN_HMAC_KEY} "
+                                   "bytes")
+        algorithm, pub, kid = "hmac-sha256", None, key_id(bytes(signing_key))
+    else:
+        raise ProgrammingError("signing_key must be an Ed25519PrivateKey or bytes (HMAC)")
+    if conn.in_transaction:
+        raise ProgrammingError("create_checkpoint must run outside a transaction: it signs "
+                               "only committed events")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            db_id = get_meta(conn, table, "database_id")
+            if db_id is None:
+                raise ProgrammingError(f"no audit log {table!r} here: call ensure_schema first")
+            last_id, last_ck, last_ts = _head(conn, table)
+            anc = anchor(conn, table)
+            seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0) + 1
+            conn.execute("INSERT OR REPLACE INTO __audit_meta(tbl, key, value) "
+                         "VALUES (?, 'checkpoint_seq', ?)", (table, seq))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except apsw.Error as exc:
+        raise translate(exc) from None
+    cp = Checkpoint(table=table, database_id=str(db_id), seq=seq, event_id=last_id,
+                    checksum=bytes(last_ck), count=last_id - anc.id, head_ts_us=last_ts,
+                    created_us=time.time_ns() // 1000 if now_us is None else now_us,
+                    anchor_id=anc.id, algorithm=algorithm, key_id=kid, public_key=pub)
+    return _sign(cp, signing_key)

@@ -1,0 +1,309 @@
+"""The audit table: schema, append (ids, time, chain) and head, on a raw ``apsw.Connection``.
+
+The caller owns the transaction: :func:`append` reads the head of the chain *inside* the
+caller's write transaction, so several connections and processes that append to one file
+extend one linear chain (SQLite serialises writers; a head read outside the write
+transaction could be stale). Called outside a transaction, :func:`append` wraps itself in
+``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+Nothing is cached between calls except SQL text: the head is re-read every time, which is
+what makes a rolled-back append harmless (DESIGN.md 3a: an in-memory head is not
+rollback-aware).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
+
+import apsw
+
+from ..errors import DataError, ProgrammingError, translate
+from . import chain
+from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, check_operation
+
+__all__ = ["DEFAULT_TABLE", "META_TABLE", "DEFAULT_MAX_QUERY_LENGTH", "Head", "Anchor",
+           "ensure_schema", "append", "head", "anchor", "read_events", "get_meta",
+           "check_table_name"]
+
+DEFAULT_TABLE = "__audit_log"
+#: One small table for every audit table of the database: (tbl, key) -> value.
+META_TABLE = "__audit_meta"
+DEFAULT_MAX_QUERY_LENGTH = 10000
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+
+
+class Head(NamedTuple):
+    """The last event of the chain (or the anchor when the table is empty).
+
+    ``count`` is the number of events since the anchor (``last_id - anchor_id``): ids are
+    gapless, so this needs no table scan.
+    """
+
+    last_id: int
+    last_checksum: bytes
+    last_ts_us: Optional[int]
+    count: int
+
+
+class Anchor(NamedTuple):
+    """Where the stored chain starts: the event before the first stored one.
+
+    ``id`` 0 and the genesis checksum (32 zero bytes) for a log that was never purged; a
+    retention purge moves it to the last purged event.
+    """
+
+    id: int
+    checksum: bytes
+    ts_us: Optional[int]
+
+
+def check_table_name(table: str) -> str:
+    """Return ``table`` if it is a plain identifier (it is spliced into SQL), else raise."""
+    if not isinstance(table, str) or not _NAME_RE.match(table) \
+            or table.lower() == META_TABLE.lower() or table.lower().startswith("sqlite_"):
+        raise ProgrammingError(f"invalid audit table name {table!r}: use letters, digits and "
+                               f"underscores, not {META_TABLE!r} or sqlite_*")
+    return table
+
+
+def _q(table: str) -> str:
+    return '"' + check_table_name(table) + '"'
+
+
+def _schema_sql(table: str) -> list[str]:
+    t = _q(table)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {t} (
+    id            INTEGER PRIMARY KEY,   -- gapless, assigned by the writer, never reused
+    ts_us         INTEGER NOT NULL,      -- UTC microseconds, strictly increasing
+    session_id    TEXT,
+    "user"        TEXT,
+    operation     TEXT NOT NULL,
+    target        TEXT,
+    query         TEXT,                  -- cut at max_query_length characters
+    affected_rows INTEGER,
+    success       INTEGER NOT NULL,      -- 1 or 0
+    error         TEXT,
+    metadata      TEXT,                  -- canonical JSON
+    old_values    TEXT,                  -- canonical JSON or NULL
+    new_values    TEXT,                  -- canonical JSON or NULL
+    reason        TEXT,
+    prev_hash     BLOB NOT NULL,         -- checksum of the previous event (32 bytes)
+    checksum      BLOB NOT NULL          -- SHA-256(prev_hash || encoding), 32 bytes
+)""",
+        f'CREATE INDEX IF NOT EXISTS "{table}_ts" ON {t}(ts_us)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_user" ON {t}("user", ts_us)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_operation" ON {t}(operation, ts_us)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_target" ON {t}(target, ts_us)',
+        f"""CREATE TABLE IF NOT EXISTS {META_TABLE} (
+    tbl   TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value,
+    PRIMARY KEY (tbl, key)
+) WITHOUT ROWID""",
+    ]
+
+
+def _run(conn: apsw.Connection, fn: Any, *args: Any, write: bool = True) -> Any:
+    """Run ``fn`` inside the caller's transaction, or in one of our own.
+
+    Our own is ``BEGIN IMMEDIATE`` for writes so that the head read and the insert cannot
+    interleave with another process's append.
+    """
+    try:
+        if conn.in_transaction:
+            return fn(conn, *args)
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+    except apsw.Error as exc:
+        raise translate(exc) from None
+
+
+def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
+    """Create the audit table, its indexes and its meta rows if they do not exist.
+
+    Meta rows (table ``__audit_meta``, keyed by audit table name): ``format_version``,
+    ``database_id`` (16 random bytes, hex: binds checkpoints to this database),
+    ``anchor_id`` / ``anchor_checksum`` / ``anchor_ts_us`` (start of the stored chain) and
+    ``checkpoint_seq`` (number of the last checkpoint taken of this database).
+    """
+    check_table_name(table)
+
+    def work(c: apsw.Connection) -> None:
+        for sql in _schema_sql(table):
+            c.execute(sql)
+        defaults = {"format_version": 1, "database_id": os.urandom(16).hex(),
+                    "anchor_id": 0, "anchor_checksum": GENESIS, "anchor_ts_us": None,
+                    "checkpoint_seq": 0}
+        c.executemany(f"INSERT OR IGNORE INTO {META_TABLE}(tbl, key, value) VALUES (?, ?, ?)",
+                      [(table, k, v) for k, v in defaults.items()])
+
+    _run(conn, work)
+
+
+def get_meta(conn: apsw.Connection, table: str, key: str, default: Any = None) -> Any:
+    """One meta value of an audit table (``default`` when absent)."""
+    try:
+        for (v,) in conn.execute(f"SELECT value FROM {META_TABLE} WHERE tbl = ? AND key = ?",
+                                 (table, key)):
+            return v
+    except apsw.SQLError:
+        return default  # no meta table: a log created by a foreign tool, or not yet
+    except apsw.Error as exc:
+        raise translate(exc) from None
+    return default
+
+
+def set_meta(conn: apsw.Connection, table: str, key: str, value: Any) -> None:
+    """Set one meta value (inside the caller's transaction, or its own)."""
+    _run(conn, lambda c: c.execute(
+        f"INSERT OR REPLACE INTO {META_TABLE}(tbl, key, value) VALUES (?, ?, ?)",
+        (table, key, value)))
+
+
+def anchor(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> Anchor:
+    """Where the stored chain starts (genesis unless a retention purge moved it)."""
+    aid = get_meta(conn, table, "anchor_id", 0)
+    ack = get_meta(conn, table, "anchor_checksum", GENESIS)
+    ats = get_meta(conn, table, "anchor_ts_us", None)
+    return Anchor(int(aid or 0), bytes(ack) if ack is not None else GENESIS, ats)
+
+
+_head_cache: dict[str, str] = {}
+
+
+def _head(conn: apsw.Connection, table: str) -> tuple[int, bytes, Optional[int]]:
+    # The anchor (three meta reads) is only needed for an empty table.
+    sql = _head_cache.get(table)
+    if sql is None:
+        sql = f"SELECT id, checksum, ts_us FROM {_q(table)} ORDER BY id DESC LIMIT 1"
+        _head_cache[table] = sql
+    for row in conn.execute(sql):
+        return row[0], row[1], row[2]
+    a = anchor(conn, table)
+    return a.id, a.checksum, a.ts_us
+
+
+def head(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> Head:
+    """The head of the chain: ``(last_id, last_checksum, last_ts_us, count)``.
+
+    For an empty table: the anchor (``0``, 32 zero bytes, ``None``, ``0`` for a new log).
+    """
+    try:
+        last_id, last_ck, last_ts = _head(conn, table)
+        a = anchor(conn, table)
+    except apsw.Error as exc:
+        raise translate(exc) from None
+    return Head(last_id, last_ck, last_ts, last_id - a.id)
+
+
+def _json_or_text(v: Any) -> Optional[str]:
+    if v is None or v.__class__ is str:
+        return v
+    return canonical_json(v)
+
+
+def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
+           max_query_length: Optional[int] = DEFAULT_MAX_QUERY_LENGTH,
+           now_us: Optional[int] = None) -> list[int]:
+    """Append events to the chain; return their ids.
+
+    Inside the caller's transaction (or ``BEGIN IMMEDIATE`` of its own): reads the head,
+    gives each event the next id and the time ``max(now, previous + 1)`` in UTC
+    microseconds, computes the checksums (one call into C for the whole batch when the
+    native module is built) and inserts the rows with one ``executemany``.
+
+    ``events`` are :class:`EventFields` (or tuples in its field order). ``now_us``
+    overrides the clock (tests, imports). Raises ProgrammingError for a bad operation name
+    or value type, DataError for an integer outside int64 or text that is not valid
+    Unicode; a database error is raised as its heliosdb class.
+    """
+    if not events:
+        return []
+    sql = _insert_sql(table)
+    maxq = (1 << 62) if max_query_length is None else max_query_length
+
+    def work(c: apsw.Connection) -> list[int]:
+        last_id, last_ck, last_ts = _head(c, table)
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        ts = now if last_ts is None or now > last_ts else last_ts
+        ids: list[int] = []
+        tss: list[int] = []
+        rows: list[Optional[int]] = []
+        oks: list[int] = []
+        texts: list[Optional[str]] = []
+        base: list[tuple] = []
+        for ev in events:
+            try:
+                op, target, user, sid, q, ar, ok, err, md, old, new, reason = ev
+                if q is not None and len(q) > maxq:
+                    q = q[:maxq]
+            except (TypeError, ValueError) as exc:
+                raise ProgrammingError(f"bad audit event {ev!r}: {exc}") from None
+            check_operation(op)
+            if md is not None and md.__class__ is not str:
+                md = canonical_json(md)
+            if old is not None and old.__class__ is not str:
+                old = canonical_json(old)
+            if new is not None and new.__class__ is not str:
+                new = canonical_json(new)
+            ok = 1 if ok else 0
+            last_id += 1
+            if ts == last_ts:
+                ts += 1  # never equal to (nor before) the previous event
+            ids.append(last_id)
+            tss.append(ts)
+            rows.append(ar)
+            oks.append(ok)
+            texts += (sid, user, op, target, q, err, md, old, new, reason)
+            base.append((last_id, ts, sid, user, op, target, q, ar, ok, err, md, old, new,
+                         reason))
+            last_ts = ts
+        try:
+            cks = chain.chain_checksums(last_ck, ids, tss, rows, oks, texts)
+        except TypeError as exc:
+            raise ProgrammingError(f"audit event field of the wrong type: {exc}") from None
+        except (OverflowError, UnicodeError) as exc:
+            raise DataError(f"audit event value cannot be encoded: {exc}") from None
+        prevs = [last_ck] + cks[:-1]
+        c.executemany(sql, [b + (p, k) for b, p, k in zip(base, prevs, cks)])
+        return ids
+
+    return _run(conn, work)
+
+
+_insert_cache: dict[str, str] = {}
+
+
+def _insert_sql(table: str) -> str:
+    sql = _insert_cache.get(table)
+    if sql is None:
+        cols = ", ".join(f'"{c}"' for c in COLUMNS)
+        sql = f"INSERT INTO {_q(table)} ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        _insert_cache[table] = sql
+    return sql
+
+
+def read_events(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
+                first_id: Optional[int] = None,
+                last_id: Optional[int] = None) -> Iterator[AuditEvent]:
+    """Stored events in id order, optionally limited to ``first_id..last_id``."""
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    sql = (f"SELECT {cols} FROM {_q(table)} WHERE id >= ? AND id <= ? ORDER BY id")
+    lo = -(1 << 63) if first_id is None else first_id
+    hi = (1 << 63) - 1 if last_id is None else last_id
+    try:
+        for row in conn.execute(sql, (lo, hi)):
+            yield AuditEvent.from_row(row)
+    except apsw.Error as exc:
+        raise translate(exc) from None

@@ -1,0 +1,555 @@
+"""Verification of the audit chain: a report that names the first fault, never a bare bool.
+
+Two passes, so that an untouched log costs little more than reading it:
+
+1. Fast path: the rows are read in id order in batches; each batch is handed to
+   :func:`heliosdb.audit.chain.verify_rows` (one call into C per batch) which checks ids,
+   time, links and checksums and returns the index of the first bad row.
+2. Diagnosis, only when a row is bad: Python looks at that row, its neighbours and (by
+   SQL) the rows whose checksum it links to, and names the fault.
+
+Faults (:data:`FAULTS`):
+
+``modified``
+    A row's fields do not match its checksum (any column changed, including
+    ``prev_hash``, ``checksum`` and ``id``), or the chain disagrees with a signed
+    checkpoint (rewritten and re-hashed).
+``deleted``
+    Events are missing: an id gap, or a row links to a checksum no stored row has.
+``inserted``
+    A row is not part of the chain: the next row links past it, or it sits outside the
+    id sequence with a valid link.
+``reordered``
+    A row links to a row stored *after* it.
+``truncated``
+    The log ends before the position of a checkpoint that this database recorded.
+``rolled_back``
+    The database is older than the checkpoint (it does not know it): a copy restored.
+``time_went_backwards``
+    A row that is otherwise intact has a ``ts_us`` not after the previous one.
+``bad_signature``
+    The checkpoint's signature does not verify under the given key.
+
+Without a checkpoint, removing events from the *end* of the log is undetectable (the
+shorter chain is valid); so is re-hashing the whole chain. Checkpoints close both.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from itertools import chain as _chain
+from itertools import islice
+from typing import Any, Callable, Optional
+
+import apsw
+
+from ..errors import AuditIntegrityError, DatabaseError, OperationalError, ProgrammingError, translate
+from . import chain
+from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event
+from .store import DEFAULT_TABLE, _head, _q, anchor, check_table_name, get_meta
+
+__all__ = ["FAULTS", "VerifyReport", "AuditIntegrityError", "verify_connection"]
+
+FAULTS: tuple[str, ...] = ("modified", "deleted", "inserted", "reordered", "truncated",
+                           "time_went_backwards", "bad_signature", "rolled_back")
+
+_BATCH = 8192
+#: Use the C aggregate inside SQLite when it can be registered (tests switch it off to
+#: exercise the batch-fed path too).
+_USE_SQL_AGGREGATE = True
+_RENUMBER_PROBE = 64  # how far diagnosis looks for an event renumbered after a deletion
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of verifying an audit log.
+
+    ``ok`` is True when no fault was found. ``events_checked`` counts the events verified
+    before the first fault (or all of them). ``first_bad_id`` is the id of the first
+    event found bad (for ``truncated``/``rolled_back``: the first event that is missing),
+    ``fault`` one of :data:`FAULTS` or None, ``message`` says what is wrong and where.
+    ``head_id``/``head_checksum`` describe the last good event reached.
+
+    A report has no truth value: ``if report:`` raises TypeError (a report about a
+    tampered log is still an object, so truthiness would be a trap). Test ``report.ok``,
+    or call :meth:`raise_for_fault`.
+    """
+
+    ok: bool
+    events_checked: int
+    first_bad_id: Optional[int]
+    fault: Optional[str]
+    message: str
+    head_id: Optional[int] = None
+    head_checksum: Optional[bytes] = None
+    checkpoint_id: Optional[int] = None
+
+    def __bool__(self) -> bool:
+        raise TypeError("a VerifyReport has no truth value: test report.ok (or call "
+                        "report.raise_for_fault())")
+
+    def raise_for_fault(self) -> "VerifyReport":
+        """Return self when ok, else raise :class:`AuditIntegrityError` with the message."""
+        if not self.ok:
+            raise AuditIntegrityError(self.message, self)
+        return self
+
+
+# --- row checks used by the diagnosis (pure Python, strict about types) -------------------
+
+def _type_problem(ev: AuditEvent) -> Optional[str]:
+    for name in ("id", "ts_us", "success"):
+        if type(getattr(ev, name)) is not int:
+            return f"column {name} holds {_tname(getattr(ev, name))}, not an integer"
+    if ev.affected_rows is not None and type(ev.affected_rows) is not int:
+        return f"column affected_rows holds {_tname(ev.affected_rows)}, not an integer"
+    for name in TEXT_FIELDS:
+        v = getattr(ev, name)
+        if v is not None and type(v) is not str:
+            return f"column {name} holds {_tname(v)}, not text"
+    for name in ("prev_hash", "checksum"):
+        v = getattr(ev, name)
+        if type(v) is not bytes or len(v) != 32:
+            return f"column {name} holds {_tname(v)}, not a 32-byte hash"
+    return None
+
+
+def _tname(v: Any) -> str:
+    if isinstance(v, _BadText):
+        return "text that is not valid UTF-8"
+    if v is None:
+        return "NULL"
+    if isinstance(v, bytes):
+        return f"a {len(v)}-byte blob"
+    return {int: "an integer", float: "a real", str: "text"}.get(type(v), type(v).__name__)
+
+
+def _consistent(ev: AuditEvent, id: Optional[int] = None) -> bool:
+    """True when SHA-256(stored prev || encoding, with ``id`` if given) = stored checksum."""
+    if _type_problem(ev) is not None:
+        return False
+    try:
+        enc = encode_event(ev.id if id is None else id, ev.ts_us, ev.affected_rows,
+                           ev.success, ev.texts())
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return hashlib.sha256(ev.prev_hash + enc).digest() == ev.checksum
+
+
+class _BadText(bytes):
+    """A TEXT value that is not valid UTF-8 (only a tampered row holds one)."""
+
+
+class _Ctx:
+    """Reads rows for the diagnosis and the slow path (rare: after the fast path balked).
+
+    Text is fetched as bytes and decoded here, so that a row holding invalid UTF-8 is
+    reported as modified instead of stopping the verification with a decoding error.
+    """
+
+    def __init__(self, conn: apsw.Connection, table: str) -> None:
+        self.conn = conn
+        self.t = _q(table)
+        self.cols = ", ".join(f'typeof("{c}"), "{c}"' for c in COLUMNS)
+        # Fallback when a text is not valid UTF-8: its raw bytes (in the database's text
+        # encoding, which a tampered row's invalid text was written in anyway).
+        self.raw_cols = ", ".join(
+            f'typeof("{c}"), CASE WHEN typeof("{c}") = \'text\' THEN CAST("{c}" AS BLOB) '
+            f'ELSE "{c}" END' for c in COLUMNS)
+
+    @staticmethod
+    def _event(row: tuple) -> AuditEvent:
+        vals = []
+        for k in range(0, len(row), 2):
+            t, v = row[k], row[k + 1]
+            if t == "text" and v.__class__ is bytes:
+                try:
+                    v = v.decode("utf-8")
+                except UnicodeDecodeError:
+                    v = _BadText(v)
+            vals.append(v)
+        return AuditEvent.from_row(vals)
+
+    def _select(self, where: str, args: tuple, limit: int) -> list[AuditEvent]:
+        try:
+            return [self._event(r) for r in self.conn.execute(
+                f"SELECT {self.cols} FROM {self.t} {where} ORDER BY id LIMIT ?",
+                args + (limit,))]
+        except UnicodeDecodeError:
+            return [self._event(r) for r in self.conn.execute(
+                f"SELECT {self.raw_cols} FROM {self.t} {where} ORDER BY id LIMIT ?",
+                args + (limit,))]
+
+    def _one(self, where: str, args: tuple) -> Optional[AuditEvent]:
+        rows = self._select(f"WHERE {where}", args, 1)
+        return rows[0] if rows else None
+
+    def at(self, id: int) -> Optional[AuditEvent]:
+        return self._one("id = ?", (id,))
+
+    def after(self, id: int) -> Optional[AuditEvent]:
+        return self._one("id > ?", (id,))
+
+    def by_checksum(self, ck: Any) -> Optional[AuditEvent]:
+        # A full scan; diagnosis runs once per verification, after a fault.
+        return self._one("checksum = ?", (ck,))
+
+    def rows_after(self, id: Optional[int], n: int) -> list[AuditEvent]:
+        if id is None:
+            return self._select("", (), n)
+        return self._select("WHERE id > ?", (id,), n)
+
+
+def _diagnose(ctx: _Ctx, r: AuditEvent, e: int, c: bytes) -> tuple[str, int, str]:
+    """Name the fault at row ``r``, expected to be event ``e`` linked to checksum ``c``."""
+    tp = _type_problem(r)
+    if tp is not None and not tp.startswith(("column prev_hash", "column checksum")):
+        return "modified", r.id, f"event {r.id}: {tp}: the row was changed after it was written"
+    ok_self = _consistent(r)
+    nxt = ctx.after(r.id)
+    if r.prev_hash != c:
+        j = ctx.by_checksum(r.prev_hash) if tp is None else None
+        if j is not None and j.id > r.id:
+            if r.id > e and _consistent(j, id=e):
+                return ("modified", e, f"event {e} was moved: its id was changed to {j.id} "
+                        f"(its contents and checksum say it is event {e})")
+            return ("reordered", r.id, f"event {r.id} links to event {j.id}, which is stored "
+                    f"after it: events were reordered (the row at id {r.id} holds another "
+                    "event's contents)")
+        if j is not None and j.id < r.id:
+            return ("inserted", j.id + 1, f"event {r.id} continues the chain from event "
+                    f"{j.id}: the row(s) {j.id + 1}..{r.id - 1} between them are not part of "
+                    "the chain (inserted)")
+        if r.id > e:
+            return ("deleted", e, f"events {e}..{r.id - 1} are missing: event {r.id} links to "
+                    "a checksum no stored event has (deleted)" if r.id - 1 > e else
+                    f"event {e} is missing: event {r.id} links to a checksum no stored event "
+                    "has (deleted)")
+        if r.id < e:
+            return ("inserted", r.id, f"event {r.id} lies before the start of the chain "
+                    f"(expected event {e} next): it was inserted")
+        if not ok_self and tp is None:
+            for k in range(1, _RENUMBER_PROBE + 1):
+                if _consistent(r, id=r.id + k):
+                    return ("deleted", r.id, f"the event stored as {r.id} was written as event "
+                            f"{r.id + k}: {k} event(s) before it were deleted and the later "
+                            "ids renumbered")
+        if ok_self:
+            return ("modified", r.id, f"event {r.id} does not link to event {e - 1} and no "
+                    "stored event has the checksum it links to, yet its own checksum "
+                    "matches: it was rewritten with a new prev_hash and checksum (or the "
+                    "events before it were deleted and it was re-hashed)")
+        return ("modified", r.id, f"event {r.id}: its prev_hash does not match the checksum of "
+                f"event {e - 1} and its fields do not match its checksum: prev_hash (and "
+                "perhaps other columns) was changed")
+    # r links correctly to the previous event.
+    if r.id != e:
+        if r.id > e and _consistent(r, id=e):
+            return ("modified", e, f"event {e}'s id was changed to {r.id} (its contents and "
+                    f"checksum say it is event {e})")
+        if r.id < e:
+            return ("inserted", r.id, f"event {r.id} lies before the start of the chain "
+                    f"(expected event {e} next): it was inserted")
+        return ("inserted", r.id, f"event {r.id} links to event {e - 1} but the next id is "
+                f"{e}: it was inserted with an id that does not fit the sequence")
+    if not ok_self:
+        if nxt is not None and nxt.prev_hash == c:
+            return ("inserted", r.id, f"event {r.id} is not part of the chain: the event after "
+                    f"it (stored as {nxt.id}) continues from event {e - 1} (inserted)")
+        if tp is not None:
+            return "modified", r.id, f"event {r.id}: {tp}: the row was changed"
+        if nxt is not None and nxt.prev_hash != r.checksum and _consistent(nxt):
+            return ("modified", r.id, f"event {r.id}: its stored checksum was changed (the "
+                    f"next event links to a different one)")
+        return ("modified", r.id, f"event {r.id}: its fields do not match its checksum: a "
+                "value was changed after it was written")
+    # Intact and linked: only time can be wrong.
+    return ("time_went_backwards", r.id, f"event {r.id} has a timestamp ({r.ts_us} us) that "
+            "is not after the previous event's, although the chain is intact: the chain was "
+            "rewritten with a backdated time, or the writer's clock went back")
+
+
+# --- the fast walk --------------------------------------------------------------------------
+
+def _walk_sql(table: str, where: str) -> str:
+    # One bytes value per row for the ten texts (UTF-8 as stored, NUL-separated, NULL as
+    # the byte 0xFF): a tenth of the Python objects ten columns would cost, and no
+    # decode/encode round trip. The type check keeps a BLOB holding the same bytes as the
+    # text it replaced from passing as that text.
+    texts = " || x'00' || ".join(f"ifnull(\"{c}\", x'ff')" for c in TEXT_FIELDS)
+    types = " AND ".join(f"typeof(\"{c}\") IN ('text', 'null')" for c in TEXT_FIELDS)
+    return (f"SELECT CAST({texts} AS BLOB), id, ts_us, affected_rows, success, {types}, "
+            f"prev_hash, checksum FROM {_q(table)} {where} ORDER BY id")
+
+
+_NCOL = 8
+
+
+def _split(batch: list[tuple]) -> tuple[list, ...]:
+    flat = list(_chain.from_iterable(batch))
+    return tuple(flat[k::_NCOL] for k in range(_NCOL))
+
+
+@dataclass
+class _State:
+    expect_id: int
+    link: bytes
+    last_ts: Optional[int]
+    checked: int = 0
+
+
+def _report(fault: Optional[str], first_bad: Optional[int], msg: str, st: _State,
+            cp_id: Optional[int]) -> VerifyReport:
+    return VerifyReport(ok=fault is None, events_checked=st.checked, first_bad_id=first_bad,
+                        fault=fault, message=msg, head_id=st.expect_id - 1,
+                        head_checksum=st.link, checkpoint_id=cp_id)
+
+
+def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
+                      checkpoint: Any = None, public_key: Any = None,
+                      hmac_key: Optional[bytes] = None, since_checkpoint: bool = False,
+                      progress: Optional[Callable[[int], Any]] = None,
+                      batch_size: int = _BATCH) -> VerifyReport:
+    """Verify the audit chain in ``table`` of an open APSW connection.
+
+    With ``checkpoint`` (a :class:`heliosdb.audit.checkpoint.Checkpoint`), its signature is
+    checked with ``public_key`` (Ed25519: an ``Ed25519PublicKey`` or 32 raw bytes) or
+    ``hmac_key``, and the log must contain the signed head: this detects a truncated tail,
+    a re-hashed chain and a database rolled back to an older copy.
+    ``since_checkpoint=True`` checks only the events after the checkpoint (incremental).
+    ``progress(events_checked)`` is called after each batch.
+
+    Reads inside one transaction (a snapshot: concurrent appends do not disturb it).
+    Raises OperationalError when the table does not exist (without a checkpoint, nothing
+    could prove it ever did) and ProgrammingError for misuse (no key for a checkpoint,
+    a checkpoint of another table).
+    """
+    check_table_name(table)
+    if since_checkpoint and checkpoint is None:
+        raise ProgrammingError("since_checkpoint=True needs checkpoint=")
+    if checkpoint is not None:
+        if checkpoint.table != table:
+            raise ProgrammingError(f"the checkpoint is for table {checkpoint.table!r}, not "
+                                   f"{table!r}")
+        if public_key is None and hmac_key is None:
+            raise ProgrammingError("verifying against a checkpoint needs the key it was signed "
+                                   "with: public_key= (Ed25519) or hmac_key=")
+    try:
+        if conn.in_transaction:
+            return _verify(conn, table, checkpoint, public_key, hmac_key, since_checkpoint,
+                           progress, batch_size)
+        conn.execute("BEGIN")
+        try:
+            return _verify(conn, table, checkpoint, public_key, hmac_key, since_checkpoint,
+                           progress, batch_size)
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")  # a read transaction: nothing to write
+    except apsw.Error as exc:
+        raise translate(exc) from None
+
+
+def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
+            hmac_key: Optional[bytes], since_checkpoint: bool,
+            progress: Optional[Callable[[int], Any]], batch_size: int) -> VerifyReport:
+    cp_id = cp.event_id if cp is not None else None
+    exists = any(conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (table,)))
+    anc = anchor(conn, table)
+    st = _State(anc.id + 1, anc.checksum, anc.ts_us)
+    if cp is not None:
+        problem = cp.verify_signature(public_key=public_key, hmac_key=hmac_key)
+        if problem is not None:
+            return _report("bad_signature", None, f"checkpoint #{cp.seq} (event {cp.event_id}) "
+                           f"does not verify: {problem}", st, cp_id)
+        db_id = get_meta(conn, table, "database_id")
+        if exists and db_id is not None and db_id != cp.database_id:
+            return _report("modified", None, f"checkpoint #{cp.seq} was taken of database "
+                           f"{cp.database_id}, but this file is database {db_id}: the file "
+                           "was replaced, or this is the wrong checkpoint", st, cp_id)
+    if not exists:
+        if cp is None:
+            raise OperationalError(f"no audit table {table!r} in this database")
+        return _report("truncated", anc.id + 1, f"the audit table {table!r} is missing but "
+                       f"checkpoint #{cp.seq} vouches for {cp.event_id} events: the log was "
+                       "dropped", st, cp_id)
+    ctx = _Ctx(conn, table)
+    where = ""
+    args: tuple = ()
+    if since_checkpoint and cp.event_id > anc.id:
+        row = ctx.at(cp.event_id)
+        if row is None:
+            return _tail_missing(conn, table, cp, st, cp_id)
+        if row.checksum != cp.checksum or not _consistent(row):
+            return _report("modified", cp.event_id, f"event {cp.event_id} no longer has the "
+                           f"checksum signed in checkpoint #{cp.seq}: the chain was "
+                           f"rewritten at or before event {cp.event_id}", st, cp_id)
+        st = _State(cp.event_id + 1, cp.checksum, row.ts_us)
+        where, args = "WHERE id > ?", (cp.event_id,)
+
+    last_row_id: Optional[int] = cp.event_id if where else None
+    slow = False  # set when the fast query cannot even be read (invalid UTF-8 in a text)
+    if _USE_SQL_AGGREGATE and chain.register_sql_check(conn):
+        # Fastest: the C aggregate walks the table inside SQLite, a chunk of ids at a time
+        # (for progress reports). On a bad row, the row-by-row loop below takes over from
+        # the last good row and names the fault.
+        slow, last_row_id = _aggregate_walk(conn, table, st, last_row_id, progress,
+                                            batch_size * 8)
+        if not slow:
+            if cp is not None and not where and anc.id < cp.event_id < st.expect_id:
+                row = ctx.at(cp.event_id)
+                if row is not None and row.checksum != cp.checksum:
+                    st_cp = _State(cp.event_id, row.prev_hash, None,
+                                   cp.event_id - 1 - anc.id)
+                    return _report("modified", cp.event_id, _rewritten(cp), st_cp, cp_id)
+            return _finish(conn, table, cp, st, cp_id)
+    cur = conn.execute(_walk_sql(table, where), args)
+    try:
+        while True:
+            if not slow:
+                try:
+                    batch = list(islice(cur, batch_size))
+                except UnicodeDecodeError:
+                    slow = True
+                    continue
+                if not batch:
+                    break
+                texts, ids, ts, rows, succ, types_ok, prevs, cks = _split(batch)
+                try:
+                    if 0 in types_ok:
+                        raise chain.MalformedBatch("a text column holds another type")
+                    bad, link = chain.verify_rows(st.link, st.expect_id, st.last_ts, ids, ts,
+                                                  rows, succ, texts, prevs, cks)
+                except chain.MalformedBatch:
+                    bad = 0
+                if bad >= 0:
+                    # The fast path only points; the row-by-row check decides (it reads
+                    # values as Python does, so odd encodings cannot cause a false alarm).
+                    evs = ctx.rows_after(last_row_id, len(ids))
+                    bad, link = _slow_rows(evs, st)
+                    ids = [e.id for e in evs]
+                    ts = [e.ts_us for e in evs]
+            else:
+                evs = ctx.rows_after(last_row_id, batch_size)
+                if not evs:
+                    break
+                ids = [e.id for e in evs]
+                ts = [e.ts_us for e in evs]
+                cks = [e.checksum for e in evs]
+                bad, link = _slow_rows(evs, st)
+            if bad >= 0:
+                st.checked += bad
+                if bad > 0:
+                    st.last_ts = ts[bad - 1]
+                st.expect_id += bad
+                st.link = link
+                r = ctx.at(ids[bad])
+                assert r is not None
+                fault, first_bad, msg = _diagnose(ctx, r, st.expect_id, st.link)
+                return _report(fault, first_bad, msg, st, cp_id)
+            if cp is not None and st.expect_id <= cp.event_id < st.expect_id + len(ids):
+                if cks[cp.event_id - st.expect_id] != cp.checksum:
+                    st.checked += cp.event_id - st.expect_id
+                    return _report("modified", cp.event_id, _rewritten(cp), st, cp_id)
+            st.checked += len(ids)
+            st.expect_id += len(ids)
+            st.link = link
+            st.last_ts = ts[-1]
+            last_row_id = ids[-1]
+            if progress is not None:
+                progress(st.checked)
+    finally:
+        cur.close()
+
+    return _finish(conn, table, cp, st, cp_id)
+
+
+def _finish(conn: apsw.Connection, table: str, cp: Any, st: _State,
+            cp_id: Optional[int]) -> VerifyReport:
+    """The chain is intact: check it against the checkpoint's position and number."""
+    if cp is not None:
+        if cp.event_id > st.expect_id - 1:
+            return _tail_missing(conn, table, cp, st, cp_id)
+        seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0)
+        if seq < cp.seq:
+            return _report("rolled_back", None, f"this database does not know checkpoint "
+                           f"#{cp.seq} (it has #{seq}): the file was restored from a copy "
+                           "made before that checkpoint was taken", st, cp_id)
+    head = st.expect_id - 1
+    msg = f"{st.checked} event(s) verified, head is event {head}"
+    if cp is not None:
+        msg += f", consistent with signed checkpoint #{cp.seq} (event {cp.event_id})"
+    else:
+        msg += " (without a checkpoint, a truncated tail cannot be detected)"
+    return _report(None, None, msg, st, cp_id)
+
+
+def _rewritten(cp: Any) -> str:
+    return (f"the chain is internally consistent but event {cp.event_id} does not have the "
+            f"checksum signed in checkpoint #{cp.seq}: the log was rewritten and re-hashed "
+            f"at or before event {cp.event_id}")
+
+
+def _aggregate_walk(conn: apsw.Connection, table: str, st: _State,
+                    last_row_id: Optional[int], progress: Optional[Callable[[int], Any]],
+                    chunk: int) -> tuple[bool, Optional[int]]:
+    """Walk with the C aggregate. Returns (a bad row was met, id of the last good row)."""
+    t = _q(table)
+    texts = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
+    sql = (f"SELECT heliosdb_chain_check(?, ?, ?, id, ts_us, affected_rows, success, {texts}, "
+           f"prev_hash, checksum) FROM {t} WHERE id > ? AND id <= ?")
+    lo = last_row_id
+    if lo is None:
+        (lo,) = next(conn.execute(f"SELECT min(id) FROM {t}"))
+        if lo is None:
+            return False, None
+        lo -= 1
+    (hi,) = next(conn.execute(f"SELECT max(id) FROM {t}"))
+    if hi is None:
+        return False, last_row_id
+    while lo < hi:
+        end = min(hi, lo + chunk)
+        ((blob,),) = conn.execute(sql, (st.link, st.expect_id, st.last_ts, lo, end))
+        n_good, failed, _bad_id, last_ts, link = chain.decode_check_result(blob)
+        if n_good:
+            st.checked += n_good
+            st.expect_id += n_good
+            st.link = link
+            st.last_ts = last_ts
+            last_row_id = st.expect_id - 1
+        if failed:
+            return True, last_row_id
+        if blob is not None and n_good:
+            lo = last_row_id
+        else:
+            lo = end
+        if progress is not None:
+            progress(st.checked)
+    return False, last_row_id
+
+
+def _tail_missing(conn: apsw.Connection, table: str, cp: Any, st: _State,
+                  cp_id: Optional[int]) -> VerifyReport:
+    head = _head(conn, table)[0]  # not st: an incremental walk may not have started
+    seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0)
+    if seq >= cp.seq:
+        return _report("truncated", head + 1, f"the log ends at event {head} but signed "
+                       f"checkpoint #{cp.seq} vouches for events up to {cp.event_id}: events "
+                       f"{head + 1}..{cp.event_id} were removed from the tail", st, cp_id)
+    return _report("rolled_back", head + 1, f"the log ends at event {head} and this database "
+                   f"does not know checkpoint #{cp.seq} (it has #{seq}), which vouches for "
+                   f"events up to {cp.event_id}: the file was restored from an older copy, "
+                   f"missing events {head + 1}..{cp.event_id} (or it was truncated and its "
+                   "checkpoint record removed)", st, cp_id)
+
+
+def _slow_rows(evs: list[AuditEvent], st: _State) -> tuple[int, bytes]:
+    """Row-by-row check of rows the fast path refused (odd types, U+0000 in a text)."""
+    link, e, lt = st.link, st.expect_id, st.last_ts
+    for i, r in enumerate(evs):
+        good = (r.id == e + i and type(r.ts_us) is int and (lt is None or r.ts_us > lt)
+                and r.prev_hash == link and _consistent(r))
+        if not good:
+            return i, link
+        link, lt = r.checksum, r.ts_us
+    return -1, link

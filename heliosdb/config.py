@@ -1,0 +1,1349 @@
+"""HeliosDB configuration: TOML files, presets and dicts, validated into frozen dataclasses.
+
+``connect(..., config=...)`` accepts what :func:`load_config` accepts:
+
+* ``None``: the *plain* config (audit and encryption off: a drop-in ``sqlite3`` connection);
+* a preset name such as ``"hipaa"`` (a file in ``configs/``, listed by :func:`preset_names`);
+* a path to a TOML file (``str`` or ``os.PathLike``);
+* a ``dict`` (or any mapping) shaped like the TOML file;
+* a :class:`Config` (returned unchanged).
+
+Every problem raises :class:`heliosdb.ConfigError` naming the dotted key, the file and the line,
+e.g. ``configs/x.toml:7: audit.retention_days: expected a positive integer, got -3``. Unknown
+keys are errors (with the closest known key suggested), never silently ignored: a typo in an
+audit setting would otherwise switch auditing off without anyone noticing.
+
+The keys, their types, defaults and meaning are documented in ``docs/CONFIG.md``, whose tables
+are generated from the schema below (``python -m heliosdb.config --write-docs``) and checked
+by the test suite so that they cannot go stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import difflib
+import functools
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config", "DatabaseConfig", "EncryptionConfig", "AuditConfig", "CaptureMetadata",
+    "AfterHours", "KeySource", "FrozenMap", "load_config", "preset_names", "preset_path",
+    "presets_dir", "category_of", "OPERATIONS", "CATEGORIES", "KDF_PROFILES",
+    "render_key_reference", "render_preset_table", "update_docs", "find_key_line",
+]
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary shared with the audit code
+# --------------------------------------------------------------------------------------------
+
+#: Operation -> category. The operations are those of DESIGN.md section 3; the categories are
+#: what ``audit.retention_overrides`` may name besides a single operation.
+_OPERATION_CATEGORY: dict[str, str] = {
+    **{op: "DDL" for op in (
+        "CREATE_TABLE", "DROP_TABLE", "ALTER_TABLE", "CREATE_INDEX", "DROP_INDEX",
+        "CREATE_VIEW", "DROP_VIEW", "CREATE_TRIGGER", "DROP_TRIGGER")},
+    **{op: "DML" for op in ("INSERT", "UPDATE", "DELETE")},
+    "SELECT": "QUERY",
+    **{op: "TRANSACTION" for op in ("BEGIN", "COMMIT", "ROLLBACK")},
+    **{op: "SECURITY" for op in (
+        "LOGIN", "LOGOUT", "GRANT", "REVOKE", "KEY_CHANGE", "KEY_ROTATION",
+        "AUDIT_CONFIG_CHANGE", "RETENTION_PURGE", "EXPORT", "VERIFY")},
+    **{op: "ADMIN" for op in ("PRAGMA", "ATTACH", "DETACH")},
+    **{op: "APPLICATION" for op in ("DATA_SUBJECT_REQUEST", "MODEL_TRAINING")},
+}
+#: Every operation name known to the audit log.
+OPERATIONS: tuple[str, ...] = tuple(_OPERATION_CATEGORY)
+#: Categories of operations. APPLICATION also covers custom operations logged with
+#: ``conn.audit.log()``.
+CATEGORIES: tuple[str, ...] = ("DDL", "DML", "QUERY", "TRANSACTION", "SECURITY", "ADMIN",
+                               "APPLICATION")
+
+
+def category_of(operation: str) -> str:
+    """The category (one of :data:`CATEGORIES`) of an audit operation name.
+
+    Unknown names are application-defined operations (``conn.audit.log("MY_OP")``).
+    """
+    return _OPERATION_CATEGORY.get(operation.upper(), "APPLICATION")
+
+
+#: Argon2id cost profiles that ``encryption.kdf_profile`` may name. "default" is the cost
+#: measured in DESIGN.md section 5 (about 0.1 s per open here); "test" exists so that test
+#: suites do not spend seconds deriving keys, and must not be used for real data.
+KDF_PROFILES: Mapping[str, Mapping[str, int]] = {
+    "default": {"time_cost": 3, "memory_kib": 65536, "parallelism": 4},
+    "interactive": {"time_cost": 2, "memory_kib": 19456, "parallelism": 1},
+    "sensitive": {"time_cost": 4, "memory_kib": 262144, "parallelism": 4},
+    "test": {"time_cost": 1, "memory_kib": 8192, "parallelism": 1},
+}
+
+_ALGORITHMS = ("aes-256-gcm",)
+
+
+class FrozenMap(Mapping[str, int]):
+    """A read-only, hashable ``str -> int`` mapping (``retention_overrides``).
+
+    ``types.MappingProxyType`` is read-only but unhashable, which would make the frozen
+    config dataclasses unhashable too; configs are meant to be usable as cache keys.
+    """
+
+    __slots__ = ("_d",)
+
+    def __init__(self, items: Mapping[str, int] | None = None) -> None:
+        object.__setattr__(self, "_d", dict(items or {}))
+
+    def __getitem__(self, key: str) -> int:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._d.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._d) == dict(other)
+        return NotImplemented
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("FrozenMap is read-only")
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._d!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# The dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where the encryption key comes from (DESIGN.md section 2).
+
+    ``kind`` is ``"file"`` (a raw 32-byte key file; a relative path in a config file is
+    resolved against that file's directory), ``"env"`` (an environment variable holding 64
+    hex characters) or ``"passphrase_env"`` (an environment variable holding a passphrase,
+    stretched with Argon2id). ``value`` is the path or the variable name, never key material.
+    """
+
+    kind: Literal["file", "env", "passphrase_env"]
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("file", "env", "passphrase_env"):
+            raise ConfigError(f"KeySource: kind must be file, env or passphrase_env, "
+                              f"got {self.kind!r}", key="encryption.key_source")
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """``[encryption]``: transparent page encryption.
+
+    ``enabled = true`` with no ``key_source`` means the key must be passed to
+    ``connect(..., key=...)``; connecting without one then fails with ``KeyRequiredError``.
+    """
+
+    enabled: bool = False
+    algorithm: str = "aes-256-gcm"
+    key_source: Optional[KeySource] = None
+    kdf_profile: str = "default"
+    rotation_interval_days: int = 90
+    nonce_warning_fraction: float = 0.5
+
+    @property
+    def kdf_params(self) -> Mapping[str, int]:
+        """The Argon2id parameters of :attr:`kdf_profile` (see :data:`KDF_PROFILES`)."""
+        return KDF_PROFILES[self.kdf_profile]
+
+
+@dataclass(frozen=True)
+class CaptureMetadata:
+    """``[audit.capture_metadata]``: what goes into each event's ``metadata`` JSON.
+
+    TOML accepts both ``client_ip`` and the product documents' ``capture_client_ip``
+    spelling (and likewise for every field).
+    """
+
+    client_ip: bool = True
+    application_name: bool = True
+    database_name: bool = True
+    execution_time: bool = True
+    custom_fields: bool = False
+    custom_field_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Built directly (not by load_config) with a list: keep the instance immutable.
+        object.__setattr__(self, "custom_field_names", tuple(self.custom_field_names))
+
+
+@dataclass(frozen=True)
+class AfterHours:
+    """``[audit.after_hours]``: the window ``conn.audit.suspicious()`` calls after hours.
+
+    ``start`` and ``end`` are local ``"HH:MM"`` times in ``timezone`` (an IANA name); a window
+    with ``start > end`` wraps past midnight; ``start == end`` means no after-hours window.
+    With ``weekends`` true, all of Saturday and Sunday counts as after hours.
+    """
+
+    start: str = "19:00"
+    end: str = "07:00"
+    timezone: str = "UTC"
+    weekends: bool = True
+
+    def contains(self, when: _dt.datetime) -> bool:
+        """True if ``when`` falls after hours. A naive ``when`` is taken as UTC."""
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        local = when.astimezone(_zone(self.timezone))
+        if self.weekends and local.weekday() >= 5:
+            return True
+        t = local.time()
+        start, end = _parse_hhmm(self.start), _parse_hhmm(self.end)
+        if start == end:
+            return False
+        if start < end:
+            return start <= t < end
+        return t >= start or t < end
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: what the audit log captures and how long it keeps it.
+
+    Retention: ``retention_days`` is the total time an event is kept; ``archive_days`` is the
+    trailing part of it that may live in archive files instead of the database, so events
+    stay in the database for :attr:`active_days` (``retention_days - archive_days``).
+    ``retention_overrides`` sets the total retention of one operation (``"DELETE"``) or a
+    category (``"DDL"``, ``"SECURITY"``...; see :func:`category_of`); an event is never kept
+    in the database longer than the active window, the rest of its retention is archive.
+    """
+
+    enabled: bool = False
+    log_ddl: bool = True
+    log_dml: bool = True
+    log_select: bool = False
+    log_transactions: bool = False
+    log_auth: bool = True
+    retention_days: int = 90
+    retention_overrides: Mapping[str, int] = field(default_factory=FrozenMap)
+    archive_days: int = 0
+    async_buffer_size: int = 100
+    enable_checksums: bool = True
+    checksums_mandatory: bool = False
+    max_query_length: int = 10000
+    capture_row_values: bool = False
+    require_reason: bool = False
+    table_name: str = "__audit_log"
+    sensitive_tables: tuple[str, ...] = ()
+    after_hours: AfterHours = field(default_factory=AfterHours)
+    capture_metadata: CaptureMetadata = field(default_factory=CaptureMetadata)
+
+    def __post_init__(self) -> None:
+        # Built directly (not by load_config) with a dict or a list: keep the instance
+        # immutable and hashable all the same.
+        if not isinstance(self.retention_overrides, FrozenMap):
+            object.__setattr__(self, "retention_overrides",
+                               FrozenMap({k.upper(): v for k, v in
+                                          self.retention_overrides.items()}))
+        object.__setattr__(self, "sensitive_tables", tuple(self.sensitive_tables))
+
+    @property
+    def active_days(self) -> int:
+        """Days an event stays in the database before purge archives it."""
+        return self.retention_days - self.archive_days
+
+    def retention_for(self, operation: str, *, failed: bool = False) -> int:
+        """Total days to keep an event of ``operation``.
+
+        An override for the operation wins over one for its category, which wins over
+        ``retention_days``. A failed or denied attempt is also a security event: it is kept
+        at least as long as the ``SECURITY`` override says.
+        """
+        op = operation.upper()
+        days = self.retention_overrides.get(op)
+        if days is None:
+            days = self.retention_overrides.get(category_of(op), self.retention_days)
+        if failed and "SECURITY" in self.retention_overrides:
+            days = max(days, self.retention_overrides["SECURITY"])
+        return days
+
+    def active_days_for(self, operation: str, *, failed: bool = False) -> int:
+        """Days an event of ``operation`` stays in the database (then archive or delete)."""
+        return min(self.retention_for(operation, failed=failed), self.active_days)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``[database]``: accepted for compatibility with the product's config files.
+
+    Only what maps onto SQLite pragmas applies (see :meth:`pragmas`); :meth:`ignored` says
+    which keys are accepted but have no effect for a given ``connect()`` call.
+    """
+
+    path: Optional[str] = None
+    memory_limit_mb: Optional[int] = None
+    enable_wal: Optional[bool] = None
+    page_size: Optional[int] = None
+
+    def pragmas(self) -> list[tuple[str, object]]:
+        """``(pragma, value)`` pairs to run at open, in order.
+
+        ``page_size`` comes first because it cannot change once a database is in WAL mode
+        (and only takes effect on a new, empty database). ``memory_limit_mb`` becomes the
+        page cache size, negative meaning KiB as SQLite defines ``cache_size``; SQLite's
+        heap limits are process-wide, so a per-connection setting cannot use them.
+        """
+        out: list[tuple[str, object]] = []
+        if self.page_size is not None:
+            out.append(("page_size", self.page_size))
+        if self.enable_wal is not None:
+            out.append(("journal_mode", "WAL" if self.enable_wal else "DELETE"))
+        if self.memory_limit_mb is not None:
+            out.append(("cache_size", -self.memory_limit_mb * 1024))
+        return out
+
+    def ignored(self, database: Optional[str] = None) -> list[str]:
+        """Dotted keys that are set but have no effect when ``connect(database)`` is called.
+
+        ``database.path`` is ignored whenever ``connect()`` is given a database (it always
+        is; the path is informational); ``database.enable_wal`` is ignored for in-memory and
+        temporary databases, which have no WAL.
+        """
+        out: list[str] = []
+        if self.path is not None and database is not None:
+            out.append("database.path")
+        in_memory = database in ("", ":memory:") or (
+            database is not None and database.startswith("file::memory:"))
+        if self.enable_wal is not None and in_memory:
+            out.append("database.enable_wal")
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated configuration. Build one with :func:`load_config`."""
+
+    name: str = "plain"
+    # Where a config came from is not what it is: two equal configs from different files
+    # compare (and hash) equal.
+    source: Optional[str] = field(default=None, compare=False)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/TOML types and ``None``); ``load_config`` accepts it back.
+
+        ``source`` is not included (it says where a config came from, not what it is).
+        """
+        return {
+            "name": self.name,
+            "description": self.description,
+            "database": _section_to_dict(self.database),
+            "encryption": _section_to_dict(self.encryption),
+            "audit": _section_to_dict(self.audit),
+        }
+
+    def to_toml(self) -> str:
+        """This config as TOML text that :func:`load_config` reads back to an equal config."""
+        return _dump_toml(self.to_dict())
+
+    def replace(self, **sections: Any) -> "Config":
+        """A new config with some keys changed, validated like a file.
+
+        Each keyword is ``name``, ``description``, or a section (``database``,
+        ``encryption``, ``audit``) given as a mapping of keys to change (merged, nested
+        tables included) or as a section dataclass (replacing the section). Checksums that
+        are mandatory here stay mandatory: ``replace(audit={"enable_checksums": False})`` on
+        the hipaa preset raises :class:`ConfigError`.
+        """
+        raw = self.to_dict()
+        for key, value in sections.items():
+            if key in ("database", "encryption", "audit"):
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    raw[key] = _section_to_dict(value)
+                elif isinstance(value, Mapping):
+                    raw[key] = _deep_merge(raw[key], value)
+                else:
+                    raise ConfigError(f"<replace>: {key}: expected a table or a "
+                                      f"{key.capitalize()}Config, got {_describe(value)}",
+                                      key=key, file="<replace>")
+            elif key in ("name", "description"):
+                raw[key] = value
+            else:
+                raise _unknown_key_error(key, _TOP_KEYS, "<replace>", None, key)
+        src = _Source("<replace>", None, None)
+        ctx = _Ctx(src, {})
+        cfg = _build(raw, ctx, name=raw.get("name") or self.name, source=self.source,
+                     inherited=self if self.audit.checksums_mandatory else None)
+        return cfg
+
+
+def _section_to_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, KeySource):
+            v = {v.kind: v.value}
+        elif isinstance(v, FrozenMap):
+            v = dict(v)
+        elif dataclasses.is_dataclass(v):
+            v = _section_to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checkers: each returns the normalized value or raises _Invalid
+# --------------------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A bad value; ``subpath`` names the part inside it (for an inline table's key)."""
+
+    def __init__(self, message: str, subpath: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.subpath = subpath
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, (list, tuple)):
+        return "array"
+    if isinstance(v, Mapping):
+        return "table"
+    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
+        return "date/time"
+    return type(v).__name__
+
+
+def _toml_repr(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(v: Any) -> str:
+    return f"{_toml_repr(v)} ({_type_name(v)})"
+
+
+Checker = Callable[[Any], Any]
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Invalid(f"expected true or false, got {_describe(v)}")
+    return v
+
+
+def _int(lo: int = 1, hi: Optional[int] = None) -> Checker:
+    if lo == 1:
+        what = "a positive integer"
+    elif lo == 0:
+        what = "a non-negative integer"
+    else:
+        what = f"an integer >= {lo}"
+
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Invalid(f"expected {what}, got {_describe(v)}")
+        if v < lo:
+            raise _Invalid(f"expected {what}, got {v}")
+        if hi is not None and v > hi:
+            raise _Invalid(f"expected at most {hi}, got {v}")
+        return v
+    return check
+
+
+def _fraction(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Invalid(f"expected a number in (0, 1], got {_describe(v)}")
+    if not 0 < v <= 1:
+        raise _Invalid(f"expected a number in (0, 1], got {v}")
+    return float(v)
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Invalid(f"expected a string, got {_describe(v)}")
+    return v
+
+
+def _nonempty_str(v: Any) -> str:
+    if not _str(v).strip():
+        raise _Invalid("expected a non-empty string")
+    return v
+
+
+def _choice(options: Any) -> Checker:
+    def check(v: Any) -> str:
+        _str(v)
+        if v not in options:
+            near = difflib.get_close_matches(v, list(options), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise _Invalid(f"expected one of {', '.join(map(repr, options))}; got {v!r}{hint}")
+        return v
+    return check
+
+
+def _optional(check: Checker) -> Checker:
+    # TOML has no null: None only reaches us from dicts (e.g. Config.to_dict() output).
+    def opt(v: Any) -> Any:
+        return None if v is None else check(v)
+    return opt
+
+
+def _page_size(v: Any) -> int:
+    _int(512, 65536)(v)
+    if v & (v - 1):
+        raise _Invalid(f"expected a power of two from 512 to 65536, got {v}")
+    return v
+
+
+def _str_list(what: str) -> Checker:
+    def check(v: Any) -> tuple[str, ...]:
+        if isinstance(v, str) or not isinstance(v, (list, tuple)):
+            raise _Invalid(f"expected an array of {what}, got {_describe(v)}")
+        out: list[str] = []
+        for i, item in enumerate(v):
+            if not isinstance(item, str) or not item.strip():
+                raise _Invalid(f"item {i}: expected a non-empty string, got {_describe(item)}")
+            if item not in out:  # duplicates are harmless; keep the first
+                out.append(item)
+        return tuple(out)
+    return check
+
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _identifier(v: Any) -> str:
+    # The audit code splices the table name into SQL text; accept only names that need no
+    # quoting at all, so no quoting bug can ever become SQL injection.
+    _str(v)
+    if not _IDENT_RE.match(v):
+        raise _Invalid(f"expected a plain SQL identifier (letters, digits, _; not starting "
+                       f"with a digit; at most 128 characters), got {v!r}")
+    if v.lower().startswith("sqlite_"):
+        raise _Invalid(f"names starting with 'sqlite_' are reserved by SQLite, got {v!r}")
+    import apsw  # local: keep importing this module cheap for tools that only read configs
+    if v.upper() in apsw.keywords:
+        raise _Invalid(f"{v!r} is an SQL keyword")
+    return v
+
+
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _key_source(v: Any) -> Optional[KeySource]:
+    if v is None or isinstance(v, KeySource):
+        if isinstance(v, KeySource):
+            return _key_source({v.kind: v.value})
+        return None
+    if not isinstance(v, Mapping):
+        raise _Invalid('expected a table with one of file, env, passphrase_env, e.g. '
+                       '{ file = "/secure/db.key" }, got ' + _describe(v))
+    kinds = ("file", "env", "passphrase_env")
+    for k in v:
+        if k not in kinds:
+            near = difflib.get_close_matches(str(k), kinds, n=1)
+            hint = f"; did you mean {near[0]}?" if near else f"; expected one of {', '.join(kinds)}"
+            raise _Invalid(f"unknown key{hint}", (str(k),))
+    if len(v) != 1:
+        raise _Invalid(f"expected exactly one of {', '.join(kinds)}, got {len(v)}")
+    (kind, value), = v.items()
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, got {_describe(value)}", (kind,))
+    if kind != "file" and not _ENV_RE.match(value):
+        raise _Invalid(f"expected an environment variable name, got {value!r}", (kind,))
+    return KeySource(kind, value)
+
+
+_OVERRIDE_NAMES = CATEGORIES + OPERATIONS
+
+
+def _overrides(v: Any) -> FrozenMap:
+    if isinstance(v, FrozenMap):
+        v = dict(v)
+    if not isinstance(v, Mapping):
+        raise _Invalid(f"expected a table of operation or category = days, got {_describe(v)}")
+    out: dict[str, int] = {}
+    for k, days in v.items():
+        name = str(k).upper()
+        if name not in _OVERRIDE_NAMES:
+            near = difflib.get_close_matches(name, _OVERRIDE_NAMES, n=1)
+            hint = f"; did you mean {near[0]}?" if near else (
+                f"; expected a category ({', '.join(CATEGORIES)}) or an operation")
+            raise _Invalid(f"unknown operation or category{hint}", (str(k),))
+        if name in out:
+            raise _Invalid("given twice (names are case-insensitive)", (str(k),))
+        try:
+            out[name] = _int(1)(days)
+        except _Invalid as e:
+            raise _Invalid(str(e), (str(k),)) from None
+    return FrozenMap(out)
+
+
+def _parse_hhmm(s: str) -> _dt.time:
+    return _dt.time(int(s[:2]), int(s[3:5]))
+
+
+_HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _hhmm(v: Any) -> str:
+    _str(v)
+    if not _HHMM_RE.match(v):
+        raise _Invalid(f'expected a time "HH:MM" (24-hour), got {v!r}')
+    return v
+
+
+def _zone(name: str) -> _dt.tzinfo:
+    if name.upper() == "UTC":  # works even where no tz database is installed
+        return _dt.timezone.utc
+    import zoneinfo
+    return zoneinfo.ZoneInfo(name)
+
+
+def _timezone(v: Any) -> str:
+    _str(v)
+    try:
+        _zone(v)
+    except Exception:
+        raise _Invalid(f'expected an IANA time zone name such as "Europe/Paris", '
+                       f'got {v!r}') from None
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# The schema: one table per section. Documentation is generated from it.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str
+    type: str
+    check: Checker
+    doc: str
+    aliases: tuple[str, ...] = ()
+
+
+_DATABASE_KEYS = (
+    _Key("path", "string", _optional(_nonempty_str),
+         "Database file of the product's own config files. Informational: `connect()` "
+         "always names the database, so this is reported by `DatabaseConfig.ignored()`."),
+    _Key("memory_limit_mb", "integer", _optional(_int(1, 1 << 20)),
+         "Page cache size in MiB (`PRAGMA cache_size = -KiB`)."),
+    _Key("enable_wal", "boolean", _optional(_bool),
+         "true: `PRAGMA journal_mode = WAL`; false: `journal_mode = DELETE`; "
+         "unset: SQLite's default. Ignored for in-memory databases."),
+    _Key("page_size", "integer", _optional(_page_size),
+         "`PRAGMA page_size`, a power of two from 512 to 65536; takes effect on a new "
+         "database only."),
+)
+
+_ENCRYPTION_KEYS = (
+    _Key("enabled", "boolean", _bool,
+         "Encrypt every page, journal, WAL and temp file. With no `key_source`, the key "
+         "must be passed to `connect(..., key=...)`."),
+    _Key("algorithm", "string", _choice(_ALGORITHMS),
+         "Page cipher. Only `aes-256-gcm` (12-byte nonce, 16-byte tag per page)."),
+    _Key("key_source", "table", _key_source,
+         'Where the key comes from: `{ file = "/secure/db.key" }` (raw 32 bytes; a relative '
+         'path is resolved against the config file), `{ env = "VAR" }` (64 hex chars) or '
+         '`{ passphrase_env = "VAR" }` (passphrase, Argon2id). Unset: passed to `connect()`.'),
+    _Key("kdf_profile", "string", _choice(tuple(KDF_PROFILES)),
+         "Argon2id cost for passphrases: " + ", ".join(
+             f"`{n}` (t={p['time_cost']}, {p['memory_kib'] // 1024} MiB, "
+             f"p={p['parallelism']})" for n, p in KDF_PROFILES.items())
+         + ". `test` is for test suites only."),
+    _Key("rotation_interval_days", "integer", _int(0, 36500),
+         "Days after which the data key is due for rotation (0: no schedule)."),
+    _Key("nonce_warning_fraction", "float", _fraction,
+         "Warn when the writes under one key reach this fraction of the 2^32 random-nonce "
+         "bound of AES-GCM (NIST SP 800-38D)."),
+)
+
+_CAPTURE_KEYS = (
+    _Key("client_ip", "boolean", _bool,
+         "Record the client IP given in the session context.", ("capture_client_ip",)),
+    _Key("application_name", "boolean", _bool,
+         "Record the application name.", ("capture_application_name",)),
+    _Key("database_name", "boolean", _bool,
+         "Record the database file name.", ("capture_database_name",)),
+    _Key("execution_time", "boolean", _bool,
+         "Record each statement's execution time (ms).", ("capture_execution_time",)),
+    _Key("custom_fields", "boolean", _bool,
+         "Record application-supplied custom fields.", ("capture_custom_fields",)),
+    _Key("custom_field_names", "array of strings", _str_list("field names"),
+         "Custom fields the application is expected to supply (e.g. GDPR legal basis and "
+         "purpose); documentation for reports, not enforced per event."),
+)
+
+_AFTER_HOURS_KEYS = (
+    _Key("start", "string", _hhmm, 'Local time "HH:MM" at which after hours begins.'),
+    _Key("end", "string", _hhmm, 'Local time "HH:MM" at which after hours ends '
+         "(before `start`: the window wraps past midnight)."),
+    _Key("timezone", "string", _timezone, "IANA time zone of `start` and `end`."),
+    _Key("weekends", "boolean", _bool, "All of Saturday and Sunday counts as after hours."),
+)
+
+_AUDIT_KEYS = (
+    _Key("enabled", "boolean", _bool, "Capture events into the audit log."),
+    _Key("log_ddl", "boolean", _bool, "Log CREATE, DROP and ALTER statements."),
+    _Key("log_dml", "boolean", _bool, "Log INSERT, UPDATE and DELETE (with row counts)."),
+    _Key("log_select", "boolean", _bool,
+         "Log SELECT (buffered, see `async_buffer_size`)."),
+    _Key("log_transactions", "boolean", _bool, "Log BEGIN, COMMIT and ROLLBACK."),
+    _Key("log_auth", "boolean", _bool,
+         "Log LOGIN/LOGOUT (connection open/close by the session user) and key changes."),
+    _Key("retention_days", "integer", _int(1, 36500),
+         "Total days an event is kept (database plus archive)."),
+    _Key("retention_overrides", "table", _overrides,
+         "Total days per operation (`DELETE = 365`) or category ("
+         + ", ".join(f"`{c}`" for c in CATEGORIES) + "); case-insensitive. "
+         "Failed and denied attempts also count as `SECURITY`."),
+    _Key("archive_days", "integer", _int(0, 36500),
+         "Trailing part of the retention kept in archive files (gzip JSON Lines) instead "
+         "of the database; events stay in the database `retention_days - archive_days` "
+         "days. Must be less than `retention_days`."),
+    _Key("async_buffer_size", "integer", _int(0, 10_000_000),
+         "SELECT events buffered before a write (flushed at commit, close and when full; "
+         "a crash loses at most this many). 0: write each at once."),
+    _Key("enable_checksums", "boolean", _bool,
+         "Chain events with SHA-256 so that tampering is detectable."),
+    _Key("checksums_mandatory", "boolean", _bool,
+         "Refuse any config (or `extends`/`replace()` of this one) that turns checksums "
+         "off or lifts this flag."),
+    _Key("max_query_length", "integer", _int(1),
+         "Characters of SQL text kept per event; longer text is cut."),
+    _Key("capture_row_values", "boolean", _bool,
+         "Record old and new row values of UPDATE and DELETE (preupdate hook)."),
+    _Key("require_reason", "boolean", _bool,
+         "Changes need a reason for change in the session context (21 CFR Part 11)."),
+    _Key("table_name", "string", _identifier,
+         "Name of the audit table: a plain identifier, not an SQL keyword, not `sqlite_*`."),
+    _Key("sensitive_tables", "array of strings", _str_list("table names"),
+         "Tables whose reads `conn.audit.suspicious()` reports."),
+)
+
+_TOP_KEYS = ("name", "description", "extends", "database", "encryption", "audit")
+
+#: section path -> (keys, subsection names, dataclass)
+_SECTIONS: dict[tuple[str, ...], tuple[tuple[_Key, ...], tuple[str, ...]]] = {
+    ("database",): (_DATABASE_KEYS, ()),
+    ("encryption",): (_ENCRYPTION_KEYS, ()),
+    ("audit",): (_AUDIT_KEYS, ("capture_metadata", "after_hours")),
+    ("audit", "capture_metadata"): (_CAPTURE_KEYS, ()),
+    ("audit", "after_hours"): (_AFTER_HOURS_KEYS, ()),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the line of a key in TOML text (tomllib does not report it)
+# --------------------------------------------------------------------------------------------
+
+_BARE = r"[A-Za-z0-9_-]+"
+_BASIC = r'"(?:[^"\\\n]|\\.)*"'
+_LITERAL = r"'[^'\n]*'"
+_PART = rf"(?:{_BARE}|{_BASIC}|{_LITERAL})"
+_DOTTED = rf"{_PART}(?:[ \t]*\.[ \t]*{_PART})*"
+
+
+@functools.lru_cache(maxsize=None)
+def _line_regexes() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    # Compiled on first use: only error paths need them, and they cost milliseconds at
+    # import, which every `import heliosdb` would pay.
+    return (re.compile(rf"^[ \t]*\[\[?[ \t]*({_DOTTED})[ \t]*\]\]?"),
+            re.compile(rf"^[ \t]*({_DOTTED})[ \t]*="),
+            re.compile(_PART))
+
+
+def _split_dotted(s: str) -> tuple[str, ...]:
+    parts = []
+    for m in _line_regexes()[2].finditer(s):
+        p = m.group(0)
+        if p[0] == '"':
+            p = p[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        elif p[0] == "'":
+            p = p[1:-1]
+        parts.append(p)
+    return tuple(parts)
+
+
+def find_key_line(text: str, path: tuple[str, ...] | str) -> Optional[int]:
+    """1-based line where the dotted key ``path`` is defined in TOML ``text``, or None.
+
+    Tracks ``[table]`` headers and dotted keys. A key inside an inline table
+    (``key_source = { file = ... }``) is reported at the line of the enclosing key; a table
+    never named on its own line at the first line that defines a key inside it
+    (``x.y = 1`` for ``x``); a key not found at all at the closest enclosing table or key.
+    """
+    if isinstance(path, str):
+        path = tuple(path.split("."))
+    table: tuple[str, ...] = ()
+    best_line, best_len = None, 0
+    inner_line: Optional[int] = None
+    in_multiline: Optional[str] = None
+    header_re, keyline_re, _ = _line_regexes()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if in_multiline:
+            # Skip the body of a multi-line string: its text may look like keys.
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        here: Optional[tuple[str, ...]] = None
+        m = header_re.match(line)
+        if m:
+            table = _split_dotted(m.group(1))
+            here = table
+        else:
+            m = keyline_re.match(line)
+            if m:
+                here = table + _split_dotted(m.group(1))
+                rest = line[m.end():]
+                for quote in ('"""', "'''"):
+                    if rest.count(quote) % 2 == 1:
+                        in_multiline = quote
+                        break
+        if here is None:
+            continue
+        if here == path:
+            return lineno
+        if len(here) > len(path) and here[:len(path)] == path and inner_line is None:
+            inner_line = lineno  # defines a key inside the target: the target's first use
+        if len(here) < len(path) and path[:len(here)] == here and len(here) > best_len:
+            best_line, best_len = lineno, len(here)
+    return inner_line if inner_line is not None else best_line
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """One input: a file (with its text, for line numbers) or a dict."""
+
+    display: str
+    text: Optional[str]
+    directory: Optional[Path]
+
+    def line_of(self, path: tuple[str, ...]) -> Optional[int]:
+        return None if self.text is None else find_key_line(self.text, path)
+
+
+class _Ctx:
+    """Where each key came from (several files when ``extends`` is used)."""
+
+    def __init__(self, default: _Source, origins: dict[tuple[str, ...], _Source]) -> None:
+        self.default = default
+        self.origins = origins
+
+    def origin(self, path: tuple[str, ...]) -> _Source:
+        for n in range(len(path), 0, -1):
+            src = self.origins.get(path[:n])
+            if src is not None:
+                return src
+        return self.default
+
+    def error(self, path: tuple[str, ...], message: str) -> ConfigError:
+        src = self.origin(path)
+        return _error(message, path, src.display, src.line_of(path))
+
+
+def _error(message: str, path: tuple[str, ...], file: str,
+           line: Optional[int]) -> ConfigError:
+    key = ".".join(path) if path else None
+    where = f"{file}:{line}" if line is not None else file
+    text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
+    return ConfigError(text, key=key, file=file, line=line)
+
+
+def _unknown_key_error(name: str, known: tuple[str, ...], file: str, line: Optional[int],
+                       dotted: str, section: tuple[str, ...] = ()) -> ConfigError:
+    path = tuple(dotted.split("."))
+    # Right key, wrong section? Say where it belongs before guessing at a spelling.
+    homes = [".".join(sec + (name,)) for sec, (keys, _) in _SECTIONS.items()
+             if sec != section and any(name == k.name or name in k.aliases for k in keys)]
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if homes:
+        hint = f"; did you mean {homes[0]} (it belongs in [{homes[0].rsplit('.', 1)[0]}])?"
+    elif near:
+        hint = f"; did you mean {'.'.join(section + (near[0],))}?"
+    else:
+        hint = f"; known keys here: {', '.join(known)}"
+    return _error(f"unknown key{hint}", path, file, line)
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "key_source":
+            # key_source is one choice of three, not a table to merge key by key.
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _record_origins(data: Mapping[str, Any], src: _Source, prefix: tuple[str, ...],
+                    origins: dict[tuple[str, ...], _Source]) -> None:
+    for k, v in data.items():
+        path = prefix + (str(k),)
+        origins[path] = src
+        if isinstance(v, Mapping):
+            _record_origins(v, src, path, origins)
+
+
+def _read_section(raw: Any, path: tuple[str, ...], ctx: _Ctx) -> dict[str, Any]:
+    """Validate one table against its schema: field name -> value (only keys given)."""
+    keys, subsections = _SECTIONS[path]
+    if not isinstance(raw, Mapping):
+        raise ctx.error(path, f"expected a table [{'.'.join(path)}], got {_describe(raw)}")
+    by_name = {k.name: k for k in keys}
+    for k in keys:
+        for alias in k.aliases:
+            by_name[alias] = k
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        name = str(name)
+        kpath = path + (name,)
+        if name in subsections:
+            out[name] = _read_section(value, kpath, ctx)
+            continue
+        spec = by_name.get(name)
+        if spec is None:
+            known = tuple(by_name) + subsections
+            src = ctx.origin(kpath)
+            raise _unknown_key_error(name, known, src.display, src.line_of(kpath),
+                                     ".".join(kpath), path)
+        if spec.name in out:
+            raise ctx.error(kpath, f"given twice (as {spec.name} and "
+                                   f"{' and '.join(spec.aliases)})")
+        try:
+            out[spec.name] = spec.check(value)
+        except _Invalid as e:
+            raise ctx.error(kpath + e.subpath, str(e)) from None
+    return out
+
+
+def _build(raw: Mapping[str, Any], ctx: _Ctx, *, name: str, source: Optional[str],
+           inherited: Optional[Config] = None) -> Config:
+    """Validate a merged raw mapping into a Config."""
+    for k in raw:
+        if k not in _TOP_KEYS:
+            src = ctx.origin((str(k),))
+            raise _unknown_key_error(str(k), _TOP_KEYS, src.display,
+                                     src.line_of((str(k),)), str(k))
+    for k in ("name", "description"):
+        if k in raw and raw[k] is not None and not isinstance(raw[k], str):
+            raise ctx.error((k,), f"expected a string, got {_describe(raw[k])}")
+
+    db = _read_section(raw.get("database", {}), ("database",), ctx)
+    enc = _read_section(raw.get("encryption", {}), ("encryption",), ctx)
+    aud = _read_section(raw.get("audit", {}), ("audit",), ctx)
+
+    ks = enc.get("key_source")
+    if ks is not None and ks.kind == "file" and not os.path.isabs(ks.value):
+        directory = ctx.origin(("encryption", "key_source")).directory
+        if directory is not None:
+            enc["key_source"] = KeySource("file", str(directory / ks.value))
+
+    cm = CaptureMetadata(**aud.pop("capture_metadata", {}))
+    ah = AfterHours(**aud.pop("after_hours", {}))
+    audit = AuditConfig(**aud, capture_metadata=cm, after_hours=ah)
+
+    # Cross-key rules.
+    if audit.archive_days >= audit.retention_days:
+        raise ctx.error(("audit", "archive_days"),
+                        f"must be less than audit.retention_days ({audit.retention_days}): "
+                        f"events need at least one day in the database, got "
+                        f"{audit.archive_days}")
+    # The inherited rule first: its message names the config that made checksums mandatory.
+    if inherited is not None and inherited.audit.checksums_mandatory:
+        for key in ("enable_checksums", "checksums_mandatory"):
+            if not getattr(audit, key):
+                raise ctx.error(("audit", key),
+                                f"checksums are mandatory in {inherited.name!r} and cannot "
+                                f"be turned off")
+    if audit.checksums_mandatory and not audit.enable_checksums:
+        raise ctx.error(("audit", "enable_checksums"),
+                        "cannot be false while audit.checksums_mandatory is true")
+    if audit.capture_metadata.custom_field_names and not audit.capture_metadata.custom_fields:
+        raise ctx.error(("audit", "capture_metadata", "custom_field_names"),
+                        "names custom fields, but audit.capture_metadata.custom_fields is "
+                        "false")
+
+    return Config(name=name, source=source, database=DatabaseConfig(**db),
+                  encryption=EncryptionConfig(**enc), audit=audit,
+                  description=raw.get("description") or "")
+
+
+def presets_dir() -> Path:
+    """Directory holding the preset files.
+
+    ``heliosdb/configs`` (a symlink to, or in a wheel a copy of, the repository's
+    ``configs/``), else the repository root's ``configs/`` (a source checkout).
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (Path(__file__).parent / "configs", here.parent / "configs"):
+        if candidate.is_dir() and any(candidate.glob("*.toml")):
+            return candidate
+    return here.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def _normalize_preset(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def preset_path(name: str) -> Path:
+    """Path of preset ``name`` (``"hipaa"``, ``"PCI_DSS"`` -> ``pci-dss.toml``)."""
+    norm = _normalize_preset(name)
+    path = presets_dir() / f"{norm}.toml"
+    if not path.is_file():
+        names = preset_names()
+        near = difflib.get_close_matches(norm, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{name}: no such preset{hint} (presets: {', '.join(names)})",
+                          file=str(name))
+    return path
+
+
+def _read_toml(path: Path, display: str) -> tuple[dict[str, Any], _Source]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{display}: cannot read config file: {e}", file=display) from e
+    src = _Source(display, text, path.resolve().parent)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None)  # Python 3.14+ has it
+        msg = getattr(e, "msg", None) or str(e)
+        if line is None:
+            m = re.search(r"at line (\d+)", str(e))
+            line = int(m.group(1)) if m else (text.count("\n") + 1
+                                               if "end of document" in str(e) else None)
+        raise _error(f"TOML syntax error: {msg}", (), display, line) from e
+    return data, src
+
+
+def _is_preset_name(spec: str) -> bool:
+    return (not spec.endswith(".toml") and "/" not in spec and os.sep not in spec
+            and (presets_dir() / f"{_normalize_preset(spec)}.toml").is_file())
+
+
+def _resolve(spec: Union[str, os.PathLike], base_dir: Optional[Path]) -> tuple[Path, str, str]:
+    """(path, display name, config name) of a preset name or a file."""
+    if isinstance(spec, str) and _is_preset_name(spec):
+        path = preset_path(spec)
+        return path, f"configs/{path.name}", path.stem
+    path = Path(spec)
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    if not path.exists():
+        display = os.fspath(spec)
+        if isinstance(spec, str) and not spec.endswith(".toml"):
+            names = preset_names()
+            near = difflib.get_close_matches(_normalize_preset(spec), names, n=1)
+            hint = f" (did you mean preset {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{display}: no such preset or file{hint}; presets: "
+                              f"{', '.join(names)}", file=display)
+        raise ConfigError(f"{display}: config file not found", file=display)
+    return path, os.fspath(path), path.stem
+
+
+def _load_raw(data: Mapping[str, Any], src: _Source, chain: tuple[str, ...]
+              ) -> tuple[dict[str, Any], dict[tuple[str, ...], _Source], Optional[Config]]:
+    """Resolve ``extends``: merged raw data, key origins, and the parent's config."""
+    data = dict(data)
+    origins: dict[tuple[str, ...], _Source] = {}
+    parent_cfg: Optional[Config] = None
+    merged: dict[str, Any] = {}
+    ext = data.pop("extends", None)
+    if ext is not None:
+        if not isinstance(ext, str) or not ext:
+            raise _error(f"expected a preset name or a file path, got {_describe(ext)}",
+                         ("extends",), src.display, src.line_of(("extends",)))
+        try:
+            path, display, pname = _resolve(ext, src.directory)
+        except ConfigError as e:
+            raise _error(str(e).split(": ", 1)[-1], ("extends",), src.display,
+                         src.line_of(("extends",))) from None
+        key = str(path.resolve())
+        if key in chain:
+            raise _error("extends itself (a cycle)", ("extends",), src.display,
+                         src.line_of(("extends",)))
+        pdata, psrc = _read_toml(path, display)
+        praw, porigins, _ = _load_raw(pdata, psrc, chain + (key,))
+        parent_cfg = _build(praw, _Ctx(psrc, porigins), name=pname, source=str(path))
+        # A child names and describes itself; it inherits keys, not identity.
+        praw.pop("name", None)
+        praw.pop("description", None)
+        merged, origins = praw, porigins
+    _record_origins(data, src, (), origins)
+    merged = _deep_merge(merged, data)
+    return merged, origins, parent_cfg
+
+
+_PLAIN = Config()
+
+
+def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] = None) -> Config:
+    """Load and validate a configuration.
+
+    ``spec`` is ``None`` (the plain config: no audit, no encryption), a preset name, a path
+    to a TOML file, a mapping shaped like the TOML file, or a :class:`Config` (returned as
+    is). A file or mapping may start with ``extends = "<preset or path>"`` to inherit from
+    another config; checksums mandatory in the parent cannot be turned off.
+
+    Raises :class:`heliosdb.ConfigError` naming the key, file and line of any problem.
+    """
+    if spec is None:
+        return _PLAIN
+    if isinstance(spec, Config):
+        return spec
+    if isinstance(spec, Mapping):
+        src = _Source("<dict>", None, None)
+        raw, origins, parent = _load_raw(spec, src, ())
+        name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else "custom"
+        return _build(raw, _Ctx(src, origins), name=name, source=None, inherited=parent)
+    if isinstance(spec, (str, os.PathLike)):
+        path, display, default_name = _resolve(spec, None)
+        data, src = _read_toml(path, display)
+        raw, origins, parent = _load_raw(data, src, (str(path.resolve()),))
+        name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") \
+            else default_name
+        return _build(raw, _Ctx(src, origins), name=name, source=str(path), inherited=parent)
+    raise ConfigError(f"config: expected None, a preset name, a path, a dict or a Config, "
+                      f"got {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# TOML output (tomllib only reads)
+# --------------------------------------------------------------------------------------------
+
+_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY_RE.match(k) else _toml_value(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        out = []
+        for ch in v:
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()
+                                if x is not None) + " }" if v else "{}"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def _dump_toml(data: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+
+    def table(d: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        subtables = []
+        if path:
+            lines.append("")
+            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
+        for k, v in d.items():
+            if v is None:
+                continue  # TOML has no null: an absent key means "unset"
+            if isinstance(v, Mapping) and k not in ("key_source",):
+                subtables.append((k, v))
+            else:
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in subtables:
+            table(v, path + (k,))
+
+    table(data, ())
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Documentation generated from the schema and the preset files
+# --------------------------------------------------------------------------------------------
+
+
+def _default_of(section: tuple[str, ...], key: _Key) -> str:
+    obj: Any = Config()
+    for part in section:
+        obj = getattr(obj, part)
+    v = getattr(obj, key.name)
+    if v is None:
+        return "unset"
+    if isinstance(v, FrozenMap):
+        return "`{}`" if not v else "`" + _toml_value(dict(v)) + "`"
+    return "`" + _toml_value(list(v) if isinstance(v, tuple) else v) + "`"
+
+
+def render_key_reference() -> str:
+    """Markdown tables of every key: type, default (the plain config's) and meaning."""
+    out: list[str] = []
+    for section, (keys, _) in _SECTIONS.items():
+        out.append(f"### `[{'.'.join(section)}]`")
+        out.append("")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        for k in keys:
+            names = " / ".join(f"`{n}`" for n in (k.name,) + k.aliases)
+            out.append(f"| {names} | {k.type} | {_default_of(section, k)} | {k.doc} |")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _yn(b: bool) -> str:
+    return "yes" if b else "no"
+
+
+_PRESET_ORDER = ("minimal", "default", "verbose", "compliance", "soc2", "hipaa", "gdpr",
+                 "pci-dss", "fda-part11")
+
+
+def render_preset_table() -> str:
+    """Markdown table comparing every shipped preset (read from the preset files)."""
+    head = ("| preset | DDL | DML | SELECT | transactions | auth | retention days "
+            "(database + archive) | longer retention | checksums | row values | reason "
+            "required | metadata | encryption |")
+    rows = [head, "|" + "---|" * 13]
+    names = preset_names()
+    # The order of DESIGN.md section 4 (least to most), then any other preset by name.
+    ordered = [n for n in _PRESET_ORDER if n in names] + [n for n in names
+                                                           if n not in _PRESET_ORDER]
+    for name in ordered:
+        c = load_config(name)
+        a = c.audit
+        ret = str(a.retention_days)
+        if a.archive_days:
+            ret += f" ({a.active_days} + {a.archive_days})"
+        over = ", ".join(f"{k} {v}" for k, v in a.retention_overrides.items()) or "-"
+        checks = ("yes, mandatory" if a.checksums_mandatory
+                  else _yn(a.enable_checksums))
+        m = a.capture_metadata
+        meta = [label for label, on in (("client ip", m.client_ip),
+                                        ("application", m.application_name),
+                                        ("database", m.database_name),
+                                        ("execution time", m.execution_time)) if on]
+        if m.custom_fields:
+            meta.append("custom fields" + (f" ({', '.join(m.custom_field_names)})"
+                                           if m.custom_field_names else ""))
+        enc = c.encryption
+        if enc.enabled:
+            encs = "yes, " + (f"key from {enc.key_source.kind}" if enc.key_source
+                              else "key passed to connect()")
+        else:
+            encs = "no"
+        if not a.enabled:
+            cols = ["off"] * 5
+        else:
+            cols = [_yn(a.log_ddl), _yn(a.log_dml), _yn(a.log_select),
+                    _yn(a.log_transactions), _yn(a.log_auth)]
+        rows.append("| " + " | ".join([f"`{name}`", *cols, ret, over, checks,
+                                       _yn(a.capture_row_values), _yn(a.require_reason),
+                                       ", ".join(meta) or "none", encs]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+_MARKERS = {
+    "keys": render_key_reference,
+    "presets": render_preset_table,
+}
+
+
+def _docs_blocks(text: str) -> dict[str, tuple[int, int]]:
+    spans = {}
+    for name in _MARKERS:
+        begin, end = f"<!-- generated:{name}:begin -->\n", f"<!-- generated:{name}:end -->"
+        i, j = text.find(begin), text.find(end)
+        if i < 0 or j < i:
+            raise ValueError(f"markers for the generated {name!r} block not found")
+        spans[name] = (i + len(begin), j)
+    return spans
+
+
+def update_docs(text: str) -> str:
+    """``text`` (docs/CONFIG.md) with its generated blocks rewritten from the sources."""
+    for name, render in _MARKERS.items():
+        start, end = _docs_blocks(text)[name]
+        text = text[:start] + render() + text[end:]
+    return text
+
+
+def _main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m heliosdb.config",
+                                description="Show a config, or regenerate docs/CONFIG.md.")
+    p.add_argument("spec", nargs="?", help="preset name or TOML file to validate and show")
+    p.add_argument("--write-docs", metavar="CONFIG_MD",
+                   help="rewrite the generated tables of this file")
+    args = p.parse_args(argv)
+    if args.write_docs:
+        path = Path(args.write_docs)
+        path.write_text(update_docs(path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"updated {path}")
+    if args.spec is not None or not args.write_docs:
+        try:
+            print(load_config(args.spec).to_toml(), end="")
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main())

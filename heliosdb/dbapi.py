@@ -1,0 +1,1416 @@
+"""Connection, Cursor and Row: the stdlib ``sqlite3`` semantics, built on APSW.
+
+APSW is deliberately not DB-API: it runs in SQLite's own autocommit mode and has no
+commit, rollback, rowcount or fetchone. This module supplies them with the rules of the
+stdlib module of the running Python (3.10-3.12):
+
+* implicit ``BEGIN`` before INSERT/UPDATE/DELETE/REPLACE unless ``isolation_level`` is
+  None; DDL and SELECT never begin a transaction; ``commit`` / ``rollback`` only act
+  inside one; closing a connection rolls back what was not committed;
+* ``rowcount`` is the change count of DML statements (summed over ``executemany``) and
+  -1 otherwise; ``lastrowid`` follows ``sqlite3_last_insert_rowid`` after ``execute``;
+* adapters, converters (``PARSE_DECLTYPES`` / ``PARSE_COLNAMES``), ``text_factory`` and
+  ``row_factory`` apply as in the stdlib;
+* misuse raises the stdlib's classes with the stdlib's messages, and no ``apsw``
+  exception ever leaves: :func:`heliosdb.errors.translate` maps result codes.
+
+Speed (DESIGN.md section 1): each distinct SQL text is classified once (DML? several
+statements?) and cached; ``description`` is built lazily; the per-``execute`` path does
+no work that its statement does not need.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+import threading
+from threading import get_ident as _get_ident
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import apsw
+
+from . import errors
+from .errors import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    translate,
+)
+
+__all__ = [
+    "Connection", "Cursor", "Row", "PrepareProtocol", "connect",
+    "register_adapter", "register_converter", "adapt", "complete_statement",
+    "PARSE_DECLTYPES", "PARSE_COLNAMES", "adapters", "converters",
+]
+
+PARSE_DECLTYPES = 1
+PARSE_COLNAMES = 2
+
+_VALID_ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+_NATIVE_TYPES = (int, float, str, bytes, type(None))
+
+
+# --- adapters and converters (module-global registries, as in the stdlib) ------------------
+
+
+class PrepareProtocol:
+    """The protocol object adapters are registered against (``sqlite3.PrepareProtocol``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+adapters: dict[tuple[type, type], Callable[[Any], Any]] = {}
+converters: dict[str, Callable[[bytes], Any]] = {}
+# True once an adapter is registered for a type SQLite binds natively: bindings must then
+# be walked in Python, since APSW binds those types without asking.
+_base_type_adapted = False
+
+
+def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
+    """Register a callable that turns a ``type_`` object into a SQLite value."""
+    global _base_type_adapted
+    if type_ in (int, float, str, bytearray):
+        _base_type_adapted = True
+    adapters[(type_, PrepareProtocol)] = adapter
+
+
+def register_converter(typename: str, converter: Callable[[bytes], Any], /) -> None:
+    """Register a callable converting stored bytes of declared type ``typename``."""
+    converters[typename.upper()] = converter
+
+
+def adapt(obj: Any, proto: type = PrepareProtocol, alt: Any = None, /) -> Any:
+    """Adapt ``obj`` with the registered adapter for its type, like ``sqlite3.adapt``."""
+    adapter = adapters.get((type(obj), proto))
+    if adapter is not None:
+        return adapter(obj)
+    try:
+        conform = getattr(proto, "__adapt__")
+    except AttributeError:
+        pass
+    else:
+        res = conform(obj)
+        if res is not None:
+            return res
+    try:
+        conform = getattr(obj, "__conform__")
+    except AttributeError:
+        pass
+    else:
+        res = conform(proto)
+        if res is not None:
+            return res
+    if alt is not None:
+        return alt
+    raise ProgrammingError("can't adapt")
+
+
+def _register_default_adapters() -> None:
+    # The stdlib registers these (deprecated from 3.12 on, still present).
+    def adapt_date(val: datetime.date) -> str:
+        return val.isoformat()
+
+    def adapt_datetime(val: datetime.datetime) -> str:
+        return val.isoformat(" ")
+
+    def convert_date(val: bytes) -> datetime.date:
+        return datetime.date(*map(int, val.split(b"-")))
+
+    def convert_timestamp(val: bytes) -> datetime.datetime:
+        datepart, timepart = val.split(b" ")
+        year, month, day = map(int, datepart.split(b"-"))
+        timepart_full = timepart.split(b".")
+        hours, minutes, seconds = map(int, timepart_full[0].split(b":"))
+        if len(timepart_full) == 2:
+            microseconds = int("{:0<6.6}".format(timepart_full[1].decode()))
+        else:
+            microseconds = 0
+        return datetime.datetime(year, month, day, hours, minutes, seconds, microseconds)
+
+    register_adapter(datetime.date, adapt_date)
+    register_adapter(datetime.datetime, adapt_datetime)
+    register_converter("date", convert_date)
+    register_converter("timestamp", convert_timestamp)
+
+
+_register_default_adapters()
+
+
+def complete_statement(statement: str) -> bool:
+    """True if ``statement`` holds one or more complete SQL statements (``;``-terminated)."""
+    if not isinstance(statement, str):
+        raise TypeError("complete_statement() argument must be str")
+    if apsw.complete(statement):
+        return True
+    # SQLite releases differ on a trailing '--' comment with no newline after the last ';'
+    # (3.40 says complete, 3.54 does not); answer as the stdlib module commonly does.
+    return "--" in statement and bool(apsw.complete(statement + "\n"))
+
+
+# --- statement classification (once per distinct SQL text) ---------------------------------
+
+_DML = 1  # INSERT / UPDATE / DELETE / REPLACE: implicit BEGIN, rowcount counted
+_MULTI = 2  # more than one statement in the text
+_EMPTY = 4  # only whitespace and comments
+_RETURNING = 8  # DML with a RETURNING clause: yields rows
+
+
+def _skip_space_and_comments(sql: str, i: int) -> int:
+    n = len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in " \t\n\r\f\v":
+            i += 1
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        else:
+            break
+    return i
+
+
+def _classify(sql: str) -> int:
+    flags = 0
+    start = _skip_space_and_comments(sql, 0)
+    if start >= len(sql):
+        return _EMPTY
+    head = sql[start:start + 7].upper()
+    if head.startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
+        flags |= _DML
+        if "RETURNING" in sql.upper():
+            flags |= _RETURNING
+    # Find the end of the first statement: the first ';' at which the prefix is complete
+    # (sqlite3_complete understands quotes, comments and trigger bodies).
+    pos = sql.find(";", start)
+    while pos >= 0:
+        if apsw.complete(sql[: pos + 1]):
+            if _skip_space_and_comments(sql, pos + 1) < len(sql):
+                flags |= _MULTI
+            break
+        pos = sql.find(";", pos + 1)
+    return flags
+
+
+class _StatementCache:
+    """Classification results per SQL text, bounded (cleared wholesale when full).
+
+    ``data`` is read directly on the hot path; ``flags`` fills it on a miss.
+    """
+
+    __slots__ = ("_data", "_max")
+
+    def __init__(self, size: int) -> None:
+        self._data: dict[str, int] = {}
+        self._max = max(64, size * 4)
+
+    @property
+    def data(self) -> dict[str, int]:
+        return self._data
+
+    def flags(self, sql: str) -> int:
+        f = self._data.get(sql)
+        if f is None:
+            f = _classify(sql)
+            if len(self._data) >= self._max:
+                self._data.clear()
+            self._data[sql] = f
+        return f
+
+
+# --- errors raised inside user callbacks ------------------------------------------------
+
+
+class _CallbackFailed(Exception):
+    """Raised out of a user function/aggregate so that execute() reports it as sqlite3 does."""
+
+
+def _wrap_function(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        try:
+            result = func(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported as sqlite3 reports it
+            raise _CallbackFailed("user-defined function raised exception") from exc
+        if result is not None and not isinstance(result, (int, float, str, bytes)):
+            if isinstance(result, (bytearray, memoryview)):
+                return bytes(result)
+            raise _CallbackFailed("user-defined function raised exception")
+        return result
+
+    return call
+
+
+def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
+    def factory() -> Any:
+        try:
+            instance = cls()
+        except BaseException as exc:  # noqa: BLE001
+            raise _CallbackFailed("user-defined aggregate's '__init__' method raised error") from exc
+
+        def step(ctx: Any, *args: Any) -> None:
+            try:
+                ctx.step(*args)
+            except BaseException as exc:  # noqa: BLE001
+                raise _CallbackFailed("user-defined aggregate's 'step' method raised error") from exc
+
+        def final(ctx: Any) -> Any:
+            try:
+                result = ctx.finalize()
+            except BaseException as exc:  # noqa: BLE001
+                raise _CallbackFailed(
+                    "user-defined aggregate's 'finalize' method raised error") from exc
+            if isinstance(result, (bytearray, memoryview)):
+                return bytes(result)
+            return result
+
+        return (instance, step, final)
+
+    return factory
+
+
+_BINDING_NO_NAME = re.compile(r"Binding (\d+) has no name")
+_BINDINGS_COUNT = re.compile(r"statement uses (\d+) and there are (\d+) supplied")
+
+
+def _raise_translated(exc: BaseException, sql: Optional[str] = None) -> None:
+    """Re-raise an exception from APSW (or a user callback) as sqlite3 would raise it."""
+    if isinstance(exc, _CallbackFailed):
+        raise OperationalError(str(exc)) from exc.__cause__
+    if isinstance(exc, KeyError) and sql is not None and exc.args \
+            and isinstance(exc.args[0], str):
+        # APSW looks named parameters up in the mapping; a missing one is a KeyError.
+        name = exc.args[0]
+        for prefix in ":@$":
+            if prefix + name in sql:
+                name = prefix + name
+                break
+        raise ProgrammingError(
+            f"You did not supply a value for binding parameter {name}.") from exc
+    if type(exc) is OverflowError:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER") from exc
+    if isinstance(exc, apsw.BindingsError):
+        m = _BINDING_NO_NAME.search(str(exc))
+        if m:
+            raise ProgrammingError(
+                f"Binding {int(m.group(1)) + 1} has no name, but you supplied a dictionary "
+                "(which has only names).") from exc
+        m = _BINDINGS_COUNT.search(str(exc))
+        if m:
+            raise ProgrammingError(
+                "Incorrect number of bindings supplied. The current statement uses "
+                f"{m.group(1)}, and there are {m.group(2)} supplied.") from exc
+    if isinstance(exc, apsw.Error):
+        raise translate(exc) from exc
+    raise exc
+
+
+# --- Row --------------------------------------------------------------------------------
+
+
+class Row:
+    """A row that can be indexed by position and, case-insensitively, by column name."""
+
+    __slots__ = ("_description", "_values")
+
+    def __init__(self, cursor: "Cursor", data: tuple, /) -> None:
+        if not isinstance(cursor, Cursor):
+            raise TypeError("Row() argument 1 must be heliosdb.Cursor")
+        if not isinstance(data, tuple):
+            raise TypeError("Row() argument 2 must be tuple")
+        self._description = cursor.description
+        self._values = data
+
+    def keys(self) -> list[str]:
+        """The column names, in order."""
+        return [d[0] for d in self._description] if self._description else []
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            if self._description:
+                for i, d in enumerate(self._description):
+                    if d[0] == key:
+                        return self._values[i]
+                lowered = key.lower()
+                for i, d in enumerate(self._description):
+                    if d[0].lower() == lowered:
+                        return self._values[i]
+            raise IndexError("No item with that key")
+        if isinstance(key, slice):
+            return self._values[key]
+        if isinstance(key, int) or hasattr(key, "__index__"):
+            return self._values[key]
+        raise IndexError("Index must be int or string")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Row):
+            return NotImplemented
+        return self._description == other._description and self._values == other._values
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Row):
+            return NotImplemented
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self._description) ^ hash(self._values)
+
+    def __repr__(self) -> str:
+        return f"<heliosdb.Row object at {hex(id(self))}>"
+
+
+# --- Cursor -------------------------------------------------------------------------------
+
+
+class Cursor:
+    """A DB-API cursor with the stdlib ``sqlite3.Cursor`` semantics."""
+
+    # Class-level defaults, as sqlite3.Cursor exposes them as attributes.
+    rowcount: int = -1
+    lastrowid: Optional[int] = None
+    row_factory: Optional[Callable[["Cursor", tuple], Any]] = None
+
+    def __init__(self, connection: "Connection", /) -> None:
+        if not isinstance(connection, Connection):
+            raise TypeError("Cursor() argument must be a heliosdb.Connection")
+        connection._check()
+        self._connection = connection
+        self._cur = connection._apsw.cursor()
+        self._closed = False
+        self._active = False  # an APSW statement may still have rows
+        self._rows_kind = False  # the last statement could return rows
+        self._sql: Optional[str] = None
+        self._params: Any = None
+        self._desc: Any = None
+        self._desc_known = True
+        self._converters: Optional[list] = None
+        self._count_at_end = False
+        self.arraysize = 1
+        self.rowcount = -1
+        self.lastrowid: Optional[int] = None
+        self.row_factory = connection.row_factory
+        if connection._needs_binding_hook():
+            self._cur.convert_binding = connection._convert_binding
+
+    @property
+    def arraysize(self) -> int:
+        """Rows ``fetchmany()`` returns by default."""
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        if not isinstance(value, int):
+            raise TypeError("'int' expected for arraysize")
+        self._arraysize = value
+
+    # -- helpers --
+    @property
+    def connection(self) -> "Connection":
+        """The connection this cursor belongs to."""
+        return self._connection
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed cursor.")
+        self._connection._check()
+
+    def _reset(self) -> None:
+        self._active = False
+        self._desc = None
+        self._desc_known = True
+        self._converters = None
+
+    def _prepare_params(self, parameters: Any) -> Any:
+        """Validate parameters the way sqlite3 does and apply base-type adapters."""
+        if parameters is None or parameters == ():
+            return parameters
+        if isinstance(parameters, (tuple, list)):
+            if _base_type_adapted:
+                return tuple(self._connection._adapt_value(v) for v in parameters)
+            return parameters
+        if isinstance(parameters, dict):
+            if _base_type_adapted:
+                return {k: self._connection._adapt_value(v) for k, v in parameters.items()}
+            return parameters
+        if isinstance(parameters, Mapping):
+            # sqlite3 binds only dicts by name; another mapping is taken as a sequence,
+            # and fails on its first item.
+            try:
+                parameters[0]
+            except Exception as exc:  # noqa: BLE001
+                raise exc
+        if not hasattr(parameters, "__len__") or not hasattr(parameters, "__getitem__"):
+            raise ProgrammingError("parameters are of unsupported type")
+        return tuple(self._connection._adapt_value(v) for v in parameters)
+
+    # -- execution --
+    def execute(self, sql: str, parameters: Any = (), /) -> "Cursor":
+        """Execute one SQL statement, binding ``parameters`` (sequence or mapping)."""
+        conn = self._connection
+        # The hot path: the checks below are _check() inlined; it raises the right error.
+        if self._closed or conn._closed or (
+                conn._check_same_thread and _get_ident() != conn._thread_id):
+            self._check()
+        flags = conn._stmt_flags.get(sql)
+        if flags is None:
+            if not isinstance(sql, str):
+                raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+            flags = conn._stmt_cache.flags(sql)
+        if flags & _MULTI:
+            raise ProgrammingError("You can only execute one statement at a time.")
+        if type(parameters) is tuple and not _base_type_adapted:
+            params = parameters
+        else:
+            params = self._prepare_params(parameters)
+        self._active = False
+        self._desc = None
+        self._converters = None
+        self._count_at_end = False
+        self.rowcount = -1
+        self._sql = sql
+        self._params = params
+        db = conn._apsw
+        begin = flags & _DML and conn._begin_sql is not None and db.get_autocommit()
+        if conn._audit is not None:
+            if begin:
+                conn._begin()
+            return conn._audit.execute(self, sql, params, flags)
+        if begin:
+            # Like sqlite3, BEGIN only once the statement is prepared: a statement that
+            # fails to compile (syntax, missing table, locked schema) opens no transaction.
+            self._cur.exec_trace = conn._begin_trace
+        try:
+            self._cur.execute(sql, params, can_cache=True)
+        except BaseException as exc:  # noqa: BLE001
+            _raise_translated(exc, sql)
+        finally:
+            if begin:
+                self._cur.exec_trace = None
+        # _after_execute, inlined
+        if flags & _DML:
+            if flags & _RETURNING:
+                # sqlite3 counts the changes once the statement has run to completion.
+                self.rowcount = 0
+                self._count_at_end = True
+            else:
+                self.rowcount = db.changes()
+            self._rows_kind = False
+        else:
+            self._rows_kind = not (flags & _EMPTY)
+        self._active = True
+        self._desc_known = False
+        self.lastrowid = db.last_insert_rowid()
+        return self
+
+    def _after_execute(self, flags: int) -> None:
+        """Record rowcount, lastrowid and result state after a statement ran (used by
+        the audit layer, which runs the statement itself)."""
+        db = self._connection._apsw
+        if flags & _DML:
+            if flags & _RETURNING:
+                self.rowcount = 0
+                self._count_at_end = True
+            else:
+                self.rowcount = db.changes()
+            self._rows_kind = False
+        else:
+            self._rows_kind = not (flags & _EMPTY)
+        # DML ... RETURNING yields rows too: keep the statement's rows available.
+        self._active = True
+        self._desc_known = False
+        self.lastrowid = db.last_insert_rowid()
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> "Cursor":
+        """Execute a DML statement once for each parameter set of an iterable."""
+        self._check()
+        if not isinstance(sql, str):
+            raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
+        conn = self._connection
+        flags = conn._stmt_cache.flags(sql)
+        if flags & _MULTI:
+            raise ProgrammingError("You can only execute one statement at a time.")
+        if not flags & _DML:
+            # sqlite3 refuses read-only statements here (sqlite3_stmt_readonly); anything
+            # else (DDL, PRAGMA with a value ...) runs.
+            seq_of_parameters = iter(seq_of_parameters)
+            first = next(seq_of_parameters, None)
+            if first is not None:
+                import itertools
+
+                seq_of_parameters = itertools.chain([first], seq_of_parameters)
+                if self._is_readonly(sql, self._prepare_params(first)):
+                    raise ProgrammingError("executemany() can only execute DML statements.")
+        self._reset()
+        self.rowcount = -1
+        self._sql = sql
+        db = conn._apsw
+        begin = conn._begin_sql is not None and db.get_autocommit()
+        params_iter = (self._prepare_params(p) for p in seq_of_parameters)
+        before = db.total_changes()
+        if conn._audit is not None:
+            if begin:
+                conn._begin()
+            conn._audit.executemany(self, sql, params_iter, flags)
+        else:
+            if begin:
+                self._cur.exec_trace = conn._begin_trace
+            try:
+                for _ in self._cur.executemany(sql, params_iter, can_cache=True):
+                    pass
+            except BaseException as exc:  # noqa: BLE001
+                _raise_translated(exc, sql)
+            finally:
+                if begin:
+                    self._cur.exec_trace = None
+        self.rowcount = db.total_changes() - before
+        self._active = False
+        self._rows_kind = False
+        return self
+
+    def _is_readonly(self, sql: str, params: Any) -> bool:
+        """Prepare ``sql`` and stop before it runs, to ask SQLite if it is read-only."""
+        probe = self._connection._apsw.cursor()
+        seen: list = []
+
+        def trace(cursor: Any, _sql: str, _bindings: Any) -> bool:
+            seen.append(cursor.is_readonly)
+            return False
+
+        probe.exec_trace = trace
+        try:
+            probe.execute(sql, params, can_cache=True)
+        except apsw.ExecTraceAbort:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            _raise_translated(exc, sql)
+        return bool(seen and seen[0])
+
+    def executescript(self, sql_script: str, /) -> "Cursor":
+        """Commit any pending transaction, then run every statement of a script."""
+        self._check()
+        if not isinstance(sql_script, str):
+            raise TypeError(
+                f"executescript() argument must be str, not {type(sql_script).__name__}")
+        if "\x00" in sql_script:
+            raise ValueError("the query contains a null character")
+        conn = self._connection
+        conn.commit()
+        self._reset()
+        self.rowcount = -1
+        self._sql = None
+        if conn._audit is not None:
+            conn._audit.executescript(self, sql_script)
+        else:
+            try:
+                for _ in self._cur.execute(sql_script, can_cache=False):
+                    pass
+            except BaseException as exc:  # noqa: BLE001
+                _raise_translated(exc)
+        self._active = False
+        self._rows_kind = False
+        return self
+
+    # -- results --
+    def _raw_description(self) -> Any:
+        """APSW's ((name, decltype), ...) of the last statement, or None."""
+        if self._active:
+            try:
+                return self._cur.get_description()
+            except apsw.ExecutionCompleteError:
+                self._active = False
+            except apsw.Error as exc:
+                raise translate(exc) from exc
+        if not self._rows_kind or self._sql is None:
+            return None
+        # The statement already finished (APSW drops its description then): prepare it
+        # again and stop before it runs, to read its columns.
+        probe = self._connection._apsw.cursor()
+        captured: list = []
+
+        def trace(cursor: Any, sql: str, bindings: Any) -> bool:
+            captured.append(cursor.get_description())
+            return False
+
+        probe.exec_trace = trace
+        try:
+            probe.execute(self._sql, self._params, can_cache=True)
+        except apsw.ExecTraceAbort:
+            pass
+        except apsw.Error:
+            return None
+        return captured[0] if captured else None
+
+    def _build_description(self) -> None:
+        raw = self._raw_description()
+        self._desc_known = True
+        if not raw:
+            self._desc = None
+            return
+        parse_colnames = self._connection._detect_types & PARSE_COLNAMES
+        self._desc = tuple(
+            (_strip_colname(name) if parse_colnames else name, None, None, None, None, None, None)
+            for name, _decl in raw
+        )
+
+    @property
+    def description(self) -> Optional[tuple]:
+        """Column names of the last query as 7-tuples (name, None x 6), or None."""
+        if self._closed:
+            return self._desc
+        if not self._desc_known:
+            self._build_description()
+        return self._desc
+
+    def _setup_converters(self) -> None:
+        conn = self._connection
+        detect = conn._detect_types
+        raw = self._raw_description()
+        if not self._desc_known:
+            self._build_description()
+        convs: list = []
+        any_conv = False
+        if raw and converters:
+            for name, decl in raw:
+                conv = None
+                if detect & PARSE_COLNAMES:
+                    lb = name.find("[")
+                    if lb >= 0:
+                        rb = name.find("]", lb)
+                        if rb >= 0:
+                            conv = converters.get(name[lb + 1:rb].upper())
+                if conv is None and detect & PARSE_DECLTYPES and decl:
+                    key = decl.split("(")[0].strip().split(" ")[0]
+                    conv = converters.get(key.upper())
+                convs.append(conv)
+                any_conv = any_conv or conv is not None
+        self._converters = convs if any_conv else []
+
+    def _convert(self, row: tuple) -> Any:
+        conn = self._connection
+        if conn._detect_types:
+            if self._converters is None:
+                self._setup_converters()
+            if self._converters:
+                row = tuple(
+                    v if (c is None or v is None) else c(_as_bytes(v))
+                    for v, c in zip(row, self._converters)
+                )
+        tf = conn.text_factory
+        if tf is not str:
+            row = tuple(_apply_text_factory(tf, v) if isinstance(v, str) else v for v in row)
+        rf = self.row_factory
+        if rf is not None:
+            if not self._desc_known:
+                self._build_description()
+            return rf(self, row)
+        return row
+
+    def _next_raw(self) -> Optional[tuple]:
+        if not self._active:
+            return None
+        conn = self._connection
+        if (conn._detect_types or self.row_factory is not None) and not self._desc_known:
+            self._build_description()
+        try:
+            return next(self._cur)
+        except StopIteration:
+            self._active = False
+            if self._count_at_end:
+                self._count_at_end = False
+                self.rowcount = self._connection._apsw.changes()
+            return None
+        except BaseException as exc:  # noqa: BLE001
+            self._active = False
+            _raise_translated(exc)
+            raise  # unreachable
+
+    def fetchone(self) -> Any:
+        """The next row, or None when there are no more."""
+        self._check()
+        row = self._next_raw()
+        if row is None:
+            return None
+        conn = self._connection
+        if self.row_factory is None and conn.text_factory is str and not conn._detect_types:
+            return row
+        return self._convert(row)
+
+    def fetchmany(self, size: Optional[int] = None) -> list:
+        """Up to ``size`` (default ``arraysize``) next rows."""
+        self._check()
+        n = self.arraysize if size is None else size
+        if n <= 0:  # sqlite3: a size of zero or less fetches everything that is left
+            return self.fetchall()
+        out = []
+        while n > 0:
+            row = self.fetchone()
+            if row is None:
+                break
+            out.append(row)
+            n -= 1
+        return out
+
+    def fetchall(self) -> list:
+        """All remaining rows."""
+        self._check()
+        if not self._active:
+            return []
+        conn = self._connection
+        if self.row_factory is None and conn.text_factory is str and not conn._detect_types:
+            try:
+                rows = list(self._cur)
+            except BaseException as exc:  # noqa: BLE001
+                self._active = False
+                _raise_translated(exc)
+            self._active = False
+            if self._count_at_end:
+                self._count_at_end = False
+                self.rowcount = conn._apsw.changes()
+            return rows
+        out = []
+        while True:
+            row = self.fetchone()
+            if row is None:
+                return out
+            out.append(row)
+
+    def __iter__(self) -> "Cursor":
+        return self
+
+    def __next__(self) -> Any:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def close(self) -> None:
+        """Close the cursor; further use raises ProgrammingError."""
+        self._connection._check()
+        if not self._closed:
+            if not self._desc_known and self._active:
+                self._build_description()
+            self._closed = True
+            self._active = False
+            try:
+                self._cur.close(True)
+            except apsw.Error:
+                pass
+
+    def setinputsizes(self, sizes: Any, /) -> None:
+        """Required by PEP 249; does nothing."""
+
+    def setoutputsize(self, size: Any, column: Any = None, /) -> None:
+        """Required by PEP 249; does nothing."""
+
+
+def _strip_colname(name: str) -> str:
+    # With PARSE_COLNAMES the stdlib cuts 'name [type]' at the first ' ['.
+    i = name.find(" [")
+    return name[:i] if i >= 0 else name
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, float):
+        return repr(value).encode("ascii")
+    return str(value).encode("ascii")
+
+
+def _apply_text_factory(tf: Callable[[bytes], Any], value: str) -> Any:
+    data = value.encode("utf-8", "surrogatepass")
+    if tf is bytes:
+        return data
+    return tf(data)
+
+
+# --- Connection ---------------------------------------------------------------------------
+
+
+class Connection:
+    """A DB-API connection with the stdlib ``sqlite3.Connection`` semantics.
+
+    Create it with :func:`heliosdb.connect`. The APSW connection underneath is opened by
+    :mod:`heliosdb.crypto` (plain or encrypted); the audit layer, when configured, wraps
+    statement execution.
+    """
+
+    # PEP 249 optional extension: the exception classes as connection attributes.
+    Warning = errors.Warning
+    Error = errors.Error
+    InterfaceError = errors.InterfaceError
+    DatabaseError = errors.DatabaseError
+    DataError = errors.DataError
+    OperationalError = errors.OperationalError
+    IntegrityError = errors.IntegrityError
+    InternalError = errors.InternalError
+    ProgrammingError = errors.ProgrammingError
+    NotSupportedError = errors.NotSupportedError
+
+    row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
+    text_factory: Callable[[bytes], Any] = str
+
+    def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
+                 isolation_level: Optional[str] = "", check_same_thread: bool = True,
+                 factory: Any = None, cached_statements: int = 128, uri: bool = False,
+                 *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
+                 audit_context: Optional[Mapping[str, Any]] = None) -> None:
+        self._apsw: Any = None
+        self._closed = True
+        self._audit: Any = None
+        self._thread_id = threading.get_ident()
+        self._check_same_thread = bool(check_same_thread)
+        database = _fspath(database)
+        if not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a real number, not {type(timeout).__name__}")
+        if uri:
+            database = _shared_memory_uri(database)
+        from .config import load_config  # the config module owns presets and validation
+
+        self._config = load_config(config)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        if uri:
+            flags |= apsw.SQLITE_OPEN_URI
+        from .crypto import open_connection
+
+        try:
+            self._apsw = open_connection(
+                database, flags=flags, uri=bool(uri), key=key,
+                encryption=self._config.encryption,
+                statementcachesize=max(0, int(cached_statements)),
+            )
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        self._closed = False
+        self._database = database
+        try:
+            self._apsw.set_busy_timeout(int(float(timeout) * 1000))
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        self._detect_types = int(detect_types)
+        self._begin_sql: Optional[str] = None
+        self._isolation_level: Optional[str] = None
+        self._set_isolation_level(isolation_level, commit=False)
+        self._stmt_cache = _StatementCache(int(cached_statements))
+        self._stmt_flags = self._stmt_cache.data
+        self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
+        self.text_factory: Callable[[bytes], Any] = str
+        self._user_authorizer: Optional[Callable[..., int]] = None
+        self._internal_authorizer: Optional[Callable[..., int]] = None
+        self._binding_hook_installed = False
+        self._install_binding_hook()
+        self._apply_database_config()
+        if self._config.audit.enabled:
+            from .audit.capture import attach_audit
+
+            self._audit = attach_audit(self, self._config, user=audit_user,
+                                       context=audit_context)
+
+    # -- open-time set-up --
+    def _apply_database_config(self) -> None:
+        for name, value in self._config.database.pragmas():
+            try:
+                self._apsw.pragma(name, value)
+            except apsw.Error as exc:
+                raise translate(exc) from exc
+
+    def _needs_binding_hook(self) -> bool:
+        return True
+
+    def _install_binding_hook(self) -> None:
+        # APSW asks this for values it cannot bind natively: that is where registered
+        # adapters (date, datetime, user types) and __conform__ apply.
+        self._apsw.convert_binding = self._convert_binding
+
+    def _convert_binding(self, cursor: Any, num: int, value: Any) -> Any:
+        adapter = adapters.get((type(value), PrepareProtocol))
+        if adapter is not None:
+            out = adapter(value)
+        else:
+            conform = getattr(value, "__conform__", None)
+            out = conform(PrepareProtocol) if conform is not None else None
+            if out is None:
+                raise ProgrammingError(
+                    f"Error binding parameter {num}: type '{type(value).__name__}' "
+                    "is not supported")
+        if isinstance(out, (bytearray, memoryview)):
+            return bytes(out)
+        if out is not None and not isinstance(out, (int, float, str, bytes)):
+            raise ProgrammingError(
+                f"Error binding parameter {num}: type '{type(value).__name__}' is not supported")
+        return out
+
+    def _adapt_value(self, value: Any) -> Any:
+        adapter = adapters.get((type(value), PrepareProtocol))
+        if adapter is not None:
+            return adapter(value)
+        return value
+
+    # -- state checks --
+    def _check_thread(self) -> None:
+        if self._check_same_thread and threading.get_ident() != self._thread_id:
+            raise ProgrammingError(
+                "SQLite objects created in a thread can only be used in that same thread. "
+                f"The object was created in thread id {self._thread_id} and this is "
+                f"thread id {threading.get_ident()}.")
+
+    def _check(self) -> None:
+        if self._check_same_thread and threading.get_ident() != self._thread_id:
+            self._check_thread()
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
+
+    # -- transactions --
+    def _check_open(self) -> None:
+        # Attributes sqlite3 lets any thread read: only a closed connection is refused.
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
+
+    @property
+    def isolation_level(self) -> Optional[str]:
+        """'' (DEFERRED), 'DEFERRED', 'IMMEDIATE', 'EXCLUSIVE', or None for autocommit."""
+        self._check_open()
+        return self._isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: Optional[str]) -> None:
+        self._check()
+        self._set_isolation_level(value, commit=True)
+
+    def _set_isolation_level(self, value: Optional[str], *, commit: bool) -> None:
+        if value is None:
+            if commit:
+                self.commit()
+            self._isolation_level = None
+            self._begin_sql = None
+            return
+        if not isinstance(value, str):
+            raise TypeError("isolation_level must be str or None")
+        if value.upper() not in _VALID_ISOLATION_LEVELS:
+            raise ValueError(
+                "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'")
+        self._isolation_level = value.upper()
+        self._begin_sql = "BEGIN " + value.upper()
+
+    def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
+        # Installed as a cursor's exec tracer for one statement: runs after the statement
+        # is prepared and bound, before it steps. Uninstalls itself (executemany).
+        cursor.exec_trace = None
+        if self._apsw.get_autocommit():
+            self._begin()
+        return True
+
+    def _begin(self) -> None:
+        try:
+            self._apsw.execute(self._begin_sql)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+        if self._audit is not None:
+            self._audit.on_begin()
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open (SQLite is not in autocommit mode)."""
+        self._check_open()
+        return not self._apsw.get_autocommit()
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed by INSERT/UPDATE/DELETE since the connection opened."""
+        self._check_open()
+        return self._apsw.total_changes()
+
+    def commit(self) -> None:
+        """Commit the open transaction, if any."""
+        self._check()
+        if self._apsw.get_autocommit():
+            return
+        if self._audit is not None:
+            self._audit.commit()
+            return
+        try:
+            self._apsw.execute("COMMIT")
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any."""
+        self._check()
+        if self._apsw.get_autocommit():
+            return
+        if self._audit is not None:
+            self._audit.rollback()
+            return
+        try:
+            self._apsw.execute("ROLLBACK")
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    # -- cursors and shortcuts --
+    def cursor(self, factory: Callable[["Connection"], Cursor] = Cursor) -> Cursor:
+        """A new cursor (``factory`` must build a heliosdb Cursor)."""
+        self._check()
+        cur = factory(self)
+        if not isinstance(cur, Cursor):
+            raise TypeError("factory must return a cursor, not " + type(cur).__name__)
+        return cur
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        """Shortcut: a new cursor's ``execute``."""
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
+        """Shortcut: a new cursor's ``executemany``."""
+        return self.cursor().executemany(sql, parameters)
+
+    def executescript(self, sql_script: str, /) -> Cursor:
+        """Shortcut: a new cursor's ``executescript``."""
+        return self.cursor().executescript(sql_script)
+
+    # -- user functions --
+    def create_function(self, name: str, narg: int, func: Optional[Callable[..., Any]], *,
+                        deterministic: bool = False) -> None:
+        """Register (or, with ``func=None``, remove) a SQL function."""
+        self._check()
+        try:
+            if func is None:
+                self._apsw.create_scalar_function(name, None, narg)
+            else:
+                self._apsw.create_scalar_function(name, _wrap_function(func), narg,
+                                                  deterministic=deterministic)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def create_aggregate(self, name: str, n_arg: int, aggregate_class: Optional[Any]) -> None:
+        """Register (or remove) an aggregate: a class with ``step`` and ``finalize``."""
+        self._check()
+        try:
+            if aggregate_class is None:
+                self._apsw.create_aggregate_function(name, None, n_arg)
+            else:
+                self._apsw.create_aggregate_function(name, _wrap_aggregate(aggregate_class),
+                                                     n_arg)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def create_collation(self, name: str, callable: Optional[Callable[[str, str], int]], /) -> None:  # noqa: A002
+        """Register (or, with None, remove) a collation."""
+        self._check()
+        if callable is not None and not hasattr(callable, "__call__"):
+            raise TypeError("parameter must be callable")
+        try:
+            if callable is None:
+                self._apsw.create_collation(name, None)
+            else:
+                def collate(a: str, b: str, _f: Callable[[str, str], int] = callable) -> int:
+                    r = _f(a, b)
+                    return (r > 0) - (r < 0) if isinstance(r, int) else 0
+
+                self._apsw.create_collation(name, collate)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    # -- authorizer, progress, trace --
+    def set_authorizer(self, authorizer_callback: Optional[Callable[..., int]]) -> None:
+        """Install a user authorizer. It runs *after* heliosdb's own (audit) authorizer,
+        which it can never replace or bypass."""
+        self._check()
+        self._user_authorizer = authorizer_callback
+        self._apply_authorizer()
+
+    def _set_internal_authorizer(self, callback: Optional[Callable[..., int]]) -> None:
+        self._internal_authorizer = callback
+        self._apply_authorizer()
+
+    def _apply_authorizer(self) -> None:
+        internal, user = self._internal_authorizer, self._user_authorizer
+        if internal is None and user is None:
+            self._apsw.authorizer = None
+            return
+
+        def authorize(action: int, a1: Any, a2: Any, db: Any, trig: Any) -> int:
+            result = apsw.SQLITE_OK
+            if internal is not None:
+                result = internal(action, a1, a2, db, trig)
+                if result != apsw.SQLITE_OK:
+                    return result
+            if user is not None:
+                try:
+                    r = user(action, a1, a2, db, trig)
+                except Exception:  # noqa: BLE001 - sqlite3 denies when the callback raises
+                    return apsw.SQLITE_DENY
+                if not isinstance(r, int) or r not in (0, 1, 2):
+                    return apsw.SQLITE_DENY
+                result = r
+            return result
+
+        self._apsw.authorizer = authorize
+
+    def set_progress_handler(self, progress_handler: Optional[Callable[[], Any]], n: int) -> None:
+        """Call ``progress_handler`` every ``n`` VM steps; a true result aborts."""
+        self._check()
+        if progress_handler is None:
+            self._apsw.set_progress_handler(None)
+            return
+
+        def handler() -> bool:
+            try:
+                return bool(progress_handler())
+            except Exception:  # noqa: BLE001 - an exception aborts, as in sqlite3
+                return True
+
+        self._apsw.set_progress_handler(handler, n)
+
+    def set_trace_callback(self, trace_callback: Optional[Callable[[str], Any]]) -> None:
+        """Call ``trace_callback`` with the SQL text of each statement run."""
+        self._check()
+        if trace_callback is None:
+            self._apsw.trace_v2(0, None)
+            return
+
+        last = [None, None]  # id and text of the last top-level statement
+
+        def trace(event: dict) -> None:
+            sql = event.get("sql")
+            if sql is None:
+                return
+            if event.get("trigger"):
+                if event.get("id") == last[0]:
+                    # Inside a trigger: sqlite3 reports the top-level statement again.
+                    sql = last[1]
+                else:
+                    # APSW strips a leading '-- ' (SQLite's trigger marker) from the text.
+                    sql = "-- " + sql
+            else:
+                last[0], last[1] = event.get("id"), sql
+            try:
+                trace_callback(sql)
+            except Exception:  # noqa: BLE001 - sqlite3 ignores errors in the trace callback
+                pass
+
+        self._apsw.trace_v2(apsw.SQLITE_TRACE_STMT, trace)
+
+    # -- misc API --
+    def interrupt(self) -> None:
+        """Abort any running statement (callable from another thread)."""
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
+        self._apsw.interrupt()
+
+    def iterdump(self) -> Iterator[str]:
+        """The database as SQL text, one statement per item (like ``sqlite3.iterdump``)."""
+        self._check()
+        from .dump import iterdump
+
+        return iterdump(self)
+
+    def backup(self, target: "Connection", *, pages: int = -1,
+               progress: Optional[Callable[[int, int, int], Any]] = None,
+               name: str = "main", sleep: float = 0.250) -> None:
+        """Copy this database into ``target`` (another heliosdb Connection)."""
+        self._check()
+        if not isinstance(target, Connection):
+            raise TypeError("target must be a heliosdb.Connection")
+        target._check()
+        if target is self:
+            raise ValueError("target cannot be the same connection instance")
+        if pages == 0:
+            pages = -1
+        try:
+            with target._apsw.backup("main", self._apsw, name) as b:
+                while not b.done:
+                    b.step(pages)
+                    if progress is not None:
+                        progress(0 if not b.done else 101, b.remaining, b.page_count)
+                    if not b.done and sleep:
+                        time.sleep(sleep)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def blobopen(self, table: str, column: str, row: int, /, *, readonly: bool = False,
+                 name: str = "main") -> Any:
+        """Open an incremental-I/O handle on a BLOB (sqlite3 3.11+)."""
+        self._check()
+        try:
+            return self._apsw.blob_open(name, table, column, row, not readonly)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def create_window_function(self, name: str, num_params: int,
+                               aggregate_class: Optional[Any], /) -> None:
+        """Register (or remove) a window function: a class with step, inverse, value and
+        finalize (sqlite3 3.11+)."""
+        self._check()
+        try:
+            if aggregate_class is None:
+                self._apsw.create_window_function(name, None, num_params)
+                return
+
+            def factory() -> Any:
+                try:
+                    inst = aggregate_class()
+                except BaseException as exc:  # noqa: BLE001
+                    raise _CallbackFailed(
+                        "user-defined aggregate's '__init__' method raised error") from exc
+
+                def call(method: str) -> Callable[..., Any]:
+                    def f(*args: Any) -> Any:
+                        try:
+                            return getattr(inst, method)(*args)
+                        except BaseException as exc:  # noqa: BLE001
+                            raise _CallbackFailed(
+                                f"user-defined aggregate's '{method}' method raised error"
+                            ) from exc
+                    return f
+
+                return (call("step"), call("finalize"), call("value"), call("inverse"))
+
+            self._apsw.create_window_function(name, factory, num_params)
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
+        """Replace a database with the serialized bytes ``data`` (sqlite3 3.11+)."""
+        self._check()
+        try:
+            self._apsw.deserialize(name, bytes(data))
+        except apsw.Error as exc:
+            raise translate(exc) from exc
+
+    def setlimit(self, category: int, limit: int, /) -> int:
+        """Set a SQLite run-time limit; returns the previous value."""
+        self._check()
+        return self._apsw.limit(category, limit)
+
+    def getlimit(self, category: int, /) -> int:
+        """A SQLite run-time limit."""
+        self._check()
+        return self._apsw.limit(category)
+
+    def serialize(self, *, name: str = "main") -> bytes:
+        """The database as bytes (decrypted: it is SQLite's own serialization)."""
+        self._check()
+        return self._apsw.serialize(name)
+
+    def storage_info(self) -> dict:
+        """Storage facts: encryption, algorithm, KDF, page size, key slots, nonce count."""
+        self._check()
+        from .crypto import storage_info
+
+        return storage_info(self._apsw)
+
+    @property
+    def audit(self) -> Any:
+        """The audit API of this connection (``None`` when audit is off)."""
+        return self._audit
+
+    @property
+    def config(self) -> Any:
+        """The configuration this connection runs under."""
+        return self._config
+
+    def close(self) -> None:
+        """Close the connection, rolling back any uncommitted transaction."""
+        self._check_thread()
+        if self._closed:
+            return
+        try:
+            if self._audit is not None:
+                self._audit.close()
+            if not self._apsw.get_autocommit():
+                try:
+                    self._apsw.execute("ROLLBACK")
+                except apsw.Error:
+                    pass
+        finally:
+            self._closed = True
+            try:
+                self._apsw.close(True)
+            except apsw.Error as exc:
+                raise translate(exc) from exc
+
+    def __enter__(self) -> "Connection":
+        self._check()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+        return False
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and self._apsw is not None:
+            try:
+                self._apsw.close(True)
+            except Exception:  # noqa: BLE001 - nothing sensible to do at teardown
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<heliosdb.Connection {state} database={getattr(self, '_database', '?')!r}>"
+
+
+def _shared_memory_uri(uri: str) -> str:
+    """Map sqlite3's shared-cache in-memory URIs onto SQLite's ``memdb`` VFS.
+
+    APSW's SQLite is built without shared cache, so ``file:x?mode=memory&cache=shared``
+    would give each connection its own empty database; ``memdb`` gives the sharing
+    sqlite3 users rely on (several connections, one in-memory database).
+    """
+    if not uri.startswith("file:") or "?" not in uri:
+        return uri
+    from urllib.parse import parse_qsl, urlencode
+
+    path, _, query = uri[5:].partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    keys = {k: v for k, v in params}
+    if keys.get("mode") != "memory" or keys.get("cache") != "shared":
+        return uri
+    rest = [(k, v) for k, v in params if k not in ("mode", "cache", "vfs")]
+    name = path.lstrip("/") or "memdb"
+    return f"file:/{name}?" + urlencode(rest + [("vfs", "memdb")])
+
+
+def _fspath(database: Any) -> str:
+    import os
+
+    if isinstance(database, bytes):
+        return os.fsdecode(database)
+    if isinstance(database, (str, os.PathLike)):
+        return os.fspath(database)
+    raise TypeError("database must be str, bytes or os.PathLike")
+
+
+def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
+            isolation_level: Optional[str] = "", check_same_thread: bool = True,
+            factory: type = Connection, cached_statements: int = 128, uri: bool = False,
+            *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
+            audit_context: Optional[Mapping[str, Any]] = None) -> Connection:
+    """Open a connection, like ``sqlite3.connect``, optionally encrypted and audited.
+
+    ``key`` opens (or creates) an encrypted database: a passphrase ``str``, 32 raw
+    bytes, or a :class:`heliosdb.Key`. ``config`` is a preset name (``"hipaa"``), a
+    TOML path, or a dict; it turns on auditing and sets encryption policy.
+    """
+    cls = Connection if factory is None else factory  # None: tolerated, as sqlite3 does
+    # Pass heliosdb's own keywords only when used, so that a ``factory`` written for
+    # sqlite3's signature keeps working.
+    extra = {name: value for name, value in (("key", key), ("config", config),
+             ("audit_user", audit_user), ("audit_context", audit_context))
+             if value is not None}
+    return cls(database, timeout, detect_types, isolation_level, check_same_thread,
+               None, cached_statements, uri, **extra)

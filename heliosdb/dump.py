@@ -1,0 +1,95 @@
+"""``Connection.iterdump``: the database as SQL text, statement by statement.
+
+The output matches the stdlib's ``sqlite3`` dump (same order and quoting), so tools that
+diff dumps keep working. It runs on the decrypted view: a dump of an encrypted database is
+plaintext SQL, which is what a user asking for a dump wants; keep it safe accordingly.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from .dbapi import Connection
+
+
+def _quote_name(name: str) -> str:
+    return '"{}"'.format(name.replace('"', '""'))
+
+
+def _quote_value(value: str) -> str:
+    return "'{}'".format(value.replace("'", "''"))
+
+
+def iterdump(connection: "Connection") -> Iterator[str]:
+    """Yield the SQL statements that recreate the database of ``connection``."""
+    writeable_schema = False
+    cu = connection.cursor()
+    cu.row_factory = None  # the dump reads plain tuples whatever the connection uses
+    yield "BEGIN TRANSACTION;"
+
+    q = """
+        SELECT "name", "type", "sql"
+        FROM "sqlite_master"
+            WHERE "sql" NOT NULL AND
+            "type" == 'table'
+            ORDER BY "name"
+        """
+    schema_res = cu.execute(q).fetchall()
+    sqlite_sequence = []
+    for table_name, _type, sql in schema_res:
+        if table_name == "sqlite_sequence":
+            rows = cu.execute('SELECT * FROM "sqlite_sequence";').fetchall()
+            sqlite_sequence = ['DELETE FROM "sqlite_sequence"']
+            sqlite_sequence += [
+                f'INSERT INTO "sqlite_sequence" VALUES({_quote_value(name)},{seq})'
+                for name, seq in rows
+            ]
+            continue
+        elif table_name == "sqlite_stat1":
+            yield 'ANALYZE "sqlite_master";'
+        elif table_name.startswith("sqlite_"):
+            continue
+        elif sql.startswith("CREATE VIRTUAL TABLE"):
+            if not writeable_schema:
+                writeable_schema = True
+                yield "PRAGMA writable_schema=ON;"
+            yield (
+                "INSERT INTO sqlite_master(type,name,tbl_name,rootpage,sql)"
+                "VALUES('table',{0},{0},0,{1});".format(
+                    _quote_value(table_name), _quote_value(sql))
+            )
+        else:
+            yield f"{sql};"
+
+        # Build the insert statement for each row of the current table.
+        table_name_ident = _quote_name(table_name)
+        res = cu.execute(f"PRAGMA table_info({table_name_ident})")
+        column_names = [str(table_info[1]) for table_info in res.fetchall()]
+        q = "SELECT 'INSERT INTO {0} VALUES('{1}')' FROM {0};".format(
+            table_name_ident,
+            "','".join("||quote({})||".format(_quote_name(col)) for col in column_names),
+        )
+        query_res = cu.execute(q)
+        for row in query_res:
+            yield f"{row[0]};"
+
+    # Now when the type is 'index', 'trigger', or 'view'
+    q = """
+        SELECT "name", "type", "sql"
+        FROM "sqlite_master"
+            WHERE "sql" NOT NULL AND
+            "type" IN ('index', 'trigger', 'view')
+        """
+    schema_res = cu.execute(q)
+    for _name, _type, sql in schema_res.fetchall():
+        yield f"{sql};"
+
+    if writeable_schema:
+        yield "PRAGMA writable_schema=OFF;"
+
+    # gh-79009: Yield statements concerning the sqlite_sequence table at the end of the
+    # transaction.
+    for row in sqlite_sequence:
+        yield f"{row};"
+
+    yield "COMMIT;"
