@@ -18,6 +18,7 @@ import apsw as _apsw
 
 from . import native as _native_mod
 from .dbapi import (
+    Blob,
     PARSE_COLNAMES,
     PARSE_DECLTYPES,
     Connection,
@@ -118,8 +119,6 @@ def enable_shared_cache(enable: bool, /) -> None:
                                 "sharing")
 
 
-#: Incremental BLOB I/O handle returned by ``Connection.blobopen`` (``sqlite3.Blob``).
-Blob = _apsw.Blob
 
 
 def native_available() -> bool:

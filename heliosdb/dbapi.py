@@ -40,7 +40,7 @@ from .errors import (
 )
 
 __all__ = [
-    "Connection", "Cursor", "Row", "PrepareProtocol", "connect",
+    "Connection", "Cursor", "Row", "Blob", "PrepareProtocol", "connect",
     "register_adapter", "register_converter", "adapt", "complete_statement",
     "PARSE_DECLTYPES", "PARSE_COLNAMES", "adapters", "converters",
 ]
@@ -79,7 +79,29 @@ def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
 
 def register_converter(typename: str, converter: Callable[[bytes], Any], /) -> None:
     """Register a callable converting stored bytes of declared type ``typename``."""
+    if not isinstance(typename, str):
+        raise TypeError(f"register_converter() argument 1 must be str, not "
+                        f"{type(typename).__name__}")
     converters[typename.upper()] = converter
+
+
+def _stdlib_adapter(value: Any) -> Optional[Callable[[Any], Any]]:
+    """An adapter registered with the stdlib ``sqlite3`` module for ``type(value)``.
+
+    Libraries that know only sqlite3 (pandas registers one for ``datetime.time``) register
+    there; honouring that registry keeps them working. heliosdb never imports sqlite3
+    itself: the registry is consulted only if someone else already did.
+    """
+    import sys
+
+    std = sys.modules.get("sqlite3")
+    if std is None:
+        return None
+    registry = getattr(std, "adapters", None)
+    proto = getattr(std, "PrepareProtocol", None)
+    if not isinstance(registry, dict) or proto is None:
+        return None
+    return registry.get((type(value), proto))
 
 
 def adapt(obj: Any, proto: type = PrepareProtocol, alt: Any = None, /) -> Any:
@@ -197,6 +219,26 @@ def _classify(sql: str) -> int:
     return flags
 
 
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (quotes, comments and trigger bodies
+    respected by ``sqlite3_complete``); a trailing incomplete part is kept as is, and
+    pieces that are only whitespace or comments are dropped."""
+    out = []
+    start = 0
+    pos = script.find(";")
+    while pos >= 0:
+        if apsw.complete(script[start:pos + 1]):
+            piece = script[start:pos + 1]
+            if _skip_space_and_comments(piece, 0) < len(piece) - 1 or piece.strip() != ";":
+                out.append(piece)
+            start = pos + 1
+        pos = script.find(";", pos + 1)
+    tail = script[start:]
+    if _skip_space_and_comments(tail, 0) < len(tail):
+        out.append(tail)
+    return out
+
+
 class _StatementCache:
     """Classification results per SQL text, bounded (cleared wholesale when full).
 
@@ -246,29 +288,51 @@ def _wrap_function(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
-    def factory() -> Any:
-        try:
-            instance = cls()
-        except BaseException as exc:  # noqa: BLE001
-            raise _CallbackFailed("user-defined aggregate's '__init__' method raised error") from exc
+    """Adapt a sqlite3 aggregate class (step/finalize) to APSW's factory protocol.
 
-        def step(ctx: Any, *args: Any) -> None:
+    As in sqlite3, the class is instantiated on the first row only: with no rows the
+    result is NULL and neither ``__init__`` nor ``finalize`` runs.
+    """
+
+    def factory() -> Any:
+        state: list = []  # [instance] once the first row arrived
+
+        def step(_ctx: Any, *args: Any) -> None:
+            if not state:
+                try:
+                    state.append(cls())
+                except BaseException as exc:  # noqa: BLE001
+                    raise _CallbackFailed(
+                        "user-defined aggregate's '__init__' method raised error") from exc
+            inst = state[0]
+            method = getattr(inst, "step", None)
+            if method is None:
+                raise _CallbackFailed("user-defined aggregate's 'step' method not defined")
             try:
-                ctx.step(*args)
+                method(*args)
             except BaseException as exc:  # noqa: BLE001
                 raise _CallbackFailed("user-defined aggregate's 'step' method raised error") from exc
 
-        def final(ctx: Any) -> Any:
+        def final(_ctx: Any) -> Any:
+            if not state:
+                return None
+            method = getattr(state[0], "finalize", None)
+            if method is None:
+                raise _CallbackFailed(
+                    "user-defined aggregate's 'finalize' method not defined")
             try:
-                result = ctx.finalize()
+                result = method()
             except BaseException as exc:  # noqa: BLE001
                 raise _CallbackFailed(
                     "user-defined aggregate's 'finalize' method raised error") from exc
             if isinstance(result, (bytearray, memoryview)):
                 return bytes(result)
+            if result is not None and not isinstance(result, (int, float, str, bytes)):
+                raise _CallbackFailed(
+                    "user-defined aggregate's 'finalize' method raised error")
             return result
 
-        return (instance, step, final)
+        return (None, step, final)
 
     return factory
 
@@ -277,8 +341,33 @@ _BINDING_NO_NAME = re.compile(r"Binding (\d+) has no name")
 _BINDINGS_COUNT = re.compile(r"statement uses (\d+) and there are (\d+) supplied")
 
 
-def _raise_translated(exc: BaseException, sql: Optional[str] = None) -> None:
+def _explain(db: Any, exc: BaseException) -> Optional[BaseException]:
+    """The encryption layer's reading of an APSW error (a tampered page -> CorruptPageError
+    naming file and page), or None."""
+    from .crypto import explain
+
+    try:
+        return explain(db, exc)
+    except Exception:  # noqa: BLE001 - explaining must never hide the original error
+        return None
+
+
+def _translate(db: Any, exc: BaseException) -> BaseException:
+    """``translate``, after asking the encryption layer what the error means."""
+    if db is not None and isinstance(exc, apsw.Error):
+        new = _explain(db, exc)
+        if new is not None:
+            return new
+    return translate(exc)
+
+
+def _raise_translated(exc: BaseException, sql: Optional[str] = None, db: Any = None) -> None:
     """Re-raise an exception from APSW (or a user callback) as sqlite3 would raise it."""
+    if db is not None and isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.NotADBError,
+                                           apsw.CantOpenError)):
+        new = _explain(db, exc)
+        if new is not None:
+            raise new from exc
     if isinstance(exc, _CallbackFailed):
         raise OperationalError(str(exc)) from exc.__cause__
     if isinstance(exc, KeyError) and sql is not None and exc.args \
@@ -291,6 +380,8 @@ def _raise_translated(exc: BaseException, sql: Optional[str] = None) -> None:
                 break
         raise ProgrammingError(
             f"You did not supply a value for binding parameter {name}.") from exc
+    if isinstance(exc, UnicodeDecodeError):
+        raise OperationalError(f"Could not decode to UTF-8: {exc}") from exc
     if type(exc) is OverflowError:
         raise OverflowError("Python int too large to convert to SQLite INTEGER") from exc
     if isinstance(exc, apsw.BindingsError):
@@ -492,7 +583,7 @@ class Cursor:
         try:
             self._cur.execute(sql, params, can_cache=True)
         except BaseException as exc:  # noqa: BLE001
-            _raise_translated(exc, sql)
+            _raise_translated(exc, sql, db)
         finally:
             if begin:
                 self._cur.exec_trace = None
@@ -502,9 +593,10 @@ class Cursor:
                 # sqlite3 counts the changes once the statement has run to completion.
                 self.rowcount = 0
                 self._count_at_end = True
+                self._rows_kind = True
             else:
                 self.rowcount = db.changes()
-            self._rows_kind = False
+                self._rows_kind = False
         else:
             self._rows_kind = not (flags & _EMPTY)
         self._active = True
@@ -520,9 +612,10 @@ class Cursor:
             if flags & _RETURNING:
                 self.rowcount = 0
                 self._count_at_end = True
+                self._rows_kind = True
             else:
                 self.rowcount = db.changes()
-            self._rows_kind = False
+                self._rows_kind = False
         else:
             self._rows_kind = not (flags & _EMPTY)
         # DML ... RETURNING yields rows too: keep the statement's rows available.
@@ -568,11 +661,11 @@ class Cursor:
                 for _ in self._cur.executemany(sql, params_iter, can_cache=True):
                     pass
             except BaseException as exc:  # noqa: BLE001
-                _raise_translated(exc, sql)
+                _raise_translated(exc, sql, db)
             finally:
                 if begin:
                     self._cur.exec_trace = None
-        self.rowcount = db.total_changes() - before
+        self.rowcount = db.total_changes() - before if flags & _DML else -1
         self._active = False
         self._rows_kind = False
         return self
@@ -611,11 +704,15 @@ class Cursor:
         if conn._audit is not None:
             conn._audit.executescript(self, sql_script)
         else:
+            db = conn._apsw
             try:
-                for _ in self._cur.execute(sql_script, can_cache=False):
-                    pass
+                # One statement at a time, as sqlite3 does (the trace callback then sees
+                # each statement's own text, leading whitespace included).
+                for stmt in split_statements(sql_script):
+                    for _ in self._cur.execute(stmt, can_cache=False):
+                        pass
             except BaseException as exc:  # noqa: BLE001
-                _raise_translated(exc)
+                _raise_translated(exc, None, db)
         self._active = False
         self._rows_kind = False
         return self
@@ -629,7 +726,7 @@ class Cursor:
             except apsw.ExecutionCompleteError:
                 self._active = False
             except apsw.Error as exc:
-                raise translate(exc) from exc
+                raise _translate(self._connection._apsw, exc) from exc
         if not self._rows_kind or self._sql is None:
             return None
         # The statement already finished (APSW drops its description then): prepare it
@@ -731,7 +828,7 @@ class Cursor:
             return None
         except BaseException as exc:  # noqa: BLE001
             self._active = False
-            _raise_translated(exc)
+            _raise_translated(exc, None, conn._apsw)
             raise  # unreachable
 
     def fetchone(self) -> Any:
@@ -771,7 +868,7 @@ class Cursor:
                 rows = list(self._cur)
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
-                _raise_translated(exc)
+                _raise_translated(exc, None, conn._apsw)
             self._active = False
             if self._count_at_end:
                 self._count_at_end = False
@@ -898,7 +995,7 @@ class Connection:
         try:
             self._apsw.set_busy_timeout(int(float(timeout) * 1000))
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
         self._detect_types = int(detect_types)
         self._begin_sql: Optional[str] = None
         self._isolation_level: Optional[str] = None
@@ -907,6 +1004,7 @@ class Connection:
         self._stmt_flags = self._stmt_cache.data
         self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
         self.text_factory: Callable[[bytes], Any] = str
+        self._trace: Optional[Callable[..., bool]] = None
         self._user_authorizer: Optional[Callable[..., int]] = None
         self._internal_authorizer: Optional[Callable[..., int]] = None
         self._binding_hook_installed = False
@@ -924,7 +1022,7 @@ class Connection:
             try:
                 self._apsw.pragma(name, value)
             except apsw.Error as exc:
-                raise translate(exc) from exc
+                raise _translate(self._apsw, exc) from exc
 
     def _needs_binding_hook(self) -> bool:
         return True
@@ -936,6 +1034,8 @@ class Connection:
 
     def _convert_binding(self, cursor: Any, num: int, value: Any) -> Any:
         adapter = adapters.get((type(value), PrepareProtocol))
+        if adapter is None:
+            adapter = _stdlib_adapter(value)
         if adapter is not None:
             out = adapter(value)
         else:
@@ -1010,13 +1110,16 @@ class Connection:
         cursor.exec_trace = None
         if self._apsw.get_autocommit():
             self._begin()
+        # A cursor's exec tracer hides the connection's: pass the statement on to it.
+        if self._trace is not None:
+            self._trace(cursor, sql, bindings)
         return True
 
     def _begin(self) -> None:
         try:
             self._apsw.execute(self._begin_sql)
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
         if self._audit is not None:
             self._audit.on_begin()
 
@@ -1043,7 +1146,7 @@ class Connection:
         try:
             self._apsw.execute("COMMIT")
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
@@ -1056,7 +1159,7 @@ class Connection:
         try:
             self._apsw.execute("ROLLBACK")
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     # -- cursors and shortcuts --
     def cursor(self, factory: Callable[["Connection"], Cursor] = Cursor) -> Cursor:
@@ -1084,26 +1187,38 @@ class Connection:
                         deterministic: bool = False) -> None:
         """Register (or, with ``func=None``, remove) a SQL function."""
         self._check()
+        if not isinstance(narg, int) or narg < -1 or narg > 127:
+            raise OperationalError("Error creating function")
         try:
             if func is None:
-                self._apsw.create_scalar_function(name, None, narg)
+                # As sqlite3 3.11 does: the name stays registered and fails when called.
+                def missing(*args: Any) -> Any:
+                    raise _CallbackFailed("user-defined function raised exception")
+
+                self._apsw.create_scalar_function(name, missing, narg)
             else:
                 self._apsw.create_scalar_function(name, _wrap_function(func), narg,
                                                   deterministic=deterministic)
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def create_aggregate(self, name: str, n_arg: int, aggregate_class: Optional[Any]) -> None:
         """Register (or remove) an aggregate: a class with ``step`` and ``finalize``."""
         self._check()
+        if not isinstance(n_arg, int) or n_arg < -1 or n_arg > 127:
+            raise OperationalError("Error creating aggregate")
         try:
             if aggregate_class is None:
-                self._apsw.create_aggregate_function(name, None, n_arg)
+                def missing() -> Any:
+                    raise _CallbackFailed(
+                        "user-defined aggregate's '__init__' method raised error")
+
+                self._apsw.create_aggregate_function(name, _wrap_aggregate(missing), n_arg)
             else:
                 self._apsw.create_aggregate_function(name, _wrap_aggregate(aggregate_class),
                                                      n_arg)
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def create_collation(self, name: str, callable: Optional[Callable[[str, str], int]], /) -> None:  # noqa: A002
         """Register (or, with None, remove) a collation."""
@@ -1120,7 +1235,7 @@ class Connection:
 
                 self._apsw.create_collation(name, collate)
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     # -- authorizer, progress, trace --
     def set_authorizer(self, authorizer_callback: Optional[Callable[..., int]]) -> None:
@@ -1142,6 +1257,10 @@ class Connection:
 
         def authorize(action: int, a1: Any, a2: Any, db: Any, trig: Any) -> int:
             result = apsw.SQLITE_OK
+            audit = self._audit
+            if audit is not None and audit._writing:
+                # heliosdb's own audit writes: the user's authorizer governs user SQL only.
+                return result
             if internal is not None:
                 result = internal(action, a1, a2, db, trig)
                 if result != apsw.SQLITE_OK:
@@ -1152,7 +1271,8 @@ class Connection:
                 except Exception:  # noqa: BLE001 - sqlite3 denies when the callback raises
                     return apsw.SQLITE_DENY
                 if not isinstance(r, int) or r not in (0, 1, 2):
-                    return apsw.SQLITE_DENY
+                    # SQLite itself reports "authorizer malfunction" for such a value.
+                    return 99
                 result = r
             return result
 
@@ -1174,33 +1294,44 @@ class Connection:
         self._apsw.set_progress_handler(handler, n)
 
     def set_trace_callback(self, trace_callback: Optional[Callable[[str], Any]]) -> None:
-        """Call ``trace_callback`` with the SQL text of each statement run."""
+        """Call ``trace_callback`` with the SQL text of each statement run, parameters
+        expanded, as sqlite3 does. heliosdb's own audit statements are not shown."""
         self._check()
         if trace_callback is None:
+            self._trace = None
+            self._apsw.exec_trace = None
             self._apsw.trace_v2(0, None)
             return
+        last: list = [None]  # the last top-level statement (sqlite3 repeats it for triggers)
 
-        last = [None, None]  # id and text of the last top-level statement
-
-        def trace(event: dict) -> None:
-            sql = event.get("sql")
-            if sql is None:
+        def emit(sql: str) -> None:
+            if self._audit is not None and self._audit._writing:
                 return
-            if event.get("trigger"):
-                if event.get("id") == last[0]:
-                    # Inside a trigger: sqlite3 reports the top-level statement again.
-                    sql = last[1]
-                else:
-                    # APSW strips a leading '-- ' (SQLite's trigger marker) from the text.
-                    sql = "-- " + sql
-            else:
-                last[0], last[1] = event.get("id"), sql
             try:
                 trace_callback(sql)
             except Exception:  # noqa: BLE001 - sqlite3 ignores errors in the trace callback
                 pass
 
-        self._apsw.trace_v2(apsw.SQLITE_TRACE_STMT, trace)
+        def on_exec(cursor: Any, sql: str, bindings: Any) -> bool:
+            try:
+                text = cursor.expanded_sql or sql
+            except apsw.Error:
+                text = sql
+            last[0] = text
+            emit(text)
+            return True
+
+        def on_trigger(event: dict) -> None:
+            # Only statements run by triggers: sqlite3 reports the top-level statement for
+            # each. (APSW also flags a top-level statement that starts with a '--'
+            # comment as a trigger, with the '-- ' cut off: that one was already reported.)
+            if event.get("trigger") and last[0] is not None \
+                    and not last[0].endswith(event.get("sql") or "\0"):
+                emit(last[0])
+
+        self._trace = on_exec
+        self._apsw.exec_trace = on_exec
+        self._apsw.trace_v2(apsw.SQLITE_TRACE_STMT, on_trigger)
 
     # -- misc API --
     def interrupt(self) -> None:
@@ -1226,6 +1357,16 @@ class Connection:
         target._check()
         if target is self:
             raise ValueError("target cannot be the same connection instance")
+        from .crypto import is_encrypted
+
+        if is_encrypted(self._apsw) and not is_encrypted(target._apsw):
+            # A plaintext copy of an encrypted database must be an explicit act.
+            raise errors.EncryptionError(
+                "refusing to back up an encrypted database into an unencrypted one: open "
+                "the target with key=..., or make a plaintext copy explicitly with "
+                "heliosdb.decrypt(encrypted_path, plain_path, key)")
+        if progress is not None and not callable(progress):
+            raise TypeError("progress argument must be a callable")
         if pages == 0:
             pages = -1
         try:
@@ -1237,16 +1378,16 @@ class Connection:
                     if not b.done and sleep:
                         time.sleep(sleep)
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def blobopen(self, table: str, column: str, row: int, /, *, readonly: bool = False,
                  name: str = "main") -> Any:
         """Open an incremental-I/O handle on a BLOB (sqlite3 3.11+)."""
         self._check()
         try:
-            return self._apsw.blob_open(name, table, column, row, not readonly)
+            return Blob(self, self._apsw.blob_open(name, table, column, row, not readonly))
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def create_window_function(self, name: str, num_params: int,
                                aggregate_class: Optional[Any], /) -> None:
@@ -1266,20 +1407,25 @@ class Connection:
                         "user-defined aggregate's '__init__' method raised error") from exc
 
                 def call(method: str) -> Callable[..., Any]:
-                    def f(*args: Any) -> Any:
+                    def f(_ctx: Any, *args: Any) -> Any:
+                        fn = getattr(inst, method, None)
+                        if fn is None:
+                            raise _CallbackFailed(
+                                f"user-defined aggregate's '{method}' method not defined")
                         try:
-                            return getattr(inst, method)(*args)
+                            return fn(*args)
                         except BaseException as exc:  # noqa: BLE001
                             raise _CallbackFailed(
                                 f"user-defined aggregate's '{method}' method raised error"
                             ) from exc
                     return f
 
-                return (call("step"), call("finalize"), call("value"), call("inverse"))
+                return (None, call("step"), call("finalize"), call("value"),
+                        call("inverse"))
 
             self._apsw.create_window_function(name, factory, num_params)
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
         """Replace a database with the serialized bytes ``data`` (sqlite3 3.11+)."""
@@ -1287,22 +1433,34 @@ class Connection:
         try:
             self._apsw.deserialize(name, bytes(data))
         except apsw.Error as exc:
-            raise translate(exc) from exc
+            raise _translate(self._apsw, exc) from exc
 
     def setlimit(self, category: int, limit: int, /) -> int:
         """Set a SQLite run-time limit; returns the previous value."""
         self._check()
+        old = self._apsw.limit(category)
+        if old < 0:
+            raise ProgrammingError("'category' is out of bounds")
         return self._apsw.limit(category, limit)
 
     def getlimit(self, category: int, /) -> int:
         """A SQLite run-time limit."""
         self._check()
-        return self._apsw.limit(category)
+        value = self._apsw.limit(category)
+        if value < 0:
+            raise ProgrammingError("'category' is out of bounds")
+        return value
 
     def serialize(self, *, name: str = "main") -> bytes:
         """The database as bytes (decrypted: it is SQLite's own serialization)."""
         self._check()
-        return self._apsw.serialize(name)
+        try:
+            data = self._apsw.serialize(name)
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+        if data is None:
+            raise OperationalError(f"unable to serialize '{name}'")
+        return data
 
     def storage_info(self) -> dict:
         """Storage facts: encryption, algorithm, KDF, page size, key slots, nonce count."""
@@ -1339,7 +1497,7 @@ class Connection:
             try:
                 self._apsw.close(True)
             except apsw.Error as exc:
-                raise translate(exc) from exc
+                raise _translate(self._apsw, exc) from exc
 
     def __enter__(self) -> "Connection":
         self._check()
@@ -1362,6 +1520,136 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<heliosdb.Connection {state} database={getattr(self, '_database', '?')!r}>"
+
+
+class Blob:
+    """Incremental I/O on one BLOB, as ``sqlite3.Blob``: file-like and indexable."""
+
+    def __init__(self, connection: "Connection", blob: Any) -> None:
+        self._connection = connection
+        self._blob = blob
+        self._closed = False
+
+    def _check(self) -> None:
+        self._connection._check()
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed blob.")
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except apsw.Error as exc:
+            raise _translate(self._connection._apsw, exc) from exc
+
+    def close(self) -> None:
+        """Close the blob; further use raises ProgrammingError."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._blob.close()
+            except apsw.Error:
+                # APSW re-raises an earlier failed write at close; sqlite3 already
+                # reported it when it happened.
+                pass
+
+    def __len__(self) -> int:
+        self._check()
+        return self._blob.length()
+
+    def read(self, length: int = -1, /) -> bytes:
+        """Read ``length`` bytes (all that is left by default) at the current offset."""
+        self._check()
+        left = self._blob.length() - self._blob.tell()
+        n = left if length < 0 else min(length, left)
+        return self._call(self._blob.read, n) if n > 0 else b""
+
+    def write(self, data: Any, /) -> None:
+        """Write ``data`` at the current offset; a BLOB cannot grow."""
+        self._check()
+        data = bytes(data)
+        if self._blob.tell() + len(data) > self._blob.length():
+            raise ValueError("data longer than blob length")
+        self._call(self._blob.write, data)
+
+    def tell(self) -> int:
+        """The current offset."""
+        self._check()
+        return self._blob.tell()
+
+    def seek(self, offset: int, origin: int = 0, /) -> None:
+        """Move the offset (origin 0: start, 1: current, 2: end)."""
+        self._check()
+        base = {0: 0, 1: self._blob.tell(), 2: self._blob.length()}.get(origin)
+        if base is None:
+            raise ValueError("'origin' should be os.SEEK_SET, os.SEEK_CUR, or os.SEEK_END")
+        pos = base + offset
+        if pos < 0 or pos > self._blob.length():
+            raise ValueError("offset out of blob range")
+        self._call(self._blob.seek, pos)
+
+    def _index(self, i: int) -> int:
+        n = self._blob.length()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("Blob index out of range")
+        return i
+
+    def __getitem__(self, key: Any) -> Any:
+        self._check()
+        here = self._blob.tell()
+        try:
+            if isinstance(key, slice):
+                start, stop, step = key.indices(self._blob.length())
+                if stop <= start:
+                    return b""
+                self._call(self._blob.seek, start)
+                data = self._call(self._blob.read, stop - start)
+                return data[::step]
+            i = self._index(key)
+            self._call(self._blob.seek, i)
+            return self._call(self._blob.read, 1)[0]
+        finally:
+            self._blob.seek(here)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._check()
+        here = self._blob.tell()
+        try:
+            if isinstance(key, slice):
+                start, stop, step = key.indices(self._blob.length())
+                data = bytes(value)
+                current = bytearray(self[start:stop]) if step != 1 else None
+                if step == 1:
+                    if len(data) != stop - start:
+                        raise IndexError("Blob slice assignment is wrong size")
+                    self._call(self._blob.seek, start)
+                    self._call(self._blob.write, data)
+                else:
+                    current = bytearray(self[start:stop])
+                    idx = range(0, stop - start, step)
+                    if len(data) != len(idx):
+                        raise IndexError("Blob slice assignment is wrong size")
+                    for j, b in zip(idx, data):
+                        current[j] = b
+                    self._call(self._blob.seek, start)
+                    self._call(self._blob.write, bytes(current))
+                return
+            if not isinstance(value, int) or not 0 <= value <= 255:
+                raise ValueError("byte must be in range(0, 256)")
+            i = self._index(key)
+            self._call(self._blob.seek, i)
+            self._call(self._blob.write, bytes([value]))
+        finally:
+            self._blob.seek(here)
+
+    def __enter__(self) -> "Blob":
+        self._check()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.close()
+        return False
 
 
 def _shared_memory_uri(uri: str) -> str:

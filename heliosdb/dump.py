@@ -20,9 +20,23 @@ def _quote_value(value: str) -> str:
     return "'{}'".format(value.replace("'", "''"))
 
 
+def _on_skipped_table(connection: "Connection", name: str, kind: str, skip: set) -> bool:
+    if kind not in ("index", "trigger"):
+        return False
+    row = connection._apsw.execute(
+        "SELECT tbl_name FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return bool(row and row[0] in skip)
+
+
 def iterdump(connection: "Connection") -> Iterator[str]:
     """Yield the SQL statements that recreate the database of ``connection``."""
     writeable_schema = False
+    # The audit log of an audited connection is not data: it travels with its proofs
+    # through conn.audit.export(), and could not be replayed into an audited database
+    # (its authorizer refuses writes to the log).
+    skip: set[str] = set()
+    if connection.audit is not None:
+        skip = {connection.audit.table, "__audit_meta"}
     cu = connection.cursor()
     cu.row_factory = None  # the dump reads plain tuples whatever the connection uses
     yield "BEGIN TRANSACTION;"
@@ -47,7 +61,7 @@ def iterdump(connection: "Connection") -> Iterator[str]:
             continue
         elif table_name == "sqlite_stat1":
             yield 'ANALYZE "sqlite_master";'
-        elif table_name.startswith("sqlite_"):
+        elif table_name.startswith("sqlite_") or table_name in skip:
             continue
         elif sql.startswith("CREATE VIRTUAL TABLE"):
             if not writeable_schema:
@@ -82,6 +96,8 @@ def iterdump(connection: "Connection") -> Iterator[str]:
         """
     schema_res = cu.execute(q)
     for _name, _type, sql in schema_res.fetchall():
+        if skip and _on_skipped_table(connection, _name, _type, skip):
+            continue
         yield f"{sql};"
 
     if writeable_schema:

@@ -371,46 +371,26 @@ def test_user_authorizer_chained_after_ours(db, db_path):
     assert_verified(db_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dbapi.Connection._apply_authorizer consults the user's authorizer for heliosdb's own "
-    "audit statements too, so a user authorizer can deny (or blank, with SQLITE_IGNORE) the "
-    "audit writes. Fix in dbapi.py authorize(): after `result = internal(...)`, return "
-    "SQLITE_OK without calling the user callback while the audit session is writing "
-    "(`if self._audit is not None and self._audit._writing: return apsw.SQLITE_OK`)."))
 def test_user_authorizer_cannot_block_audit_writes(db, db_path):
+    """A user's authorizer governs user SQL only: denying the audit table (or reading it as
+    NULL with SQLITE_IGNORE) does not stop or corrupt heliosdb's own audit writes."""
     def deny_log(action, a1, a2, dbname, trig):
-        return heliosdb.SQLITE_DENY if a1 == "__audit_log" else heliosdb.SQLITE_OK
+        if a1 == "__audit_log":
+            return heliosdb.SQLITE_IGNORE if action == heliosdb.SQLITE_READ \
+                else heliosdb.SQLITE_DENY
+        return heliosdb.SQLITE_OK
 
     db.set_authorizer(deny_log)
-    try:
-        db.execute("INSERT INTO t(v) VALUES ('a')")
-        db.commit()
-    finally:
-        db.set_authorizer(None)
-
-
-def test_user_authorizer_blocking_audit_leaves_no_unaudited_change(db, db_path):
-    """Until the dbapi fix above: if the audit write is denied, the change is undone."""
-    def deny_log(action, a1, a2, dbname, trig):
-        return heliosdb.SQLITE_DENY if a1 == "__audit_log" else heliosdb.SQLITE_OK
-
-    db.set_authorizer(deny_log)
-    try:
-        with pytest.raises(heliosdb.DatabaseError):
-            db.execute("INSERT INTO t(v) VALUES ('a')")
-            db.commit()
-    finally:
-        db.set_authorizer(None)
+    db.execute("INSERT INTO t(v) VALUES ('a')")
     db.commit()
-    assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
     db.isolation_level = None
-    db.set_authorizer(deny_log)
-    try:
-        with pytest.raises(heliosdb.DatabaseError):
-            db.execute("INSERT INTO t(v) VALUES ('b')")
-    finally:
-        db.set_authorizer(None)
-    assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    db.execute("INSERT INTO t(v) VALUES ('b')")
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    with pytest.raises(heliosdb.DatabaseError):
+        db.execute("DELETE FROM __audit_log")
+    db.set_authorizer(None)
+    ins = [e for e in events(db_path) if e["operation"] == "INSERT"]
+    assert [e["success"] for e in ins] == [1, 1]
     assert_verified(db_path)
 
 
@@ -1110,3 +1090,33 @@ def test_commit_order_is_chain_order_across_connections(db_path):
     ins = [e["user"] for e in events(db_path) if e["operation"] == "INSERT"]
     assert ins == ["a", "b"]
     assert_verified(db_path)
+
+
+def _total_changes_run(mod, path, **kw):
+    conn = mod.connect(path, isolation_level=None, **kw)
+    out = []
+    adjust = (lambda: conn.audit.own_changes) if kw else (lambda: 0)
+    for sql in ["CREATE TABLE t(x)", "INSERT INTO t VALUES (1), (2)", "UPDATE t SET x = 3",
+                "BEGIN", "DELETE FROM t WHERE x = 3", "ROLLBACK", "INSERT INTO t VALUES (4)"]:
+        conn.execute(sql)
+        out.append((conn.total_changes, conn.total_changes - adjust()))
+    conn.close()
+    return out
+
+
+def test_own_changes_explain_total_changes(db_path):
+    import sqlite3
+    plain = [t for t, _ in _total_changes_run(sqlite3, db_path + ".plain")]
+    audited = [adj for _, adj in _total_changes_run(heliosdb, db_path, config="verbose")]
+    assert audited == plain
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dbapi.Connection.total_changes returns apsw total_changes(), which counts the audit "
+    "rows too. Fix in dbapi.py total_changes: `n = self._apsw.total_changes(); return n - "
+    "self._audit.own_changes if self._audit is not None else n`."))
+def test_total_changes_like_sqlite3(db_path):
+    import sqlite3
+    plain = [t for t, _ in _total_changes_run(sqlite3, db_path + ".plain")]
+    audited = [t for t, _ in _total_changes_run(heliosdb, db_path, config="verbose")]
+    assert audited == plain

@@ -690,3 +690,18 @@ def test_two_processes_create_the_same_file(tmp_path):
     c = open_enc(p)
     assert sorted(q(c, "select who from t")) == [("0",), ("1",), ("2",)]
     c.close()
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete", "memory", "off"])
+def test_exclusive_locking_and_other_journal_modes(tmp_path, mode):
+    p = tmp_path / "a.db"
+    c = open_enc(p)
+    q(c, "pragma locking_mode=exclusive")
+    q(c, f"pragma journal_mode={mode}")
+    _fill(c, "ex", 20)
+    assert hits(files_under(tmp_path), [b"HXM-"]) == []
+    c.close()
+    c = open_enc(p)
+    assert q(c, "select count(*) from t") == [(20,)]
+    assert q(c, "pragma integrity_check") == [("ok",)]
+    c.close()

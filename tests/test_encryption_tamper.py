@@ -213,7 +213,7 @@ def _crash(path, mode):
         proc.stderr.close()
 
 
-@pytest.mark.parametrize("mode", ["delete", "persist", "wal"])
+@pytest.mark.parametrize("mode", ["delete", "truncate", "persist", "wal"])
 def test_kill_9_mid_transaction_recovers(tmp_path, mode):
     p = tmp_path / "a.db"
     _crash(p, mode)

@@ -15,12 +15,14 @@ from typing import Any, Optional
 from .checkpoint import Checkpoint, create_checkpoint
 from .events import AuditEvent, EventFields
 from ..errors import AuditIntegrityError
+from .export import verify_export, verify_export_chain
 from .store import append, ensure_schema, head, read_events
 from .verify import FAULTS, VerifyReport, verify_connection
 
 __all__ = ["verify", "VerifyReport", "Checkpoint", "AuditEvent", "EventFields",
            "AuditIntegrityError", "create_checkpoint", "verify_connection", "FAULTS",
-           "append", "ensure_schema", "head", "read_events"]
+           "append", "ensure_schema", "head", "read_events", "verify_export",
+           "verify_export_chain"]
 
 
 def verify(path: str, *, key: Any = None, table: str = "__audit_log",

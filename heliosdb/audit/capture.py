@@ -227,6 +227,9 @@ def _needs_wrap(sql: str) -> bool:
     return False
 
 
+_DBAPI_DML, _DBAPI_RETURNING = 1, 8  # heliosdb.dbapi._DML / _RETURNING
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -237,18 +240,27 @@ class _Drained:
     the statement ends, and a wrapping COMMIT cannot run while it is active. The rows are
     kept here and served to the DB-API cursor as APSW would serve them."""
 
-    __slots__ = ("_real", "_rows", "_desc")
+    __slots__ = ("_real", "_rows", "_desc", "_owner", "_count")
 
-    def __init__(self, real: Any, rows: list, desc: Any) -> None:
+    def __init__(self, real: Any, rows: list, desc: Any, owner: Any, count: int) -> None:
         self._real = real
         self._rows = iter(rows)
         self._desc = desc
+        self._owner = owner  # the DB-API cursor: its rowcount is set once rows run out,
+        self._count = count  # as sqlite3 counts RETURNING changes when the statement ends
 
     def __iter__(self) -> "_Drained":
         return self
 
     def __next__(self) -> Any:
-        return next(self._rows)
+        try:
+            return next(self._rows)
+        except StopIteration:
+            if self._owner is not None:
+                self._owner.rowcount = self._count
+                self._owner._count_at_end = False
+                self._owner = None
+            raise
 
     def get_description(self) -> Any:
         return self._desc
@@ -297,8 +309,9 @@ class AuditSession(AuditAPI):
         self._pending_begin: Optional[EventFields] = None
         self._just_begun = False  # the DB-API issued BEGIN for the statement now running
         self._prepared = False
-        #: Rows this session inserted into the audit table (``total_changes`` counts them).
-        self.own_changes = 0
+        #: Rows heliosdb's own statements changed on this connection (the audit table and
+        #: its meta rows); ``total_changes()`` counts them too.
+        self.own_changes = conn._apsw.total_changes()
         from .store import META_TABLE
 
         self._protected = frozenset((self.table.lower(), META_TABLE.lower()))
@@ -313,20 +326,33 @@ class AuditSession(AuditAPI):
 
     # -- plumbing -------------------------------------------------------------------
     class _InternalGuard:
-        __slots__ = ("s", "rowid")
+        """``with session._internal():`` runs heliosdb's own statements: the authorizer lets
+        them through, and what they change is kept out of what the user sees
+        (``last_insert_rowid()``; ``own_changes`` for ``total_changes``). Nests."""
+
+        __slots__ = ("s", "rowid", "changes", "outer")
 
         def __init__(self, session: "AuditSession") -> None:
             self.s = session
 
         def __enter__(self) -> None:
-            self.s._writing = True
-            # Our INSERTs must not change what last_insert_rowid() tells the user.
-            self.rowid = self.s._db.last_insert_rowid()
+            s = self.s
+            self.outer = not s._writing
+            if self.outer:
+                s._writing = True
+                db = s._db
+                self.rowid = db.last_insert_rowid()
+                self.changes = db.total_changes()
 
         def __exit__(self, *exc: Any) -> None:
-            self.s._writing = False
+            if not self.outer:
+                return
+            s = self.s
+            s._writing = False
             try:
-                self.s._db.set_last_insert_rowid(self.rowid)
+                db = s._db
+                s.own_changes += db.total_changes() - self.changes
+                db.set_last_insert_rowid(self.rowid)
             except apsw.Error:  # noqa: BLE001 - connection closing
                 pass
 
@@ -384,8 +410,13 @@ class AuditSession(AuditAPI):
         self._row_values.append((tname, update.rowid, old, new))
 
     def _mark_prepared(self, cursor: Any, sql: str, bindings: Any) -> bool:
+        """Cursor exec tracer for the first statement of a DB-API transaction: it ran
+        past prepare. Hands over to the connection's tracer (the DB-API's trace)."""
         cursor.exec_trace = None
         self._prepared = True
+        outer = self._db.exec_trace
+        if outer is not None:
+            return outer(cursor, sql, bindings)
         return True
 
     def _info(self, sql: str) -> tuple:
@@ -511,7 +542,6 @@ class AuditSession(AuditAPI):
         with self._internal():
             store.append(self._db, self.table, events,
                          max_query_length=self._cfg.max_query_length)
-        self.own_changes += len(events)
 
     def _queue(self, events: list[EventFields]) -> None:
         """Add events to the open transaction (a pending BEGIN event and buffered SELECT
@@ -574,7 +604,6 @@ class AuditSession(AuditAPI):
                         db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
-            self.own_changes += len(batch)
         except BaseException as exc:
             self._deferred[:0] = carried
             if isinstance(exc, apsw.Error):
@@ -659,8 +688,10 @@ class AuditSession(AuditAPI):
         self._after_rollback(reason)
 
     # -- the execution paths the DB-API calls ----------------------------------------
-    def execute(self, cursor: Any, sql: str, params: Any, flags: int) -> Any:
-        """Run one statement for ``cursor`` and record it."""
+    def execute(self, cursor: Any, sql: str, params: Any, flags: int, *,
+                query: Optional[str] = None) -> Any:
+        """Run one statement for ``cursor`` and record it (as ``query`` if given: the
+        statement of a script without its surrounding white space)."""
         db = self._db
         self._actions = []
         self._denied = None
@@ -715,7 +746,8 @@ class AuditSession(AuditAPI):
             if just_begun:
                 cur.exec_trace = None
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
-                                 unprepared_begin=just_begun and not self._prepared)
+                                 unprepared_begin=just_begun and not self._prepared,
+                                 query=query)
             self._raise(exc, sql)
         elapsed = time.perf_counter_ns() - t0
         c = self._classification(sql)
@@ -731,10 +763,16 @@ class AuditSession(AuditAPI):
             except apsw.ExecutionCompleteError:
                 pass
         if rows is not None:
-            cursor._cur = _Drained(cur, rows, desc)
+            returning = info[2] and flags & _DBAPI_RETURNING
+            count = db.changes() if info[2] else -1
+            cursor._cur = _Drained(cur, rows, desc, cursor if returning and rows else None,
+                                   count)
             cursor._after_execute(flags)
             cursor._count_at_end = False
-            cursor.rowcount = db.changes()
+            if returning:  # sqlite3: counted once the statement ends (at once if no row)
+                cursor.rowcount = 0 if rows else count
+            elif flags & _DBAPI_DML:
+                cursor.rowcount = count
         else:
             cursor._after_execute(flags)
         if op in _TX_OPS:
@@ -748,7 +786,7 @@ class AuditSession(AuditAPI):
             else:
                 affected = None
             old, new = self._take_row_values()
-            ev = self._event(op, target=c.target, query=sql,
+            ev = self._event(op, target=c.target, query=sql if query is None else query,
                              affected_rows=affected, elapsed_ns=elapsed,
                              old_values=old, new_values=new)
             if op == "SELECT":
@@ -831,7 +869,8 @@ class AuditSession(AuditAPI):
         self._rolled_back = False
 
     def _record_failure(self, sql: str, exc: BaseException, elapsed: int, *,
-                        wrapped: bool, before: int, unprepared_begin: bool = False) -> None:
+                        wrapped: bool, before: int, unprepared_begin: bool = False,
+                        query: Optional[str] = None) -> None:
         db = self._db
         denied = isinstance(exc, apsw.AuthError)
         try:
@@ -846,7 +885,7 @@ class AuditSession(AuditAPI):
         if msg:
             err_text = f"not authorized: {msg}"
         details = {"denied": True} if denied else None
-        ev = self._event(c.operation, target=c.target, query=sql,
+        ev = self._event(c.operation, target=c.target, query=sql if query is None else query,
                          affected_rows=partial, success=False, error=err_text,
                          elapsed_ns=elapsed, details=details,
                          old_values=old if partial else None,
@@ -946,13 +985,18 @@ class AuditSession(AuditAPI):
         """Run a script statement by statement, each captured like ``execute``."""
         from ..dbapi import _DML, _EMPTY, _RETURNING, _classify
 
-        for stmt in split_statements(script):
-            flags = _classify(stmt) & (_DML | _EMPTY | _RETURNING)
-            if flags & _EMPTY:
-                continue
-            self.execute(cursor, stmt.strip(), None, flags)
-            for _ in cursor._cur:
-                pass
+        # sqlite3's executescript leaves rowcount and lastrowid as they were.
+        rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
+        try:
+            for stmt in split_statements(script):
+                flags = _classify(stmt) & (_DML | _EMPTY | _RETURNING)
+                if flags & _EMPTY:
+                    continue
+                self.execute(cursor, stmt, None, flags, query=stmt.strip())
+                for _ in cursor._cur:
+                    pass
+        finally:
+            cursor.rowcount, cursor.lastrowid = rowcount, lastrowid
 
     def on_begin(self) -> None:
         """The DB-API opened an implicit transaction."""
@@ -1049,8 +1093,8 @@ class AuditSession(AuditAPI):
                 raise translate(exc) from exc
             raise
         try:
-            with self._internal():
-                self._db.execute("COMMIT")
+            # The user's own COMMIT (not an internal statement: traces show it).
+            self._db.execute("COMMIT")
         except apsw.Error as exc:
             if self._db.get_autocommit():
                 # SQLite gave the transaction up: everything in it is gone.
@@ -1071,8 +1115,7 @@ class AuditSession(AuditAPI):
     def rollback(self) -> None:
         """Roll back, then record what was rolled back in a write of its own."""
         try:
-            with self._internal():
-                self._db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")  # the user's own (traces show it)
         except apsw.Error as exc:
             raise translate(exc) from exc
         self._after_rollback("rolled back")

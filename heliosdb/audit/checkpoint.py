@@ -232,6 +232,17 @@ def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
             seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0) + 1
             conn.execute("INSERT OR REPLACE INTO __audit_meta(tbl, key, value) "
                          "VALUES (?, 'checkpoint_seq', ?)", (table, seq))
+            cp = Checkpoint(table=table, database_id=str(db_id), seq=seq, event_id=last_id,
+                            checksum=bytes(last_ck), count=last_id - anc.id,
+                            head_ts_us=last_ts,
+                            created_us=time.time_ns() // 1000 if now_us is None else now_us,
+                            anchor_id=anc.id, algorithm=algorithm, key_id=kid,
+                            public_key=pub)
+            cp = _sign(cp, signing_key)
+            # The latest signed head, kept beside the log so reports can show it; it is
+            # public (the signature, never the key) and verification never trusts it.
+            conn.execute("INSERT OR REPLACE INTO __audit_meta(tbl, key, value) "
+                         "VALUES (?, 'last_checkpoint', ?)", (table, cp.to_text()))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -239,8 +250,4 @@ def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
             raise
     except apsw.Error as exc:
         raise translate(exc) from None
-    cp = Checkpoint(table=table, database_id=str(db_id), seq=seq, event_id=last_id,
-                    checksum=bytes(last_ck), count=last_id - anc.id, head_ts_us=last_ts,
-                    created_us=time.time_ns() // 1000 if now_us is None else now_us,
-                    anchor_id=anc.id, algorithm=algorithm, key_id=kid, public_key=pub)
-    return _sign(cp, signing_key)
+    return cp

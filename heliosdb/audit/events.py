@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -107,6 +108,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"audit values must be JSON-serialisable, not {type(obj).__name__}")
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def canonical_json(value: Any) -> str:
     """Canonical JSON text: sorted keys, compact separators, UTF-8 kept, no NaN.
 
@@ -114,8 +125,14 @@ def canonical_json(value: Any) -> str:
     ``new_values`` so that the same content always gives the same text (and checksum).
     """
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False, default=_json_default)
+        try:
+            return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False, allow_nan=False, default=_json_default)
+        except ValueError:
+            # Non-finite floats (a REAL column may hold inf; NaN is stored as NULL) have no
+            # JSON form: write them as a one-key object, like bytes.
+            return json.dumps(_finite(value), sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ProgrammingError(f"cannot encode audit value as canonical JSON: {exc}") from exc
 

@@ -98,6 +98,7 @@ def _schema_sql(table: str) -> list[str]:
         f'CREATE INDEX IF NOT EXISTS "{table}_user" ON {t}("user", ts_us)',
         f'CREATE INDEX IF NOT EXISTS "{table}_operation" ON {t}(operation, ts_us)',
         f'CREATE INDEX IF NOT EXISTS "{table}_target" ON {t}(target, ts_us)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_session" ON {t}(session_id, ts_us)',
         f"""CREATE TABLE IF NOT EXISTS {META_TABLE} (
     tbl   TEXT NOT NULL,
     key   TEXT NOT NULL,
