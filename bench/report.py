@@ -160,7 +160,7 @@ def _extras(w, c):
                    ("verify_over_sha256", "{:.2f}x raw sha256"),
                    ("pages_per_s", "{:,.0f} pages/s"), ("file_mb", "{:.0f} MB file"),
                    ("cache_size", "cache_size {}"), ("events", "{:,} events"),
-                   ("note", "{}")):
+                   ("note", "{}"), ("api", "{}")):
         if k in x and x[k] is not None:
             try:
                 out.append(fmt.format(int(x[k]) if k in ("events", "cache_size") else x[k]))

@@ -448,7 +448,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     finally:
         wipe_key(old)
         wipe_key(new)
-    _note(f"passphrase changed for {args.file}")
+    _note(f"key changed for {args.file}: the old key no longer opens it")
     return EXIT_OK
 
 

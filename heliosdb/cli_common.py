@@ -87,18 +87,26 @@ def require_api(obj: Any, name: str, what: str) -> Callable[..., Any]:
     return fn
 
 
+#: Where the package's public APIs live: ``heliosdb`` itself, then the encryption modules
+#: that define them (``heliosdb.crypto.rekey`` holds the key operations of issue 12,
+#: ``heliosdb.crypto.verify`` the page authentication), for builds that do not re-export
+#: them at the top level yet.
+_API_HOMES = ("heliosdb", "heliosdb.crypto", "heliosdb.crypto.rekey", "heliosdb.crypto.verify")
+
+
 def _heliosdb_attr(name: str, what: str) -> Any:
-    """A public API of the package (``heliosdb.NAME``, or from :mod:`heliosdb.crypto`)."""
-    value = getattr(heliosdb, name, None)
-    if value is None:
+    """A public API of the package: ``heliosdb.NAME``, else from the modules defining it."""
+    import importlib
+
+    for home in _API_HOMES:
         try:
-            import heliosdb.crypto as crypto
-        except ImportError as exc:  # pragma: no cover - the package always has it
-            raise Unavailable(what, f"heliosdb.crypto cannot be imported ({exc})") from None
-        value = getattr(crypto, name, None)
-    if value is None:
-        raise Unavailable(what, f"heliosdb.{name} is missing from this installation")
-    return value
+            module = importlib.import_module(home)
+        except ImportError:
+            continue
+        value = getattr(module, name, None)
+        if value is not None:
+            return value
+    raise Unavailable(what, f"heliosdb.{name} is missing from this installation")
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,6 +501,15 @@ def format_verify_report(report: Any, *, what: str = "audit log") -> str:
     return f"{what}: FAILED: {fault}{where}{counted}: {message}".rstrip(": ")
 
 
+def _bad_page_number(bad: Any) -> Any:
+    """The page of a bad-page entry: a number, ``(file, page, reason)``, or an object."""
+    if isinstance(bad, Mapping):
+        return bad.get("page", bad)
+    if isinstance(bad, (tuple, list)) and len(bad) >= 2:
+        return bad[1]
+    return getattr(bad, "page", bad)
+
+
 def format_pages_report(report: Any) -> str:
     """One line for a page-authentication report (``heliosdb.verify_encryption``)."""
     n = next((v for v in (_report_get(report, k) for k in
@@ -506,8 +523,7 @@ def format_pages_report(report: Any) -> str:
         return f"pages: OK, {counted} authenticated" + (f" ({message})" if message else "")
     listed = ""
     if bad:
-        items = [str(getattr(b, "page", None) or (b.get("page") if isinstance(b, Mapping)
-                                                  else b)) for b in list(bad)[:20]]
+        items = [str(_bad_page_number(b)) for b in list(bad)[:20]]
         listed = f" {len(bad)} bad page(s): {', '.join(items)}" + (
             ", ..." if len(bad) > 20 else "")
     return f"pages: FAILED:{listed} {message}".rstrip()
@@ -846,7 +862,10 @@ def verify_pages(path: str, key: Any, progress: Any = None) -> Any:
     (independent of the C VFS), which stops at the first page that fails: the report
     then names that page. The main file only: a WAL is checkpointed first.
     """
-    fn = getattr(heliosdb, "verify_encryption", None)
+    try:
+        fn = _heliosdb_attr("verify_encryption", "page verification")
+    except Unavailable:
+        fn = None
     if fn is not None:
         return call_with_progress(fn, path, key, progress=progress)
     from heliosdb.crypto.offline import iter_pages
@@ -887,7 +906,10 @@ def decrypt_file(src: str, dst: str, key: Any, progress: Any = None) -> Any:
     :func:`heliosdb.crypto.offline.decrypt_copy` after checkpointing any WAL (it reads
     and authenticates every page, so a tampered page stops it with an error naming it).
     """
-    fn = getattr(heliosdb, "decrypt", None)
+    try:
+        fn = _heliosdb_attr("decrypt", "heliosdb decrypt")
+    except Unavailable:
+        fn = None
     if fn is not None:
         return call_with_progress(fn, src, dst, key, progress=progress)
     from heliosdb.crypto.offline import decrypt_copy

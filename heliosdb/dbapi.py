@@ -653,7 +653,7 @@ class Cursor:
         if conn._audit is not None:
             if begin:
                 conn._begin()
-            conn._audit.executemany(self, sql, params_iter, flags)
+            audited_rows = conn._audit.executemany(self, sql, params_iter, flags)
         else:
             if begin:
                 self._cur.exec_trace = conn._begin_trace
@@ -665,7 +665,12 @@ class Cursor:
             finally:
                 if begin:
                     self._cur.exec_trace = None
-        self.rowcount = db.total_changes() - before if flags & _DML else -1
+        if not flags & _DML:
+            self.rowcount = -1
+        elif conn._audit is not None:
+            self.rowcount = audited_rows  # the batch's own count, without the audit rows
+        else:
+            self.rowcount = db.total_changes() - before
         self._active = False
         self._rows_kind = False
         return self
@@ -1131,9 +1136,11 @@ class Connection:
 
     @property
     def total_changes(self) -> int:
-        """Rows changed by INSERT/UPDATE/DELETE since the connection opened."""
+        """Rows changed by INSERT/UPDATE/DELETE since the connection opened (heliosdb's
+        own audit writes not included)."""
         self._check_open()
-        return self._apsw.total_changes()
+        n = self._apsw.total_changes()
+        return n - self._audit.own_changes if self._audit is not None else n
 
     def commit(self) -> None:
         """Commit the open transaction, if any."""

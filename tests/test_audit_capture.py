@@ -19,7 +19,7 @@ from heliosdb.audit import chain, store
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import run_python  # noqa: E402
 
-IMPLS = [i for i in ("c", "pure")]
+IMPLS = ["c", "pure"]
 
 
 @pytest.fixture(autouse=True, params=IMPLS)
@@ -727,11 +727,6 @@ def test_results_like_sqlite3(db_path):
     assert out[0] == out[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dbapi.Cursor.executemany computes rowcount as the difference of total_changes() around "
-    "conn._audit.executemany(), which also counts the audit rows it inserted. Fix in "
-    "dbapi.py: `n = conn._audit.executemany(...)` and `self.rowcount = n` in the audit "
-    "branch (AuditSession.executemany returns the batch's own count)."))
 def test_executemany_rowcount_like_sqlite3(db):
     db.isolation_level = None   # autocommit: the batch's events are written in its wrapper
     cur = db.executemany("INSERT INTO t(v) VALUES (?)", [("a",), ("b",)])
@@ -1099,7 +1094,8 @@ def _total_changes_run(mod, path, **kw):
     for sql in ["CREATE TABLE t(x)", "INSERT INTO t VALUES (1), (2)", "UPDATE t SET x = 3",
                 "BEGIN", "DELETE FROM t WHERE x = 3", "ROLLBACK", "INSERT INTO t VALUES (4)"]:
         conn.execute(sql)
-        out.append((conn.total_changes, conn.total_changes - adjust()))
+        raw = conn._apsw.total_changes() if kw else conn.total_changes
+        out.append((conn.total_changes, raw - adjust()))
     conn.close()
     return out
 
@@ -1111,12 +1107,86 @@ def test_own_changes_explain_total_changes(db_path):
     assert audited == plain
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dbapi.Connection.total_changes returns apsw total_changes(), which counts the audit "
-    "rows too. Fix in dbapi.py total_changes: `n = self._apsw.total_changes(); return n - "
-    "self._audit.own_changes if self._audit is not None else n`."))
 def test_total_changes_like_sqlite3(db_path):
     import sqlite3
     plain = [t for t, _ in _total_changes_run(sqlite3, db_path + ".plain")]
     audited = [t for t, _ in _total_changes_run(heliosdb, db_path, config="verbose")]
     assert audited == plain
+
+
+# --- property: the committed events replay to the table ------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = ["insert", "replace", "upsert", "update", "delete", "many", "commit", "rollback",
+        "savepoint", "rollback_to", "release", "select", "autocommit", "deferred"]
+_STEP = st.tuples(st.sampled_from(_OPS), st.integers(1, 8))
+
+
+def _replay(path):
+    """Apply the old/new row values of every successful event, in chain order."""
+    rows: dict[int, list] = {}
+    for e in events(path):
+        if not e["success"] or e["operation"] not in ("INSERT", "UPDATE", "DELETE"):
+            continue
+        for r in json.loads(e["old_values"] or "[]"):
+            rows.pop(r["rowid"], None)
+        for r in json.loads(e["new_values"] or "[]"):
+            rows[r["rowid"]] = r["values"]
+    return rows
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, min_size=4, max_size=30))
+def test_committed_events_replay_to_table(tmp_path_factory, steps):
+    path = str(tmp_path_factory.mktemp("replay") / "r.db")
+    conn = connect(path, "verbose")
+    conn.execute("CREATE TABLE t(k INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    conn.commit()
+    sp = 0
+    for i, (op, k) in enumerate(steps):
+        try:
+            if op == "insert":
+                conn.execute("INSERT INTO t(k, v) VALUES (?, ?)", (k, i))
+            elif op == "replace":
+                conn.execute("INSERT OR REPLACE INTO t(k, v) VALUES (?, ?)", (k, i))
+            elif op == "upsert":
+                conn.execute("INSERT INTO t(k, v) VALUES (?, ?) "
+                             "ON CONFLICT(k) DO UPDATE SET v = v + 100", (k, i))
+            elif op == "update":
+                conn.execute("UPDATE t SET v = ? WHERE k >= ?", (i, k))
+            elif op == "delete":
+                conn.execute("DELETE FROM t WHERE k = ?", (k,))
+            elif op == "many":
+                conn.executemany("INSERT OR REPLACE INTO t(k, v) VALUES (?, ?)",
+                                 [(k, i), (k + 10, i)])
+            elif op == "commit":
+                conn.commit()
+            elif op == "rollback":
+                conn.rollback()
+                sp = 0
+            elif op == "savepoint":
+                conn.execute(f"SAVEPOINT s{sp}")
+                sp += 1
+            elif op == "rollback_to" and sp:
+                conn.execute(f"ROLLBACK TO s{sp - 1}")
+            elif op == "release" and sp:
+                sp -= 1
+                conn.execute(f"RELEASE s{sp}")
+            elif op == "select":
+                conn.execute("SELECT * FROM t").fetchall()
+            elif op == "autocommit":
+                conn.isolation_level = None
+            elif op == "deferred":
+                conn.isolation_level = ""
+            if not conn.in_transaction:
+                sp = 0
+        except heliosdb.IntegrityError:
+            pass
+    conn.commit()
+    table = {k: [k, v] for k, v in conn.execute("SELECT k, v FROM t")}
+    conn.close()
+    assert _replay(path) == table
+    assert_verified(path)

@@ -102,13 +102,12 @@ def kill_once(path, key, impl, start, rng):
 
 
 def check_consistent(path, key, seen):
+    # First, as an auditor would: verify the file the killed writer left (hot journal and
+    # all), before anything else opens it.
+    rep = heliosdb.audit.verify(path, key=key)
+    assert rep.ok, rep
     db = _open(path, key)
     try:
-        # A read-write open rolls back the hot journal the killed writer left (what the
-        # next writer would do; heliosdb.audit.verify opens read-only: see the xfail below).
-        db.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        rep = heliosdb.audit.verify(path, key=key)
-        assert rep.ok, rep
         rows = dict(db.execute("SELECT k, n FROM t"))
         evs = list(db.execute("SELECT id, operation, success, new_values FROM __audit_log "
                               "ORDER BY id"))
@@ -164,14 +163,9 @@ def test_crash_kill9_many(tmp_path, impl):
     assert crash_loop(tmp_path, impl, kills=50, seed=50) > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "heliosdb.audit.verify(path) opens the file with SQLITE_OPEN_READONLY; after a crash "
-    "the hot rollback journal cannot be rolled back by a read-only connection and SQLite "
-    "answers 'attempt to write a readonly database' (SQLITE_READONLY_ROLLBACK). Fix in "
-    "heliosdb/audit/__init__.py verify(): on apsw.ReadOnlyError at the first read, close, "
-    "open once with SQLITE_OPEN_READWRITE (no CREATE) to let SQLite roll the journal back, "
-    "close, and reopen read-only (or verify through that read-write connection)."))
 def test_verify_path_after_crash_with_hot_journal(tmp_path):
+    """heliosdb.audit.verify(path) right after a crash: a read-only connection cannot roll
+    back the hot journal (SQLITE_READONLY_ROLLBACK), so verify must recover it first."""
     path = str(tmp_path / "hot.db")
     conn = heliosdb.connect(path, config="default")
     conn.execute("CREATE TABLE t(x)")

@@ -25,9 +25,13 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _crypto_attr(name):
-    import heliosdb.crypto as crypto
+    """The key-operation API the command line would call, or None where it is missing."""
+    from heliosdb.cli_common import Unavailable, _heliosdb_attr
 
-    return getattr(heliosdb, name, None) or getattr(crypto, name, None)
+    try:
+        return _heliosdb_attr(name, name)
+    except Unavailable:
+        return None
 
 
 def _audit_has(name: str) -> bool:
@@ -552,9 +556,15 @@ def test_key_operation_subcommands(tmp_path, encrypted_db, keyfile):
         assert_one_line_error(proc, 2, "is not available")
     else:
         assert proc.returncode == 0, proc.stderr
-        proc = run_cli(["--key-file", str(keyfile), str(encrypted_db), "SELECT x FROM s"],
+        # .rekey in the shell: the database is closed, rotated and reopened.
+        proc = run_cli(["-json", "--key-file", str(keyfile), str(encrypted_db), ".rekey",
+                        "SELECT x FROM s"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("data key rotated") and "classified" in lines[1]
+        proc = run_cli(["info", "--json", str(encrypted_db), "--key-file", str(keyfile)],
                        cwd=tmp_path)
-        assert proc.stdout.strip() == "classified", proc.stderr
+        assert json.loads(proc.stdout)["storage"].get("data_key_generation", 3) == 3
 
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(b"\x02" * 32)
@@ -605,7 +615,11 @@ def test_verify_pages_finds_a_tampered_page(tmp_path, encrypted_db, keyfile):
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] is False and result["pages"]["ok"] is False
-    assert 2 in result["pages"].get("bad_pages", [2])
+    bad = [b[1] if isinstance(b, list) else b for b in result["pages"]["bad_pages"]]
+    assert bad == [2]  # entries: a page number, or [file, page, reason]
+    proc = run_cli(["verify", str(encrypted_db), "--key-file", str(keyfile), "--pages"],
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and "pages: FAILED: 1 bad page(s): 2" in proc.stdout
     # A plaintext copy is never written from a tampered file.
     out = tmp_path / "plain-copy.db"
     proc = run_cli(["decrypt", str(encrypted_db), "--key-file", str(keyfile), "--out",

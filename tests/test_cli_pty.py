@@ -152,10 +152,11 @@ def test_new_database_passphrase_is_asked_twice(tmp_path):
 
 
 def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
-    import heliosdb.crypto as crypto
+    from heliosdb.cli_common import Unavailable, _heliosdb_attr
 
-    if getattr(heliosdb, "change_passphrase", None) is None and \
-            getattr(crypto, "change_passphrase", None) is None:
+    try:
+        _heliosdb_attr("change_passphrase", ".passwd")
+    except Unavailable:
         pytest.skip("heliosdb.change_passphrase is not in this build "
                     "(test_cli.py checks the 'not available' error)")
     new = "a brand new passphrase"

@@ -445,6 +445,10 @@ def _implicit_transactions(mod, path, level):
     out.append(("level", con.isolation_level, con.in_transaction))
     con.execute("create table t(x)")
     out.append(("after DDL", con.in_transaction))
+    # `other` learns the schema now: an audited connection has read it at open already
+    # (its log lives there), and a stale schema answers "no such table" where a fresh
+    # read answers "database is locked" while `con` holds an EXCLUSIVE lock.
+    other.execute("select count(*) from sqlite_master").fetchall()
     con.execute("select * from t").fetchall()
     out.append(("after SELECT", con.in_transaction))
     con.execute("insert into t values (1)")

@@ -337,6 +337,7 @@ class Worker:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         self.requests += 1
+        INPUTS[req["op"]] = INPUTS.get(req["op"], 0) + 1
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         ready, _w, _x = select.select([self.proc.stdout], [], [], self.timeout)
@@ -376,6 +377,7 @@ def worker(pristine, tmp_path_factory):
 
 STATES = {"wal": [{k: v.hex() for k, v in s.items()} for s in wal_states()]}
 STATS: dict = {}
+INPUTS: dict = {}
 LEAKS: list = []
 MESSAGES: dict = {}
 
@@ -702,7 +704,9 @@ def test_odd_sql_seeded_long(worker):
 def test_fuzz_figures():
     """Prints the outcome counts of the corruption fuzzers (for RELIABILITY.md)."""
     print("\n[fuzz figures] " + json.dumps(STATS, sort_keys=True))
-    print(f"[fuzz figures] inputs={len(LEAKS)} key registrations leaked by failed opens="
+    print(f"[fuzz figures] inputs by kind={json.dumps(INPUTS, sort_keys=True)} "
+          f"(corrupt = damaged files, key = bad keys, cfg = configs, sql = statements)")
+    print(f"[fuzz figures] corrupted-file inputs={len(LEAKS)} key registrations leaked by failed opens="
           f"{sum(1 for x in LEAKS if x)} (see test_reliability_findings.py)")
     for exc, msgs in sorted(MESSAGES.items()):
         print(f"[fuzz messages] {exc}: {sorted(msgs)[:12]}")

@@ -11,16 +11,24 @@ How each piece of SQLite's machinery is used (DESIGN.md sections 3 and 3a):
 * The **rollback hook** tells when SQLite rolled a transaction back on its own.
 * Statement timing is measured around the execution.
 
-Transaction rules:
+Transaction rules (docs/AUDIT_CAPTURE.md, "Capture semantics", says it for users):
 
-* A change and its event commit together: inside a user transaction the event is written
-  in that transaction; an autocommit statement is wrapped in ``BEGIN`` ... ``COMMIT`` with
-  its event (statements that cannot run in a transaction, such as VACUUM, ATTACH or a
-  journal-mode change, get their event in a transaction of its own right after).
+* A change and its event commit together: inside a user transaction the event is queued
+  and stored in that transaction, in batches (before COMMIT, SAVEPOINT, RELEASE and
+  ROLLBACK TO, before SQL naming the audit tables, when ``conn.audit`` reads the log, and
+  every ``_TX_BATCH`` events); an autocommit statement is wrapped in ``BEGIN`` ...
+  ``COMMIT`` with its event (statements that cannot run in a transaction, such as VACUUM,
+  ATTACH or a journal-mode change, get their event in a transaction of its own right
+  after). If the audit write fails, the change is rolled back (the wrapper, or the whole
+  user transaction) and the error raised: no change commits without its event.
 * Failed, denied and rolled-back attempts are kept in memory and written in a separate
   transaction *after* the rollback, so they survive it. A crash before that write loses
   them, as it loses the attempt itself; SELECT events buffered under
   ``async_buffer_size`` may likewise be lost in a crash (at most that many).
+* The session keeps sqlite3's view: ``last_insert_rowid()`` is restored after audit
+  writes, ``own_changes`` says how much of ``total_changes()`` is heliosdb's own, a
+  statement that never compiled opens no transaction, rows kept after a failure (OR FAIL,
+  executemany) stay, with their event.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from ..errors import (
     ConfigError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
     KeyRequiredError, NotEncryptedError, OperationalError, WrongKeyError, translate,
 )
+from . import _files
 from . import format as fmt
 from . import vfs as _vfs
 from .keys import KDF_PROFILES, Key, KeyLike, coerce_key, derive_kek, get_profile
@@ -97,8 +98,7 @@ def _resolve_path(database: str, uri: bool) -> Tuple[Optional[str], bool]:
 def _file_state(path: str) -> str:
     """'missing', 'empty', 'encrypted' or 'plain'."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(fmt.MAGIC))
+        head = _files.read_at(path, len(fmt.MAGIC))
     except FileNotFoundError:
         return "missing"
     except IsADirectoryError:
@@ -112,8 +112,7 @@ def _read_header(path: str) -> fmt.Header:
     """Read and parse the header; a header that does not parse is retried once (another
     process may be creating the file right now)."""
     for attempt in range(3):
-        with open(path, "rb") as f:
-            raw = f.read(fmt.HEADER_SIZE)
+        raw = _files.read_at(path, fmt.HEADER_SIZE)
         try:
             return fmt.read_header(raw)
         except ValueError as exc:
@@ -167,18 +166,25 @@ def _create_encrypted_file(path: str, key: Key, exists: bool) -> Tuple[bytearray
     raw = header.to_bytes()
     if exists:
         # An empty file: fill it only if it is still empty.
-        with open(path, "r+b") as f:
+        fd = _files.open_fd(path, os.O_RDWR)
+        try:
             try:  # serialise concurrent first opens of one empty file
                 import fcntl
 
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             except (ImportError, OSError):
                 pass
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
+            if os.fstat(fd).st_size == 0:
+                os.pwrite(fd, raw, 0)
+                os.fsync(fd)
+        finally:
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_UN)  # a parked descriptor must not keep it
+            except (ImportError, OSError):
+                pass
+            _files.close_fd(fd)  # never drop a lock SQLite holds on this inode
         return dek, header.file_id
     # A new file appears whole or not at all.
     tmp = f"{path}.helios-new-{os.getpid()}-{threading.get_ident()}"
@@ -438,9 +444,7 @@ def _nonce_check(conn: apsw.Connection) -> None:
 
 
 def _encryptions(info: _Info) -> int:
-    with open(info.path, "rb") as f:
-        f.seek(fmt.OFF_COUNTER)
-        (counter,) = struct.unpack(">Q", f.read(8))
+    (counter,) = struct.unpack(">Q", _files.read_at(info.path, 8, fmt.OFF_COUNTER))
     ki = _vfs.key_info(info.full_path)
     return counter + (ki[0] if ki else 0)
 
@@ -533,7 +537,9 @@ def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
     slots = [dict(s.describe(), index=i) for i, s in enumerate(header.slots)]
     out.update({
         "encryption_algorithm": ALGORITHM,
-        "kdf": slots[info.slot_index]["kdf"],
+        # None when the slot this connection opened was changed or removed since.
+        "kdf": (slots[info.slot_index].get("kdf")
+                if info.slot_index < len(slots) else None),
         "format_version": header.version,
         "key_slots": slots,
         "encryptions_under_current_key": used,

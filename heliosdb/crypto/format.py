@@ -14,7 +14,8 @@ Layout (all integers big-endian; see docs/FORMAT.md for a worked example)::
     64   32  key-check value: HMAC-SHA256(DEK, b"HeliosDB key check v1" || file id)
     96   4   data-key generation (1; rotation increments it)
     100  4   number of key slots (<= 8)
-    104  24  zero
+    104  8   time the current data key was made, Unix seconds (0: unknown, older files)
+    112  16  zero
     128  8 x 128  key slots
 
 Key slot (128 bytes)::
@@ -40,6 +41,7 @@ import hashlib
 import hmac
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -62,6 +64,8 @@ SLOT_SIZE = 128
 SLOTS_OFFSET = 128
 OFF_PAGE_SIZE = 48
 OFF_COUNTER = 56
+OFF_NSLOTS = 100
+OFF_KEY_CREATED = 104
 
 SLOT_EMPTY, SLOT_RAW, SLOT_PASSPHRASE = 0, 1, 2
 KDF_HKDF_SHA256, KDF_ARGON2ID = 1, 2
@@ -98,6 +102,8 @@ class Slot:
 
     def describe(self) -> dict:
         """Public description (no secret material)."""
+        if self.kind == SLOT_EMPTY:
+            return {"kind": "empty"}
         if self.kind == SLOT_PASSPHRASE:
             return {"kind": "passphrase", "kdf": "argon2id", "time_cost": self.time_cost,
                     "memory_kib": self.memory_kib, "parallelism": self.parallelism}
@@ -119,6 +125,7 @@ class Header:
     kcv: bytes
     generation: int
     slots: List[Slot] = field(default_factory=list)
+    key_created: int = 0
 
     def fixed_bytes(self) -> bytes:
         """Bytes 0..47: the immutable identity bound into every slot's AAD."""
@@ -132,7 +139,8 @@ class Header:
     def to_bytes(self) -> bytes:
         """The 4096 header bytes."""
         head = self.fixed_bytes() + struct.pack(">IIQ", self.page_size, self.flags, self.counter)
-        head += self.kcv + struct.pack(">II", self.generation, len(self.slots))
+        head += self.kcv + struct.pack(">IIQ", self.generation, len(self.slots),
+                                       self.key_created)
         head += bytes(SLOTS_OFFSET - len(head))
         for s in self.slots:
             head += s.to_bytes()
@@ -161,11 +169,12 @@ def key_check_value(dek: bytes | bytearray, file_id: bytes) -> bytes:
     return hmac.new(bytes(dek), b"HeliosDB key check v1" + file_id, hashlib.sha256).digest()
 
 
-def new_header(dek: bytes | bytearray, page_size: int = 4096) -> Header:
+def new_header(dek: bytes | bytearray, page_size: int = 4096, generation: int = 1) -> Header:
     """A header for a new file (no slots yet; add them with :meth:`Header.wrap`)."""
     fid = os.urandom(16)
     return Header(FORMAT_VERSION, HEADER_SIZE, CIPHER_AES_256_GCM, RESERVE_BYTES, fid,
-                  page_size, 0, 0, key_check_value(dek, fid), 1, [])
+                  page_size, 0, 0, key_check_value(dek, fid), generation, [],
+                  int(time.time()))
 
 
 def is_encrypted_file(prefix: bytes) -> bool:
@@ -188,5 +197,6 @@ def read_header(raw: bytes) -> Header:
         raise ValueError(f"corrupt header: {nslots} key slots")
     slots = [Slot.from_bytes(raw[SLOTS_OFFSET + i * SLOT_SIZE:SLOTS_OFFSET + (i + 1) * SLOT_SIZE])
              for i in range(nslots)]
+    (key_created,) = struct.unpack(">Q", raw[104:112])
     return Header(version, hsize, cipher, reserve, bytes(raw[32:48]), page_size, flags,
-                  counter, bytes(raw[64:96]), generation, slots)
+                  counter, bytes(raw[64:96]), generation, slots, key_created)

@@ -9,6 +9,7 @@ import os
 from typing import Iterator, Tuple
 
 from ..errors import CorruptPageError
+from . import _files
 from . import format as fmt
 from . import pages
 from .keys import KeyLike, coerce_key
@@ -34,9 +35,8 @@ def iter_pages(path: str, key: KeyLike) -> Iterator[Tuple[int, bytes]]:
         if k is not key:
             k.close()
     try:
-        with open(path, "rb") as f:
-            f.seek(fmt.HEADER_SIZE)
-            first = f.read(header.page_size)
+        with _files.reading(path) as fd:
+            first = os.pread(fd, header.page_size, fmt.HEADER_SIZE)
             if not first:
                 return
             size = header.page_size
@@ -45,9 +45,9 @@ def iter_pages(path: str, key: KeyLike) -> Iterator[Tuple[int, bytes]]:
             except (pages.PageAuthError, ValueError):
                 page1 = None
                 for size in (512 * 2 ** i for i in range(8)):  # a stale size field: probe
-                    f.seek(fmt.HEADER_SIZE)
                     try:
-                        page1 = pages.decrypt_page(dek, header.file_id, 1, f.read(size))
+                        page1 = pages.decrypt_page(dek, header.file_id, 1,
+                                                   os.pread(fd, size, fmt.HEADER_SIZE))
                         break
                     except (pages.PageAuthError, ValueError):
                         continue
@@ -55,10 +55,9 @@ def iter_pages(path: str, key: KeyLike) -> Iterator[Tuple[int, bytes]]:
                     raise CorruptPageError(f"{path}: page 1 failed authentication",
                                            file=path, page=1) from None
             yield 1, page1
-            total = (os.path.getsize(path) - fmt.HEADER_SIZE) // size
-            f.seek(fmt.HEADER_SIZE + size)
+            total = (os.fstat(fd).st_size - fmt.HEADER_SIZE) // size
             for pgno in range(2, total + 1):
-                stored = f.read(size)
+                stored = os.pread(fd, size, fmt.HEADER_SIZE + (pgno - 1) * size)
                 try:
                     yield pgno, pages.decrypt_page(dek, header.file_id, pgno, stored)
                 except pages.PageAuthError as exc:
