@@ -354,7 +354,7 @@ def _explain(db: Any, exc: BaseException) -> Optional[BaseException]:
 
 def _translate(db: Any, exc: BaseException) -> BaseException:
     """``translate``, after asking the encryption layer what the error means."""
-    if db is not None and isinstance(exc, apsw.Error):
+    if isinstance(exc, apsw.Error):
         new = _explain(db, exc)
         if new is not None:
             return new
@@ -363,8 +363,10 @@ def _translate(db: Any, exc: BaseException) -> BaseException:
 
 def _raise_translated(exc: BaseException, sql: Optional[str] = None, db: Any = None) -> None:
     """Re-raise an exception from APSW (or a user callback) as sqlite3 would raise it."""
-    if db is not None and isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.NotADBError,
-                                           apsw.CantOpenError)):
+    # The shim's per-thread record of a failed page needs no connection; only the
+    # truncated-file diagnosis does (``db`` may be None on some paths).
+    if isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.NotADBError,
+                        apsw.CantOpenError)):
         new = _explain(db, exc)
         if new is not None:
             raise new from exc
@@ -986,7 +988,15 @@ class Connection:
         if uri:
             flags |= apsw.SQLITE_OPEN_URI
         from .crypto import open_connection
+        from .crypto.keys import coerce_key
 
+        if key is not None:
+            try:
+                key = coerce_key(key, getattr(self._config.encryption, "kdf_profile", None))
+            except (TypeError, ValueError) as exc:
+                # Misuse of the interface, as a heliosdb error; the message never holds
+                # the key itself.
+                raise ProgrammingError(f"invalid key: {exc}") from None
         try:
             self._apsw = open_connection(
                 database, flags=flags, uri=bool(uri), key=key,
@@ -997,6 +1007,22 @@ class Connection:
             raise translate(exc) from exc
         self._closed = False
         self._database = database
+        try:
+            self._finish_open(timeout, detect_types, isolation_level, cached_statements,
+                              audit_user, audit_context)
+        except BaseException:
+            # Never leave a half-open connection behind: it would keep the file, and an
+            # encrypted file's key, registered until a garbage collection.
+            self._closed = True
+            try:
+                self._apsw.close(True)
+            except Exception:  # noqa: BLE001 - the original error is what matters
+                pass
+            raise
+
+    def _finish_open(self, timeout: float, detect_types: int, isolation_level: Any,
+                     cached_statements: int, audit_user: Optional[str],
+                     audit_context: Optional[Mapping[str, Any]]) -> None:
         try:
             self._apsw.set_busy_timeout(int(float(timeout) * 1000))
         except apsw.Error as exc:

@@ -1,6 +1,7 @@
 """Encryption core: open/keys/errors, no plaintext on disk, multi-connection, ATTACH."""
 from __future__ import annotations
 
+import gc
 import os
 import textwrap
 
@@ -234,6 +235,14 @@ def _sort_spill(c, tag):
     return cur, first
 
 
+def _fd_identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _deleted_fd_files():
     return [f for f in open_fd_files() if os.readlink(f).endswith("(deleted)")]
 
@@ -266,6 +275,10 @@ def test_sorter_spill_control_is_plaintext(tmp_path):
 
 @pytest.mark.parametrize("keyed", [True, False], ids=["encrypted", "control-plain"])
 def test_statement_journal_encrypted(tmp_path, keyed):
+    # Temp files other tests left open in this process (a control connection not yet
+    # collected) are not this test's: only files opened from here on are scanned.
+    gc.collect()
+    before = {_fd_identity(f) for f in _deleted_fd_files()}
     c = open_enc(tmp_path / "a.db", KEY if keyed else None)
     q(c, "pragma temp_store=FILE")
     q(c, "create table u(id integer primary key, a text unique)")
@@ -278,7 +291,7 @@ def test_statement_journal_encrypted(tmp_path, keyed):
         # Fails on the last row: the statement journal holds every changed page.
         q(c, "update u set a = case when id = 100000 then (select a from u where id = 1) "
              "else a || ? end", (marker("stmt2"),))
-    temps = _deleted_fd_files()
+    temps = [f for f in _deleted_fd_files() if _fd_identity(f) not in before]
     assert temps, "the statement journal should have spilled to a temp file"
     found = hits(temps + files_under(tmp_path), [b"HXM-"])
     assert (found == []) if keyed else found  # the control proves the scan can see it

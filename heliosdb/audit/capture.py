@@ -218,6 +218,15 @@ def _keyword_op(sql: str) -> str:
     return _KEYWORD_OPS.get(first, _UNKNOWN)
 
 
+def _explain_now(db: Any, exc: BaseException) -> Optional[BaseException]:
+    """CorruptPageError (file, page) for a page that failed authentication, else None."""
+    if not isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.NotADBError)):
+        return None
+    from ..dbapi import _explain
+
+    return _explain(db, exc)
+
+
 def _classify_by_keyword(sql: str) -> _Classification:
     """Fallback classification from the leading keyword (statement never prepared here)."""
     return _Classification(_keyword_op(sql), (), (), None)
@@ -753,9 +762,14 @@ class AuditSession(AuditAPI):
             elapsed = time.perf_counter_ns() - t0
             if just_begun:
                 cur.exec_trace = None
+            # Read the encryption layer's account of the error (a tampered page) before
+            # recording the failure runs more I/O over it.
+            explained = _explain_now(self._db, exc)
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
                                  unprepared_begin=just_begun and not self._prepared,
                                  query=query)
+            if explained is not None:
+                raise explained from exc
             self._raise(exc, sql)
         elapsed = time.perf_counter_ns() - t0
         c = self._classification(sql)
@@ -973,8 +987,11 @@ class AuditSession(AuditAPI):
             elapsed = time.perf_counter_ns() - t0
             if just_begun:
                 cur.exec_trace = None
+            explained = _explain_now(self._db, exc)
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
                                  unprepared_begin=just_begun and not self._prepared)
+            if explained is not None:
+                raise explained from exc
             self._raise(exc, sql)
         elapsed = time.perf_counter_ns() - t0
         count = db.total_changes() - before
