@@ -35,6 +35,19 @@ from .dbapi import (
 )
 from .config import Config, load_config
 from .crypto import Key
+from .crypto.rekey import (
+    add_key_slot,
+    change_passphrase,
+    decrypt,
+    encrypt,
+    list_key_slots,
+    new_recovery_key,
+    recovery_key,
+    remove_key_slot,
+    rotate_key,
+    rotation_due,
+)
+from .crypto.verify import verify_encryption
 from .errors import (
     AuditIntegrityError,
     ConfigError,
@@ -148,7 +161,10 @@ __all__ = [
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
     "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError",
-    "AuditIntegrityError", "native_available", "Key", "Config", "load_config", "enable_callback_tracebacks", "enable_shared_cache", "Blob",
+    "AuditIntegrityError", "native_available", "Key",
+    "change_passphrase", "add_key_slot", "remove_key_slot", "list_key_slots", "rotate_key",
+    "rotation_due", "encrypt", "decrypt", "verify_encryption", "new_recovery_key",
+    "recovery_key", "Config", "load_config", "enable_callback_tracebacks", "enable_shared_cache", "Blob",
 ]
 
 from . import dbapi2  # noqa: E402,F401  - `from sqlite3 import dbapi2` style code

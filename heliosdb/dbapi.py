@@ -180,7 +180,7 @@ _EMPTY = 4  # only whitespace and comments
 _RETURNING = 8  # DML with a RETURNING clause: yields rows
 
 
-def _skip_space_and_comments(sql: str, i: int) -> int:
+def _skip_space_and_comments(sql: str, i: int = 0) -> int:
     n = len(sql)
     while i < n:
         ch = sql[i]
@@ -220,23 +220,23 @@ def _classify(sql: str) -> int:
 
 
 def split_statements(script: str) -> list[str]:
-    """Split a SQL script into complete statements (quotes, comments and trigger bodies
-    respected by ``sqlite3_complete``); a trailing incomplete part is kept as is, and
-    pieces that are only whitespace or comments are dropped."""
+    """Split SQL text into complete statements without preparing them.
+
+    Semicolons inside strings, identifiers, comments and trigger bodies do not split
+    (``sqlite3_complete`` decides); an incomplete tail is kept as the last piece; pieces
+    holding only space, comments and semicolons are dropped. Each piece keeps its own
+    leading whitespace (sqlite3's trace callback shows it).
+    """
     out = []
     start = 0
     pos = script.find(";")
     while pos >= 0:
         if apsw.complete(script[start:pos + 1]):
-            piece = script[start:pos + 1]
-            if _skip_space_and_comments(piece, 0) < len(piece) - 1 or piece.strip() != ";":
-                out.append(piece)
+            out.append(script[start:pos + 1])
             start = pos + 1
         pos = script.find(";", pos + 1)
-    tail = script[start:]
-    if _skip_space_and_comments(tail, 0) < len(tail):
-        out.append(tail)
-    return out
+    out.append(script[start:])
+    return [s for s in out if s[_skip_space_and_comments(s, 0):].strip(" \t\r\n;")]
 
 
 class _StatementCache:
@@ -1005,6 +1005,9 @@ class Connection:
             )
         except apsw.Error as exc:
             raise translate(exc) from exc
+        except (TypeError, ValueError) as exc:
+            # Misuse (a closed Key, a bad key source...): a heliosdb error, not a bare one.
+            raise ProgrammingError(str(exc)) from None
         self._closed = False
         self._database = database
         try:
@@ -1040,6 +1043,7 @@ class Connection:
         self._internal_authorizer: Optional[Callable[..., int]] = None
         self._binding_hook_installed = False
         self._install_binding_hook()
+        self._apply_authorizer()
         self._apply_database_config()
         if self._config.audit.enabled:
             from .audit.capture import attach_audit
@@ -1283,13 +1287,25 @@ class Connection:
         self._apply_authorizer()
 
     def _apply_authorizer(self) -> None:
+        from .crypto import is_encrypted
+
         internal, user = self._internal_authorizer, self._user_authorizer
-        if internal is None and user is None:
+        encrypted = is_encrypted(self._apsw)
+        if internal is None and user is None and not encrypted:
             self._apsw.authorizer = None
             return
+        if encrypted:
+            from .crypto.rekey import attach_escape_reason
+        else:
+            attach_escape_reason = None
 
         def authorize(action: int, a1: Any, a2: Any, db: Any, trig: Any) -> int:
             result = apsw.SQLITE_OK
+            if attach_escape_reason is not None and action == apsw.SQLITE_ATTACH \
+                    and attach_escape_reason(a1):
+                # ATTACH / VACUUM INTO naming another VFS in a URI would read or write a
+                # file around the encryption: a plaintext copy of an encrypted database.
+                return apsw.SQLITE_DENY
             audit = self._audit
             if audit is not None and audit._writing:
                 # heliosdb's own audit writes: the user's authorizer governs user SQL only.

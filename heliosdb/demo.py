@@ -12,6 +12,7 @@ import tempfile
 from typing import Optional, Sequence
 
 import heliosdb
+import heliosdb.audit
 
 MARKER = "Ada Lovelace"  # plaintext that must never appear in any file on disk
 
@@ -83,15 +84,29 @@ def run(directory: str) -> int:
     conn = heliosdb.connect(path, key=passphrase, config="hipaa", audit_user="bob")
     count = conn.execute("SELECT count(*) FROM patients").fetchone()[0]
     print(f"   patients: {count}")
-    for ev in conn.execute(
-            "SELECT id, user, operation, target, affected_rows, success FROM __audit_log "
-            "ORDER BY id").fetchall():
-        print("  ", ev)
+    for ev in conn.audit.query().order("asc").all():
+        print(f"   #{ev.id:<3} {ev.timestamp}  {ev.user:<6} {ev.operation:<13} "
+              f"target={ev.target}  rows={ev.affected_rows}  success={bool(ev.success)}")
+    denied = conn.audit.query().success(False).count()
+    print(f"   failed or denied attempts on record: {denied}")
     report = conn.audit.verify()
-    print(f"   verify: ok={report.ok} events_checked={report.events_checked} "
-          f"{report.message}")
+    print(f"   verify: ok={report.ok} events_checked={report.events_checked}")
     conn.close()
-    ok = report.ok and not any(found)
+
+    _step("6. Someone with the key edits the log behind heliosdb's back")
+    import apsw
+
+    from heliosdb.crypto import open_connection
+
+    raw = open_connection(path, flags=apsw.SQLITE_OPEN_READWRITE, uri=False,
+                          key=passphrase, encryption=None)
+    raw.execute("UPDATE __audit_log SET user = 'mallory' WHERE operation = 'UPDATE'")
+    raw.close()
+    tampered = heliosdb.audit.verify(path, key=passphrase)
+    print(f"   verify: ok={tampered.ok} fault={tampered.fault} "
+          f"first_bad_id={tampered.first_bad_id}")
+    print(f"   {tampered.message}")
+    ok = report.ok and not tampered.ok and tampered.fault == "modified" and not any(found)
     print("\nDemo finished:", "OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -88,39 +88,9 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-def _skip_comments(sql: str, i: int = 0) -> int:
-    """Index of the first character of ``sql`` at or after ``i`` that is not space/comment."""
-    n = len(sql)
-    while i < n:
-        if sql[i].isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        else:
-            break
-    return i
-
-
-def split_sql(sql: str) -> list[str]:
-    """Split SQL text into complete statements without preparing them.
-
-    Semicolons inside strings, identifiers, comments and trigger bodies do not split
-    (``apsw.complete`` decides). Pieces holding only space and comments are dropped.
-    """
-    out = []
-    start = 0
-    pos = sql.find(";")
-    while pos >= 0:
-        if apsw.complete(sql[start:pos + 1]):
-            out.append(sql[start:pos + 1])
-            start = pos + 1
-        pos = sql.find(";", pos + 1)
-    out.append(sql[start:])
-    return [s for s in out if s[_skip_comments(s):].strip(" \t\r\n;")]
+# One statement splitter and one comment skipper for the whole package: the DB-API's.
+from .dbapi import _skip_space_and_comments as _skip_comments  # noqa: E402
+from .dbapi import split_statements as split_sql  # noqa: E402
 
 
 def _explain_kind(stmt: str) -> int:

@@ -194,8 +194,9 @@ def test_torn_slot_write_never_loses_the_data_key(tmp_path):
 
 # ----------------------------------------------------------------------- rotation ---
 
+@pytest.mark.parametrize("method", ["pages", "backup"])
 @pytest.mark.parametrize("mode", ["wal", "delete"])
-def test_rotate_key_reencrypts_every_page(tmp_path, mode):
+def test_rotate_key_reencrypts_every_page(tmp_path, mode, method):
     p = str(tmp_path / "a.db")
     c = make_db(p, KEY, mode=mode, rows=1500)
     if mode == "wal":
@@ -206,7 +207,8 @@ def test_rotate_key_reencrypts_every_page(tmp_path, mode):
     old = header(p)
     old_dek = dek_of(p, KEY)
     calls = []
-    rep = rekey.rotate_key(p, KEY, OTHER_KEY, progress=lambda d, t: calls.append((d, t)))
+    rep = rekey.rotate_key(p, KEY, OTHER_KEY, progress=lambda d, t: calls.append((d, t)),
+                           method=method)
     assert monotonic_ending_at_total(calls)
     assert rep.pages == calls[-1][1] and rep.journal_mode == mode
     new = header(p)
@@ -242,8 +244,13 @@ def test_rotate_keeps_or_refuses_other_slots(tmp_path):
     with pytest.raises(EncryptionError, match="would be lost"):
         rekey.rotate_key(p, KEY)
     assert open(p, "rb").read() == before  # refused before writing anything
+    old_dek, old_fid = dek_of(p, KEY), header(p).file_id
     rep = rekey.rotate_key(p, KEY, keep_keys=[pp("recovery pass"), THIRD_KEY])
     assert rep.kept_slots == [0, 1, 2] and rep.dropped_slots == []
+    # The same key opens the file, but no page is under the old data key any more.
+    r = verify.verify_pages(p, old_dek, old_fid)
+    assert r.pages_checked > 0 and len(r.bad_pages) == r.pages_checked
+    assert verify.verify_encryption(p, KEY).ok
     for k in (KEY, pp("recovery pass"), THIRD_KEY):
         c = open_enc(p, k)
         assert q(c, "select count(*) from t") == [(30,)]
@@ -415,9 +422,10 @@ def test_rotation_schedule(tmp_path):
     info = rekey.rotation_info(p, 90, now=time.time() + 91 * 86400)
     assert info["due"] and info["age_days"] > 90
     assert not rekey.rotation_info(p, 0, now=time.time() + 1e9)["due"]  # no schedule
-    cfg = heliosdb.Config.from_dict({"encryption": {"rotation_interval_days": 1}}) \
-        if hasattr(heliosdb.Config, "from_dict") else 1
+    cfg = heliosdb.load_config({"encryption": {"rotation_interval_days": 1}})
     assert not rekey.rotation_due(p, cfg)
+    assert rekey.rotation_info(p, cfg, now=time.time() + 2 * 86400)["due"]
+    assert rekey.rotation_info(p, cfg.encryption)["interval_days"] == 1
     # A file from before the header recorded the key's age: due (age unknown).
     raw = bytearray(open(p, "rb").read())
     raw[fmt.OFF_KEY_CREATED:fmt.OFF_KEY_CREATED + 8] = bytes(8)
@@ -428,6 +436,12 @@ def test_rotation_schedule(tmp_path):
     c.close()
     rekey.rotate_key(p, KEY)
     assert not rekey.rotation_due(p, 90)
+    # Past the nonce warning fraction: due whatever the age.
+    with open(p, "r+b") as f:
+        f.seek(fmt.OFF_COUNTER)
+        f.write(struct.pack(">Q", 2 ** 31 + 1))
+    info = rekey.rotation_info(p, 90)
+    assert info["due"] and info["nonce_due"]
 
 
 # -------------------------------------------------------------- encrypt / decrypt ---
@@ -604,3 +618,20 @@ def test_attach_escape_reason():
     assert rekey.attach_escape_reason("file:x.db") is None
     assert rekey.attach_escape_reason("file:x.db?vfs=heliosdb") is None
     assert "bypass" in rekey.attach_escape_reason("file:/t/x.db?mode=rwc&vfs=unix")
+
+
+def test_rotation_stops_at_a_corrupt_page_and_leaves_the_file(tmp_path):
+    p = str(tmp_path / "a.db")
+    make_db(p, KEY, rows=300).close()
+    ps = header(p).page_size
+    with open(p, "r+b") as f:
+        f.seek(fmt.HEADER_SIZE + 4 * ps + 10)  # page 5
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 4]))
+    before = open(p, "rb").read()
+    with pytest.raises(heliosdb.CorruptPageError) as ei:
+        rekey.rotate_key(p, KEY, OTHER_KEY)
+    assert ei.value.page == 5
+    assert open(p, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["a.db"]

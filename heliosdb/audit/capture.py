@@ -1013,6 +1013,8 @@ class AuditSession(AuditAPI):
         # sqlite3's executescript leaves rowcount and lastrowid as they were.
         rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
         try:
+            from ..dbapi import split_statements
+
             for stmt in split_statements(script):
                 flags = _classify(stmt) & (_DML | _EMPTY | _RETURNING)
                 if flags & _EMPTY:
@@ -1224,22 +1226,6 @@ class AuditSession(AuditAPI):
             self._write_now([ev])
         else:
             self._append([ev])
-
-
-def split_statements(script: str) -> list[str]:
-    """Split a SQL script into complete statements (quotes, comments, triggers respected)."""
-    out = []
-    start = 0
-    pos = script.find(";")
-    while pos >= 0:
-        if apsw.complete(script[start:pos + 1]):
-            out.append(script[start:pos + 1])
-            start = pos + 1
-        pos = script.find(";", pos + 1)
-    tail = script[start:]
-    if tail.strip():
-        out.append(tail)
-    return out
 
 
 def attach_audit(conn: Any, config: Any, *, user: Optional[str],

@@ -9,10 +9,11 @@
   :func:`change_passphrase` the old *or* the new passphrase opens the file (both, in the
   window between the two syncs), never neither.
 * :func:`rotate_key`: a new DEK (and a new file id), every page re-encrypted. The rotated
-  database is built beside the original (``<path>.helios-rotate``) with SQLite's backup
-  API, from a connection holding an exclusive lock on the original, synced, then renamed
-  over the original (``os.replace``) and the directory synced. A kill at any moment
-  leaves the original (old key) or the rotated file (new key), both complete.
+  database is built beside the original (``<path>.helios-rotate``) while a connection
+  holds the write lock on the original (pages re-sealed in C by ``csrc/rekey.c``, or
+  copied with SQLite's backup API), synced, then renamed over the original
+  (``os.replace``) and the directory synced. A kill at any moment leaves the original
+  (old key) or the rotated file (new key), both complete.
 * :func:`encrypt` / :func:`decrypt`: explicit copies between plaintext and encrypted
   files; the target appears whole or not at all.
 * :func:`rotation_due`: whether the data key is older than ``rotation_interval_days``
@@ -206,14 +207,6 @@ def _erase_slot(fd: int, header: fmt.Header, index: int) -> None:
     if n != len(header.slots):
         del header.slots[n:]
         _write_nslots(fd, n)
-
-
-def _forget_unlock_cache(path: str) -> None:
-    """Passphrase verifiers cached for this file stop matching once its slots change;
-    drop nothing else (open connections keep their registered key)."""
-    # The cache compares a digest over the slot's salt and wrapped key: an erased or
-    # rewritten slot never matches again, so nothing needs to be done here.
-    return None
 
 
 # ------------------------------------------------------------------- key slots ---
@@ -416,7 +409,8 @@ class RotationReport:
 
 def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progress = None,
                *, keep_keys: Iterable[KeyLike] = (), drop_other_slots: bool = False,
-               busy_timeout: float = 5.0, kdf_profile: Optional[str] = None) -> RotationReport:
+               busy_timeout: float = 5.0, kdf_profile: Optional[str] = None,
+               method: str = "auto", check: bool = True) -> RotationReport:
     """Re-encrypt every page of ``path`` under a new random data key.
 
     ``key`` opens the file; its slot is rewrapped under the new DEK for ``new_key``
@@ -431,6 +425,12 @@ def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progr
     connection of another process that sits idle cannot be detected: afterwards it
     still reads the replaced file and its writes fail (``SQLITE_READONLY_DBMOVED``);
     reopen it. ``progress(done, total)`` counts pages copied.
+
+    ``method``: ``"pages"`` re-encrypts the main file page by page in C
+    (``csrc/rekey.c``: read, authenticate, re-seal, write, in runs of 256 pages) under
+    the write lock; ``"backup"`` copies through SQLite's backup API and the shim;
+    ``"auto"`` (default) is ``"pages"``. ``check``: run ``quick_check`` on the copy
+    before it replaces the original.
 
     Crash safety: the rotated copy is built in ``<path>.helios-rotate`` and renamed over
     ``path`` only once complete and synced, so a crash leaves the original (old key) or
@@ -505,13 +505,21 @@ def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progr
                     f"locked by another connection for {busy_timeout} s") from None
             _phase("locked")
             try:
-                reader = _open_with_dek(path, dek_old, header.file_id)
-                try:
-                    reader.setbusytimeout(int(busy_timeout * 1000))
-                    report = _rotate_locked(path, tmp, header, reader, k, nk, my_index,
-                                            carried, target_mode, progress, t0, state)
-                finally:
-                    reader.close()
+                if method not in ("auto", "pages", "backup"):
+                    raise ValueError(f"unknown method {method!r}: auto, pages or backup")
+                if method == "backup":
+                    reader = _open_with_dek(path, dek_old, header.file_id)
+                    try:
+                        reader.setbusytimeout(int(busy_timeout * 1000))
+                        report = _rotate_locked(path, tmp, header, reader, None, None, k,
+                                                nk, my_index, carried, target_mode,
+                                                progress, t0, state, check)
+                    finally:
+                        reader.close()
+                else:
+                    report = _rotate_locked(path, tmp, header, src, fd, dek_old, k, nk,
+                                            my_index, carried, target_mode, progress, t0,
+                                            state, check)
             except BaseException:
                 try:
                     src.execute("ROLLBACK")
@@ -542,6 +550,42 @@ def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progr
     return report
 
 
+def _rekey_pages(path: str, src_fd: int, tmp: str, old_dek: bytearray, old_fid: bytes,
+                 new_dek: bytearray, new_fid: bytes, page_size: int, n_pages: int,
+                 progress: Progress) -> None:
+    """Re-encrypt pages 1..n_pages of ``path`` (read through ``src_fd``) into ``tmp``."""
+    from ..errors import CorruptPageError
+
+    ffi, lib = native.ffi, native.lib
+    ko, kn = ffi.new("unsigned char[32]"), ffi.new("unsigned char[32]")
+    ffi.memmove(ko, old_dek, 32)
+    ffi.memmove(kn, new_dek, 32)
+    dst_fd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        done, step = 0, max(1, _STEP_PAGES)
+        while done < n_pages:
+            k = min(step, n_pages - done)
+            rc = lib.heliosdb_rekey_pages(src_fd, dst_fd, ko, bytes(old_fid), kn,
+                                          bytes(new_fid), page_size, done + 1, k)
+            if rc > 0:
+                raise CorruptPageError(f"{path}: page {rc}: failed authentication; the "
+                                       "rotation was abandoned, the file is unchanged",
+                                       file=path, page=int(rc))
+            if rc < 0:
+                what = {-1: "reading the database (is it shorter than its page count?)",
+                        -2: f"writing {tmp}"}.get(int(rc), "the cipher")
+                raise EncryptionError(f"{path}: rotation failed {what}")
+            done += k
+            if progress is not None:
+                progress(done, n_pages)
+        if progress is not None and n_pages == 0:
+            progress(0, 0)
+    finally:
+        os.close(dst_fd)  # the copy: no connection of ours has it open yet
+        ffi.memmove(ko, bytes(32), 32)
+        ffi.memmove(kn, bytes(32), 32)
+
+
 def _read_marker(marker: str) -> str:
     try:
         with open(marker, "r", encoding="ascii") as f:
@@ -558,10 +602,16 @@ def _write_marker(marker: str, text: str) -> None:
     _fsync_dir(marker)
 
 
-def _rotate_locked(path: str, tmp: str, old: fmt.Header, src: apsw.Connection, k: Key,
-                   nk: Key, my_index: int, carried: Dict[int, Key], mode: str,
-                   progress: Progress, t0: float, state: Dict[str, bool]) -> RotationReport:
+def _rotate_locked(path: str, tmp: str, old: fmt.Header, src: apsw.Connection,
+                   src_fd: Optional[int], dek_old: Optional[bytearray], k: Key, nk: Key,
+                   my_index: int, carried: Dict[int, Key], mode: str, progress: Progress,
+                   t0: float, state: Dict[str, bool], check: bool) -> RotationReport:
+    """Build the rotated copy in ``tmp`` and rename it over ``path``. ``src_fd`` and
+    ``dek_old`` given: re-encrypt the main file's pages in C through ``src_fd`` (``src``
+    holds the write lock, so the file is stable and complete); otherwise copy with the
+    backup API reading through ``src``."""
     page_size = int(_q(src, "PRAGMA page_size")[0][0])
+    n_pages = int(_q(src, "PRAGMA page_count")[0][0])
     dek = bytearray(os.urandom(32))
     try:
         header = fmt.new_header(dek, page_size=page_size, generation=old.generation + 1)
@@ -572,28 +622,36 @@ def _rotate_locked(path: str, tmp: str, old: fmt.Header, src: apsw.Connection, k
         header.slots[my_index] = _slot_for(header, my_index, nk, bytes(dek), like)
         for j, kk in carried.items():
             header.slots[j] = _slot_for(header, j, kk, bytes(dek), old.slots[j])
+        if src_fd is not None:
+            header.counter = n_pages  # pages sealed under the new key by the copy
         with open(tmp, "xb") as f:
             f.write(header.to_bytes())
             f.flush()
             os.fsync(f.fileno())
         _phase("header-written")
-        dst = _open_with_dek(tmp, dek, header.file_id,
-                             apsw.SQLITE_OPEN_READWRITE)
+        if src_fd is not None and dek_old is not None:
+            _rekey_pages(path, src_fd, tmp, dek_old, old.file_id, dek, header.file_id,
+                         page_size, n_pages, progress)
+            pages = n_pages
+            _phase("copied")
+        dst = _open_with_dek(tmp, dek, header.file_id, apsw.SQLITE_OPEN_READWRITE)
     finally:
         dek[:] = bytes(32)
     try:
-        from . import _set_reserve
+        if src_fd is None:
+            from . import _set_reserve
 
-        _set_reserve(dst, "main")
-        _q(dst, "PRAGMA journal_mode=OFF")  # a scratch copy: a crash discards it whole
-        _q(dst, "PRAGMA synchronous=OFF")
-        pages = _backup(dst, src, progress)
-        _phase("copied")
+            _set_reserve(dst, "main")
+            _q(dst, "PRAGMA journal_mode=OFF")  # a scratch copy: a crash discards it
+            _q(dst, "PRAGMA synchronous=OFF")
+            pages = _backup(dst, src, progress)
+            _phase("copied")
         if mode == "wal":
             _q(dst, "PRAGMA journal_mode=WAL")
-        check = _q(dst, "PRAGMA quick_check")
-        if check != [("ok",)]:
-            raise EncryptionError(f"{path}: the rotated copy fails quick_check: {check[:3]}")
+        if check:
+            res = _q(dst, "PRAGMA quick_check")
+            if res != [("ok",)]:
+                raise EncryptionError(f"{path}: the rotated copy fails quick_check: {res[:3]}")
     finally:
         dst.close()
     _remove_quietly(tmp + "-wal", tmp + "-shm", tmp + "-journal")
