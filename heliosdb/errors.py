@@ -161,6 +161,18 @@ def _message(exc: BaseException) -> str:
     return msg
 
 
+def _explain_encryption_error(exc: BaseException) -> Optional[BaseException]:
+    import sys
+
+    crypto = sys.modules.get("heliosdb.crypto")  # only once encryption was ever used
+    if crypto is None:
+        return None
+    try:
+        return crypto.explain(None, exc)
+    except Exception:  # noqa: BLE001 - explaining must never hide the original error
+        return None
+
+
 def translate(exc: BaseException) -> BaseException:
     """Turn an ``apsw`` exception into the heliosdb (PEP 249) exception sqlite3 would raise.
 
@@ -168,6 +180,12 @@ def translate(exc: BaseException) -> BaseException:
     """
     if not isinstance(exc, apsw.Error):
         return exc
+    if isinstance(exc, (apsw.IOError, apsw.CantOpenError)):
+        # A page that failed authentication in the encryption VFS: the shim recorded the
+        # file and page on this thread, wherever in the package the error surfaces.
+        shim = _explain_encryption_error(exc)
+        if shim is not None:
+            return shim
     if isinstance(exc, (apsw.ConnectionClosedError, apsw.CursorClosedError)):
         new: Error = ProgrammingError(_message(exc))
     elif isinstance(exc, apsw.BindingsError):

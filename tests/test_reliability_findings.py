@@ -1,8 +1,8 @@
 """Defects found by the reliability suites (issue 9), each pinned by a minimal test.
 
-Each is ``xfail(strict=True)`` until the fix described in its reason lands; then the test
-passes, strict xfail turns that into a failure, and the marker must be removed.
-Everything runs in a subprocess (the C shim is involved).
+Fixed ones stay as regression tests. An open one is ``xfail(strict=True)`` until the fix
+described in its reason lands; then strict xfail turns the pass into a failure and the
+marker must be removed. Everything runs in a subprocess (the C shim is involved).
 """
 from __future__ import annotations
 
@@ -75,31 +75,19 @@ def _run(tmp_path, what):
     return p
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a page that fails authentication while a statement runs through the DB-API surfaces "
-    "as OperationalError 'disk I/O error' (SQLITE_IOERR_DATA), not CorruptPageError with "
-    ".file/.page as docs/FORMAT.md promises: dbapi._raise_translated and the other "
-    "translate() call sites never consult the shim's per-thread error. Fix: in "
-    "heliosdb/errors.py translate(), for IOERR/CANTOPEN codes, first return "
-    "heliosdb.crypto._from_shim_error(exc) when it is not None (lazy import; skip when the "
-    "native VFS is not loaded)"))
 def test_tampered_page_during_select_is_corrupt_page_error(tmp_path):
+    """Found: a page failing authentication inside a DB-API statement surfaced as
+    OperationalError 'disk I/O error' instead of CorruptPageError naming file and page."""
     p = _run(tmp_path, "select")
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out.get("exc") == "CorruptPageError" and out.get("page") == out["pages"], out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when connect() fails after the file was opened (here: the audit set-up reads a "
-    "damaged page), Connection.__init__ leaves the APSW connection open, so the key stays "
-    "registered in the shim until a garbage collection runs __del__; reopening the path "
-    "after restoring another database fails with 'is open in this process with another "
-    "key'. Fix: in heliosdb/dbapi.py Connection.__init__, wrap everything after "
-    "open_connection() (set_busy_timeout, _apply_database_config, attach_audit) in "
-    "try/except BaseException: set self._closed = True, call self._apsw.close(True) "
-    "(EncryptedConnection.close releases the key), and re-raise"))
 def test_failed_connect_releases_the_key(tmp_path):
+    """Found: a connect() failing after the open (the audit set-up read a damaged page)
+    left the key registered until a garbage collection; reopening the path with another
+    database then failed with 'is open in this process with another key'."""
     p = _run(tmp_path, "open")
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -129,15 +117,15 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a HeliosDB file whose magic has one flipped bit is reported as NotEncryptedError "
-    "'... is a plaintext database; a key was given', although it is no SQLite file either "
-    "(it does not start with 'SQLite format 3\\0'): the operator is told to drop the key. "
-    "Fix: in heliosdb/crypto/__init__.py _file_state()/_open(), call a file 'plain' only "
-    "when it is empty or starts with b'SQLite format 3\\x00'; anything else that is not a "
-    "HeliosDB header raises EncryptionError('damaged HeliosDB header or not a database')"))
 def test_damaged_magic_is_not_reported_as_plaintext(tmp_path):
     p = run_child(MAGIC, str(tmp_path), timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out.get("exc") and not out["not_encrypted"], out
+
+
+def test_tampered_page_during_connect_is_corrupt_page_error(tmp_path):
+    p = _run(tmp_path, "open")
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out.get("exc") == "CorruptPageError" and out.get("page"), out

@@ -29,7 +29,7 @@ import pytest
 import heliosdb
 from heliosdb import native
 
-from reliability_helpers import (HDR, OVERHEAD, died_of_signal, files_under, main_pages,
+from reliability_helpers import (HDR, died_of_signal, files_under, main_pages,
                                  nonce_of, run_child, scan, wal_frames)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
@@ -103,10 +103,7 @@ for mode in ("delete", "wal"):
         c2.execute("SELECT count(*) FROM hxr_patients").fetchall()
         scan_fds(mode + ":wal-live")
         c2.close()
-        os.system("true")
-        c.close()
-    else:
-        c.close()
+    c.close()
 print(json.dumps({"hits": hits, "temp_files_seen": sorted(seen_temp)}))
 """
 

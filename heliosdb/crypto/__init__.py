@@ -247,6 +247,12 @@ def _prepare_key_for_path_io(path: str, key: Key, create: bool) -> Tuple[str, in
         created = _create_encrypted_file(path, key, exists=state == "empty")
         new = True
     elif state == "plain":
+        if not _files.read_at(path, 16).startswith(b"SQLite format 3\x00"):
+            # Neither SQLite's header nor ours: never tell the operator to drop the key
+            # of what may be an encrypted database with a damaged header.
+            raise EncryptionError(
+                f"{path}: not a HeliosDB encrypted database and not a SQLite database "
+                "either: the HeliosDB header is damaged, or the file is not a database")
         raise NotEncryptedError(
             f"{path} is a plaintext database; a key was given. To encrypt it, make an "
             "encrypted copy with heliosdb.encrypt(plain, encrypted, key), or open it "
