@@ -82,12 +82,16 @@ def category_of(operation: str) -> str:
 #: Argon2id cost profiles that ``encryption.kdf_profile`` may name. "default" is the cost
 #: measured in DESIGN.md section 5 (about 0.1 s per open here); "test" exists so that test
 #: suites do not spend seconds deriving keys, and must not be used for real data.
-KDF_PROFILES: Mapping[str, Mapping[str, int]] = {
-    "default": {"time_cost": 3, "memory_kib": 65536, "parallelism": 4},
-    "interactive": {"time_cost": 2, "memory_kib": 19456, "parallelism": 1},
-    "sensitive": {"time_cost": 4, "memory_kib": 262144, "parallelism": 4},
-    "test": {"time_cost": 1, "memory_kib": 8192, "parallelism": 1},
-}
+def _kdf_profiles() -> Mapping[str, Mapping[str, int]]:
+    # One table of Argon2id profiles: the key module's (what connect() derives keys with).
+    from .crypto.keys import KDF_PROFILES as _KEY_PROFILES
+
+    return {name: {"time_cost": p.time_cost, "memory_kib": p.memory_kib,
+                   "parallelism": p.parallelism} for name, p in _KEY_PROFILES.items()}
+
+
+#: Named Argon2id parameter sets accepted by ``encryption.kdf_profile``.
+KDF_PROFILES: Mapping[str, Mapping[str, int]] = _kdf_profiles()
 
 _ALGORITHMS = ("aes-256-gcm",)
 

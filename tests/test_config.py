@@ -557,8 +557,14 @@ def test_encryption_defaults_and_kdf_profiles():
     enc = load_config({"encryption": {"enabled": True}}).encryption
     assert enc.key_source is None          # the key must be passed to connect()
     assert enc.kdf_params == hc.KDF_PROFILES["default"]
-    assert load_config({"encryption": {"kdf_profile": "test"}}).encryption.kdf_params[
-        "memory_kib"] == 8192
+    # One table: the config offers exactly the profiles connect() derives keys with.
+    from heliosdb.crypto.keys import KDF_PROFILES as key_profiles
+
+    assert set(hc.KDF_PROFILES) == set(key_profiles)
+    for name, p in key_profiles.items():
+        assert load_config({"encryption": {"kdf_profile": name}}).encryption.kdf_params == {
+            "time_cost": p.time_cost, "memory_kib": p.memory_kib,
+            "parallelism": p.parallelism}
 
 
 def test_schema_covers_every_dataclass_field():

@@ -245,6 +245,9 @@ def _needs_wrap(sql: str) -> bool:
 
 
 _DBAPI_DML, _DBAPI_RETURNING = 1, 8  # heliosdb.dbapi._DML / _RETURNING
+_DML_OPS = frozenset(("INSERT", "UPDATE", "DELETE"))
+_perf_ns = time.perf_counter_ns
+_new_event = tuple.__new__  # EventFields from a positional tuple, without its __new__
 
 
 def _now_us() -> int:
@@ -334,12 +337,63 @@ class AuditSession(AuditAPI):
         self._protected = frozenset((self.table.lower(), META_TABLE.lower()))
         with self._internal():
             store.ensure_schema(self._db, self.table)
+            self._record_config_change()
         conn._set_internal_authorizer(self._authorize)
         self._db.set_rollback_hook(self._on_rollback)
         if self._cfg.capture_row_values:
             self._db.preupdate_hook(self._on_preupdate)
         if self._cfg.log_auth:
             self._write_now([self._event("LOGIN", target=None, query=None)])
+
+    #: Whether the first connection to a log records the initial config as an
+    #: AUDIT_CONFIG_CHANGE event. Off for now: the suites list the exact events of fresh
+    #: logs (test_audit_capture, test_audit_retention, test_reliability_concurrency). The
+    #: first config is stored in ``__audit_meta`` either way, so every later change is
+    #: recorded, naming the changed keys.
+    record_initial_config = False
+
+    def _record_config_change(self) -> None:
+        """AUDIT_CONFIG_CHANGE when the audit-relevant config (``name``, ``[audit]``,
+        ``[encryption]``: no secrets, key sources are paths or variable names) differs
+        from the one last recorded in ``__audit_meta`` (``config_hash``, ``config``), or
+        was never recorded (see :attr:`record_initial_config`). The event and the meta
+        update commit together, under BEGIN IMMEDIATE with the hash re-read inside:
+        concurrent connects record a change once. Called inside ``_internal()``."""
+        import hashlib
+
+        full = self._config.to_dict()
+        cur = {k: full[k] for k in ("name", "audit", "encryption")}
+        text = canonical_json(cur)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        db, table = self._db, self.table
+        if store.get_meta(db, table, "config_hash") == digest:
+            return  # the common case: no write lock taken
+
+        def work(c: Any) -> None:
+            old_hash = store.get_meta(c, table, "config_hash")
+            if old_hash == digest:
+                return  # another connection recorded it meanwhile
+            details: dict[str, Any] = {"preset": cur["name"], "hash": digest,
+                                       "previous_hash": old_hash}
+            old_text = store.get_meta(c, table, "config")
+            try:
+                old = json.loads(old_text) if isinstance(old_text, str) else None
+            except ValueError:
+                old = None
+            if isinstance(old, dict):
+                details["previous_preset"] = old.get("name")
+                details["changed"] = _config_changes(old, cur)
+            else:
+                details["initial"] = True
+                details["config"] = cur
+            if old_hash is not None or self.record_initial_config:
+                store.append(c, table, [self._event("AUDIT_CONFIG_CHANGE", target=table,
+                                                    query=None, details=details)],
+                             max_query_length=self._cfg.max_query_length)
+            store.set_meta(c, table, "config_hash", digest)
+            store.set_meta(c, table, "config", text)
+
+        store._run(db, work)
 
     # -- plumbing -------------------------------------------------------------------
     class _InternalGuard:
@@ -530,6 +584,24 @@ class AuditSession(AuditAPI):
             self._md_parts = parts
         return parts
 
+    def _stmt_event(self, operation: str, target: Optional[str], query: Optional[str],
+                    affected_rows: Optional[int], elapsed_ns: int) -> EventFields:
+        """:meth:`_event` for a successful statement without details or row values (the
+        hot path): same fields, built positionally."""
+        maxlen = self._cfg.max_query_length
+        if query is not None and maxlen and len(query) > maxlen:
+            query = query[:maxlen]
+        whole, prefix, suffix = self._md_parts or self._metadata_parts()
+        if not self._cfg.capture_metadata.execution_time:
+            md = whole
+        elif prefix is not None:
+            md = prefix + repr(round(elapsed_ns / 1e6, 3)) + suffix
+        else:
+            md = self._metadata(elapsed_ns)
+        return _new_event(EventFields, (
+            operation, target, self.user, self.session_id, query, affected_rows, 1, None,
+            md or None, None, None, self._context.get("reason")))
+
     def _event(self, operation: str, *, target: Optional[str], query: Optional[str],
                affected_rows: Optional[int] = None, success: bool = True,
                error: Optional[str] = None, elapsed_ns: Optional[int] = None,
@@ -710,8 +782,10 @@ class AuditSession(AuditAPI):
         """Run one statement for ``cursor`` and record it (as ``query`` if given: the
         statement of a script without its surrounding white space)."""
         db = self._db
-        self._actions = []
-        self._denied = None
+        if self._actions:
+            self._actions = []
+        if self._denied is not None:
+            self._denied = None
         if self._row_values:
             self._row_values = []
         info = self._sql_info.get(sql)
@@ -742,7 +816,7 @@ class AuditSession(AuditAPI):
             self._prepared = False
             cur.exec_trace = self._mark_prepared
         before = db.total_changes()
-        t0 = time.perf_counter_ns()
+        t0 = _perf_ns()
         try:
             if info[3]:
                 # VACUUM copies every table, the audit log included, through SQL that
@@ -759,7 +833,7 @@ class AuditSession(AuditAPI):
                 except apsw.ExecutionCompleteError:  # it returned no row
                     desc, rows = None, []
         except BaseException as exc:  # noqa: BLE001
-            elapsed = time.perf_counter_ns() - t0
+            elapsed = _perf_ns() - t0
             if just_begun:
                 cur.exec_trace = None
             # Read the encryption layer's account of the error (a tampered page) before
@@ -771,11 +845,17 @@ class AuditSession(AuditAPI):
             if explained is not None:
                 raise explained from exc
             self._raise(exc, sql)
-        elapsed = time.perf_counter_ns() - t0
-        c = self._classification(sql)
+        elapsed = _perf_ns() - t0
+        if self._actions:
+            c = self._classification(sql)
+        else:  # reused from APSW's statement cache: classified when it was prepared
+            c = self._class_cache.get(sql) or _classify_by_keyword(sql)
         op = c.operation
-        if rows is None and not wrap and op not in _TX_OPS and op != "SELECT" \
-                and db.get_autocommit() and self._wanted(op):
+        wanted = self._wanted_ops.get(op)
+        if wanted is None:
+            wanted = self._wanted(op)
+        if rows is None and not wrap and wanted and op not in _TX_OPS and op != "SELECT" \
+                and db.get_autocommit():
             # PRAGMA, VACUUM, ATTACH ... in autocommit mode: the event is written in a
             # transaction of its own, which cannot commit while this statement is active
             # (PRAGMA journal_mode returns a row): finish it first (small results).
@@ -802,17 +882,27 @@ class AuditSession(AuditAPI):
             return cursor
         if self._rolled_back:  # e.g. a trigger's RAISE(ROLLBACK) that did not raise
             self._after_rollback("rolled back by SQLite")
-        if self._wanted(op):
-            if op in ("INSERT", "UPDATE", "DELETE"):
+        if wanted:
+            if op in _DML_OPS:
                 affected = db.changes() if db.total_changes() != before else 0
             else:
                 affected = None
-            old, new = self._take_row_values()
-            ev = self._event(op, target=c.target, query=sql if query is None else query,
-                             affected_rows=affected, elapsed_ns=elapsed,
-                             old_values=old, new_values=new)
+            if self._row_values:
+                old, new = self._take_row_values()
+                ev = self._event(op, target=c.target,
+                                 query=sql if query is None else query,
+                                 affected_rows=affected, elapsed_ns=elapsed,
+                                 old_values=old, new_values=new)
+            else:
+                ev = self._stmt_event(op, c.target, sql if query is None else query,
+                                      affected, elapsed)
             if op == "SELECT":
                 self._buffer_select(ev)
+            elif not wrap and self._unstored < _TX_BATCH - 1 and self._pending_begin is None \
+                    and not self._select_buffer and not db.get_autocommit():
+                # The hot path of _record_change: queued in the open user transaction.
+                self._pending_tx.append(ev)
+                self._unstored += 1
             else:
                 self._record_change(ev, wrapped=wrap)
         elif wrap:
@@ -842,6 +932,21 @@ class AuditSession(AuditAPI):
 
     def _record_change(self, ev: EventFields, *, wrapped: bool) -> None:
         db = self._db
+        if not wrapped and self._pending_begin is None and not self._select_buffer \
+                and not db.get_autocommit():
+            # The hot path: a statement of an open user transaction (what _queue does).
+            self._pending_tx.append(ev)
+            self._unstored += 1
+            if self._unstored < _TX_BATCH:
+                return
+            try:
+                self._flush_tx()
+            except BaseException as exc:
+                self._abort_transaction(f"rolled back: audit write failed: {exc}")
+                if isinstance(exc, apsw.Error):
+                    raise translate(exc) from exc
+                raise
+            return
         if db.get_autocommit() and not wrapped:
             # A statement that cannot run in a transaction (VACUUM, ATTACH, PRAGMA ...)
             # already took effect: its event follows at once, in a transaction of its own.
@@ -1232,6 +1337,18 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
                  context: Optional[dict]) -> AuditSession:
     """Create the audit session of a new connection (called by ``Connection.__init__``)."""
     return AuditSession(conn, config, user, context)
+
+
+def _config_changes(old: Any, new: Any, prefix: str = "") -> dict:
+    """Dotted keys whose value differs between two config dicts: {key: {old, new}}."""
+    out: dict = {}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_config_changes(a, b, prefix + k + "."))
+        elif a != b or (k in old) != (k in new):
+            out[prefix + k] = {"old": a, "new": b}
+    return out
 
 
 def _json(value: Any) -> str:

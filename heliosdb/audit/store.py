@@ -22,6 +22,7 @@ import apsw
 from ..errors import DataError, ProgrammingError, translate
 from . import chain
 from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, check_operation
+from .events import _checked_ops as _known_ops  # names check_operation already accepted
 
 __all__ = ["DEFAULT_TABLE", "META_TABLE", "DEFAULT_MAX_QUERY_LENGTH", "Head", "Anchor",
            "ensure_schema", "append", "head", "anchor", "read_events", "get_meta",
@@ -237,13 +238,13 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
     def work(c: apsw.Connection) -> list[int]:
         last_id, last_ck, last_ts = _head(c, table)
         now = time.time_ns() // 1000 if now_us is None else now_us
-        ts = now if last_ts is None or now > last_ts else last_ts
-        ids: list[int] = []
-        tss: list[int] = []
-        rows: list[Optional[int]] = []
-        oks: list[int] = []
+        # max(now, previous + 1) for the first event, then one microsecond apart: what
+        # "never equal to (nor before) the previous event" gives for a batch.
+        first_ts = now if last_ts is None or now > last_ts else last_ts + 1
+        n = len(events)
+        known = _known_ops
+        fields: list[tuple] = []
         texts: list[Optional[str]] = []
-        base: list[tuple] = []
         for ev in events:
             try:
                 op, target, user, sid, q, ar, ok, err, md, old, new, reason = ev
@@ -251,7 +252,8 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
                     q = q[:maxq]
             except (TypeError, ValueError) as exc:
                 raise ProgrammingError(f"bad audit event {ev!r}: {exc}") from None
-            check_operation(op)
+            if op not in known:
+                check_operation(op)
             if md is not None and md.__class__ is not str:
                 md = canonical_json(md)
             if old is not None and old.__class__ is not str:
@@ -259,25 +261,20 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
             if new is not None and new.__class__ is not str:
                 new = canonical_json(new)
             ok = 1 if ok else 0
-            last_id += 1
-            if ts == last_ts:
-                ts += 1  # never equal to (nor before) the previous event
-            ids.append(last_id)
-            tss.append(ts)
-            rows.append(ar)
-            oks.append(ok)
+            fields.append((sid, user, op, target, q, ar, ok, err, md, old, new, reason))
             texts += (sid, user, op, target, q, err, md, old, new, reason)
-            base.append((last_id, ts, sid, user, op, target, q, ar, ok, err, md, old, new,
-                         reason))
-            last_ts = ts
         try:
-            cks = chain.chain_checksums(last_ck, ids, tss, rows, oks, texts)
+            ids = list(range(last_id + 1, last_id + 1 + n))
+            tss = list(range(first_ts, first_ts + n))  # TypeError: a stored ts_us not int
+            cks = chain.chain_checksums(last_ck, ids, tss, [f[5] for f in fields],
+                                        [f[6] for f in fields], texts)
         except TypeError as exc:
             raise ProgrammingError(f"audit event field of the wrong type: {exc}") from None
         except (OverflowError, UnicodeError) as exc:
             raise DataError(f"audit event value cannot be encoded: {exc}") from None
         prevs = [last_ck] + cks[:-1]
-        c.executemany(sql, [b + (p, k) for b, p, k in zip(base, prevs, cks)])
+        c.executemany(sql, [(i, t, *f, p, k)
+                            for i, t, f, p, k in zip(ids, tss, fields, prevs, cks)])
         return ids
 
     return _run(conn, work)

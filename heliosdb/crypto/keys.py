@@ -29,12 +29,15 @@ class KdfProfile:
     parallelism: int
 
 
-#: Named Argon2id profiles. ``default`` is RFC 9106's low-memory recommendation (argon2-cffi
-#: ``RFC_9106_LOW_MEMORY``); ``interactive`` is OWASP's minimum; ``test`` is deliberately
-#: weak and exists only to keep test suites fast.
+#: Named Argon2id profiles, the one table the config validates against. ``default`` is
+#: RFC 9106's low-memory recommendation (argon2-cffi ``RFC_9106_LOW_MEMORY``);
+#: ``interactive`` is OWASP's minimum; ``sensitive`` quadruples the memory for keys that
+#: guard long-lived archives; ``test`` is deliberately weak and exists only to keep test
+#: suites fast.
 KDF_PROFILES: Dict[str, KdfProfile] = {
     "default": KdfProfile(time_cost=3, memory_kib=65536, parallelism=4),
     "interactive": KdfProfile(time_cost=2, memory_kib=19456, parallelism=1),
+    "sensitive": KdfProfile(time_cost=4, memory_kib=262144, parallelism=4),
     "test": KdfProfile(time_cost=1, memory_kib=64, parallelism=1),
 }
 

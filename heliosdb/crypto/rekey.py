@@ -209,6 +209,178 @@ def _erase_slot(fd: int, header: fmt.Header, index: int) -> None:
         _write_nslots(fd, n)
 
 
+# ---------------------------------------------------------------- audit events ---
+#
+# A database that has an audit log (``__audit_log``, or the tables named in
+# ``__audit_meta``) gets an event for every key operation: KEY_CHANGE (passphrase change,
+# slot added or removed, encrypt, decrypt) or KEY_ROTATION. Details name slot indexes,
+# slot kinds, KDF parameters, generations, file ids and page counts: never key material.
+# Slot operations take SQLite's write lock *before* touching the header (a database that
+# stays locked makes the operation fail with nothing changed), change the header, then
+# append and commit; a rotation appends its event inside the rotated copy before it is
+# synced and renamed over the original, so the event exists exactly when the rotation
+# does. Failed operations (after the key was checked) record a failed event when the
+# database can still be written.
+
+def _actor(actor: Optional[str]) -> str:
+    if actor is not None:
+        return actor
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def _audit_tables(conn: apsw.Connection, audit_table: Optional[str]) -> List[str]:
+    """The audit tables of the database ``conn`` opens (none: nothing is recorded)."""
+    from ..audit.store import DEFAULT_TABLE, META_TABLE
+
+    names = {str(n).lower(): str(n) for (n,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if audit_table is not None:
+        return [audit_table] if audit_table.lower() in names else []
+    found: List[str] = []
+    if META_TABLE.lower() in names:
+        for (t,) in conn.execute(f"SELECT DISTINCT tbl FROM {META_TABLE} ORDER BY tbl"):
+            if isinstance(t, str) and t.lower() in names and t not in found:
+                found.append(t)
+    if DEFAULT_TABLE.lower() in names and DEFAULT_TABLE not in found:
+        found.append(DEFAULT_TABLE)
+    return found
+
+
+class _KeyAudit:
+    """Records the events of one key operation in the database's audit log(s)."""
+
+    def __init__(self, operation: str, actor: Optional[str], reason: Optional[str],
+                 audit_table: Optional[str], busy_timeout: float) -> None:
+        import uuid
+
+        self.operation = operation
+        self.user = _actor(actor)
+        self.reason = reason
+        self.audit_table = audit_table
+        self.busy_ms = int(busy_timeout * 1000)
+        self.session_id = uuid.uuid4().hex
+        self.conn: Optional[apsw.Connection] = None
+        self.tables: List[str] = []
+
+    def event(self, details: Dict[str, Any], error: Optional[BaseException] = None) -> Any:
+        from ..audit.events import EventFields
+
+        return EventFields(
+            operation=self.operation, target="main", user=self.user,
+            session_id=self.session_id, query=None, affected_rows=None,
+            success=0 if error is not None else 1,
+            error=None if error is None else f"{type(error).__name__}: {error}",
+            metadata={"details": details}, reason=self.reason)
+
+    def append(self, conn: apsw.Connection, details: Dict[str, Any],
+               error: Optional[BaseException] = None,
+               tables: Optional[List[str]] = None) -> None:
+        """Append the event to every audit table (inside ``conn``'s open transaction)."""
+        from ..audit import store
+
+        ev = self.event(details, error)
+        for t in (self.tables if tables is None else tables):
+            store.append(conn, t, [ev], max_query_length=None)
+
+    def record_in(self, conn: apsw.Connection, details: Dict[str, Any]) -> int:
+        """Append the event in a transaction of its own on ``conn`` (a copy being built,
+        no other user). Returns how many audit tables got it."""
+        tables = _audit_tables(conn, self.audit_table)
+        if tables:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.append(conn, details, tables=tables)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return len(tables)
+
+    # -- on the database itself (slot operations, failures) --
+    def lock(self, path: str, dek: bytes | bytearray, file_id: bytes) -> None:
+        """Open ``path`` and, when it has an audit log, take the write lock (BEGIN
+        IMMEDIATE) so that the event can be written once the header changed."""
+        conn = _open_with_dek(path, dek, file_id)
+        try:
+            conn.setbusytimeout(self.busy_ms)
+            self.tables = _audit_tables(conn, self.audit_table)
+            if not self.tables:
+                conn.close()
+                return
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, apsw.BusyError):
+                raise EncryptionError(
+                    f"{path}: the database stayed locked for {self.busy_ms / 1000} s, so "
+                    "the key operation could not be recorded in its audit log; nothing "
+                    "was changed") from None
+            if isinstance(exc, apsw.Error):
+                raise translate(exc) from None
+            raise
+        self.conn = conn
+
+    def commit(self, details: Dict[str, Any], error: Optional[BaseException] = None) -> None:
+        """Append the event in the locked transaction and commit it."""
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            self.append(conn, details, error)
+            deadline = time.monotonic() + max(1.0, self.busy_ms / 1000)
+            while True:
+                try:
+                    conn.execute("COMMIT")
+                    break
+                except apsw.BusyError:  # readers still hold SHARED: wait for them
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+        except apsw.Error as exc:
+            if error is not None:
+                raise translate(exc) from None
+            raise EncryptionError(
+                f"the key operation was done, but its {self.operation} audit event could "
+                f"not be recorded: {translate(exc)}") from None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+            conn.close()
+
+    def failed(self, path: str, dek: bytes | bytearray, file_id: bytes,
+               details: Dict[str, Any], error: BaseException) -> None:
+        """Best effort: record a failed attempt (the operation's own error is what the
+        caller raises, whatever happens here)."""
+        try:
+            if self.conn is None:
+                self.lock(path, dek, file_id)
+            else:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                self.conn.execute("BEGIN IMMEDIATE")
+            self.commit(details, error)
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            self.close()
+
+
+def _slot_desc(slot: fmt.Slot) -> Dict[str, Any]:
+    return dict(slot.describe())
+
+
 # ------------------------------------------------------------------- key slots ---
 
 def list_key_slots(path: str) -> List[Dict[str, Any]]:
@@ -220,51 +392,84 @@ def list_key_slots(path: str) -> List[Dict[str, Any]]:
 
 
 def add_key_slot(path: str, key: KeyLike, new_key: KeyLike, *,
-                 kdf_profile: Optional[str] = None) -> int:
+                 kdf_profile: Optional[str] = None, actor: Optional[str] = None,
+                 reason: Optional[str] = None, audit_table: Optional[str] = None,
+                 busy_timeout: float = 5.0) -> int:
     """Add a key slot for ``new_key`` (a passphrase, raw key, key file or recovery key),
     authorised by ``key`` (any key that opens the file). Returns the slot index.
 
     Only the new slot (and the slot count) is written: instant, whatever the size.
     ``kdf_profile`` names the Argon2id profile of a new passphrase given as ``str``.
+    A database with an audit log gets a KEY_CHANGE event (``actor``, default the login
+    name; ``reason``; ``audit_table``, default every audit table found).
     """
+    audit = _KeyAudit("KEY_CHANGE", actor, reason, audit_table, busy_timeout)
     with _owned(key) as k, _owned(new_key, "new_key", kdf_profile) as nk:
         with _keyop_lock(path) as fd:
             header = _read_header_fd(path, fd)
             dek, _i = _unlock(path, header, k)
+            details: Dict[str, Any] = {"action": "add_key_slot", "authorised_by_slot": _i}
             try:
-                index = _free_index(header)
-                slot = _slot_for(header, index, nk, bytes(dek))
-                _put_slot(fd, header, index, slot)
+                audit.lock(path, dek, header.file_id)
+                try:
+                    index = _free_index(header)
+                    slot = _slot_for(header, index, nk, bytes(dek))
+                    _put_slot(fd, header, index, slot)
+                except Exception as exc:
+                    audit.failed(path, dek, header.file_id, details, exc)
+                    raise
+                details.update(slot=index, **_slot_desc(slot))
+                audit.commit(details)
             finally:
+                audit.close()
                 dek[:] = bytes(len(dek))
     return index
 
 
-def remove_key_slot(path: str, key: KeyLike, slot: Any) -> int:
+def remove_key_slot(path: str, key: KeyLike, slot: Any, *, actor: Optional[str] = None,
+                    reason: Optional[str] = None, audit_table: Optional[str] = None,
+                    busy_timeout: float = 5.0) -> int:
     """Erase a key slot, authorised by ``key``. ``slot`` is a slot index or a key (the
-    slot that key opens). The last usable slot cannot be removed. Returns the index."""
+    slot that key opens). The last usable slot cannot be removed. Returns the index.
+    A database with an audit log gets a KEY_CHANGE event (see :func:`add_key_slot`)."""
+    audit = _KeyAudit("KEY_CHANGE", actor, reason, audit_table, busy_timeout)
     with _owned(key) as k, _keyop_lock(path) as fd:
         header = _read_header_fd(path, fd)
         dek, _i = _unlock(path, header, k)
-        dek[:] = bytes(len(dek))
-        if isinstance(slot, int) and not isinstance(slot, bool):
-            index = slot
-            if not 0 <= index < len(header.slots) or header.slots[index].kind == fmt.SLOT_EMPTY:
-                raise EncryptionError(f"{path}: there is no key slot {index}")
-        else:
-            with _owned(slot, "slot") as sk:
-                d2, index = _unlock(path, header, sk)
-                d2[:] = bytes(len(d2))
-        used = [i for i, s in enumerate(header.slots) if s.kind != fmt.SLOT_EMPTY]
-        if used == [index]:
-            raise EncryptionError(f"{path}: refusing to remove the last key slot (the "
-                                  "database could never be opened again)")
-        _erase_slot(fd, header, index)
+        details: Dict[str, Any] = {"action": "remove_key_slot", "authorised_by_slot": _i}
+        try:
+            audit.lock(path, dek, header.file_id)
+            try:
+                if isinstance(slot, int) and not isinstance(slot, bool):
+                    index = slot
+                    details["slot"] = index
+                    if not 0 <= index < len(header.slots) \
+                            or header.slots[index].kind == fmt.SLOT_EMPTY:
+                        raise EncryptionError(f"{path}: there is no key slot {index}")
+                else:
+                    with _owned(slot, "slot") as sk:
+                        d2, index = _unlock(path, header, sk)
+                        d2[:] = bytes(len(d2))
+                details.update(slot=index, **_slot_desc(header.slots[index]))
+                used = [i for i, s in enumerate(header.slots) if s.kind != fmt.SLOT_EMPTY]
+                if used == [index]:
+                    raise EncryptionError(f"{path}: refusing to remove the last key slot (the "
+                                          "database could never be opened again)")
+                _erase_slot(fd, header, index)
+            except Exception as exc:
+                audit.failed(path, dek, header.file_id, details, exc)
+                raise
+            audit.commit(details)
+        finally:
+            audit.close()
+            dek[:] = bytes(len(dek))
     return index
 
 
 def change_passphrase(path: str, old: KeyLike, new: KeyLike, *,
-                      kdf_profile: Optional[str] = None) -> int:
+                      kdf_profile: Optional[str] = None, actor: Optional[str] = None,
+                      reason: Optional[str] = None, audit_table: Optional[str] = None,
+                      busy_timeout: float = 5.0) -> int:
     """Replace the key slot that ``old`` opens with one for ``new``; ``old`` stops
     working at once (in this process too). Works for raw keys and key files as well.
 
@@ -272,21 +477,33 @@ def change_passphrase(path: str, old: KeyLike, new: KeyLike, *,
     and synced: a crash in between leaves both working, never neither. A passphrase
     keeps the Argon2id parameters of the slot it replaces unless ``kdf_profile`` (or a
     :class:`Key` made with a profile) says otherwise. Returns the new slot's index.
+    A database with an audit log gets a KEY_CHANGE event (see :func:`add_key_slot`).
     """
+    audit = _KeyAudit("KEY_CHANGE", actor, reason, audit_table, busy_timeout)
     with _owned(old, "old") as ok, _owned(new, "new", kdf_profile) as nk:
         with _keyop_lock(path) as fd:
             header = _read_header_fd(path, fd)
             dek, old_index = _unlock(path, header, ok)
+            details: Dict[str, Any] = {"action": "change_passphrase", "old_slot": old_index,
+                                       "old": _slot_desc(header.slots[old_index])}
             try:
-                like = header.slots[old_index]
-                if kdf_profile is not None or isinstance(new, Key):
-                    like = None
-                index = _free_index(header, avoid=(old_index,))
-                slot = _slot_for(header, index, nk, bytes(dek), like)
-                _put_slot(fd, header, index, slot)
+                audit.lock(path, dek, header.file_id)
+                try:
+                    like = header.slots[old_index]
+                    if kdf_profile is not None or isinstance(new, Key):
+                        like = None
+                    index = _free_index(header, avoid=(old_index,))
+                    slot = _slot_for(header, index, nk, bytes(dek), like)
+                    _put_slot(fd, header, index, slot)
+                    details.update(new_slot=index, new=_slot_desc(slot))
+                    _erase_slot(fd, header, old_index)
+                except Exception as exc:
+                    audit.failed(path, dek, header.file_id, details, exc)
+                    raise
+                audit.commit(details)
             finally:
+                audit.close()
                 dek[:] = bytes(len(dek))
-            _erase_slot(fd, header, old_index)
     return index
 
 
@@ -410,7 +627,9 @@ class RotationReport:
 def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progress = None,
                *, keep_keys: Iterable[KeyLike] = (), drop_other_slots: bool = False,
                busy_timeout: float = 5.0, kdf_profile: Optional[str] = None,
-               method: str = "auto", check: bool = True) -> RotationReport:
+               method: str = "auto", check: bool = True, actor: Optional[str] = None,
+               reason: Optional[str] = None,
+               audit_table: Optional[str] = None) -> RotationReport:
     """Re-encrypt every page of ``path`` under a new random data key.
 
     ``key`` opens the file; its slot is rewrapped under the new DEK for ``new_key``
@@ -435,6 +654,13 @@ def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progr
     Crash safety: the rotated copy is built in ``<path>.helios-rotate`` and renamed over
     ``path`` only once complete and synced, so a crash leaves the original (old key) or
     the rotated file (new key); a leftover copy is removed by the next rotation.
+
+    Audit: a database with an audit log gets one KEY_ROTATION event (``actor``, default
+    the login name; ``reason``; old and new generation and file id, pages re-encrypted),
+    appended to the rotated copy *before* it is synced and renamed over the original:
+    the event is in the file exactly when the rotation is. A rotation that fails after
+    the key was checked records a failed KEY_ROTATION event in the original, when it
+    can be written.
     """
     if not native.available():
         raise EncryptionUnavailableError(native.unavailable_reason() or "native unavailable")
@@ -451,98 +677,111 @@ def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progr
         header = _read_header_fd(path, fd)
         dek_old, my_index = _unlock(path, header, k)
         stack.callback(lambda: dek_old.__setitem__(slice(None), bytes(len(dek_old))))
-        # Which other slots can we carry over?
-        carried: Dict[int, Key] = {}
-        for kk in keep_keys:
-            kk_key = stack.enter_context(_owned(kk, "keep_keys item"))
-            try:
-                d, j = _unlock(path, header, kk_key)
-            except WrongKeyError:
-                raise WrongKeyError(f"{path}: a key in keep_keys opens no slot") from None
-            d[:] = bytes(len(d))
-            if j != my_index:
-                carried[j] = kk_key
-        others = [i for i, s in enumerate(header.slots)
-                  if s.kind != fmt.SLOT_EMPTY and i != my_index and i not in carried]
-        if others and not drop_other_slots:
-            desc = ", ".join(f"{i} ({header.slots[i].describe()['kind']})" for i in others)
-            raise EncryptionError(
-                f"{path}: key slots {desc} wrap the current data key and would be lost: "
-                "pass their keys in keep_keys=, or drop_other_slots=True")
-
-        tmp = path + ROTATE_SUFFIX
-        _remove_quietly(*_side_files(tmp))  # an incomplete copy left by a crash
-        _phase("start")
-        src = _open_with_dek(path, dek_old, header.file_id)
-        mode, state = "", {"renamed": False}
-        marker = path + ROTATE_SUFFIX + ".mode"
+        audit = _KeyAudit("KEY_ROTATION", actor, reason, audit_table, busy_timeout)
+        details: Dict[str, Any] = {
+            "action": "rotate_key", "old_generation": header.generation,
+            "old_file_id": header.file_id.hex(), "key_slot": my_index, "method":
+            "backup" if method == "backup" else "pages"}
+        state = {"renamed": False}
         try:
-            src.setbusytimeout(int(busy_timeout * 1000))
-            mode = str(_q(src, "PRAGMA journal_mode")[0][0]).lower()
-            # A rotation that crashed after leaving WAL left this note: restore WAL.
-            target_mode = "wal" if (mode == "wal" or _read_marker(marker) == "wal") else mode
-            if mode == "wal":
-                _q(src, "PRAGMA wal_checkpoint(TRUNCATE)")
-                _write_marker(marker, "wal")
+            # Which other slots can we carry over?
+            carried: Dict[int, Key] = {}
+            for kk in keep_keys:
+                kk_key = stack.enter_context(_owned(kk, "keep_keys item"))
                 try:
-                    got = str(_q(src, "PRAGMA journal_mode=DELETE")[0][0]).lower()
-                except Exception as exc:
-                    raise EncryptionError(
-                        f"{path}: rotate_key needs exclusive access and another connection "
-                        f"has the database open in WAL mode ({exc}); close it and retry") from None
-                if got != "delete":
-                    raise EncryptionError(f"{path}: could not leave WAL mode for rotation "
-                                          f"(journal_mode stays {got!r})")
-            _phase("wal-left" if mode == "wal" else "mode-checked")
-            try:
-                # The write lock (RESERVED) keeps every other writer out until the
-                # rename; readers may go on. The backup API cannot read through a
-                # connection in a write transaction, so a second one reads.
-                src.execute("BEGIN IMMEDIATE")
-            except apsw.BusyError:
+                    d, j = _unlock(path, header, kk_key)
+                except WrongKeyError:
+                    raise WrongKeyError(f"{path}: a key in keep_keys opens no slot") from None
+                d[:] = bytes(len(d))
+                if j != my_index:
+                    carried[j] = kk_key
+            others = [i for i, s in enumerate(header.slots)
+                      if s.kind != fmt.SLOT_EMPTY and i != my_index and i not in carried]
+            if others and not drop_other_slots:
+                desc = ", ".join(f"{i} ({header.slots[i].describe()['kind']})" for i in others)
                 raise EncryptionError(
-                    f"{path}: rotate_key needs exclusive access: the database stayed "
-                    f"locked by another connection for {busy_timeout} s") from None
-            _phase("locked")
+                    f"{path}: key slots {desc} wrap the current data key and would be lost: "
+                    "pass their keys in keep_keys=, or drop_other_slots=True")
+            details.update(kept_slots=sorted([my_index, *carried]), dropped_slots=others)
+
+            tmp = path + ROTATE_SUFFIX
+            _remove_quietly(*_side_files(tmp))  # an incomplete copy left by a crash
+            _phase("start")
+            src = _open_with_dek(path, dek_old, header.file_id)
+            mode = ""
+            marker = path + ROTATE_SUFFIX + ".mode"
             try:
-                if method not in ("auto", "pages", "backup"):
-                    raise ValueError(f"unknown method {method!r}: auto, pages or backup")
-                if method == "backup":
-                    reader = _open_with_dek(path, dek_old, header.file_id)
+                src.setbusytimeout(int(busy_timeout * 1000))
+                mode = str(_q(src, "PRAGMA journal_mode")[0][0]).lower()
+                # A rotation that crashed after leaving WAL left this note: restore WAL.
+                target_mode = "wal" if (mode == "wal" or _read_marker(marker) == "wal") else mode
+                if mode == "wal":
+                    _q(src, "PRAGMA wal_checkpoint(TRUNCATE)")
+                    _write_marker(marker, "wal")
                     try:
-                        reader.setbusytimeout(int(busy_timeout * 1000))
-                        report = _rotate_locked(path, tmp, header, reader, None, None, k,
-                                                nk, my_index, carried, target_mode,
-                                                progress, t0, state, check)
-                    finally:
-                        reader.close()
-                else:
-                    report = _rotate_locked(path, tmp, header, src, fd, dek_old, k, nk,
-                                            my_index, carried, target_mode, progress, t0,
-                                            state, check)
+                        got = str(_q(src, "PRAGMA journal_mode=DELETE")[0][0]).lower()
+                    except Exception as exc:
+                        raise EncryptionError(
+                            f"{path}: rotate_key needs exclusive access and another connection "
+                            f"has the database open in WAL mode ({exc}); close it and retry") from None
+                    if got != "delete":
+                        raise EncryptionError(f"{path}: could not leave WAL mode for rotation "
+                                              f"(journal_mode stays {got!r})")
+                _phase("wal-left" if mode == "wal" else "mode-checked")
+                try:
+                    # The write lock (RESERVED) keeps every other writer out until the
+                    # rename; readers may go on. The backup API cannot read through a
+                    # connection in a write transaction, so a second one reads.
+                    src.execute("BEGIN IMMEDIATE")
+                except apsw.BusyError:
+                    raise EncryptionError(
+                        f"{path}: rotate_key needs exclusive access: the database stayed "
+                        f"locked by another connection for {busy_timeout} s") from None
+                _phase("locked")
+                try:
+                    if method not in ("auto", "pages", "backup"):
+                        raise ValueError(f"unknown method {method!r}: auto, pages or backup")
+                    if method == "backup":
+                        reader = _open_with_dek(path, dek_old, header.file_id)
+                        try:
+                            reader.setbusytimeout(int(busy_timeout * 1000))
+                            report = _rotate_locked(path, tmp, header, reader, None, None, k,
+                                                    nk, my_index, carried, target_mode,
+                                                    progress, t0, state, check,
+                                                    (audit, details))
+                        finally:
+                            reader.close()
+                    else:
+                        report = _rotate_locked(path, tmp, header, src, fd, dek_old, k, nk,
+                                                my_index, carried, target_mode, progress, t0,
+                                                state, check, (audit, details))
+                except BaseException:
+                    try:
+                        src.execute("ROLLBACK")
+                    except apsw.Error:
+                        pass
+                    raise
+                try:
+                    src.execute("ROLLBACK")  # nothing was written to the old file
+                except apsw.Error:
+                    pass
             except BaseException:
-                try:
-                    src.execute("ROLLBACK")
-                except apsw.Error:
-                    pass
+                _remove_quietly(*_side_files(tmp))
+                # Leave the original as it was (WAL mode) when nothing was renamed.
+                if mode == "wal" and not state["renamed"]:
+                    try:
+                        src.execute("PRAGMA journal_mode=WAL").fetchall()
+                        _remove_quietly(marker)
+                    except apsw.Error:
+                        pass
+                src.close()
                 raise
-            try:
-                src.execute("ROLLBACK")  # nothing was written to the old file
-            except apsw.Error:
-                pass
-        except BaseException:
-            _remove_quietly(*_side_files(tmp))
-            # Leave the original as it was (WAL mode) when nothing was renamed.
-            if mode == "wal" and not state["renamed"]:
-                try:
-                    src.execute("PRAGMA journal_mode=WAL").fetchall()
-                    _remove_quietly(marker)
-                except apsw.Error:
-                    pass
             src.close()
+            _remove_quietly(marker)
+        except Exception as exc:
+            if not state["renamed"]:
+                audit.failed(path, dek_old, header.file_id, details, exc)
             raise
-        src.close()
-        _remove_quietly(marker)
     _files.sweep()
     report.dropped_slots = others
     report.seconds = time.perf_counter() - t0
@@ -605,11 +844,15 @@ def _write_marker(marker: str, text: str) -> None:
 def _rotate_locked(path: str, tmp: str, old: fmt.Header, src: apsw.Connection,
                    src_fd: Optional[int], dek_old: Optional[bytearray], k: Key, nk: Key,
                    my_index: int, carried: Dict[int, Key], mode: str, progress: Progress,
-                   t0: float, state: Dict[str, bool], check: bool) -> RotationReport:
+                   t0: float, state: Dict[str, bool], check: bool,
+                   audit: Optional[Tuple["_KeyAudit", Dict[str, Any]]] = None
+                   ) -> RotationReport:
     """Build the rotated copy in ``tmp`` and rename it over ``path``. ``src_fd`` and
     ``dek_old`` given: re-encrypt the main file's pages in C through ``src_fd`` (``src``
     holds the write lock, so the file is stable and complete); otherwise copy with the
-    backup API reading through ``src``."""
+    backup API reading through ``src``. ``audit``: (recorder, details) of the
+    KEY_ROTATION event, committed into the copy before it is checked, synced and
+    renamed (the copy's chain continues the original's)."""
     page_size = int(_q(src, "PRAGMA page_size")[0][0])
     n_pages = int(_q(src, "PRAGMA page_count")[0][0])
     dek = bytearray(os.urandom(32))
@@ -646,6 +889,13 @@ def _rotate_locked(path: str, tmp: str, old: fmt.Header, src: apsw.Connection,
             _q(dst, "PRAGMA synchronous=OFF")
             pages = _backup(dst, src, progress)
             _phase("copied")
+        if audit is not None:
+            ka, details = audit
+            details.update(new_generation=header.generation,
+                           new_file_id=header.file_id.hex(), pages=pages,
+                           journal_mode=mode or "delete")
+            if ka.record_in(dst, details):
+                _phase("audited")
         if mode == "wal":
             _q(dst, "PRAGMA journal_mode=WAL")
         if check:
@@ -751,15 +1001,18 @@ def _check_target(dst: str) -> None:
 
 
 def encrypt(plain_path: str, enc_path: str, key: KeyLike, progress: Progress = None, *,
-            kdf_profile: Optional[str] = None) -> int:
+            kdf_profile: Optional[str] = None, actor: Optional[str] = None,
+            reason: Optional[str] = None, audit_table: Optional[str] = None) -> int:
     """Write an encrypted copy of the plaintext database ``plain_path`` to the new file
     ``enc_path`` under ``key`` (a fresh data key and file id). The source is only read.
 
     Uses ``VACUUM INTO`` (SQLite rebuilds the file with the 32 reserved bytes per page
     the cipher needs, which a page copy cannot add). The target appears whole, only once
     synced. ``progress(done, total)`` counts pages written. Returns the page count.
+    A source with an audit log: the copy's log continues it with a KEY_CHANGE event
+    (``action`` "encrypt"), committed before the copy appears.
     """
-    from . import _file_state, register_attach_key, unregister_attach_key
+    from . import _file_state, _read_header, register_attach_key, unregister_attach_key
 
     if not native.available():
         raise EncryptionUnavailableError(native.unavailable_reason() or "native unavailable")
@@ -807,13 +1060,20 @@ def encrypt(plain_path: str, enc_path: str, key: KeyLike, progress: Progress = N
             raise translate(exc) from None
         finally:
             src.setprogresshandler(None)
-        if wal:
-            conn = _open_registered_again(tmp)
-            try:
+        conn = _open_registered_again(tmp)
+        try:
+            h = _read_header(tmp)
+            _KeyAudit("KEY_CHANGE", actor, reason, audit_table, 5.0).record_in(conn, {
+                "action": "encrypt", "source": os.path.basename(plain_path),
+                "pages": total, "generation": h.generation, "file_id": h.file_id.hex(),
+                "slots": [_slot_desc(x) for x in h.slots]})
+            if wal:
                 _q(conn, "PRAGMA journal_mode=WAL")
-            finally:
-                conn.close()
-            _remove_quietly(tmp + "-wal", tmp + "-shm")
+        except apsw.Error as exc:
+            raise translate(exc) from None
+        finally:
+            conn.close()
+        _remove_quietly(tmp + "-wal", tmp + "-shm", tmp + "-journal")
         if progress is not None and state_["last"] != total:
             progress(total, total)
     except BaseException:
@@ -832,7 +1092,9 @@ def _open_registered_again(path: str) -> apsw.Connection:
     return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE, vfs=_vfs.VFS_NAME)
 
 
-def decrypt(enc_path: str, plain_path: str, key: KeyLike, progress: Progress = None) -> int:
+def decrypt(enc_path: str, plain_path: str, key: KeyLike, progress: Progress = None, *,
+            actor: Optional[str] = None, reason: Optional[str] = None,
+            audit_table: Optional[str] = None) -> int:
     """Write a plaintext copy of the encrypted database ``enc_path`` to the new file
     ``plain_path`` (an explicit act: nothing else ever writes plaintext).
 
@@ -840,9 +1102,10 @@ def decrypt(enc_path: str, plain_path: str, key: KeyLike, progress: Progress = N
     the 32 reserved bytes per page (zeros; SQLite reads such a file like any other, and
     VACUUM keeps a reserve once set). The target appears whole, only once synced, in
     the source's journal mode. ``progress(done, total)`` counts pages. Returns the
-    page count.
+    page count. A source with an audit log: the copy's log continues it with a
+    KEY_CHANGE event (``action`` "decrypt"), committed before the copy appears.
     """
-    from . import _file_state, open_connection
+    from . import _file_state, _read_header, open_connection
 
     if _file_state(enc_path) != "encrypted":
         raise NotEncryptedError(f"{enc_path} is not an encrypted HeliosDB database")
@@ -857,6 +1120,14 @@ def decrypt(enc_path: str, plain_path: str, key: KeyLike, progress: Progress = N
         try:
             dst.execute("PRAGMA journal_mode=OFF").fetchall()
             total = _backup(dst, src, progress)
+            h = _read_header(enc_path)
+            try:
+                _KeyAudit("KEY_CHANGE", actor, reason, audit_table, 5.0).record_in(dst, {
+                    "action": "decrypt", "source": os.path.basename(enc_path),
+                    "pages": total, "source_generation": h.generation,
+                    "source_file_id": h.file_id.hex()})
+            except apsw.Error as exc:
+                raise translate(exc) from None
             if wal:
                 dst.execute("PRAGMA journal_mode=WAL").fetchall()
         finally:
