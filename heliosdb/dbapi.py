@@ -468,32 +468,32 @@ class Row:
 class Cursor:
     """A DB-API cursor with the stdlib ``sqlite3.Cursor`` semantics."""
 
-    # Class-level defaults, as sqlite3.Cursor exposes them as attributes.
+    # Class-level defaults, as sqlite3.Cursor exposes them as attributes; the per-cursor
+    # state starts from these too, so that making a cursor (which conn.execute() does for
+    # every statement) sets only what differs.
     rowcount: int = -1
     lastrowid: Optional[int] = None
     row_factory: Optional[Callable[["Cursor", tuple], Any]] = None
+    _arraysize = 1
+    _closed = False
+    _active = False  # an APSW statement may still have rows
+    _rows_kind = False  # the last statement could return rows
+    _sql: Optional[str] = None
+    _params: Any = None
+    _desc: Any = None
+    _desc_known = True
+    _converters: Optional[list] = None
+    _count_at_end = False
 
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
             raise TypeError("Cursor() argument must be a heliosdb.Connection")
         connection._check()
         self._connection = connection
+        # APSW applies the connection's convert_binding (adapters) to every cursor.
         self._cur = connection._apsw.cursor()
-        self._closed = False
-        self._active = False  # an APSW statement may still have rows
-        self._rows_kind = False  # the last statement could return rows
-        self._sql: Optional[str] = None
-        self._params: Any = None
-        self._desc: Any = None
-        self._desc_known = True
-        self._converters: Optional[list] = None
-        self._count_at_end = False
-        self.arraysize = 1
-        self.rowcount = -1
-        self.lastrowid: Optional[int] = None
-        self.row_factory = connection.row_factory
-        if connection._needs_binding_hook():
-            self._cur.convert_binding = connection._convert_binding
+        if connection.row_factory is not None:
+            self.row_factory = connection.row_factory
 
     @property
     def arraysize(self) -> int:
@@ -1041,7 +1041,6 @@ class Connection:
         self._trace: Optional[Callable[..., bool]] = None
         self._user_authorizer: Optional[Callable[..., int]] = None
         self._internal_authorizer: Optional[Callable[..., int]] = None
-        self._binding_hook_installed = False
         self._install_binding_hook()
         self._apply_authorizer()
         self._apply_database_config()
@@ -1058,9 +1057,6 @@ class Connection:
                 self._apsw.pragma(name, value)
             except apsw.Error as exc:
                 raise _translate(self._apsw, exc) from exc
-
-    def _needs_binding_hook(self) -> bool:
-        return True
 
     def _install_binding_hook(self) -> None:
         # APSW asks this for values it cannot bind natively: that is where registered
@@ -1209,7 +1205,7 @@ class Connection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        return self.cursor().execute(sql, parameters)
+        return Cursor(self).execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""
