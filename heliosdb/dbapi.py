@@ -589,21 +589,7 @@ class Cursor:
         finally:
             if begin:
                 self._cur.exec_trace = None
-        # _after_execute, inlined
-        if flags & _DML:
-            if flags & _RETURNING:
-                # sqlite3 counts the changes once the statement has run to completion.
-                self.rowcount = 0
-                self._count_at_end = True
-                self._rows_kind = True
-            else:
-                self.rowcount = db.changes()
-                self._rows_kind = False
-        else:
-            self._rows_kind = not (flags & _EMPTY)
-        self._active = True
-        self._desc_known = False
-        self.lastrowid = db.last_insert_rowid()
+        self._after_execute(flags)
         return self
 
     def _after_execute(self, flags: int) -> None:
