@@ -807,14 +807,7 @@ class AuditSession(AuditAPI):
                 raise
         autocommit = db.get_autocommit()
         wrap = autocommit and info[0]
-        just_begun = self._just_begun
-        self._just_begun = False
-        if wrap:
-            with self._internal():
-                db.execute("BEGIN")
-        elif just_begun:
-            self._prepared = False
-            cur.exec_trace = self._mark_prepared
+        just_begun = self._open_statement(cur, wrap)
         before = db.total_changes()
         t0 = _perf_ns()
         try:
@@ -1061,6 +1054,20 @@ class AuditSession(AuditAPI):
             # is written after the transaction ends, whichever way it ends.
             self._deferred.append(ev)
 
+    def _open_statement(self, cur: Any, wrap: bool) -> bool:
+        """Start the transaction a statement runs in: our own BEGIN for a wrapped
+        autocommit statement, or, right after the DB-API's implicit BEGIN, a tracer that
+        notes when the statement got prepared. Returns whether the DB-API just began."""
+        just_begun = self._just_begun
+        self._just_begun = False
+        if wrap:
+            with self._internal():
+                self._db.execute("BEGIN")
+        elif just_begun:
+            self._prepared = False
+            cur.exec_trace = self._mark_prepared
+        return just_begun
+
     def executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any], flags: int) -> int:
         """Run a DML statement over many parameter sets; one event for the batch.
 
@@ -1075,14 +1082,7 @@ class AuditSession(AuditAPI):
         if cur.__class__ is _Drained:
             cur = cursor._cur = cur._real
         wrap = db.get_autocommit()
-        just_begun = self._just_begun
-        self._just_begun = False
-        if wrap:
-            with self._internal():
-                db.execute("BEGIN")
-        elif just_begun:
-            self._prepared = False
-            cur.exec_trace = self._mark_prepared
+        just_begun = self._open_statement(cur, wrap)
         before = db.total_changes()
         t0 = time.perf_counter_ns()
         try:

@@ -225,6 +225,22 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
     raise WrongKeyError(f"{path}: wrong key: the key does not open this encrypted database")
 
 
+def _unlock_file(path: str, key: KeyLike, purpose: str) -> Tuple[fmt.Header, bytearray]:
+    """(header, DEK) of the encrypted file at ``path`` for offline readers (pure-Python
+    page access, no SQLite). A key made here from raw bytes or a passphrase is wiped
+    before returning; the caller wipes the DEK. TypeError when ``key`` is None."""
+    k = coerce_key(key)
+    if k is None:
+        raise TypeError(f"{purpose} needs a key")
+    try:
+        header = _read_header(path)
+        dek, _slot = _unlock(path, header, k)
+    finally:
+        if k is not key:
+            k.close()
+    return header, dek
+
+
 def _prepare_key_for_path(path: str, key: Key, create: bool) -> Tuple[str, int, bool]:
     """Create or check the file's header, register its DEK. (full path, slot, new)."""
     try:

@@ -12,7 +12,7 @@ from ..errors import CorruptPageError
 from . import _files
 from . import format as fmt
 from . import pages
-from .keys import KeyLike, coerce_key
+from .keys import KeyLike
 
 __all__ = ["iter_pages", "decrypt_copy"]
 
@@ -23,17 +23,9 @@ def iter_pages(path: str, key: KeyLike) -> Iterator[Tuple[int, bytes]]:
     Reads the main file only (checkpoint a WAL first). Raises WrongKeyError for a wrong
     key and CorruptPageError naming the first page that fails authentication.
     """
-    from . import _read_header, _unlock  # the same header logic as open_connection
+    from . import _unlock_file  # the same header logic as open_connection
 
-    k = coerce_key(key)
-    if k is None:
-        raise TypeError("a key is required")
-    try:
-        header = _read_header(path)
-        dek, _slot = _unlock(path, header, k)
-    finally:
-        if k is not key:
-            k.close()
+    header, dek = _unlock_file(path, key, "reading pages offline")
     try:
         with _files.reading(path) as fd:
             first = os.pread(fd, header.page_size, fmt.HEADER_SIZE)

@@ -27,7 +27,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from . import _files
 from . import format as fmt
 from . import pages
-from .keys import KeyLike, coerce_key
+from .keys import KeyLike
 
 __all__ = ["VerifyReport", "verify_encryption", "verify_pages", "main"]
 
@@ -68,17 +68,9 @@ def verify_encryption(path: str, key: KeyLike,
     Raises WrongKeyError when ``key`` opens no key slot (nothing can be checked);
     otherwise returns a :class:`VerifyReport` naming every bad page.
     """
-    from . import _read_header, _unlock
+    from . import _unlock_file
 
-    k = coerce_key(key)
-    if k is None:
-        raise TypeError("verify_encryption needs a key")
-    try:
-        header = _read_header(path)
-        dek, _slot = _unlock(path, header, k)
-    finally:
-        if k is not key:
-            k.close()
+    header, dek = _unlock_file(path, key, "verify_encryption")
     try:
         return verify_pages(path, dek, header.file_id, header.page_size, progress)
     finally:
