@@ -47,6 +47,7 @@ from .cli_common import (
     parse_when,
     prompt_new_secret,
     prompt_secret,
+    readonly_uri,
     report_findings,
     report_ok,
     run_audit_query,
@@ -134,7 +135,9 @@ def _must_exist(path: str) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Show what a database holds and how it is stored."""
-    conn = _opener(args).connect(args.file, must_exist=True, auto_audit=False)
+    opener = _opener(args)
+    opener.readonly = True
+    conn = opener.connect(args.file, must_exist=True, auto_audit=False)
     try:
         db = conn._apsw
 
@@ -213,8 +216,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ok = True
     try:
         try:
-            conn = heliosdb.connect(args.file, key=secret, config=args.config,
-                                    audit_user=args.user, isolation_level=None)
+            # Without --config, read-only: verifying never appends to the log it checks.
+            target = args.file if args.config else readonly_uri(args.file)
+            conn = heliosdb.connect(target, uri=not args.config, key=secret,
+                                    config=args.config, audit_user=args.user,
+                                    isolation_level=None)
         except heliosdb.WrongKeyError:
             raise CLIError(f"wrong key for {args.file}") from None
         except heliosdb.KeyRequiredError:

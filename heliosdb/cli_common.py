@@ -333,7 +333,14 @@ class Opener:
     prompt_if_needed: bool = True
     auto_audit: bool = True
 
+    #: Open read-only (``info``, ``verify``): an audited database then records nothing,
+    #: so inspecting a database never appends to the log under inspection.
+    readonly: bool = False
+
     def _connect(self, path: str, secret: Any, cfg: Any) -> "heliosdb.Connection":
+        if self.readonly and not _is_memory(path):
+            return heliosdb.connect(readonly_uri(path), uri=True, key=secret, config=cfg,
+                                    audit_user=self.user, isolation_level=None)
         return heliosdb.connect(path, key=secret, config=cfg, audit_user=self.user,
                                 isolation_level=None)
 
@@ -384,6 +391,14 @@ class Opener:
             if owned:
                 wipe_key(secret)
             secret = None
+
+
+def readonly_uri(path: str) -> str:
+    """A ``file:`` URI that opens ``path`` read-only (SQLite's own rules: RFC 3986
+    percent-encoding of the path)."""
+    from urllib.parse import quote
+
+    return "file:" + quote(os.path.abspath(path), safe="/") + "?mode=ro"
 
 
 def audit_table_exists(conn: Any, table: str = "__audit_log") -> bool:
@@ -641,7 +656,7 @@ def log_event(conn: Any, operation: str, **kwargs: Any) -> None:
     """Record an application event (VERIFY, EXPORT ...) when the connection is audited."""
     audit = getattr(conn, "audit", None)
     log = getattr(audit, "log", None)
-    if log is not None:
+    if log is not None and not getattr(audit, "readonly", False):
         log(operation, **kwargs)
 
 

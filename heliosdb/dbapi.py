@@ -573,11 +573,12 @@ class Cursor:
         self._sql = sql
         self._params = params
         db = conn._apsw
-        begin = flags & _DML and conn._begin_sql is not None and db.get_autocommit()
         if conn._audit is not None:
-            if begin:
-                conn._begin()
-            return conn._audit.execute(self, sql, params, flags)
+            # The audit session decides on BEGIN under its lock (threads sharing the
+            # connection).
+            return conn._audit.execute(self, sql, params, flags,
+                                       begin=bool(flags & _DML) and conn._begin_sql is not None)
+        begin = flags & _DML and conn._begin_sql is not None and db.get_autocommit()
         if begin:
             # Like sqlite3, BEGIN only once the statement is prepared: a statement that
             # fails to compile (syntax, missing table, locked schema) opens no transaction.
@@ -639,9 +640,8 @@ class Cursor:
         params_iter = (self._prepare_params(p) for p in seq_of_parameters)
         before = db.total_changes()
         if conn._audit is not None:
-            if begin:
-                conn._begin()
-            audited_rows = conn._audit.executemany(self, sql, params_iter, flags)
+            audited_rows = conn._audit.executemany(self, sql, params_iter, flags,
+                                                   begin=conn._begin_sql is not None)
         else:
             if begin:
                 self._cur.exec_trace = conn._begin_trace
@@ -1030,11 +1030,12 @@ class Connection:
         self._install_binding_hook()
         self._apply_authorizer()
         self._apply_database_config()
-        if self._config.audit.enabled:
-            from .audit.capture import attach_audit
+        # Whatever config= says, a database whose file holds an audit policy runs under at
+        # least that policy (heliosdb.audit.policy).
+        from .audit.capture import attach_audit
 
-            self._audit = attach_audit(self, self._config, user=audit_user,
-                                       context=audit_context)
+        self._audit, self._config = attach_audit(self, self._config, user=audit_user,
+                                                 context=audit_context)
 
     # -- open-time set-up --
     def _apply_database_config(self) -> None:
@@ -1289,7 +1290,7 @@ class Connection:
                 # file around the encryption: a plaintext copy of an encrypted database.
                 return apsw.SQLITE_DENY
             audit = self._audit
-            if audit is not None and audit._writing:
+            if audit is not None and audit.trusted_now():
                 # heliosdb's own audit writes: the user's authorizer governs user SQL only.
                 return result
             if internal is not None:
@@ -1336,7 +1337,7 @@ class Connection:
         last: list = [None]  # the last top-level statement (sqlite3 repeats it for triggers)
 
         def emit(sql: str) -> None:
-            if self._audit is not None and self._audit._writing:
+            if self._audit is not None and self._audit.trusted_now():
                 return
             try:
                 trace_callback(sql)
@@ -1380,14 +1381,27 @@ class Connection:
 
     def backup(self, target: "Connection", *, pages: int = -1,
                progress: Optional[Callable[[int, int, int], Any]] = None,
-               name: str = "main", sleep: float = 0.250) -> None:
-        """Copy this database into ``target`` (another heliosdb Connection)."""
+               name: str = "main", sleep: float = 0.250, restore: bool = False) -> None:
+        """Copy this database into ``target`` (another heliosdb Connection).
+
+        A target whose database is audited is refused: a backup replaces its data and its
+        log with no event. ``restore=True`` makes it an explicit restore: it runs, and a
+        RESTORE event naming the previous head of the target's chain is appended to the
+        resulting log. A backup *from* an audited database is a read of all of it: a
+        SELECT event when reads are logged.
+        """
         self._check()
         if not isinstance(target, Connection):
             raise TypeError("target must be a heliosdb.Connection")
         target._check()
         if target is self:
             raise ValueError("target cannot be the same connection instance")
+        protected = target._audit is not None or target._internal_authorizer is not None
+        if protected and not restore:
+            raise errors.AuditPolicyError(
+                f"refusing to back up into the audited database {target._database!r}: it "
+                "would replace its data and its audit log without an event; pass "
+                "restore=True to restore it explicitly (recorded as a RESTORE event)")
         from .crypto import is_encrypted
 
         if is_encrypted(self._apsw) and not is_encrypted(target._apsw):
@@ -1400,6 +1414,9 @@ class Connection:
             raise TypeError("progress argument must be a callable")
         if pages == 0:
             pages = -1
+        if self._audit is not None:
+            self._audit.record_read(name, f"backup({name!r}) to {target._database!r}")
+        previous = target._audit.before_restore() if target._audit is not None else None
         try:
             with target._apsw.backup("main", self._apsw, name) as b:
                 while not b.done:
@@ -1410,15 +1427,55 @@ class Connection:
                         time.sleep(sleep)
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
+        finally:
+            if previous is not None:
+                target._audit.after_restore(previous, source=str(self._database))
 
     def blobopen(self, table: str, column: str, row: int, /, *, readonly: bool = False,
                  name: str = "main") -> Any:
-        """Open an incremental-I/O handle on a BLOB (sqlite3 3.11+)."""
+        """Open an incremental-I/O handle on a BLOB (sqlite3 3.11+).
+
+        On an audited connection every write is an UPDATE event of the transaction it
+        runs in (opened here if none is; committed when the blob is closed), every read a
+        SELECT event when reads are logged, and the audit tables cannot be opened for
+        writing."""
         self._check()
+        audit = self._audit
+        owns_tx = False
+        if not readonly and (audit is not None or self._internal_authorizer is not None):
+            from .audit.policy import audit_tables
+            from .audit.store import META_TABLE
+
+            low = str(table).lower()
+            if low.startswith("sqlite_") or low == META_TABLE.lower() \
+                    or low in (t.lower() for t in audit_tables(self._apsw)):
+                raise errors.AuditPolicyError(
+                    f"refusing to open {table}.{column} for writing: the audit tables and "
+                    "the schema are written by heliosdb only")
+            if audit is not None and self._apsw.get_autocommit():
+                self._begin_for_blob()
+                owns_tx = True
         try:
-            return Blob(self, self._apsw.blob_open(name, table, column, row, not readonly))
+            blob = Blob(self, self._apsw.blob_open(name, table, column, row, not readonly))
+        except apsw.Error as exc:
+            if owns_tx:
+                self.rollback()
+            raise _translate(self._apsw, exc) from exc
+        if audit is not None:
+            blob._audited = (audit, str(table), str(column), int(row), owns_tx)
+        return blob
+
+    def _begin_for_blob(self) -> None:
+        """The transaction an audited blob's writes and their events share."""
+        if self._begin_sql is not None:
+            self._begin()
+            return
+        try:
+            self._apsw.execute("BEGIN")
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
+        if self._audit is not None:
+            self._audit.on_begin()
 
     def create_window_function(self, name: str, num_params: int,
                                aggregate_class: Optional[Any], /) -> None:
@@ -1459,8 +1516,16 @@ class Connection:
             raise _translate(self._apsw, exc) from exc
 
     def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
-        """Replace a database with the serialized bytes ``data`` (sqlite3 3.11+)."""
+        """Replace a database with the serialized bytes ``data`` (sqlite3 3.11+).
+
+        Refused on an audited database: it would replace the data and the log unrecorded
+        (deserialize into a plain connection, then ``backup(..., restore=True)``)."""
         self._check()
+        if self._audit is not None or self._internal_authorizer is not None:
+            raise errors.AuditPolicyError(
+                "deserialize() is refused on an audited database: it would replace its data "
+                "and its audit log without an event; deserialize into another connection "
+                "and restore from it with backup(target, restore=True)")
         try:
             self._apsw.deserialize(name, bytes(data))
         except apsw.Error as exc:
@@ -1483,8 +1548,11 @@ class Connection:
         return value
 
     def serialize(self, *, name: str = "main") -> bytes:
-        """The database as bytes (decrypted: it is SQLite's own serialization)."""
+        """The database as bytes (decrypted: it is SQLite's own serialization). On an
+        audited connection, a SELECT event when reads are logged."""
         self._check()
+        if self._audit is not None:
+            self._audit.record_read(name, f"serialize({name!r})")
         try:
             data = self._apsw.serialize(name)
         except apsw.Error as exc:
@@ -1543,6 +1611,14 @@ class Connection:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True) and self._apsw is not None:
+            audit = getattr(self, "_audit", None)
+            if audit is not None:
+                # Dropped without close(): roll back as close() would, so that denied and
+                # failed attempts kept for after the transaction reach the disk.
+                try:
+                    audit.close()
+                except Exception:  # noqa: BLE001 - nothing sensible to do at teardown
+                    pass
             try:
                 self._apsw.close(True)
             except Exception:  # noqa: BLE001 - nothing sensible to do at teardown
@@ -1560,6 +1636,22 @@ class Blob:
         self._connection = connection
         self._blob = blob
         self._closed = False
+        #: (audit session, table, column, rowid, transaction opened for this blob) on an
+        #: audited connection, else None.
+        self._audited: Optional[tuple] = None
+
+    def _read_raw(self, n: int) -> bytes:
+        if self._audited is not None:
+            audit, table, column, row, _ = self._audited
+            audit.record_read(table, f"blob read: {table}.{column} rowid {row}")
+        return self._call(self._blob.read, n)
+
+    def _write_raw(self, data: bytes) -> None:
+        offset = self._blob.tell()
+        self._call(self._blob.write, data)
+        if self._audited is not None:
+            audit, table, column, row, _ = self._audited
+            audit.record_blob_write(table, column, row, offset, len(data))
 
     def _check(self) -> None:
         self._connection._check()
@@ -1582,6 +1674,12 @@ class Blob:
                 # APSW re-raises an earlier failed write at close; sqlite3 already
                 # reported it when it happened.
                 pass
+            if self._audited is not None and self._audited[4]:
+                # The transaction opened for this blob: its writes and their events
+                # commit together now.
+                conn = self._connection
+                if not conn._closed and conn.in_transaction:
+                    conn.commit()
 
     def __len__(self) -> int:
         self._check()
@@ -1592,7 +1690,7 @@ class Blob:
         self._check()
         left = self._blob.length() - self._blob.tell()
         n = left if length < 0 else min(length, left)
-        return self._call(self._blob.read, n) if n > 0 else b""
+        return self._read_raw(n) if n > 0 else b""
 
     def write(self, data: Any, /) -> None:
         """Write ``data`` at the current offset; a BLOB cannot grow."""
@@ -1600,7 +1698,7 @@ class Blob:
         data = bytes(data)
         if self._blob.tell() + len(data) > self._blob.length():
             raise ValueError("data longer than blob length")
-        self._call(self._blob.write, data)
+        self._write_raw(data)
 
     def tell(self) -> int:
         """The current offset."""
@@ -1635,11 +1733,11 @@ class Blob:
                 if stop <= start:
                     return b""
                 self._call(self._blob.seek, start)
-                data = self._call(self._blob.read, stop - start)
+                data = self._read_raw(stop - start)
                 return data[::step]
             i = self._index(key)
             self._call(self._blob.seek, i)
-            return self._call(self._blob.read, 1)[0]
+            return self._read_raw(1)[0]
         finally:
             self._blob.seek(here)
 
@@ -1655,7 +1753,7 @@ class Blob:
                     if len(data) != stop - start:
                         raise IndexError("Blob slice assignment is wrong size")
                     self._call(self._blob.seek, start)
-                    self._call(self._blob.write, data)
+                    self._write_raw(data)
                 else:
                     current = bytearray(self[start:stop])
                     idx = range(0, stop - start, step)
@@ -1664,13 +1762,13 @@ class Blob:
                     for j, b in zip(idx, data):
                         current[j] = b
                     self._call(self._blob.seek, start)
-                    self._call(self._blob.write, bytes(current))
+                    self._write_raw(bytes(current))
                 return
             if not isinstance(value, int) or not 0 <= value <= 255:
                 raise ValueError("byte must be in range(0, 256)")
             i = self._index(key)
             self._call(self._blob.seek, i)
-            self._call(self._blob.write, bytes([value]))
+            self._write_raw(bytes([value]))
         finally:
             self._blob.seek(here)
 

@@ -115,6 +115,12 @@ class AuditIntegrityError(DatabaseError):
         self.report = report
 
 
+class AuditPolicyError(DatabaseError):
+    """Refused: the operation would change an audited database, or its log, without an
+    event (a backup over it, ``deserialize``, a blob write into the log, a relaxed
+    policy...). The message says which explicit, audited call does it instead."""
+
+
 class EncryptionUnavailableError(EncryptionError):
     """The native extension that encrypts pages is not built on this machine."""
 

@@ -108,17 +108,27 @@ def test_changed_preset_records_changed_keys(tmp_path):
 
 
 def test_single_key_change_and_back(tmp_path):
+    """Relaxing a key (a shorter max_query_length) through connect() is not a change: the
+    stored policy wins. The explicit, audited change_policy() relaxes it; tightening it
+    again through connect() is recorded as usual."""
     p = str(tmp_path / "a.db")
+    shorter = {"extends": "default", "audit": {"max_query_length": 500}}
     touch(p, "default").close()
-    touch(p, {"extends": "default", "audit": {"max_query_length": 500}}).close()
+    conn = touch(p, shorter)
+    assert conn.config.audit.max_query_length == 10000  # enforced from the database
+    conn.audit.change_policy(shorter, reason="queries are cut at 500 characters")
+    assert conn.config.audit.max_query_length == 500
+    conn.close()
+    touch(p, shorter).close()  # now the stored policy: nothing to record
     touch(p, "default").close()
     evs = config_events(p)
-    assert len(evs) == 3
-    name = details(evs[1])["preset"]  # a dict config has its own name ("custom")
-    assert details(evs[1])["changed"] == {"audit.max_query_length": {"old": 10000, "new": 500},
-                                          "name": {"old": "default", "new": name}}
-    assert details(evs[2])["changed"] == {"audit.max_query_length": {"old": 500, "new": 10000},
-                                          "name": {"old": name, "new": "default"}}
+    explicit = [e for e in evs if details(e).get("explicit")]
+    assert len(explicit) == 1
+    d = details(explicit[0])
+    assert d["changed"]["audit.max_query_length"] == {"old": 10000, "new": 500}
+    assert d["relaxed"] == ["audit.max_query_length"]
+    assert d["reason"] == "queries are cut at 500 characters"
+    assert details(evs[-1])["changed"]["audit.max_query_length"] == {"old": 500, "new": 10000}
     assert heliosdb.audit.verify(p).ok
 
 
@@ -135,11 +145,22 @@ def test_connect_time_writes_do_not_disturb_dbapi_counters(tmp_path):
 
 
 def test_other_audit_tables_keep_their_own_config(tmp_path):
+    """Another table_name through connect() is enforced back to the stored log; moving the
+    log is the explicit change_policy(), recorded in the old log; each log keeps its own
+    config."""
     p = str(tmp_path / "a.db")
+    other = {"extends": "default", "audit": {"table_name": "other_log"}}
     touch(p, "default").close()
-    touch(p, {"extends": "default", "audit": {"table_name": "other_log"}}).close()
-    assert len(config_events(p)) == 1
+    conn = touch(p, other)
+    assert conn.audit.table == "__audit_log"
+    conn.audit.change_policy(other, reason="log moved")
+    assert conn.audit.table == "other_log"
+    conn.close()
+    evs = config_events(p)
+    assert details(evs[-1])["relaxed"] == ["audit.table_name"]
+    assert [e for e in evs if details(e).get("explicit")] == evs[-1:]
     assert len(config_events(p, "other_log")) == 1
+    assert heliosdb.connect(p).audit.table == "other_log"
 
 
 def _connect_many(path, n):

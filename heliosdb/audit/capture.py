@@ -35,13 +35,15 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
+import threading
 import time
 import uuid
 from typing import Any, Iterable, Optional
 
 import apsw
 
-from ..errors import translate
+from ..errors import ProgrammingError, translate
 from . import store
 from .api import AuditAPI
 from .events import EventFields, canonical_json
@@ -102,6 +104,81 @@ _KEYWORD_OPS = {
     "VACUUM": "VACUUM", "ANALYZE": "ANALYZE", "REINDEX": "REINDEX",
 }
 _UNKNOWN = "UNKNOWN"  # a statement whose first word is no SQL verb (a syntax error)
+
+
+_WRITE_OR_SHADOW = frozenset((
+    apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
+    apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
+    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_TEMP_TABLE,
+    apsw.SQLITE_CREATE_VIEW, apsw.SQLITE_CREATE_TEMP_VIEW,
+    apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE))
+_WRITES = frozenset((apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
+                     apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
+                     apsw.SQLITE_DROP_VTABLE))
+# dbconfig-like pragmas that would let SQL rewrite the schema, the log with it.
+_UNSAFE_PRAGMAS = frozenset(("writable_schema",))
+
+
+def deny_reason(code: int, a1: Any, a2: Any, protected: frozenset) -> Optional[str]:
+    """Why an authorizer action must be denied to protect the audit tables (lower-case
+    names in ``protected``), or ``None``. Append-only: nobody but the audit writer
+    changes, alters, drops, shadows, indexes or attaches triggers to them."""
+    if code in _WRITE_OR_SHADOW:
+        if a1 and a1.lower() in protected:
+            if code in _WRITES:
+                return f"the audit log {a1} is append-only"
+            return f"the name {a1} is reserved for the audit log"
+    elif code in _ON_TABLE:
+        if a2 and a2.lower() in protected:
+            if code in (apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_CREATE_TEMP_TRIGGER):
+                return f"triggers on the audit log {a2} are not allowed"
+            if code in (apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_CREATE_TEMP_INDEX):
+                # An index expression could call a function that fails every append.
+                return f"indexes on the audit log {a2} are managed by heliosdb"
+            return f"the audit log {a2} is append-only"
+    elif code == apsw.SQLITE_PRAGMA and a2 is not None and a1 \
+            and a1.lower() in _UNSAFE_PRAGMAS:
+        return "writable_schema would let SQL rewrite the audit log"
+    return None
+
+
+def find_foreign(db: apsw.Connection, protected: frozenset) -> list[tuple[str, str, str]]:
+    """``(type, name, table)`` of each trigger, view or index that is on an audit table
+    (lower-case names in ``protected``) or whose SQL names one, and that heliosdb did not
+    create (heliosdb creates only the log's own indexes and SQLite's autoindexes)."""
+    own_index = re.compile(r"(.+)_(ts|user|operation|target|session)\Z")
+    out = []
+    for kind, name, tbl, sql in db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema "
+            "WHERE type IN ('trigger', 'view', 'index') UNION ALL "
+            "SELECT type, name, tbl_name, sql FROM sqlite_temp_schema "
+            "WHERE type IN ('trigger', 'view', 'index')"):
+        on_log = isinstance(tbl, str) and tbl.lower() in protected
+        text = (sql or "").lower()
+        names_log = any(re.search(r"(?<![a-z0-9_])" + re.escape(p) + r"(?![a-z0-9_])", text)
+                        for p in protected)
+        if kind == "index" and on_log:
+            m = own_index.match(name or "")
+            if (name or "").startswith("sqlite_autoindex_") or \
+                    (m and m.group(1).lower() == tbl.lower() and sql is not None):
+                continue
+        if on_log or names_log:
+            out.append((kind, name, tbl))
+    return out
+
+
+def guard_authorizer(tables: Iterable[str]) -> Any:
+    """An authorizer that only protects ``tables`` (and the meta table): for a database
+    whose stored policy switched capture off. Its log stays append-only."""
+    from .store import META_TABLE
+
+    protected = frozenset([t.lower() for t in tables] + [META_TABLE.lower()])
+
+    def authorize(code: int, a1: Any, a2: Any, dbname: Any, trigger: Any) -> int:
+        return apsw.SQLITE_OK if deny_reason(code, a1, a2, protected) is None \
+            else apsw.SQLITE_DENY
+
+    return authorize
 
 
 class _Classification:
@@ -289,6 +366,18 @@ class _Drained:
         return getattr(self._real, name)
 
 
+def _locked(method: Any) -> Any:
+    """Run a session method under the session's lock (see ``AuditSession._lock``)."""
+    import functools
+
+    @functools.wraps(method)
+    def locked(self: "AuditSession", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class AuditSession(AuditAPI):
     """The audit side of one connection: capture, pending events, and the public API.
 
@@ -296,7 +385,8 @@ class AuditSession(AuditAPI):
     """
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
-                 context: Optional[dict]) -> None:
+                 context: Optional[dict], *, overridden: Optional[dict] = None,
+                 enforced: bool = False) -> None:
         self._conn = conn
         self._db = conn._apsw
         self._cfg = config.audit
@@ -314,7 +404,15 @@ class AuditSession(AuditAPI):
         self._wanted_ops: dict[str, bool] = {}
         self._sql_info: dict[str, tuple] = {}  # sql -> (wrap in autocommit, can_cache)
         self._actions: list = []
-        self._writing = False  # our own statements: the authorizer lets them through
+        # Our own statements: the authorizer lets them through, on the thread that runs
+        # them only (another thread sharing the connection is never trusted).
+        self._writing = False
+        self._writer_thread = 0
+        self._vacuuming = False  # VACUUM's own copy (schema "vacuum_*") is trusted
+        self._vacuum_denied: Optional[str] = None
+        # One connection used from several threads: one audit session at a time, so no
+        # event, denial or row is lost and no check fails open.
+        self._lock = threading.RLock()
         # Events written in the open transaction: rewritten as failed attempts if it rolls
         # back. _savepoints: (name, len(_pending_tx)) for ROLLBACK TO.
         self._pending_tx: list[EventFields] = []
@@ -332,17 +430,38 @@ class AuditSession(AuditAPI):
         #: Rows heliosdb's own statements changed on this connection (the audit table and
         #: its meta rows); ``total_changes()`` counts them too.
         self.own_changes = conn._apsw.total_changes()
-        from .store import META_TABLE
-
-        self._protected = frozenset((self.table.lower(), META_TABLE.lower()))
+        self._protected = frozenset((self.table.lower(), store.META_TABLE.lower()))
+        _defensive(self._db)
+        #: A read-only connection (``mode=ro``, read-only media) cannot write events: it
+        #: writes none (no LOGIN), and refuses the statements its policy would record.
+        self.readonly = bool(self._db.readonly("main"))
+        self._foreign: list = []
         with self._internal():
-            store.ensure_schema(self._db, self.table)
-            self._record_config_change()
+            self._refresh_protected()
+            self._check_neighbourhood()
+            if self.readonly:
+                self._check_readonly_log()
+            elif not self._foreign:
+                store.ensure_schema(self._db, self.table)
+                self._record_config_change()
+                self._point_policy()
+                self._refresh_protected()
         conn._set_internal_authorizer(self._authorize)
         self._db.set_rollback_hook(self._on_rollback)
         if self._cfg.capture_row_values:
             self._db.preupdate_hook(self._on_preupdate)
-        if self._cfg.log_auth:
+        if self.readonly or self._foreign:
+            pass  # nothing can be written (or a foreign trigger could swallow it)
+        elif overridden or enforced:
+            # The first event of the session says that the file's policy, not the caller's
+            # config, decides what is recorded (written even when log_auth is off).
+            details = {"policy": "enforced from the database",
+                       "requested_audit": not enforced}
+            if overridden:
+                details["overridden"] = overridden
+            self._write_now([self._event("LOGIN", target=None, query=None,
+                                         details=details)])
+        elif self._cfg.log_auth:
             self._write_now([self._event("LOGIN", target=None, query=None)])
 
     #: Whether the first connection to a log records the initial config as an
@@ -352,7 +471,7 @@ class AuditSession(AuditAPI):
     #: recorded, naming the changed keys.
     record_initial_config = False
 
-    def _record_config_change(self) -> None:
+    def _record_config_change(self, extra: Optional[dict] = None) -> None:
         """AUDIT_CONFIG_CHANGE when the audit-relevant config (``name``, ``[audit]``,
         ``[encryption]``: no secrets, key sources are paths or variable names) differs
         from the one last recorded in ``__audit_meta`` (``config_hash``, ``config``), or
@@ -386,6 +505,8 @@ class AuditSession(AuditAPI):
             else:
                 details["initial"] = True
                 details["config"] = cur
+            if extra:
+                details.update(extra)
             if old_hash is not None or self.record_initial_config:
                 store.append(c, table, [self._event("AUDIT_CONFIG_CHANGE", target=table,
                                                     query=None, details=details)],
@@ -394,6 +515,136 @@ class AuditSession(AuditAPI):
             store.set_meta(c, table, "config", text)
 
         store._run(db, work)
+
+    @_locked
+    def change_policy(self, config: Any, *, reason: str) -> None:
+        """Change the audit policy stored in the database: the one explicit, audited way
+        to relax it, switch capture off, or move the log to another ``table_name``.
+
+        ``config`` is what ``connect(config=...)`` accepts. The change is recorded as an
+        ``AUDIT_CONFIG_CHANGE`` event (with ``reason`` and the relaxed keys) in the log in
+        force, then stored; later connections run under it. A policy with mandatory
+        checksums cannot be relaxed at all. Must run outside a transaction.
+        """
+        from ..config import load_config
+        from .policy import relaxations
+
+        if not isinstance(reason, str) or not reason.strip():
+            raise ProgrammingError("change_policy() needs a reason (a non-empty string): "
+                                   "it is recorded with the change")
+        if not self._db.get_autocommit():
+            raise ProgrammingError("change_policy() must run outside a transaction: commit "
+                                   "or roll back first")
+        new = load_config(config)
+        relaxed = relaxations(self._config, new)
+        if relaxed and self._cfg.checksums_mandatory:
+            raise ProgrammingError(
+                f"the audit policy of this database ({self._config.name!r}) has mandatory "
+                f"checksums and cannot be relaxed ({', '.join(relaxed)})")
+        extra = {"explicit": True, "reason": reason, "relaxed": relaxed}
+        self.flush()
+        old_table = self.table
+        if not new.audit.enabled:
+            # Record the switch-off in the log in force, then stop capture on this
+            # connection; the log stays protected (guard_authorizer).
+            with self._internal():
+                self._store_policy(new, extra, old_table)
+            self._closed = True
+            conn = self._conn
+            conn._audit = None
+            conn._config = new
+            conn._set_internal_authorizer(guard_authorizer(sorted(self._protected)))
+            self._db.set_rollback_hook(None)
+            if self._cfg.capture_row_values:
+                self._db.preupdate_hook(None)
+            return
+        with self._internal():
+            self._store_policy(new, extra, old_table)
+            if new.audit.table_name != old_table:
+                store.ensure_schema(self._db, new.audit.table_name)
+        self._config = new
+        self._cfg = new.audit
+        self.table = new.audit.table_name
+        self._wanted_ops = {}
+        self._md_parts = None
+        self._sql_info = {}
+        self._conn._config = new
+        with self._internal():
+            self._record_config_change()
+            self._point_policy()
+            self._refresh_protected()
+        if self._cfg.capture_row_values:
+            self._db.preupdate_hook(self._on_preupdate)
+
+    # -- write and read paths outside SQL (called by the DB-API) ------------------------
+    @_locked
+    def record_read(self, target: Optional[str], query: str) -> None:
+        """A read outside SQL (``serialize()``, a blob read, a backup from this database):
+        a SELECT event when reads are logged. Called *before* the read, so that a
+        read-only connection whose policy logs reads refuses it."""
+        if not self._wanted("SELECT"):
+            return
+        self._buffer_select(self._event("SELECT", target=target, query=query))
+
+    @_locked
+    def record_blob_write(self, table: str, column: str, row: int, offset: int,
+                          length: int) -> None:
+        """An incremental blob write (``Blob.write``): an UPDATE event of the open
+        transaction, which the DB-API opened at ``blobopen`` if none was."""
+        if self.readonly:
+            self._refuse_readonly("blob writes")
+        if not self._wanted("UPDATE"):
+            return
+        ev = self._event("UPDATE", target=table,
+                         query=f"blob write: {table}.{column} rowid {row}",
+                         affected_rows=1,
+                         details={"blob": {"column": column, "rowid": row,
+                                           "offset": offset, "length": length}})
+        self._record_change(ev, wrapped=False)
+
+    @_locked
+    def before_restore(self) -> Any:
+        """Before a backup overwrites this database (``restore=True``): store what is
+        pending and return the head of the chain, to be named by the RESTORE event."""
+        if not self._db.get_autocommit():
+            raise ProgrammingError("a restore must run outside a transaction: commit or "
+                                   "roll back first")
+        if self.readonly:
+            self._refuse_readonly("restores")
+        self.flush()
+        with self._internal():
+            return store.head(self._db, self.table)
+
+    @_locked
+    def after_restore(self, previous: Any, source: str) -> None:
+        """After a backup replaced this database: the log is the source's now (or none);
+        make sure it exists, protect every audit table it holds, and record RESTORE
+        naming the head the database had before."""
+        with self._internal():
+            store.ensure_schema(self._db, self.table)
+            self._point_policy()
+            self._refresh_protected()
+            self._check_neighbourhood()
+            new_head = store.head(self._db, self.table)
+        self._sql_info = {}
+        self._class_cache = {}
+        details = {"source": source,
+                   "previous_head": {"id": previous.last_id,
+                                     "checksum": bytes(previous.last_checksum).hex()},
+                   "restored_head": {"id": new_head.last_id,
+                                     "checksum": bytes(new_head.last_checksum).hex()}}
+        self._write_now([self._event("RESTORE", target=self.table, query=None,
+                                     details=details)])
+
+    def _store_policy(self, new: Any, extra: dict, table: str) -> None:
+        """AUDIT_CONFIG_CHANGE for ``new`` in ``table``'s log, and ``new`` stored as its
+        config (inside ``_internal()``)."""
+        saved = self._config
+        self._config = new
+        try:
+            self._record_config_change(extra)
+        finally:
+            self._config = saved
 
     # -- plumbing -------------------------------------------------------------------
     class _InternalGuard:
@@ -408,63 +659,123 @@ class AuditSession(AuditAPI):
 
         def __enter__(self) -> None:
             s = self.s
+            s._lock.acquire()  # released in __exit__: internal work is serialized too
             self.outer = not s._writing
             if self.outer:
                 s._writing = True
+                s._writer_thread = threading.get_ident()
                 db = s._db
                 self.rowid = db.last_insert_rowid()
                 self.changes = db.total_changes()
 
         def __exit__(self, *exc: Any) -> None:
-            if not self.outer:
-                return
             s = self.s
-            s._writing = False
             try:
-                db = s._db
-                s.own_changes += db.total_changes() - self.changes
-                db.set_last_insert_rowid(self.rowid)
-            except apsw.Error:  # noqa: BLE001 - connection closing
-                pass
+                if not self.outer:
+                    return
+                s._writing = False
+                s._writer_thread = 0
+                try:
+                    db = s._db
+                    s.own_changes += db.total_changes() - self.changes
+                    db.set_last_insert_rowid(self.rowid)
+                except apsw.Error:  # noqa: BLE001 - connection closing
+                    pass
+            finally:
+                s._lock.release()
 
     def _internal(self) -> "_InternalGuard":
         return AuditSession._InternalGuard(self)
 
+    def trusted_now(self) -> bool:
+        """Whether the statement being authorized is heliosdb's own audit write, on the
+        thread that runs it (the DB-API's authorizer asks, to skip the user's)."""
+        return self._writing and self._writer_thread == threading.get_ident()
+
     def _authorize(self, code: int, a1: Any, a2: Any, dbname: Any, trigger: Any) -> int:
-        if self._writing:
+        if self._writing and self._writer_thread == threading.get_ident():
             return apsw.SQLITE_OK
-        self._actions.append((code, a1, a2, dbname))
-        # Append-only: nobody but the audit writer changes, alters, drops, shadows or
-        # attaches triggers to the log and its meta table.
-        prot = self._protected
-        if code in (apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
-                    apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
-                    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_TEMP_TABLE,
-                    apsw.SQLITE_CREATE_VIEW, apsw.SQLITE_CREATE_TEMP_VIEW,
-                    apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE):
-            if a1 and a1.lower() in prot:
-                if code in (apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
-                            apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
-                            apsw.SQLITE_DROP_VTABLE):
-                    self._denied = f"the audit log {a1} is append-only"
-                else:
-                    self._denied = f"the name {a1} is reserved for the audit log"
-                return apsw.SQLITE_DENY
-        elif code in _ON_TABLE:
-            if a2 and a2.lower() in prot:
-                if code in (apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_CREATE_TEMP_TRIGGER):
-                    self._denied = f"triggers on the audit log {a2} are not allowed"
-                elif code in (apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_CREATE_TEMP_INDEX):
-                    # An index expression could call a function that fails every append.
-                    self._denied = f"indexes on the audit log {a2} are managed by heliosdb"
-                else:
-                    self._denied = f"the audit log {a2} is append-only"
-                return apsw.SQLITE_DENY
-        elif code == apsw.SQLITE_PRAGMA and a2 is not None and a1 \
-                and a1.lower() == "writable_schema":
-            self._denied = "writable_schema would let SQL rewrite the audit log"
+        if self._vacuuming:
+            # VACUUM's own copy writes into its temporary schema "vacuum_<hex>"; anything
+            # else run meanwhile (a user function of VACUUM INTO f()) is user SQL.
+            if isinstance(dbname, str) and dbname.startswith("vacuum_"):
+                return apsw.SQLITE_OK
+        else:
+            self._actions.append((code, a1, a2, dbname))
+        if self._foreign:
+            reason = self._foreign_refusal(code, a1)
+            if reason is None and code in (apsw.SQLITE_DROP_TRIGGER,
+                                           apsw.SQLITE_DROP_TEMP_TRIGGER,
+                                           apsw.SQLITE_DROP_INDEX,
+                                           apsw.SQLITE_DROP_TEMP_INDEX):
+                return apsw.SQLITE_OK  # a foreign object on the log: its removal
+        else:
+            reason = None
+        if reason is None:
+            reason = deny_reason(code, a1, a2, self._protected)
+        if reason is not None:
+            self._denied = reason
+            if self._vacuuming:
+                self._vacuum_denied = reason
             return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
+
+    def _refresh_protected(self) -> None:
+        """Protect every audit table the file holds, not only this session's."""
+        from .policy import audit_tables
+
+        names = {self.table.lower(), store.META_TABLE.lower()}
+        names.update(t.lower() for t in audit_tables(self._db))
+        self._protected = frozenset(names)
+
+    def _point_policy(self) -> None:
+        """Record this session's table as the one whose config is the policy in force."""
+        from .policy import POLICY_ROW
+
+        if store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) != self.table:
+            store.set_meta(self._db, POLICY_ROW[0], POLICY_ROW[1], self.table)
+
+    def _check_neighbourhood(self) -> None:
+        """Triggers, views and indexes on (or writing to) an audit table that heliosdb
+        did not create: while any is there, this connection refuses every statement but
+        the DROP that removes it (recorded like any DROP)."""
+        self._foreign = find_foreign(self._db, self._protected)
+
+    def _foreign_refusal(self, code: int, a1: Any) -> Optional[str]:
+        names = {f[1].lower(): f for f in self._foreign}
+        if code in (apsw.SQLITE_DROP_TRIGGER, apsw.SQLITE_DROP_TEMP_TRIGGER,
+                    apsw.SQLITE_DROP_VIEW, apsw.SQLITE_DROP_TEMP_VIEW,
+                    apsw.SQLITE_DROP_INDEX, apsw.SQLITE_DROP_TEMP_INDEX) \
+                and a1 and a1.lower() in names:
+            return None
+        if code in (apsw.SQLITE_DELETE, apsw.SQLITE_READ, apsw.SQLITE_UPDATE) and a1 \
+                and a1.lower() in ("sqlite_master", "sqlite_schema", "sqlite_temp_master",
+                                   "sqlite_temp_schema"):
+            return None  # what a DROP does to the schema table
+        if code in (apsw.SQLITE_FUNCTION, apsw.SQLITE_SELECT, apsw.SQLITE_TRANSACTION,
+                    apsw.SQLITE_SAVEPOINT):
+            return None
+        kind, name, _ = self._foreign[0]
+        return (f"the {kind} {name} was not created by heliosdb and touches the audit log: "
+                f"remove it first (DROP {kind.upper()} {name})")
+
+    def _check_readonly_log(self) -> None:
+        """A read-only connection cannot create the log: it must be there already."""
+        from ..errors import OperationalError
+
+        found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
+                                 "AND name = ?", (self.table,)).fetchall()[0][0]
+        if not found:
+            raise OperationalError(
+                f"the audit log {self.table} of this database is missing and a read-only "
+                "connection cannot create it: open the database read-write")
+
+    def _refuse_readonly(self, what: str) -> None:
+        from ..errors import OperationalError
+
+        raise OperationalError(
+            f"this database's audit policy records {what}, which a read-only connection "
+            "cannot write: open the database read-write")
 
     def _on_rollback(self) -> None:
         self._rolled_back = True
@@ -674,6 +985,11 @@ class AuditSession(AuditAPI):
         Failures kept from earlier (their own write failed) and buffered SELECT events go
         first: nothing is open, so they can go now. If this write fails, those stay kept;
         ``events`` are the caller's to handle."""
+        if self.readonly:
+            # Nothing can be written (the statement that failed could not have changed
+            # anything either); application events are refused in log().
+            self._deferred = []
+            return
         carried = self._deferred + self._select_buffer if (
             self._deferred or self._select_buffer) else []
         self._deferred = []
@@ -778,9 +1094,23 @@ class AuditSession(AuditAPI):
 
     # -- the execution paths the DB-API calls ----------------------------------------
     def execute(self, cursor: Any, sql: str, params: Any, flags: int, *,
-                query: Optional[str] = None) -> Any:
+                query: Optional[str] = None, begin: bool = False) -> Any:
         """Run one statement for ``cursor`` and record it (as ``query`` if given: the
-        statement of a script without its surrounding white space)."""
+        statement of a script without its surrounding white space). ``begin``: open the
+        DB-API's implicit transaction first if none is open (decided under the lock)."""
+        with self._lock:
+            if begin and self._db.get_autocommit():
+                self._conn._begin()
+            if self._foreign:
+                try:
+                    return self._execute(cursor, sql, params, flags, query)
+                finally:
+                    with self._internal():
+                        self._check_neighbourhood()
+            return self._execute(cursor, sql, params, flags, query)
+
+    def _execute(self, cursor: Any, sql: str, params: Any, flags: int,
+                 query: Optional[str]) -> Any:
         db = self._db
         if self._actions:
             self._actions = []
@@ -813,9 +1143,15 @@ class AuditSession(AuditAPI):
         try:
             if info[3]:
                 # VACUUM copies every table, the audit log included, through SQL that
-                # the authorizer sees: it is trusted (it cannot carry other SQL).
-                with self._internal():
-                    cur.execute(sql, params, can_cache=info[1])
+                # the authorizer sees: only that copy (schema vacuum_*) is trusted.
+                self._vacuuming = True
+                self._vacuum_denied = None
+                try:
+                    cur.execute(sql, params, can_cache=False)
+                finally:
+                    self._vacuuming = False
+                if self._vacuum_denied is not None:
+                    self._denied = self._vacuum_denied
             else:
                 cur.execute(sql, params, can_cache=info[1])
             rows = None
@@ -1068,11 +1404,18 @@ class AuditSession(AuditAPI):
             cur.exec_trace = self._mark_prepared
         return just_begun
 
-    def executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any], flags: int) -> int:
+    def executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any], flags: int, *,
+                    begin: bool = False) -> int:
         """Run a DML statement over many parameter sets; one event for the batch.
 
         Returns the number of rows changed by the batch (``total_changes`` also counts
         the audit rows)."""
+        with self._lock:
+            if begin and self._db.get_autocommit():
+                self._conn._begin()
+            return self._executemany(cursor, sql, params_iter)
+
+    def _executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any]) -> int:
         db = self._db
         self._actions = []
         self._denied = None
@@ -1111,6 +1454,7 @@ class AuditSession(AuditAPI):
             self._commit_wrapper()
         return count
 
+    @_locked
     def executescript(self, cursor: Any, script: str) -> None:
         """Run a script statement by statement, each captured like ``execute``."""
         from ..dbapi import _DML, _EMPTY, _RETURNING, _classify
@@ -1193,6 +1537,7 @@ class AuditSession(AuditAPI):
                     pass  # queued; stored with the next batch, or the transaction aborts
 
     # -- transaction control from the DB-API -------------------------------------------
+    @_locked
     def flush(self) -> None:
         """Write buffered SELECT events (in the open transaction, or in one of their own)."""
         if not self._select_buffer:
@@ -1203,10 +1548,13 @@ class AuditSession(AuditAPI):
             self._queue([])
 
     def _buffer_select(self, ev: EventFields) -> None:
+        if self.readonly:
+            self._refuse_readonly("reads (log_select)")
         self._select_buffer.append(ev)
         if len(self._select_buffer) >= max(1, self._cfg.async_buffer_size):
             self.flush()
 
+    @_locked
     def commit(self) -> None:
         """Commit: buffered events first, then COMMIT (and its event, if logged)."""
         deferred = self._deferred
@@ -1244,6 +1592,7 @@ class AuditSession(AuditAPI):
         self._savepoints = []
         self._just_begun = False
 
+    @_locked
     def rollback(self) -> None:
         """Roll back, then record what was rolled back in a write of its own."""
         try:
@@ -1252,6 +1601,7 @@ class AuditSession(AuditAPI):
             raise translate(exc) from exc
         self._after_rollback("rolled back")
 
+    @_locked
     def close(self) -> None:
         """Called by Connection.close(): flush, log LOGOUT, detach hooks."""
         if self._closed:
@@ -1270,6 +1620,7 @@ class AuditSession(AuditAPI):
         self._write_now(events)
 
     # -- public API ---------------------------------------------------------------------
+    @_locked
     def verify(self, *, checkpoint: Any = None, public_key: Any = None,
                hmac_key: Optional[bytes] = None, since_checkpoint: bool = False,
                progress: Any = None) -> Any:
@@ -1291,6 +1642,7 @@ class AuditSession(AuditAPI):
                                      public_key=public_key, hmac_key=hmac_key,
                                      since_checkpoint=since_checkpoint, progress=progress)
 
+    @_locked
     def checkpoint(self, signing_key: Any, path: Any = None) -> Any:
         """Sign the head of the chain (Ed25519 private key, or HMAC key bytes); save it to
         ``path`` if given. Keep the key, and the file, outside the database."""
@@ -1304,6 +1656,7 @@ class AuditSession(AuditAPI):
             cp.save(path)
         return cp
 
+    @_locked
     def head(self) -> Any:
         """The head of the chain: (last id, last checksum, last time, count)."""
         self._flush_tx()
@@ -1319,12 +1672,15 @@ class AuditSession(AuditAPI):
         self._context.update(context)
         self._md_parts = None
 
+    @_locked
     def log(self, operation: str, *, target: Optional[str] = None,
             details: Optional[dict] = None, success: bool = True,
             reason: Optional[str] = None) -> None:
         """Append an application event (LOGIN, GRANT, DATA_SUBJECT_REQUEST, custom ...)."""
         if not isinstance(operation, str) or not operation:
             raise ValueError("operation must be a non-empty string")
+        if self.readonly:
+            self._refuse_readonly(f"application events ({operation})")
         ev = self._event(operation.upper(), target=target, query=None, success=success,
                          details=details, reason=reason)
         if self._db.get_autocommit():
@@ -1334,9 +1690,45 @@ class AuditSession(AuditAPI):
 
 
 def attach_audit(conn: Any, config: Any, *, user: Optional[str],
-                 context: Optional[dict]) -> AuditSession:
-    """Create the audit session of a new connection (called by ``Connection.__init__``)."""
-    return AuditSession(conn, config, user, context)
+                 context: Optional[dict]) -> tuple[Optional[AuditSession], Any]:
+    """The audit session of a new connection and the config it runs under (called by
+    ``Connection.__init__``).
+
+    An audited database stays audited: the policy stored in the file is enforced whatever
+    ``config`` asks (:func:`heliosdb.audit.policy.enforce`). Returns ``(None, config)`` when
+    neither the config nor the file asks for audit; a file whose stored policy switched
+    capture off still gets its audit tables protected.
+    """
+    from .policy import audit_tables, enforce, read_stored_policy
+
+    db = conn._apsw
+    try:
+        stored = read_stored_policy(db)
+    except apsw.Error as exc:
+        raise translate(exc) from exc
+    effective, overridden = enforce(config, stored)
+    if not effective.audit.enabled:
+        if stored is not None:
+            # Capture switched off by an audited call: the log stays append-only.
+            try:
+                tables = audit_tables(db)
+            except apsw.Error as exc:
+                raise translate(exc) from exc
+            conn._set_internal_authorizer(guard_authorizer(tables))
+            _defensive(db)
+        return None, effective
+    session = AuditSession(conn, effective, user, context, overridden=overridden,
+                           enforced=stored is not None and not config.audit.enabled)
+    return session, effective
+
+
+def _defensive(db: apsw.Connection) -> None:
+    """SQLITE_DBCONFIG_DEFENSIVE: no writable_schema, no writes to shadow tables or
+    sqlite_dbpage: SQL cannot edit the file behind the authorizer's back."""
+    try:
+        db.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    except apsw.Error as exc:
+        raise translate(exc) from exc
 
 
 def _config_changes(old: Any, new: Any, prefix: str = "") -> dict:

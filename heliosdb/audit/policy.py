@@ -1,0 +1,212 @@
+"""The audit policy stored in the database: an audited database stays audited.
+
+Every audited connection records its audit configuration in ``__audit_meta`` (per audit
+table: ``config`` and ``config_hash``; for the file: ``('*', 'policy_table')``, the table
+whose configuration is the policy in force). Every later HeliosDB connection to the file,
+whatever its ``config=``, runs under *at least* that policy (:func:`enforce`):
+
+* no ``config=`` (or one with ``audit.enabled = false``) on an audited database: audited
+  with the stored policy;
+* a config that asks for less (``log_dml = false``, a shorter retention, another
+  ``table_name``...): each key takes the stricter of the two values; the session's first
+  event says which requested keys were overridden;
+* a config that asks for more: it wins, and the change is recorded as an
+  ``AUDIT_CONFIG_CHANGE`` event (as before).
+
+Relaxing the stored policy, switching audit off or moving to another table is an explicit,
+audited call (``conn.audit.change_policy(...)``); a policy with mandatory checksums cannot be
+relaxed at all. This module is data only: it reads meta rows and merges configurations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+import apsw
+
+from ..config import Config
+from ..errors import ConfigError
+from .store import DEFAULT_TABLE, META_TABLE
+
+__all__ = ["POLICY_ROW", "StoredPolicy", "read_stored_policy", "audit_tables", "enforce",
+           "relaxations"]
+
+#: ``__audit_meta`` row (tbl, key) naming the audit table whose config is in force.
+POLICY_ROW = ("*", "policy_table")
+
+# Integer keys of [audit]: which direction is stricter. ``max_query_length`` 0 means "no
+# limit" (the strictest); ``async_buffer_size`` smaller loses fewer SELECT events in a crash.
+_INT_STRICTER = {
+    "retention_days": max,
+    "archive_days": min,
+    "async_buffer_size": min,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredPolicy:
+    """The policy recorded in a database: the audit table and its ``[audit]`` section."""
+
+    table: str
+    audit: dict
+    enabled: bool
+    #: The whole recorded config (``name``, ``audit``, ``encryption``), or ``{}``.
+    config: dict = dataclasses.field(default_factory=dict)
+
+
+def _meta_rows(db: apsw.Connection, sql: str, args: tuple = ()) -> list[tuple]:
+    try:
+        return list(db.execute(sql, args))
+    except apsw.SQLError:
+        return []  # no meta table: not an audited database (or not yet)
+
+
+def audit_tables(db: apsw.Connection) -> list[str]:
+    """Every audit table this file records (the tables named in ``__audit_meta``)."""
+    rows = _meta_rows(db, f"SELECT DISTINCT tbl FROM {META_TABLE} WHERE tbl != ?",
+                      (POLICY_ROW[0],))
+    return sorted(r[0] for r in rows if isinstance(r[0], str))
+
+
+def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
+    """The policy stored in the file, or ``None`` for a database never audited.
+
+    Files written before the policy row existed: the table whose config was recorded
+    (``__audit_log`` first when several were).
+    """
+    rows = _meta_rows(db, f"SELECT value FROM {META_TABLE} WHERE tbl = ? AND key = ?",
+                      POLICY_ROW)
+    table = rows[0][0] if rows and isinstance(rows[0][0], str) else None
+    configs = dict(_meta_rows(
+        db, f"SELECT tbl, value FROM {META_TABLE} WHERE key = 'config' AND tbl != ?",
+        (POLICY_ROW[0],)))
+    if table is None:
+        tables = audit_tables(db)
+        if not tables:
+            return None
+        with_config = sorted(t for t in tables if t in configs)
+        if DEFAULT_TABLE in tables:
+            table = DEFAULT_TABLE
+        elif with_config:
+            table = with_config[0]
+        else:
+            table = tables[0]
+    text = configs.get(table)
+    audit: dict = {}
+    whole: dict = {}
+    if isinstance(text, str):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("audit"), dict):
+            audit = data["audit"]
+            whole = data
+    # A table with a log but no recorded config (written by an older release): audited
+    # with the defaults of the [audit] section.
+    enabled = bool(audit.get("enabled", True))
+    return StoredPolicy(table=table, audit=audit, enabled=enabled, config=whole)
+
+
+def _stricter(name: str, want: Any, have: Any, default: Any) -> Any:
+    """The stricter of a requested value ``want`` and the stored value ``have``."""
+    if isinstance(default, bool):
+        return bool(want) or bool(have)
+    if name == "max_query_length":
+        if not want or not have:
+            return 0
+        return max(want, have)
+    if name in _INT_STRICTER and isinstance(want, int) and isinstance(have, int):
+        return _INT_STRICTER[name](want, have)
+    if name == "retention_overrides":
+        out = dict(want or {})
+        for k, v in (have or {}).items():
+            out[k] = max(out.get(k, v), v)
+        return out
+    if isinstance(default, (tuple, list)):
+        out_list = list(want or ())
+        out_list += [v for v in (have or ()) if v not in out_list]
+        return out_list
+    if isinstance(default, dict):
+        return {k: _stricter(k, (want or {}).get(k, dv), (have or {}).get(k, dv), dv)
+                for k, dv in default.items()}
+    return want if want != default else have
+
+
+def enforce(requested: Config, stored: Optional[StoredPolicy]) -> tuple[Config, dict]:
+    """The config a connection runs under: ``requested``, raised to at least ``stored``.
+
+    Returns ``(config, overridden)`` where ``overridden`` maps each dotted ``audit.*`` key
+    whose requested value was replaced by the stored policy to ``{"requested", "enforced"}``.
+    """
+    if stored is None or not stored.enabled:
+        return requested, {}
+    defaults = _audit_dict(Config())
+    want = _audit_dict(requested) if requested.audit.enabled else dict(defaults)
+    have = {**defaults, **stored.audit}
+    merged: dict = {}
+    for key, dv in defaults.items():
+        if key in ("enabled", "table_name", "after_hours"):
+            continue
+        if requested.audit.enabled:
+            merged[key] = _stricter(key, want.get(key, dv), have.get(key, dv), dv)
+        else:  # nothing asked for: exactly the stored policy
+            merged[key] = have.get(key, dv)
+    merged["enabled"] = True
+    merged["table_name"] = stored.table
+    merged["after_hours"] = want["after_hours"] if requested.audit.enabled else \
+        have.get("after_hours", defaults["after_hours"])
+    if merged.get("checksums_mandatory"):
+        merged["enable_checksums"] = True
+    overridden: dict = {}
+    if requested.audit.enabled:
+        for key in merged:
+            if _norm(merged[key]) != _norm(want.get(key)):
+                overridden[f"audit.{key}"] = {"requested": _norm(want.get(key)),
+                                              "enforced": _norm(merged[key])}
+    else:
+        overridden["audit.enabled"] = {"requested": False, "enforced": True}
+    base = requested
+    if not requested.audit.enabled and stored.config:
+        # No audit asked for: the session runs as the stored config says (its name and
+        # encryption section too, so that it records no spurious config change).
+        try:
+            base = requested.replace(name=stored.config.get("name") or requested.name,
+                                     encryption=stored.config.get("encryption") or {})
+        except ConfigError:  # a stored section this release cannot read
+            base = requested
+    return base.replace(audit=merged), overridden
+
+
+def _audit_dict(config: Config) -> dict:
+    """The ``[audit]`` section as plain JSON types (what ``__audit_meta`` stores)."""
+    return config.to_dict()["audit"]
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _norm(dataclasses.asdict(v))
+    return v
+
+
+def relaxations(old: Config, new: Config) -> list[str]:
+    """Dotted ``audit.*`` keys in which ``new`` asks for less than ``old`` (empty: it
+    relaxes nothing)."""
+    a, b = _audit_dict(old), _audit_dict(new)
+    out = []
+    if a["enabled"] and not b["enabled"]:
+        return ["audit.enabled"]
+    if a["table_name"] != b["table_name"]:
+        out.append("audit.table_name")
+    defaults = _audit_dict(Config())
+    for key, dv in defaults.items():
+        if key in ("enabled", "table_name", "after_hours"):
+            continue
+        if _norm(_stricter(key, b[key], a[key], dv)) != _norm(b[key]):
+            out.append(f"audit.{key}")
+    return out

@@ -1,0 +1,396 @@
+"""Issue 15: an audited database stays audited; every write path of an audited connection
+is recorded or refused. Each test is one attack found against 0eee903, tried as an
+attacker would, and fails if the attack gets through.
+
+The variants that matter for stored rows (plain and encrypted files, rollback journal and
+WAL, another audit table name, the C and the pure chain) run through the ``audited``
+fixture.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import sqlite3
+import threading
+
+import apsw
+import pytest
+
+import heliosdb
+from heliosdb.errors import AuditPolicyError, DatabaseError
+
+KEY = bytes(range(32))
+
+
+def _events(path, table="__audit_log", key=None):
+    """Every stored event as a dict, read around heliosdb's connection (read-only, raw)."""
+    from heliosdb.crypto import open_connection
+
+    db = open_connection(path, flags=apsw.SQLITE_OPEN_READONLY, uri=False, key=key,
+                         encryption=None)
+    try:
+        cur = db.cursor()
+        cur.execute(f"SELECT * FROM {table} ORDER BY id")
+        names = [d[0] for d in cur.getdescription()]
+        return [dict(zip(names, r)) for r in cur]
+    finally:
+        db.close()
+
+
+def _details(ev):
+    return (json.loads(ev["metadata"]) if ev["metadata"] else {}).get("details") or {}
+
+
+class Audited:
+    """A database under a given variant: how to open it, and where its log is."""
+
+    def __init__(self, path, key, journal, table):
+        self.path, self.key, self.journal, self.table = path, key, journal, table
+        audit = {"table_name": table} if table != "__audit_log" else {}
+        self.config = {"extends": "default", "audit": audit}
+
+    def connect(self, **kw):
+        kw.setdefault("config", self.config)
+        if self.key is not None:
+            kw.setdefault("key", self.key)
+        return heliosdb.connect(self.path, **kw)
+
+    def bare(self, **kw):
+        """heliosdb.connect with no config at all (the attacker's first try)."""
+        if self.key is not None:
+            kw.setdefault("key", self.key)
+        return heliosdb.connect(self.path, **kw)
+
+    def events(self):
+        return _events(self.path, self.table, self.key)
+
+    def verify(self):
+        conn = self.bare()
+        try:
+            return conn.audit.verify()
+        finally:
+            conn.close()
+
+
+@pytest.fixture(params=[("plain", "delete", "__audit_log"), ("plain", "wal", "__audit_log"),
+                        ("encrypted", "wal", "__audit_log"),
+                        ("plain", "delete", "phi_log"), ("encrypted", "delete", "phi_log")],
+                ids=lambda p: "-".join(p))
+def audited(request, tmp_path):
+    enc, journal, table = request.param
+    db = Audited(str(tmp_path / "a.db"), KEY if enc == "encrypted" else None, journal, table)
+    conn = db.connect()
+    conn.execute(f"PRAGMA journal_mode={journal}")
+    conn.execute("CREATE TABLE patients(id INTEGER PRIMARY KEY, name TEXT, dx TEXT, scan BLOB)")
+    conn.execute("INSERT INTO patients VALUES (1, 'Ada', 'healthy', zeroblob(16))")
+    conn.commit()
+    conn.close()
+    return db
+
+
+# --- 1. an audited database stays audited ---------------------------------------------------
+
+def test_connect_without_config_is_audited_with_the_stored_policy(audited):
+    before = len(audited.events())
+    conn = audited.bare()
+    assert conn.audit is not None and conn.audit.table == audited.table
+    conn.execute("UPDATE patients SET dx = 'FALSIFIED' WHERE id = 1")
+    conn.commit()
+    with pytest.raises(DatabaseError, match="append-only"):
+        conn.execute(f"DELETE FROM {audited.table} WHERE id > 0")
+    conn.close()
+    evs = audited.events()[before:]
+    first = evs[0]
+    assert first["operation"] == "LOGIN"
+    assert _details(first)["policy"] == "enforced from the database"
+    assert [e["operation"] for e in evs if e["success"]].count("UPDATE") == 1
+    assert any(e["operation"] == "DELETE" and not e["success"] for e in evs)
+    assert audited.verify().ok
+
+
+def test_config_with_audit_off_or_relaxed_is_raised_to_the_stored_policy(audited):
+    for cfg in ({"audit": {"enabled": False}}, {"extends": "default",
+                                                "audit": {"log_dml": False}}, "minimal"):
+        conn = audited.connect(config=cfg)
+        assert conn.audit is not None and conn.config.audit.log_dml
+        conn.execute("INSERT INTO patients(name) VALUES ('Eve')")
+        conn.commit()
+        conn.close()
+    inserts = [e for e in audited.events() if e["operation"] == "INSERT"]
+    assert len(inserts) == 1 + 3
+
+
+def test_other_table_name_cannot_delete_the_log(audited):
+    other = "x_log" if audited.table != "x_log" else "y_log"
+    conn = audited.connect(config={"extends": "default", "audit": {"table_name": other}})
+    assert conn.audit.table == audited.table  # the stored log, not a fresh one
+    for table in (audited.table, "__audit_meta"):
+        with pytest.raises(DatabaseError, match="append-only"):
+            conn.execute(f"DELETE FROM {table}")
+    conn.close()
+    assert audited.verify().ok
+
+
+def test_relaxing_is_explicit_and_audited(audited):
+    conn = audited.connect()
+    with pytest.raises(heliosdb.ProgrammingError, match="reason"):
+        conn.audit.change_policy("minimal", reason="")
+    conn.audit.change_policy({"extends": "default", "audit": {"log_dml": False,
+                                                               "table_name": audited.table}},
+                             reason="ticket 42")
+    conn.close()
+    change = [e for e in audited.events() if e["operation"] == "AUDIT_CONFIG_CHANGE"][-1]
+    d = _details(change)
+    assert d["explicit"] and d["reason"] == "ticket 42" and d["relaxed"] == ["audit.log_dml"]
+    conn = audited.bare()
+    conn.execute("INSERT INTO patients(name) VALUES ('quiet')")
+    conn.commit()
+    conn.close()
+    assert not any(e["operation"] == "INSERT" and e["session_id"] != change["session_id"]
+                   and "quiet" in (e["query"] or "") for e in audited.events())
+
+
+def test_switching_audit_off_keeps_the_log_protected(audited):
+    conn = audited.connect()
+    conn.audit.change_policy({"audit": {"enabled": False}}, reason="decommissioned")
+    assert conn.audit is None
+    with pytest.raises(DatabaseError):
+        conn.execute(f"DELETE FROM {audited.table}")
+    conn.close()
+    conn = audited.bare()
+    assert conn.audit is None
+    with pytest.raises(DatabaseError):
+        conn.execute(f"UPDATE {audited.table} SET user = 'x'")
+    with pytest.raises(AuditPolicyError):
+        conn.blobopen(audited.table, "checksum", 1)
+    with pytest.raises(AuditPolicyError):
+        conn.deserialize(b"")
+    conn.close()
+    last = audited.events()[-1]
+    assert last["operation"] == "AUDIT_CONFIG_CHANGE" and _details(last)["relaxed"] == \
+        ["audit.enabled"]
+    assert heliosdb.audit.verify(audited.path, key=audited.key, table=audited.table).ok
+
+
+def test_mandatory_checksums_cannot_be_relaxed(tmp_path):
+    p = str(tmp_path / "h.db")
+    conn = heliosdb.connect(p, config="hipaa", key=KEY)
+    for cfg in ("default", {"audit": {"enabled": False}}):
+        with pytest.raises(heliosdb.ProgrammingError, match="mandatory checksums"):
+            conn.audit.change_policy(cfg, reason="cost")
+    conn.close()
+    conn = heliosdb.connect(p, key=KEY, config="minimal")
+    assert conn.config.audit.checksums_mandatory and conn.config.audit.log_select
+    conn.close()
+
+
+def test_defensive_mode_is_on_and_writable_schema_refused(audited):
+    conn = audited.bare()
+    assert conn._apsw.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1) == 1
+    with pytest.raises(DatabaseError):
+        conn.execute("PRAGMA writable_schema = 1")
+    conn.close()
+
+
+# --- 2. every write path recorded or refused -------------------------------------------------
+
+def test_backup_into_an_audited_database_is_refused(audited):
+    conn = audited.connect()
+    mem = heliosdb.connect(":memory:")
+    if audited.key is None:
+        conn.backup(mem)
+        mem.execute("UPDATE patients SET dx = 'FALSIFIED'")
+        mem.commit()
+        with pytest.raises(AuditPolicyError, match="restore=True"):
+            mem.backup(conn)
+    empty = heliosdb.connect(":memory:")  # a source without any log
+    with pytest.raises(AuditPolicyError):
+        empty.backup(conn)
+    assert conn.execute("SELECT dx FROM patients").fetchone() == ("healthy",)
+    conn.close()
+    assert audited.verify().ok
+
+
+def test_explicit_restore_is_recorded_naming_the_previous_head(tmp_path):
+    p = str(tmp_path / "r.db")
+    conn = heliosdb.connect(p, config="default")
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    head = conn.audit.head()
+    empty = heliosdb.connect(":memory:")
+    empty.execute("CREATE TABLE t(x)")
+    empty.execute("INSERT INTO t VALUES ('restored')")
+    empty.commit()
+    empty.backup(conn, restore=True)
+    assert conn.execute("SELECT x FROM t").fetchall() == [("restored",)]
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.commit()
+    assert conn.audit.verify().ok
+    conn.close()
+    evs = _events(p)
+    restore = [e for e in evs if e["operation"] == "RESTORE"]
+    assert len(restore) == 1
+    d = _details(restore[0])
+    assert d["previous_head"] == {"id": head.last_id, "checksum": head.last_checksum.hex()}
+    assert any(e["operation"] == "INSERT" and e["id"] > restore[0]["id"] for e in evs)
+
+
+def test_blob_writes_are_events_and_refused_on_the_log(audited):
+    conn = audited.connect()
+    n0 = len([e for e in audited.events() if e["operation"] == "UPDATE"])
+    with conn.blobopen("patients", "scan", 1) as blob:
+        blob.write(b"abcd")
+        blob[5] = 1
+    assert conn.execute("SELECT substr(scan, 1, 4) FROM patients").fetchone() == (b"abcd",)
+    for table, column in ((audited.table, "checksum"), (audited.table, "query"),
+                          ("__audit_meta", "value"), ("sqlite_master", "sql")):
+        with pytest.raises(AuditPolicyError):
+            conn.blobopen(table, column, 1)
+    # in an open transaction that rolls back: the writes and their events go together
+    conn.execute("INSERT INTO patients(name, scan) VALUES ('Bob', zeroblob(4))")
+    with conn.blobopen("patients", "scan", 2) as blob:
+        blob.write(b"zz")
+    conn.rollback()
+    conn.close()
+    updates = [e for e in audited.events() if e["operation"] == "UPDATE"]
+    committed = [e for e in updates[n0:] if e["success"]]
+    assert len(committed) == 2
+    assert all(_details(e)["blob"]["rowid"] == 1 for e in committed)
+    assert [e for e in updates[n0:] if not e["success"]]  # the rolled-back write, recorded
+    assert audited.verify().ok
+
+
+def test_serialize_and_blob_reads_are_recorded_when_reads_are_logged(tmp_path):
+    p = str(tmp_path / "v.db")
+    conn = heliosdb.connect(p, config="verbose")
+    conn.execute("CREATE TABLE t(b BLOB)")
+    conn.execute("INSERT INTO t VALUES (x'0102')")
+    conn.commit()
+    conn.serialize()
+    with conn.blobopen("t", "b", 1, readonly=True) as blob:
+        blob.read()
+    mem = heliosdb.connect(":memory:")
+    conn.backup(mem)
+    conn.close()
+    queries = [e["query"] for e in _events(p) if e["operation"] == "SELECT"]
+    assert "serialize('main')" in queries
+    assert "blob read: t.b rowid 1" in queries
+    assert any(q and q.startswith("backup('main')") for q in queries)
+
+
+def test_deserialize_is_refused(audited):
+    conn = audited.connect()
+    data = conn.serialize()
+    with pytest.raises(AuditPolicyError, match="deserialize"):
+        conn.deserialize(data)
+    conn.close()
+
+
+def test_vacuum_trusts_only_its_own_copy(tmp_path):
+    p = str(tmp_path / "v.db")
+    conn = heliosdb.connect(p, config="default")
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    n = len(_events(p))
+
+    def target():
+        conn.execute("DELETE FROM __audit_log")  # run by VACUUM INTO f()
+        return str(tmp_path / "copy.db")
+
+    conn.create_function("f", 0, target)
+    with pytest.raises(DatabaseError):
+        conn.execute("VACUUM INTO f()")
+    if conn.in_transaction:  # the DB-API's implicit BEGIN for the DELETE inside f()
+        conn.rollback()
+    assert not (tmp_path / "copy.db").exists()
+    conn.execute("VACUUM")  # VACUUM itself still works, the log included
+    conn.close()
+    assert len(_events(p)) >= n
+    assert heliosdb.audit.verify(p).ok
+
+
+def test_denied_attempts_survive_a_connection_dropped_without_close(audited):
+    conn = audited.connect()
+    conn.execute("INSERT INTO patients(name) VALUES ('pending')")
+    with pytest.raises(DatabaseError):
+        conn.execute(f"DELETE FROM {audited.table}")
+    del conn
+    gc.collect()
+    evs = audited.events()
+    denied = [e for e in evs if e["operation"] == "DELETE" and not e["success"]]
+    assert denied and "append-only" in denied[-1]["error"]
+    assert audited.verify().ok
+
+
+def test_two_threads_on_one_connection_lose_nothing(tmp_path):
+    p = str(tmp_path / "t.db")
+    conn = heliosdb.connect(p, config="default", check_same_thread=False)
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    per_thread, errors, denied = 300, [], []
+
+    def writer(k):
+        try:
+            for i in range(per_thread):
+                conn.execute("INSERT INTO t VALUES (?)", (f"{k}-{i}",))
+                if i % 50 == 0:
+                    conn.commit()
+                if i % 30 == 0:
+                    try:
+                        conn.execute("UPDATE __audit_log SET user = 'mallory'")
+                    except DatabaseError:
+                        denied.append(1)
+            conn.commit()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (3 * per_thread,)
+    conn.close()
+    evs = _events(p)
+    assert len([e for e in evs if e["operation"] == "INSERT" and e["success"]]) == \
+        3 * per_thread
+    assert not [e for e in evs if e["user"] == "mallory"]
+    assert len(denied) == 3 * 10
+    assert len([e for e in evs if e["operation"] == "UPDATE" and not e["success"]]) == \
+        len(denied)
+    assert heliosdb.audit.verify(p).ok
+
+
+# --- 3. the log's neighbourhood -------------------------------------------------------------
+
+def test_foreign_trigger_on_the_log_is_refused_until_dropped(tmp_path):
+    p = str(tmp_path / "f.db")
+    conn = heliosdb.connect(p, config="default")
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    conn.close()
+    raw = sqlite3.connect(p)  # planted around heliosdb
+    raw.execute("CREATE TRIGGER drop_events BEFORE INSERT ON __audit_log "
+                "WHEN new.operation = 'DELETE' BEGIN SELECT RAISE(IGNORE); END")
+    raw.execute("CREATE TRIGGER sneaky AFTER INSERT ON t BEGIN "
+                "DELETE FROM __audit_log WHERE id = 1; END")
+    raw.commit()
+    raw.close()
+    conn = heliosdb.connect(p)
+    with pytest.raises(DatabaseError, match="not created by heliosdb"):
+        conn.execute("DELETE FROM t")
+    with pytest.raises(DatabaseError, match="not created by heliosdb"):
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.execute("DROP TRIGGER drop_events")
+    conn.execute("DROP TRIGGER sneaky")
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.execute("DELETE FROM t")
+    conn.commit()
+    conn.close()
+    ops = [(e["operation"], e["target"], e["success"]) for e in _events(p)]
+    assert ("DROP_TRIGGER", "__audit_log", 1) in ops
+    assert ("DELETE", "t", 1) in ops
+    assert heliosdb.audit.verify(p).ok
