@@ -1158,10 +1158,10 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction, if any."""
         self._check()
-        if self._apsw.get_autocommit():
-            return
         if self._audit is not None:
-            self._audit.commit()
+            self._audit.commit()  # checks for an open transaction under its lock
+            return
+        if self._apsw.get_autocommit():
             return
         try:
             self._apsw.execute("COMMIT")
@@ -1171,10 +1171,10 @@ class Connection:
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
         self._check()
-        if self._apsw.get_autocommit():
-            return
         if self._audit is not None:
-            self._audit.rollback()
+            self._audit.rollback()  # checks for an open transaction under its lock
+            return
+        if self._apsw.get_autocommit():
             return
         try:
             self._apsw.execute("ROLLBACK")

@@ -394,3 +394,89 @@ def test_foreign_trigger_on_the_log_is_refused_until_dropped(tmp_path):
     assert ("DROP_TRIGGER", "__audit_log", 1) in ops
     assert ("DELETE", "t", 1) in ops
     assert heliosdb.audit.verify(p).ok
+
+
+def test_trigger_planted_while_connected_fails_the_append_loudly(tmp_path):
+    p = str(tmp_path / "g.db")
+    conn = heliosdb.connect(p, config="default")
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    raw = sqlite3.connect(p)
+    raw.execute("CREATE TRIGGER eat BEFORE INSERT ON __audit_log BEGIN SELECT RAISE(IGNORE); END")
+    raw.commit()
+    raw.close()
+    with pytest.raises(heliosdb.AuditIntegrityError, match="trigger"):
+        conn.execute("INSERT INTO t VALUES ('unrecorded?')")
+        conn.commit()
+    conn.rollback()
+    with pytest.raises(DatabaseError, match="not created by heliosdb"):
+        conn.execute("SELECT count(*) FROM t")
+    conn.execute("DROP TRIGGER eat")  # the one statement allowed: recorded
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn.close()
+    ops = [(e["operation"], e["success"]) for e in _events(p)]
+    assert ("DROP_TRIGGER", 1) in ops and ("INSERT", 0) in ops
+    assert heliosdb.audit.verify(p).ok
+
+
+# --- a property: several threads, random statements, one event each ------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_STEPS = st.sampled_from(["insert", "update", "delete", "syntax", "attack", "commit"])
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(programs=st.lists(st.lists(_STEPS, min_size=1, max_size=30), min_size=2, max_size=3))
+def test_threads_random_statements_one_event_each(tmp_path_factory, programs):
+    p = str(tmp_path_factory.mktemp("prop") / "p.db")
+    conn = heliosdb.connect(p, config="default", check_same_thread=False)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
+    conn.commit()
+    base = len(_events(p))
+    ok_count = {"INSERT": 0, "UPDATE": 0, "DELETE": 0}
+    failed = []
+    lock = threading.Lock()
+    errors = []
+
+    def run(program, k):
+        try:
+            for i, step in enumerate(program):
+                sql, params, op = {
+                    "insert": ("INSERT INTO t(x) VALUES (?)", (f"{k}-{i}",), "INSERT"),
+                    "update": ("UPDATE t SET x = x || '+' WHERE id % 3 = ?", (i % 3,),
+                               "UPDATE"),
+                    "delete": ("DELETE FROM t WHERE id % 7 = ?", (i % 7,), "DELETE"),
+                    "syntax": ("UPDAT t SET x = 1", (), None),
+                    "attack": ("DELETE FROM __audit_log WHERE id > ?", (0,), None),
+                    "commit": (None, None, None),
+                }[step]
+                if sql is None:
+                    conn.commit()
+                    continue
+                try:
+                    conn.execute(sql, params)
+                except DatabaseError:
+                    with lock:
+                        failed.append(step)
+                    continue
+                with lock:
+                    ok_count[op] += 1
+            conn.commit()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(prog, k)) for k, prog in enumerate(programs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn.close()
+    assert not errors, errors
+    evs = _events(p)[base:]
+    for op, n in ok_count.items():
+        assert len([e for e in evs if e["operation"] == op and e["success"]]) == n, op
+    assert len([e for e in evs if not e["success"]]) == len(failed)
+    assert heliosdb.audit.verify(p).ok

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Optional
 
 import apsw
 
-from ..errors import ProgrammingError, translate
+from ..errors import AuditIntegrityError, ProgrammingError, translate
 from . import store
 from .api import AuditAPI
 from .events import EventFields, canonical_json
@@ -1011,6 +1011,9 @@ class AuditSession(AuditAPI):
                 db.execute("COMMIT")
         except BaseException as exc:
             self._deferred[:0] = carried
+            if isinstance(exc, AuditIntegrityError):
+                with self._internal():
+                    self._check_neighbourhood()
             if isinstance(exc, apsw.Error):
                 raise translate(exc) from exc
             raise
@@ -1090,6 +1093,9 @@ class AuditSession(AuditAPI):
                     db.execute("ROLLBACK")
                 except apsw.Error:
                     pass
+            # The write may have failed because of a schema object planted on the log
+            # since connect: from now on only its removal is accepted.
+            self._check_neighbourhood()
         self._after_rollback(reason)
 
     # -- the execution paths the DB-API calls ----------------------------------------
@@ -1107,7 +1113,14 @@ class AuditSession(AuditAPI):
                 finally:
                     with self._internal():
                         self._check_neighbourhood()
-            return self._execute(cursor, sql, params, flags, query)
+            try:
+                return self._execute(cursor, sql, params, flags, query)
+            except AuditIntegrityError:
+                # The log did not take an append (a trigger planted since connect):
+                # refuse everything but its removal from now on.
+                with self._internal():
+                    self._check_neighbourhood()
+                raise
 
     def _execute(self, cursor: Any, sql: str, params: Any, flags: int,
                  query: Optional[str]) -> Any:
@@ -1556,7 +1569,10 @@ class AuditSession(AuditAPI):
 
     @_locked
     def commit(self) -> None:
-        """Commit: buffered events first, then COMMIT (and its event, if logged)."""
+        """Commit: buffered events first, then COMMIT (and its event, if logged). Nothing
+        when no transaction is open (decided here, under the session's lock)."""
+        if self._db.get_autocommit():
+            return
         deferred = self._deferred
         self._deferred = []
         events = list(deferred)
@@ -1594,7 +1610,10 @@ class AuditSession(AuditAPI):
 
     @_locked
     def rollback(self) -> None:
-        """Roll back, then record what was rolled back in a write of its own."""
+        """Roll back, then record what was rolled back in a write of its own (nothing
+        when no transaction is open)."""
+        if self._db.get_autocommit():
+            return
         try:
             self._db.execute("ROLLBACK")  # the user's own (traces show it)
         except apsw.Error as exc:

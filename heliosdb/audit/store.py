@@ -19,7 +19,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import apsw
 
-from ..errors import DataError, ProgrammingError, translate
+from ..errors import AuditIntegrityError, DataError, ProgrammingError, translate
 from . import chain
 from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, check_operation
 from .events import _checked_ops as _known_ops  # names check_operation already accepted
@@ -273,8 +273,16 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
         except (OverflowError, UnicodeError) as exc:
             raise DataError(f"audit event value cannot be encoded: {exc}") from None
         prevs = [last_ck] + cks[:-1]
+        before = c.total_changes()
         c.executemany(sql, [(i, t, *f, p, k)
                             for i, t, f, p, k in zip(ids, tss, fields, prevs, cks)])
+        if c.total_changes() - before != n:
+            # A trigger on the log (RAISE(IGNORE) drops rows silently; another one writes
+            # more): never report events stored that are not, exactly as written.
+            raise AuditIntegrityError(
+                f"the audit log {table} did not store the {n} event(s) appended (ids "
+                f"{ids[0]}..{ids[-1]}): a trigger or other schema object not created by "
+                "heliosdb interferes with it; run verify() to name it")
         return ids
 
     return _run(conn, work)
