@@ -191,9 +191,67 @@ def _check_audit_coverage(conn: heliosdb.Connection, path: str) -> None:
     _close_quietly(conn)
     if other == "?":
         raise CLIError(f"{path}: cannot read its schema to check for an audit log")
-    raise CLIError(f"{path} holds the audit log {other}, which the config in force does not "
-                   f"write: open it with an audit config for that log (--config default for "
-                   f"__audit_log, else a config with [audit] table_name = \"{other}\")")
+    raise CLIError(_uncovered_message(path, other))
+
+
+def _uncovered_message(path: str, table: str) -> str:
+    return (f"{path} holds the audit log {table}, which the config in force does not write: "
+            f"open it with an audit config for that log (--config default for __audit_log, "
+            f"else a config with [audit] table_name = \"{table}\")")
+
+
+def _config_audit_table(cfg: Any) -> Optional[str]:
+    """The audit table config ``cfg`` writes, None if it does not audit; "?" if it cannot
+    be loaded (the open reports that)."""
+    try:
+        from .config import load_config
+
+        audit = load_config(cfg).audit
+    except Exception:  # noqa: BLE001 - heliosdb.connect reports a bad config
+        return "?"
+    return audit.table_name if audit.enabled else None
+
+
+def _connect_checked(opener: Opener, path: str, *, key: Optional[KeySpec] = None,
+                     config: Any = "__same__") -> heliosdb.Connection:
+    """``opener.connect(path, ...)``, refusing a database whose audit log it would not write.
+
+    With an explicit config, the database is looked into first (unaudited, read only)
+    so that a config auditing another table is refused before its session attaches,
+    which would create that other table in the file. The key is loaded once for both
+    opens. A database that cannot be looked into first (a key still to be typed) is
+    checked once open. See :func:`_check_audit_coverage`.
+    """
+    cfg = opener.config if config == "__same__" else config
+    spec = key if key is not None else opener.key
+    if cfg is None or _is_memory(path) or not os.path.isfile(path) or \
+            os.path.getsize(path) == 0:
+        conn = opener.connect(path, key=spec, config=cfg)
+        _check_audit_coverage(conn, path)
+        return conn
+    want = _config_audit_table(cfg)
+    secret = spec.load(path)
+    try:
+        if want != "?":
+            try:
+                peek = dataclasses.replace(opener, prompt_if_needed=False).connect(
+                    path, secret=secret, config=None, auto_audit=False)
+            except CLIError:
+                peek = None  # a key still to be typed: checked once open
+            if peek is not None:
+                try:
+                    tables = _audit_tables(peek._apsw)
+                finally:
+                    _close_quietly(peek)
+                others = sorted(t for t in tables if want is None or t.lower() != want.lower())
+                if others:
+                    raise CLIError(_uncovered_message(path, others[0]))
+        conn = opener.connect(path, secret=secret, config=cfg) if secret is not None else \
+            opener.connect(path, key=spec, config=cfg)
+    finally:
+        wipe_key(secret)
+    _check_audit_coverage(conn, path)
+    return conn
 
 
 def _plain_file_holds_audit_log(path: str) -> bool:
@@ -277,8 +335,7 @@ class HeliosShell(apsw.shell.Shell):
         if self._db is None:
             path = self.dbfilename or ":memory:"
             spec = self._default_key(path)
-            conn = self.opener.connect(path, key=spec)
-            _check_audit_coverage(conn, path)
+            conn = _connect_checked(self.opener, path, key=spec)
             self._hconn = conn
             self._db = conn._apsw
             self.dbfilename = path
@@ -873,9 +930,8 @@ class HeliosShell(apsw.shell.Shell):
                     pass
         if spec is None:
             spec = self._default_key(path)
-        conn = self._run(self.opener.connect, path, key=spec,
+        conn = self._run(_connect_checked, self.opener, path, key=spec,
                          config=self.opener.config if config == "__same__" else config)
-        _check_audit_coverage(conn, path)
         self.db = None, None  # close the current one (and its audit session)
         self._hconn = conn
         self._db = conn._apsw
@@ -1450,8 +1506,7 @@ def run_shell(argv: Sequence[str]) -> int:
         path = args.filename or ":memory:"
         if _is_memory(path):
             opener = dataclasses.replace(opener, key=KeySpec())
-        conn = opener.connect(path)
-        _check_audit_coverage(conn, path)
+        conn = _connect_checked(opener, path)
         shell = HeliosShell(conn, args.opener, debug=debug)
         conn = None  # the shell owns it now
         # APSW's option parser treats every option as -nocolour while NO_COLOR is set
