@@ -19,6 +19,11 @@ Safety:
   history file (``~/.heliosdb_history``, written with mode 0600);
 * ``.open``, ``.backup`` and ``.restore`` go through :func:`heliosdb.connect` too, so a copy
   of an encrypted database is never written in clear by accident;
+* an audited database stays audited: every dot-command is harmless (:data:`AUDIT_HARMLESS`),
+  runs through the audited connection or checks its own arguments (:data:`AUDIT_CHECKED`),
+  or is refused, with the attempt recorded (``.load``, ``.py``, ``.shell``, ``.restore``,
+  ``.dbconfig writable_schema 1`` ..., and any command not classified); a database whose
+  audit log the config in force would not write is not opened (see docs/CLI.md);
 * errors print as one line (``Error: ...``); ``--debug`` or ``.exceptions on`` adds a
   Python traceback (never the values of local variables, which could hold a passphrase).
 """
@@ -864,9 +869,9 @@ class HeliosShell(apsw.shell.Shell):
         audited connection it is refused (it writes around the audit layer):
         create the table and use .import.
         """
-        if self.audited:
-            raise self.Error("autoimport is not available on an audited connection: "
-                             "create the table and use .import")
+        if self.audit_guarded():
+            self.refuse(".autoimport", "it writes around the audit layer: create the table "
+                        "and use .import", cmd)
         return super().command_autoimport(cmd)
 
     # -- standard commands that must not bypass encryption ------------------------------------

@@ -344,7 +344,7 @@ def test_import_is_recorded_and_cannot_write_the_log(tmp_path, adb):
         err = d.run(f".import {rows} {adb.table}")
         assert err.startswith("Error:"), err
         err = d.run(f".autoimport {rows} newtable")
-        assert err.startswith("Error:") and "audited" in err
+        assert err.startswith(f"Error: .autoimport {REFUSED}"), err
     finally:
         d.close()
     after = snapshot(adb)
@@ -352,7 +352,8 @@ def test_import_is_recorded_and_cannot_write_the_log(tmp_path, adb):
     assert_intact(dataclasses.replace(before, rows=after.rows), after)
     new = after.events[len(before.events):]
     assert ("mallory", "INSERT", "t", 1) in [e[1:5] for e in new]
-    assert any(e[1] == "mallory" and e[4] == 0 for e in new)  # the denied import
+    assert any(e[1] == "mallory" and e[4] == 0 and e[2] == "INSERT" for e in new)  # denied
+    assert len(after.refused(".autoimport")) == 1
     conn = adb.connect()
     try:
         assert not conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'newtable'").fetchall()
