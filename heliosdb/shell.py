@@ -116,7 +116,7 @@ from .dbapi import split_statements as split_sql  # noqa: E402
 AUDIT_HARMLESS = frozenset({
     "bail", "cd", "changes", "colour", "color", "databases", "dbinfo", "dump", "echo",
     "encoding", "exceptions", "exit", "quit", "find", "header", "headers", "help",
-    "indices", "log", "mode", "nullvalue", "output", "pages", "pages_svg", "print",
+    "indices", "log", "mode", "nullvalue", "pages", "print",
     "prompt", "schema", "separator", "show", "tables", "timeout", "timer", "version",
     "vfsname", "vfsinfo", "vfslist", "width",
 })
@@ -129,6 +129,8 @@ AUDIT_CHECKED = frozenset({
     # APSW's, made safe here
     "import", "autoimport", "open", "close", "backup", "restore", "dbconfig", "limit",
     "connection", "parameter", "read", "ftsq",
+    # they write a file: never the database's own (or its journal, WAL or shm)
+    "output", "pages_svg",
 })
 
 #: Why a refused dot-command would weaken the log.
@@ -629,6 +631,50 @@ class HeliosShell(apsw.shell.Shell):
                 message += f" (the attempt could not be recorded: {error_message(exc)})"
         raise self.Error(message)
 
+    def check_not_database_file(self, command: str, path: Optional[str],
+                                args: Sequence[str] = ()) -> None:
+        """Refuse ``command`` writing ``path`` when that is the audited database's file.
+
+        Writing over the file (or its -journal, -wal or -shm) would destroy the
+        database and its audit log unrecorded: a next connection would start a new,
+        empty log that verifies.
+        """
+        db_path = self.dbfilename
+        if not path or not db_path or _is_memory(db_path) or not self.audit_guarded():
+            return
+        base = os.path.realpath(db_path)
+        target = os.path.realpath(os.path.expanduser(path))
+        same = target in {base + s for s in ("", "-journal", "-wal", "-shm")}
+        if not same and os.path.exists(target) and os.path.exists(base):
+            same = os.path.samefile(target, base)
+        if same:
+            self.refuse(command, "it would write over the database file and its audit log",
+                        args, what=f"{command} {path}")
+
+    def command_output(self, cmd: list[str]) -> None:
+        """output FILENAME: Send output to FILENAME (or stdout)
+
+        If the FILENAME is 'stdout' then output is sent to standard
+        output from when the shell was started.  The file is opened
+        using the current encoding (change with 'encoding' command).
+        On an audited database FILENAME cannot be the database file (or
+        its journal): truncating it would destroy the audit log.
+        """
+        if len(cmd) == 1 and cmd[0] != "stdout":
+            self.check_not_database_file(".output", cmd[0], cmd)
+        super().command_output(cmd)
+
+    def command_pages_svg(self, cmd: list[str]) -> None:
+        """pages-svg ?OUTFILENAME?: Shows space usage in a graphic
+
+        If you do not specify a filename, then a temporary file is created and
+        the browser invoked to show it.  On an audited database OUTFILENAME
+        cannot be the database file (or its journal).
+        """
+        if len(cmd) == 1:
+            self.check_not_database_file(".pages-svg", cmd[0], cmd)
+        super().command_pages_svg(cmd)
+
     def process_command(self, command: str) -> None:
         """Processes a dot command (split with :func:`shlex.split`).
 
@@ -991,6 +1037,7 @@ class HeliosShell(apsw.shell.Shell):
         (a key option is refused: use heliosdb encrypt).
         """
         dbname, fname, spec = self._copy_target(list(cmd), "backup")
+        self.check_not_database_file(".backup", fname, cmd)
         conn = self.connection
         encrypted = self._is_encrypted()
         if spec is None:
@@ -1179,6 +1226,7 @@ class HeliosShell(apsw.shell.Shell):
                 raise self.Error(f"Unexpected argument {a!r}")
         if out is None:
             raise self.Error("checkpoint needs a FILE to write")
+        self.check_not_database_file(".checkpoint", out, cmd)
         cp = self._run(make_checkpoint, self.connection, out, signing)
         ident = getattr(cp, "event_id", None) or getattr(cp, "id", None)
         where = f" at event {ident}" if ident is not None else ""
@@ -1208,6 +1256,7 @@ class HeliosShell(apsw.shell.Shell):
             raise self.Error("export-audit takes FORMAT FILE (formats: "
                              + ", ".join(EXPORT_FORMATS) + ")")
         fmt, out = rest
+        self.check_not_database_file(".export-audit", out, cmd)
         manifest = self._run(export_audit, self.connection, fmt, out, after_id=since_id)
         self.write(self.stdout, f"{describe_export(manifest, fmt, out)}\n")
 
@@ -1328,6 +1377,8 @@ class HeliosShell(apsw.shell.Shell):
                 raise self.Error(f"Unexpected argument {a!r}")
         if out is None:
             raise self.Error("report needs a FILE to write")
+        self.check_not_database_file(".report", out, cmd)
+        self.check_not_database_file(".report", os.path.splitext(out)[0] + ".json", cmd)
         result = self._run(write_report, self.connection, out, preset)
         findings = report_findings(result)
         self.write(self.stdout, f"report written to {out} ({len(findings)} findings)\n")

@@ -284,10 +284,22 @@ def _attack(tmp_path: Path, db: AuditedDB, kind: str) -> tuple[list[str], str, P
         c.execute("CREATE TABLE t(a INTEGER, b TEXT)")
         c.close()
         return [f".restore {copy}"], ".restore", marker
+    # Commands that write a file, aimed at the database file or its journal: truncating
+    # it would destroy the log, and the next connection would start a new one.
+    writers = {"output-db": (".output", "{db}"), "output-journal": (".output", "{db}-journal"),
+               "pages-svg-db": (".pages-svg", "{db}"),
+               "export-audit-db": (".export-audit", "jsonl {db}"),
+               "checkpoint-db": (".checkpoint", "{db}"), "report-db": (".report", "{db}"),
+               "backup-wal": (".backup", "{db}-wal")}
+    if kind in writers:
+        command, args = writers[kind]
+        return [f"{command} {args.format(db=db.path)}", "SELECT 'x' FROM t"], command, marker
     raise AssertionError(kind)
 
 
-ATTACKS = ["load", "py", "read-py", "shell", "limit", "open-new", "restore"]
+ATTACKS = ["load", "py", "read-py", "shell", "limit", "open-new", "restore", "output-db",
+           "output-journal", "pages-svg-db", "export-audit-db", "checkpoint-db", "report-db",
+           "backup-wal"]
 
 
 @pytest.mark.parametrize("kind", ATTACKS)
@@ -403,6 +415,10 @@ def test_switching_to_a_raw_connection_is_refused(adb):
 def test_output_and_read_only_commands_still_work(tmp_path, adb):
     d = Driven(adb)
     try:
+        assert d.run(f".output {tmp_path / 'out.txt'}") == ""
+        assert d.run("SELECT b FROM t WHERE a = 2") == ""
+        assert d.run(".output stdout") == ""
+        assert (tmp_path / "out.txt").read_text() == "two\n"
         for command in (".mode csv", ".headers on", ".nullvalue NULL", ".tables", ".schema t",
                         ".dump t", ".dbinfo", ".limit", ".limit length -1", ".show",
                         ".print hello", ".vfslist", ".indices t", ".databases",
