@@ -631,6 +631,19 @@ class HeliosShell(apsw.shell.Shell):
                 message += f" (the attempt could not be recorded: {error_message(exc)})"
         raise self.Error(message)
 
+    def _database_path(self) -> Optional[str]:
+        """The absolute path of the current database file (None for a memory database);
+        SQLite's name for it, which a later ``.cd`` does not change."""
+        db = self._db
+        if db is not None:
+            try:
+                name = db.filename
+            except apsw.Error:
+                name = ""
+            return name or None
+        path = self.dbfilename
+        return None if not path or _is_memory(path) else os.path.abspath(path)
+
     def check_not_database_file(self, command: str, path: Optional[str],
                                 args: Sequence[str] = ()) -> None:
         """Refuse ``command`` writing ``path`` when that is the audited database's file.
@@ -639,8 +652,8 @@ class HeliosShell(apsw.shell.Shell):
         database and its audit log unrecorded: a next connection would start a new,
         empty log that verifies.
         """
-        db_path = self.dbfilename
-        if not path or not db_path or _is_memory(db_path) or not self.audit_guarded():
+        db_path = self._database_path()
+        if not path or not db_path or not self.audit_guarded():
             return
         base = os.path.realpath(db_path)
         target = os.path.realpath(os.path.expanduser(path))
@@ -962,10 +975,9 @@ class HeliosShell(apsw.shell.Shell):
                 path = a
         path = path or ":memory:"
         if new and not _is_memory(path):
-            current = bool(self._db is not None and self.dbfilename and os.path.exists(path)
-                           and not _is_memory(self.dbfilename)
-                           and os.path.exists(self.dbfilename)
-                           and os.path.samefile(path, self.dbfilename))
+            db_path = self._database_path()
+            current = bool(db_path and os.path.exists(path) and os.path.exists(db_path)
+                           and os.path.samefile(path, db_path))
             if current and self.audit_guarded():
                 self.refuse(".open", "it would delete the database and its audit log", cmd,
                             what=".open --new")

@@ -557,3 +557,16 @@ def test_audited_file_is_not_restored_into_an_unaudited_database(tmp_path, adb):
     assert lines[1].startswith(f"Error: .open --new {adb.path} is refused")
     assert adb.table in _tables(adb)
     assert snapshot(adb).verified
+
+
+def test_database_file_is_recognised_after_cd(tmp_path, adb):
+    """Opened by a relative name, then .cd elsewhere: the file is still recognised."""
+    (tmp_path / "sub").mkdir()
+    before = snapshot(adb)
+    proc = run_cli([*adb.cli_args, adb.path.name, ".cd sub", f".output ../{adb.path.name}",
+                    "SELECT 'overwritten?'"], cwd=adb.path.parent)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"Error: .output ../{adb.path.name} {REFUSED}"), proc.stderr
+    after = snapshot(adb)
+    assert_intact(before, after)
+    assert len(after.refused(".output")) == 1
