@@ -563,8 +563,9 @@ def test_database_file_is_recognised_after_cd(tmp_path, adb):
     """Opened by a relative name, then .cd elsewhere: the file is still recognised."""
     (tmp_path / "sub").mkdir()
     before = snapshot(adb)
-    proc = run_cli([*adb.cli_args, adb.path.name, ".cd sub", f".output ../{adb.path.name}",
-                    "SELECT 'overwritten?'"], cwd=adb.path.parent)
+    proc = run_cli([*adb.cli_args, ":memory:", f".open {adb.path.name}", ".cd sub",
+                    f".output ../{adb.path.name}", "SELECT 'overwritten?'"],
+                   cwd=adb.path.parent)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"Error: .output ../{adb.path.name} {REFUSED}"), proc.stderr
     after = snapshot(adb)
