@@ -144,10 +144,12 @@ _REFUSED_DEFAULT = "it uses the raw SQLite connection, around the audit log"
 
 #: .dbconfig settings an audited database may change: query planning and diagnostics.
 _DBCONFIG_SETTABLE = frozenset({"enable_qpsg", "reverse_scanorder", "stmt_scanstatus"})
+#: ... and settings it may only make stricter (the one value allowed).
+_DBCONFIG_STRICTER = {"defensive": 1, "writable_schema": 0, "trusted_schema": 0,
+                      "enable_load_extension": 0}
 _DBCONFIG_BECAUSE = {
     "writable_schema": "it would let SQL rewrite the audit log",
-    "defensive": "it guards the schema and file against SQL that could corrupt the audit "
-                 "log",
+    "defensive": "turning it off lets SQL corrupt the database file and its audit log",
     "trusted_schema": "it would let views and triggers call functions with side effects, "
                       "unrecorded",
     "enable_trigger": "triggers change what a statement does, so the log would no longer "
@@ -235,7 +237,7 @@ def _connect_checked(opener: Opener, path: str, *, key: Optional[KeySpec] = None
             os.path.getsize(path) == 0:
         conn = opener.connect(path, key=spec, config=cfg)
         _check_audit_coverage(conn, path)
-        return conn
+        return _harden(conn)
     want = _config_audit_table(cfg)
     secret = spec.load(path)
     try:
@@ -258,6 +260,22 @@ def _connect_checked(opener: Opener, path: str, *, key: Optional[KeySpec] = None
     finally:
         wipe_key(secret)
     _check_audit_coverage(conn, path)
+    return _harden(conn)
+
+
+def _harden(conn: heliosdb.Connection) -> heliosdb.Connection:
+    """Turn SQLite's defensive mode on for an audited connection (and return it).
+
+    SQLITE_DBCONFIG_DEFENSIVE stops SQL from corrupting the file behind the audit log's
+    back: ``PRAGMA writable_schema``, ``journal_mode=OFF``, ``schema_version`` writes,
+    writes to shadow tables and ``sqlite_dbpage``. The connection layer is to do this
+    itself; until it does, the shell does it for the connections it opens.
+    """
+    if getattr(conn, "audit", None) is not None:
+        try:
+            conn._apsw.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+        except (apsw.Error, AttributeError):  # noqa: BLE001 - an older SQLite: the checks stay
+            pass
     return conn
 
 
@@ -721,19 +739,22 @@ class HeliosShell(apsw.shell.Shell):
 
             .dbconfig enable_fkey 1
 
-        On an audited database the settings can be listed (and one read with
-        VALUE -1) but only enable_qpsg, reverse_scanorder and
-        stmt_scanstatus changed: the others (writable_schema, defensive,
-        trusted_schema, enable_trigger ...) could let SQL rewrite the audit
-        log or change data unrecorded.  The refused attempt is recorded.
+        On an audited database (opened with defensive on) the settings can
+        be listed (and one read with VALUE -1) but only enable_qpsg,
+        reverse_scanorder and stmt_scanstatus changed, and defensive,
+        writable_schema, trusted_schema and enable_load_extension only made
+        stricter: the other changes (writable_schema 1, defensive 0,
+        enable_trigger ...) could let SQL rewrite the audit log or change
+        data unrecorded.  The refused attempt is recorded.
         """
         if len(cmd) == 2 and self.audit_guarded():
             name = cmd[0].lower()
             try:
-                reading = int(cmd[1]) == -1
+                value: Optional[int] = int(cmd[1])
             except ValueError:
-                reading = False
-            if not reading and name not in _DBCONFIG_SETTABLE:
+                value = None
+            if value != -1 and name not in _DBCONFIG_SETTABLE and \
+                    (value is None or _DBCONFIG_STRICTER.get(name) != value):
                 self.refuse(".dbconfig", _DBCONFIG_BECAUSE.get(name, _DBCONFIG_DEFAULT), cmd,
                             what=f".dbconfig {name}")
         super().command_dbconfig(cmd)
@@ -1357,8 +1378,8 @@ class HeliosShell(apsw.shell.Shell):
                 with progress_callback(None, f"Re-encrypting {os.path.basename(path)}") as bar:
                     self._run(call_with_progress, rotate, path, key, progress=bar)
             finally:
-                conn = self._run(self.opener.connect, path, secret=key, config=config,
-                                 auto_audit=False)
+                conn = _harden(self._run(self.opener.connect, path, secret=key,
+                                         config=config, auto_audit=False))
                 self._hconn, self._db, self.dbfilename = conn, conn._apsw, path
                 self._apply_fts()
         finally:

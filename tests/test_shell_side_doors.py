@@ -216,7 +216,7 @@ def test_init_python_file_is_refused(tmp_path, adb):
 DBCONFIG = {
     # name: (value an attacker would set, what the error says)
     "writable_schema": ("1", "it would let SQL rewrite the audit log"),
-    "defensive": ("0", "corrupt the audit log"),
+    "defensive": ("0", "corrupt the database file and its audit log"),
     "trusted_schema": ("1", "side effects"),
     "enable_trigger": ("0", "triggers"),
     "enable_load_extension": ("1", "extension"),
@@ -249,13 +249,31 @@ def test_dbconfig_changes_are_refused(adb, name):
     assert len(after.refused(".dbconfig")) == 1
 
 
-def test_dbconfig_planner_flags_may_change(adb):
+def test_dbconfig_planner_flags_may_change_and_guards_only_tighten(adb):
     d = Driven(adb)
     try:
         assert d.run(".dbconfig enable_qpsg 1") == ""
         assert d.shell.db.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, -1) == 1
+        for name, stricter in (("defensive", 1), ("writable_schema", 0),
+                               ("trusted_schema", 0), ("enable_load_extension", 0)):
+            assert d.run(f".dbconfig {name} {stricter}") == "", name
+            op = getattr(apsw, "SQLITE_DBCONFIG_" + name.upper())
+            assert d.shell.db.config(op, -1) == stricter, name
     finally:
         d.close()
+
+
+def test_audited_shell_connection_is_defensive(tmp_path, adb):
+    """Opened defensive (the command line, .open, and a rekey's reopening), so SQL cannot
+    corrupt the file behind the log: e.g. PRAGMA journal_mode=OFF is ignored."""
+    proc = run_cli([*adb.cli_args, str(adb.path), ".dbconfig defensive -1",
+                    "PRAGMA journal_mode=OFF", "PRAGMA journal_mode",
+                    ".open :memory:", f".open {adb.path}", ".dbconfig defensive -1"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "defensive: 1" and lines[-1] == "defensive: 1", lines
+    assert "off" not in [ln.strip().lower() for ln in lines[1:3]], lines
 
 
 def _attack(tmp_path: Path, db: AuditedDB, kind: str) -> tuple[list[str], str, Path]:
