@@ -19,6 +19,11 @@ Safety:
   history file (``~/.heliosdb_history``, written with mode 0600);
 * ``.open``, ``.backup`` and ``.restore`` go through :func:`heliosdb.connect` too, so a copy
   of an encrypted database is never written in clear by accident;
+* an audited database stays audited: every dot-command is harmless (:data:`AUDIT_HARMLESS`),
+  runs through the audited connection or checks its own arguments (:data:`AUDIT_CHECKED`),
+  or is refused, with the attempt recorded (``.load``, ``.py``, ``.shell``, ``.restore``,
+  ``.dbconfig writable_schema 1`` ..., and any command not classified); a database whose
+  audit log the config in force would not write is not opened (see docs/CLI.md);
 * errors print as one line (``Error: ...``); ``--debug`` or ``.exceptions on`` adds a
   Python traceback (never the values of local variables, which could hold a passphrase).
 """
@@ -93,6 +98,217 @@ from .dbapi import _skip_space_and_comments as _skip_comments  # noqa: E402
 from .dbapi import split_statements as split_sql  # noqa: E402
 
 
+# -- dot-commands on an audited database -----------------------------------------------------
+#
+# An audited database stays audited: no dot-command may change data or the log without
+# the change being recorded. Every dot-command is in exactly one of three groups when the
+# current database is audited (or merely holds an audit log):
+#
+# * AUDIT_HARMLESS: output settings, listings and read-only looks at the schema or at
+#   SQLite's state. They run as in APSW's shell (their reads are not recorded).
+# * AUDIT_CHECKED: commands that go through the audited heliosdb.Connection (their
+#   effects are recorded) or that check their arguments themselves and refuse the
+#   forms that would weaken the log (.dbconfig NAME VALUE, .read FILE.py, ...).
+# * everything else, including any dot-command a later APSW adds, and any command_*
+#   method a subclass adds without classifying it: refused, with the attempt recorded.
+
+#: Dot-commands that never write: output settings, listings, read-only queries.
+AUDIT_HARMLESS = frozenset({
+    "bail", "cd", "changes", "colour", "color", "databases", "dbinfo", "dump", "echo",
+    "encoding", "exceptions", "exit", "quit", "find", "header", "headers", "help",
+    "indices", "log", "mode", "nullvalue", "pages", "print",
+    "prompt", "schema", "separator", "show", "tables", "timeout", "timer", "version",
+    "vfsname", "vfsinfo", "vfslist", "width",
+})
+
+#: Dot-commands that run through the audited connection or guard their own arguments.
+AUDIT_CHECKED = frozenset({
+    # HeliosDB's own: heliosdb APIs on the audited connection
+    "audit", "verify", "checkpoint", "export_audit", "encryption", "passwd", "rekey",
+    "report",
+    # APSW's, made safe here
+    "import", "autoimport", "open", "close", "backup", "restore", "dbconfig", "limit",
+    "connection", "parameter", "read", "ftsq",
+    # they write a file: never the database's own (or its journal, WAL or shm)
+    "output", "pages_svg",
+})
+
+#: Why a refused dot-command would weaken the log.
+_REFUSED_BECAUSE = {
+    "load": "an extension is native code running on the raw SQLite connection, around "
+            "the audit log",
+    "py": "Python code gets the raw SQLite connection, which writes around the audit log",
+    "shell": "an outside program can write the database file around the audit log",
+}
+_REFUSED_DEFAULT = "it uses the raw SQLite connection, around the audit log"
+
+#: .dbconfig settings an audited database may change: query planning and diagnostics.
+_DBCONFIG_SETTABLE = frozenset({"enable_qpsg", "reverse_scanorder", "stmt_scanstatus"})
+#: ... and settings it may only make stricter (the one value allowed).
+_DBCONFIG_STRICTER = {"defensive": 1, "writable_schema": 0, "trusted_schema": 0,
+                      "enable_load_extension": 0}
+_DBCONFIG_BECAUSE = {
+    "writable_schema": "it would let SQL rewrite the audit log",
+    "defensive": "turning it off lets SQL corrupt the database file and its audit log",
+    "trusted_schema": "it would let views and triggers call functions with side effects, "
+                      "unrecorded",
+    "enable_trigger": "triggers change what a statement does, so the log would no longer "
+                      "match the data",
+    "enable_load_extension": "an extension is native code running around the audit log",
+    "reset_database": "it would wipe the database and its audit log",
+}
+_DBCONFIG_DEFAULT = "it changes how SQLite treats the schema and data the audit log records"
+
+
+def _audit_tables(db: apsw.Connection) -> set[str]:
+    """Names of the audit logs ``db``'s main database holds: ``__audit_log`` and every
+    table its meta table (``__audit_meta``) keeps meta rows for, even one since dropped.
+    An unreadable schema counts as holding one (fail closed)."""
+    try:
+        present = {r[0] for r in db.execute(
+            "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND "
+            "name IN ('__audit_log', '__audit_meta')")}
+        names = {"__audit_log"} & present
+        if "__audit_meta" in present:
+            names |= {r[0] for r in db.execute("SELECT DISTINCT tbl FROM main.__audit_meta")
+                      if isinstance(r[0], str)}
+    except apsw.Error:
+        return {"?"}
+    return names
+
+
+def _uncovered_audit_log(conn: heliosdb.Connection) -> Optional[str]:
+    """An audit log the database holds that ``conn`` does not write (None if none)."""
+    audit = getattr(conn, "audit", None)
+    own = getattr(audit, "table", None) if audit is not None else None
+    others = sorted(t for t in _audit_tables(conn._apsw)
+                    if own is None or t.lower() != own.lower())
+    return others[0] if others else None
+
+
+def _check_audit_coverage(conn: heliosdb.Connection, path: str) -> None:
+    """Refuse (closing ``conn``) a database whose audit log ``conn`` would not write.
+
+    A database holding an audit log is only ever used audited, by that log: opened with
+    auditing off (a config that does not audit) or auditing another table (a config with
+    another ``table_name``), SQL typed in the shell would change data or that log
+    unrecorded.
+    """
+    other = _uncovered_audit_log(conn)
+    if other is None:
+        return
+    _close_quietly(conn)
+    if other == "?":
+        raise CLIError(f"{path}: cannot read its schema to check for an audit log")
+    raise CLIError(_uncovered_message(path, other))
+
+
+def _uncovered_message(path: str, table: str) -> str:
+    return (f"{path} holds the audit log {table}, which the config in force does not write: "
+            f"open it with an audit config for that log (--config default for __audit_log, "
+            f"else a config with [audit] table_name = \"{table}\")")
+
+
+def _config_audit_table(cfg: Any) -> Optional[str]:
+    """The audit table config ``cfg`` writes, None if it does not audit; "?" if it cannot
+    be loaded (the open reports that)."""
+    try:
+        from .config import load_config
+
+        audit = load_config(cfg).audit
+    except Exception:  # noqa: BLE001 - heliosdb.connect reports a bad config
+        return "?"
+    return audit.table_name if audit.enabled else None
+
+
+def _connect_checked(opener: Opener, path: str, *, key: Optional[KeySpec] = None,
+                     config: Any = "__same__") -> heliosdb.Connection:
+    """``opener.connect(path, ...)``, refusing a database whose audit log it would not write.
+
+    With an explicit config, the database is looked into first (unaudited, read only)
+    so that a config auditing another table is refused before its session attaches,
+    which would create that other table in the file. The key is loaded once for both
+    opens. A database that cannot be looked into first (a key still to be typed) is
+    checked once open. See :func:`_check_audit_coverage`.
+    """
+    cfg = opener.config if config == "__same__" else config
+    spec = key if key is not None else opener.key
+    if cfg is None or _is_memory(path) or not os.path.isfile(path) or \
+            os.path.getsize(path) == 0:
+        conn = opener.connect(path, key=spec, config=cfg)
+        _check_audit_coverage(conn, path)
+        return _harden(conn)
+    want = _config_audit_table(cfg)
+    secret = spec.load(path)
+    try:
+        if want != "?":
+            try:
+                peek = dataclasses.replace(opener, prompt_if_needed=False).connect(
+                    path, secret=secret, config=None, auto_audit=False)
+            except CLIError:
+                peek = None  # a key still to be typed: checked once open
+            if peek is not None:
+                try:
+                    tables = _audit_tables(peek._apsw)
+                finally:
+                    _close_quietly(peek)
+                others = sorted(t for t in tables if want is None or t.lower() != want.lower())
+                if others:
+                    raise CLIError(_uncovered_message(path, others[0]))
+        conn = opener.connect(path, secret=secret, config=cfg) if secret is not None else \
+            opener.connect(path, key=spec, config=cfg)
+    finally:
+        wipe_key(secret)
+    _check_audit_coverage(conn, path)
+    return _harden(conn)
+
+
+def _harden(conn: heliosdb.Connection) -> heliosdb.Connection:
+    """Turn SQLite's defensive mode on for an audited connection (and return it).
+
+    SQLITE_DBCONFIG_DEFENSIVE stops SQL from corrupting the file behind the audit log's
+    back: ``PRAGMA writable_schema``, ``journal_mode=OFF``, ``schema_version`` writes,
+    writes to shadow tables and ``sqlite_dbpage``. The connection layer is to do this
+    itself; until it does, the shell does it for the connections it opens.
+    """
+    if getattr(conn, "audit", None) is not None:
+        try:
+            conn._apsw.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+        except (apsw.Error, AttributeError):  # noqa: BLE001 - an older SQLite: the checks stay
+            pass
+    return conn
+
+
+def _plain_file_holds_audit_log(path: str) -> bool:
+    """True if ``path`` is an existing plaintext database holding an audit log (read-only
+    look; an encrypted file cannot be looked into without its key: False)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0 or file_is_encrypted(path):
+        return False
+    try:
+        db = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error:
+        return False
+    try:
+        return bool(_audit_tables(db) - {"?"})
+    finally:
+        db.close()
+
+
+def _refused_when_audited(name: str, fn: Any) -> Any:
+    """``fn`` (an APSW ``command_*`` method) refused while the database is audited."""
+    import functools
+
+    @functools.wraps(fn)
+    def guarded(self: "HeliosShell", cmd: list[str], *args: Any, **kwargs: Any) -> Any:
+        if self.audit_guarded():
+            self.refuse("." + name.replace("_", "-"),
+                        _REFUSED_BECAUSE.get(name, _REFUSED_DEFAULT), cmd)
+        return fn(self, cmd, *args, **kwargs)
+
+    guarded._heliosdb_refused_when_audited = True  # type: ignore[attr-defined]
+    return guarded
+
+
 def _explain_kind(stmt: str) -> int:
     """1 for EXPLAIN, 2 for EXPLAIN QUERY PLAN, 0 otherwise."""
     words = stmt[_skip_comments(stmt):][:40].upper().split()
@@ -144,7 +360,7 @@ class HeliosShell(apsw.shell.Shell):
         if self._db is None:
             path = self.dbfilename or ":memory:"
             spec = self._default_key(path)
-            conn = self.opener.connect(path, key=spec)
+            conn = _connect_checked(self.opener, path, key=spec)
             self._hconn = conn
             self._db = conn._apsw
             self.dbfilename = path
@@ -402,6 +618,242 @@ class HeliosShell(apsw.shell.Shell):
         conn = self._hconn
         return conn is not None and self._db is conn._apsw and conn.audit is not None
 
+    # -- dot-commands on an audited database: recorded, harmless, or refused ------------------
+
+    def audit_guarded(self) -> bool:
+        """True when dot-commands that could write around the audit log are refused.
+
+        That is when the current connection is audited, or its database holds an audit
+        log all the same (opening the database first if needed).
+        """
+        return self.audited or bool(_audit_tables(self.db))
+
+    def refuse(self, command: str, reason: str, args: Sequence[str] = (),
+               what: Optional[str] = None) -> None:
+        """Refuse dot-command ``command`` (".load") on an audited database; always raises.
+
+        ``what`` is how the error names it (".dbconfig writable_schema"; default
+        ``command``). On an audited connection the attempt is recorded first, as a failed
+        ``SHELL_COMMAND`` event whose target is the command.
+        """
+        what = what or command
+        message = f"{what} is refused on an audited database: {reason}"
+        if self.audited:
+            details: dict[str, Any] = {"command": what, "refused": reason}
+            if command not in (".py", ".shell"):  # free text: could be anything
+                details["arguments"] = [str(a)[:200] for a in list(args)[:16]]
+            try:
+                self._hconn.audit.log("SHELL_COMMAND", target=command,  # type: ignore
+                                      success=False, details=details)
+            except Exception as exc:  # noqa: BLE001 - still refused; say it went unrecorded
+                message += f" (the attempt could not be recorded: {error_message(exc)})"
+        raise self.Error(message)
+
+    def _database_path(self) -> Optional[str]:
+        """The absolute path of the current database file (None for a memory database);
+        SQLite's name for it, which a later ``.cd`` does not change."""
+        db = self._db
+        if db is not None:
+            try:
+                name = db.filename
+            except apsw.Error:
+                name = ""
+            return name or None
+        path = self.dbfilename
+        return None if not path or _is_memory(path) else os.path.abspath(path)
+
+    def check_not_database_file(self, command: str, path: Optional[str],
+                                args: Sequence[str] = ()) -> None:
+        """Refuse ``command`` writing ``path`` when that is the audited database's file.
+
+        Writing over the file (or its -journal, -wal or -shm) would destroy the
+        database and its audit log unrecorded: a next connection would start a new,
+        empty log that verifies.
+        """
+        db_path = self._database_path()
+        if not path or not db_path or not self.audit_guarded():
+            return
+        base = os.path.realpath(db_path)
+        target = os.path.realpath(os.path.expanduser(path))
+        same = target in {base + s for s in ("", "-journal", "-wal", "-shm")}
+        if not same and os.path.exists(target) and os.path.exists(base):
+            same = os.path.samefile(target, base)
+        if same:
+            self.refuse(command, "it would write over the database file and its audit log",
+                        args, what=f"{command} {path}")
+
+    def command_output(self, cmd: list[str]) -> None:
+        """output FILENAME: Send output to FILENAME (or stdout)
+
+        If the FILENAME is 'stdout' then output is sent to standard
+        output from when the shell was started.  The file is opened
+        using the current encoding (change with 'encoding' command).
+        On an audited database FILENAME cannot be the database file (or
+        its journal): truncating it would destroy the audit log.
+        """
+        if len(cmd) == 1 and cmd[0] != "stdout":
+            self.check_not_database_file(".output", cmd[0], cmd)
+        super().command_output(cmd)
+
+    def command_pages_svg(self, cmd: list[str]) -> None:
+        """pages-svg ?OUTFILENAME?: Shows space usage in a graphic
+
+        If you do not specify a filename, then a temporary file is created and
+        the browser invoked to show it.  On an audited database OUTFILENAME
+        cannot be the database file (or its journal).
+        """
+        if len(cmd) == 1:
+            self.check_not_database_file(".pages-svg", cmd[0], cmd)
+        super().command_pages_svg(cmd)
+
+    def process_command(self, command: str) -> None:
+        """Processes a dot command (split with :func:`shlex.split`).
+
+        On an audited database, a dot-command that is neither harmless
+        (:data:`AUDIT_HARMLESS`) nor run through the audited connection or checked by
+        its own method (:data:`AUDIT_CHECKED`) is refused: a new or unknown command
+        that could reach the raw SQLite connection is safe by default.
+        """
+        import shlex
+
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = []  # APSW's own parse reports it
+        if words and words[0].startswith(".") and len(words[0]) > 1:
+            name = words[0][1:].replace("-", "_")
+            if name not in AUDIT_HARMLESS and name not in AUDIT_CHECKED and \
+                    getattr(self, "command_" + name, None) is not None and \
+                    self.audit_guarded():
+                if self.echo:
+                    self.write(self.stderr, command + "\n")
+                self.refuse("." + words[0][1:], _REFUSED_BECAUSE.get(name, _REFUSED_DEFAULT),
+                            words[1:])
+        super().process_command(command)
+
+    def command_dbconfig(self, cmd: list[str]) -> None:
+        """dbconfig ?NAME VALUE?: Show all dbconfig, or set a specific one
+
+        With no arguments lists all settings.  Supply a name and integer value
+        to change.  For example:
+
+            .dbconfig enable_fkey 1
+
+        On an audited database (opened with defensive on) the settings can
+        be listed (and one read with VALUE -1) but only enable_qpsg,
+        reverse_scanorder and stmt_scanstatus changed, and defensive,
+        writable_schema, trusted_schema and enable_load_extension only made
+        stricter: the other changes (writable_schema 1, defensive 0,
+        enable_trigger ...) could let SQL rewrite the audit log or change
+        data unrecorded.  The refused attempt is recorded.
+        """
+        if len(cmd) == 2 and self.audit_guarded():
+            name = cmd[0].lower()
+            try:
+                value: Optional[int] = int(cmd[1])
+            except ValueError:
+                value = None
+            if value != -1 and name not in _DBCONFIG_SETTABLE and \
+                    (value is None or _DBCONFIG_STRICTER.get(name) != value):
+                self.refuse(".dbconfig", _DBCONFIG_BECAUSE.get(name, _DBCONFIG_DEFAULT), cmd,
+                            what=f".dbconfig {name}")
+        super().command_dbconfig(cmd)
+
+    def command_limit(self, cmd: list[str]) -> None:
+        """limit ?NAME VALUE?: Show all limits, or set a specific one
+
+        With no arguments lists all limits.  Supply a name and value to
+        change.  For example:
+
+           .limit attached 10
+
+        On an audited database limits can be listed (and one read with VALUE
+        -1) but not changed: they apply to the audit log's own writes too.
+        """
+        if len(cmd) == 2 and self.audit_guarded():
+            try:
+                reading = int(cmd[1]) == -1
+            except ValueError:
+                reading = False
+            if not reading:
+                self.refuse(".limit", "limits apply to the audit log's own writes too, so "
+                            "a change could stop events from being recorded", cmd,
+                            what=f".limit {cmd[0].lower()}")
+        super().command_limit(cmd)
+
+    def command_connection(self, cmd: list[str]) -> None:
+        """connection ?NUMBER?: List connections, or switch active connection
+
+        This covers all connections, not just those started in this
+        shell.  Closed connections are not shown.
+
+        For each connection, its index for switching active connection,
+        (VFS used), "filename", and open flags are shown.  Switching away
+        from an audited database, or to a connection whose database holds an
+        audit log, is refused: SQL on that raw connection would not be
+        recorded.  Use .open instead.
+        """
+        if len(cmd) == 1:
+            dbs = [c for c in apsw.connections() if c]
+            try:
+                target = dbs[int(cmd[0])]
+            except (ValueError, IndexError):
+                target = None  # APSW's command reports it
+            if target is not None and target is not self.db and \
+                    (self.audit_guarded() or _audit_tables(target)):
+                self.refuse(".connection", "SQL on another raw SQLite connection is not "
+                            "recorded: use .open", cmd)
+        super().command_connection(cmd)
+
+    def command_parameter(self, cmd: list[str]) -> None:
+        """parameter CMD ...:  Maintain named bindings you can use in your queries.
+
+        Specify a subcommand:
+
+           list            -- shows current bindings
+           clear           -- deletes all bindings
+           unset NAME      -- deletes named binding
+           set NAME VALUE  -- sets binding to VALUE
+
+        The value must be a valid SQL literal or expression.  For example
+        `3` will be an integer 3 while '3' will be a string.  On an audited
+        database the value is computed by one SELECT on the audited
+        connection.
+
+        Example::
+
+          .parameter set floor 10.99
+          .parameter set text 'Acme''s Glove'
+          SELECT * FROM sales WHERE price > $floor AND description != $text;
+        """
+        if len(cmd) == 3 and cmd[0] == "set" and self.audit_guarded():
+            if not self.audited:
+                self.refuse(".parameter", _REFUSED_DEFAULT, cmd, what=".parameter set")
+            try:
+                row = self._hconn.execute(f"select ({cmd[2]})").fetchone()  # type: ignore
+            except Exception:  # noqa: BLE001 - as APSW's shell says it
+                raise self.Error(
+                    f"Does not appear to be a valid SQLite value: {cmd[2]}") from None
+            self.bindings[cmd[1]] = row[0]
+            return
+        super().command_parameter(cmd)
+
+    def command_read(self, cmd: list[str]) -> None:
+        """read FILENAME: Processes SQL and commands in FILENAME (or Python if FILENAME ends with .py)
+
+        Treats the specified file as input (a mixture or SQL and/or
+        dot commands), each of which is audited like typed input.  If the
+        filename ends in .py then it is treated as Python code instead:
+        refused on an audited database, as Python gets the raw connection.
+
+        For Python code the symbol 'db' refers to the current database,
+        'shell' refers to the instance of the shell and 'apsw' is the
+        apsw module.
+        """
+        if len(cmd) == 1 and cmd[0].lower().endswith(".py") and self.audit_guarded():
+            self.refuse(".read", _REFUSED_BECAUSE["py"], cmd, what=".read FILE.py")
+        super().command_read(cmd)
+
     def process_sql(self, sql: str, bindings: Any = None, internal: bool = False,
                     summary: Any = None) -> None:
         """Processes SQL text consisting of one or more statements
@@ -497,9 +949,9 @@ class HeliosShell(apsw.shell.Shell):
         audited connection it is refused (it writes around the audit layer):
         create the table and use .import.
         """
-        if self.audited:
-            raise self.Error("autoimport is not available on an audited connection: "
-                             "create the table and use .import")
+        if self.audit_guarded():
+            self.refuse(".autoimport", "it writes around the audit layer: create the table "
+                        "and use .import", cmd)
         return super().command_autoimport(cmd)
 
     # -- standard commands that must not bypass encryption ------------------------------------
@@ -544,8 +996,16 @@ class HeliosShell(apsw.shell.Shell):
                 path = a
         path = path or ":memory:"
         if new and not _is_memory(path):
-            if self._hconn is not None and self.dbfilename and os.path.exists(path) and \
-                    os.path.exists(self.dbfilename) and os.path.samefile(path, self.dbfilename):
+            db_path = self._database_path()
+            current = bool(db_path and os.path.exists(path) and os.path.exists(db_path)
+                           and os.path.samefile(path, db_path))
+            if current and self.audit_guarded():
+                self.refuse(".open", "it would delete the database and its audit log", cmd,
+                            what=".open --new")
+            if not current and _plain_file_holds_audit_log(path):
+                raise self.Error(f".open --new {path} is refused: that database holds an "
+                                 f"audit log, which deleting it would lose unrecorded")
+            if current and self._hconn is not None:
                 self.close()
             for suffix in ("", "-journal", "-wal", "-shm"):
                 try:
@@ -554,7 +1014,7 @@ class HeliosShell(apsw.shell.Shell):
                     pass
         if spec is None:
             spec = self._default_key(path)
-        conn = self._run(self.opener.connect, path, key=spec,
+        conn = self._run(_connect_checked, self.opener, path, key=spec,
                          config=self.opener.config if config == "__same__" else config)
         self.db = None, None  # close the current one (and its audit session)
         self._hconn = conn
@@ -610,6 +1070,7 @@ class HeliosShell(apsw.shell.Shell):
         (a key option is refused: use heliosdb encrypt).
         """
         dbname, fname, spec = self._copy_target(list(cmd), "backup")
+        self.check_not_database_file(".backup", fname, cmd)
         conn = self.connection
         encrypted = self._is_encrypted()
         if spec is None:
@@ -648,11 +1109,16 @@ class HeliosShell(apsw.shell.Shell):
         is encrypted its key is given by --key-file FILE, --key-env VAR or
         --key (prompt), by default the key source of this database.  Both
         must be encrypted or both plaintext (convert with heliosdb encrypt
-        or decrypt).  On an audited database a RESTORE event is recorded in
-        the log the database holds afterwards.
+        or decrypt).  Refused on an audited database (it would replace the
+        audit log with FILE's, and the log it replaces could not record it),
+        and from a FILE that holds an audit log into an unaudited one (use
+        .open FILE, or .backup from it).
         """
         dbname, fname, spec = self._copy_target(list(cmd), "restore")
-        conn = self.connection
+        if self.audit_guarded():
+            self.refuse(".restore", "it would replace the database and its audit log with "
+                        "FILE's, and the log it replaces could not record it", cmd)
+        self.connection  # noqa: B018 - a heliosdb connection, opened if needed
         if not os.path.exists(fname):
             raise self.Error(f"{fname}: no such file")
         if spec is None:
@@ -660,6 +1126,10 @@ class HeliosShell(apsw.shell.Shell):
         source = self._run(Opener(key=spec, auto_audit=False).connect, fname,
                            config=None, must_exist=True)
         try:
+            if _audit_tables(source._apsw):
+                raise self.Error(f".restore of {fname} is refused: it holds an audit log, "
+                                 f"which this unaudited connection would not write (use "
+                                 f".open {fname})")
             if file_is_encrypted(fname) != self._is_encrypted():
                 raise self.Error(
                     "restore copies pages as they are, so source and database must both be "
@@ -674,11 +1144,6 @@ class HeliosShell(apsw.shell.Shell):
             raise self.Error(error_message(exc)) from None
         finally:
             _close_quietly(source)
-        if self.audited and dbname == "main":
-            # The whole database (its audit log included) was replaced: say so in the log
-            # it now holds.
-            self._run(conn.audit.log, "RESTORE", target=dbname,
-                      details={"source": os.path.abspath(fname)})
 
     # -- HeliosDB commands --------------------------------------------------------------------
 
@@ -794,6 +1259,7 @@ class HeliosShell(apsw.shell.Shell):
                 raise self.Error(f"Unexpected argument {a!r}")
         if out is None:
             raise self.Error("checkpoint needs a FILE to write")
+        self.check_not_database_file(".checkpoint", out, cmd)
         cp = self._run(make_checkpoint, self.connection, out, signing)
         ident = getattr(cp, "event_id", None) or getattr(cp, "id", None)
         where = f" at event {ident}" if ident is not None else ""
@@ -823,6 +1289,7 @@ class HeliosShell(apsw.shell.Shell):
             raise self.Error("export-audit takes FORMAT FILE (formats: "
                              + ", ".join(EXPORT_FORMATS) + ")")
         fmt, out = rest
+        self.check_not_database_file(".export-audit", out, cmd)
         manifest = self._run(export_audit, self.connection, fmt, out, after_id=since_id)
         self.write(self.stdout, f"{describe_export(manifest, fmt, out)}\n")
 
@@ -911,8 +1378,8 @@ class HeliosShell(apsw.shell.Shell):
                 with progress_callback(None, f"Re-encrypting {os.path.basename(path)}") as bar:
                     self._run(call_with_progress, rotate, path, key, progress=bar)
             finally:
-                conn = self._run(self.opener.connect, path, secret=key, config=config,
-                                 auto_audit=False)
+                conn = _harden(self._run(self.opener.connect, path, secret=key,
+                                         config=config, auto_audit=False))
                 self._hconn, self._db, self.dbfilename = conn, conn._apsw, path
                 self._apply_fts()
         finally:
@@ -943,6 +1410,8 @@ class HeliosShell(apsw.shell.Shell):
                 raise self.Error(f"Unexpected argument {a!r}")
         if out is None:
             raise self.Error("report needs a FILE to write")
+        self.check_not_database_file(".report", out, cmd)
+        self.check_not_database_file(".report", os.path.splitext(out)[0] + ".json", cmd)
         result = self._run(write_report, self.connection, out, preset)
         findings = report_findings(result)
         self.write(self.stdout, f"report written to {out} ({len(findings)} findings)\n")
@@ -959,6 +1428,17 @@ class HeliosShell(apsw.shell.Shell):
                 readline.remove_history_item(n - 1)
         except (ImportError, ValueError):  # pragma: no cover
             pass
+
+
+# Every APSW dot-command that is neither harmless nor checked by a HeliosShell method is
+# refused on an audited database, however it is called (.init files and direct calls too),
+# including any a later APSW adds.
+for _name in dir(apsw.shell.Shell):
+    if _name.startswith("command_") and _name not in HeliosShell.__dict__ and \
+            _name[len("command_"):] not in AUDIT_HARMLESS | AUDIT_CHECKED:
+        setattr(HeliosShell, _name,
+                _refused_when_audited(_name[len("command_"):], getattr(apsw.shell.Shell, _name)))
+del _name
 
 
 # --------------------------------------------------------------------------------------------
@@ -1115,7 +1595,7 @@ def run_shell(argv: Sequence[str]) -> int:
         path = args.filename or ":memory:"
         if _is_memory(path):
             opener = dataclasses.replace(opener, key=KeySpec())
-        conn = opener.connect(path)
+        conn = _connect_checked(opener, path)
         shell = HeliosShell(conn, args.opener, debug=debug)
         conn = None  # the shell owns it now
         # APSW's option parser treats every option as -nocolour while NO_COLOR is set
