@@ -170,19 +170,21 @@ def _audit_tables(db: apsw.Connection) -> set[str]:
             "name IN ('__audit_log', '__audit_meta')")}
         names = {"__audit_log"} & present
         if "__audit_meta" in present:
-            names |= {r[0] for r in db.execute("SELECT DISTINCT tbl FROM main.__audit_meta")
-                      if isinstance(r[0], str)}
+            from .audit.policy import audit_tables
+
+            names |= set(audit_tables(db))
     except apsw.Error:
         return {"?"}
     return names
 
 
 def _uncovered_audit_log(conn: heliosdb.Connection) -> Optional[str]:
-    """An audit log the database holds that ``conn`` does not write (None if none)."""
-    audit = getattr(conn, "audit", None)
-    own = getattr(audit, "table", None) if audit is not None else None
-    others = sorted(t for t in _audit_tables(conn._apsw)
-                    if own is None or t.lower() != own.lower())
+    """An audit log the database holds that ``conn`` neither writes nor protects (None if
+    none). An audited connection protects every audit table of the file; one whose
+    stored policy switched capture off still guards them."""
+    if getattr(conn, "audit", None) is not None or conn._internal_authorizer is not None:
+        return None
+    others = sorted(_audit_tables(conn._apsw))
     return others[0] if others else None
 
 
@@ -209,56 +211,18 @@ def _uncovered_message(path: str, table: str) -> str:
             f"else a config with [audit] table_name = \"{table}\")")
 
 
-def _config_audit_table(cfg: Any) -> Optional[str]:
-    """The audit table config ``cfg`` writes, None if it does not audit; "?" if it cannot
-    be loaded (the open reports that)."""
-    try:
-        from .config import load_config
-
-        audit = load_config(cfg).audit
-    except Exception:  # noqa: BLE001 - heliosdb.connect reports a bad config
-        return "?"
-    return audit.table_name if audit.enabled else None
-
-
 def _connect_checked(opener: Opener, path: str, *, key: Optional[KeySpec] = None,
                      config: Any = "__same__") -> heliosdb.Connection:
     """``opener.connect(path, ...)``, refusing a database whose audit log it would not write.
 
-    With an explicit config, the database is looked into first (unaudited, read only)
-    so that a config auditing another table is refused before its session attaches,
-    which would create that other table in the file. The key is loaded once for both
-    opens. A database that cannot be looked into first (a key still to be typed) is
-    checked once open. See :func:`_check_audit_coverage`.
+    The connection itself runs a database that holds an audit policy under at least that
+    policy, whatever config the command line gave (heliosdb.audit.policy), and protects
+    every audit table in the file; :func:`_check_audit_coverage` is the shell's second
+    check of that.
     """
     cfg = opener.config if config == "__same__" else config
     spec = key if key is not None else opener.key
-    if cfg is None or _is_memory(path) or not os.path.isfile(path) or \
-            os.path.getsize(path) == 0:
-        conn = opener.connect(path, key=spec, config=cfg)
-        _check_audit_coverage(conn, path)
-        return _harden(conn)
-    want = _config_audit_table(cfg)
-    secret = spec.load(path)
-    try:
-        if want != "?":
-            try:
-                peek = dataclasses.replace(opener, prompt_if_needed=False).connect(
-                    path, secret=secret, config=None, auto_audit=False)
-            except CLIError:
-                peek = None  # a key still to be typed: checked once open
-            if peek is not None:
-                try:
-                    tables = _audit_tables(peek._apsw)
-                finally:
-                    _close_quietly(peek)
-                others = sorted(t for t in tables if want is None or t.lower() != want.lower())
-                if others:
-                    raise CLIError(_uncovered_message(path, others[0]))
-        conn = opener.connect(path, secret=secret, config=cfg) if secret is not None else \
-            opener.connect(path, key=spec, config=cfg)
-    finally:
-        wipe_key(secret)
+    conn = opener.connect(path, key=spec, config=cfg)
     _check_audit_coverage(conn, path)
     return _harden(conn)
 

@@ -178,18 +178,13 @@ def test_writable_schema_attack_through_the_command(tmp_path, adb):
 
 
 def test_default_log_is_protected_without_config_option(tmp_path, adb):
-    """Opened without --config (auto-audit for __audit_log; refused for another log)."""
+    """Opened without --config: the stored policy is in force, whatever the log's name."""
     before = snapshot(adb)
     args = ["--key-file", str(adb.keyfile)] if adb.keyfile else []
     proc = run_cli([*args, str(adb.path), ".dbconfig writable_schema 1",
                     f"delete from sqlite_master where name like '{adb.table}%'"], cwd=tmp_path)
-    if adb.table == "__audit_log":
-        assert proc.returncode == 1
-        assert REFUSED in proc.stderr.splitlines()[0]
-    else:
-        # The default config would not write this log: the shell does not open it.
-        assert proc.returncode == 2
-        assert f"holds the audit log {adb.table}" in proc.stderr
+    assert proc.returncode == 1
+    assert REFUSED in proc.stderr.splitlines()[0]
     assert_intact(before, snapshot(adb))
 
 
@@ -533,29 +528,29 @@ def _tables(db: AuditedDB) -> set:
         conn.close()
 
 
-def test_a_config_that_misses_the_log_is_refused_before_it_writes(tmp_path, adb):
+def test_a_config_that_misses_the_log_runs_under_the_stored_policy(tmp_path, adb):
+    """--config naming another log (or the default one for a renamed log) cannot move or
+    skip the log: the connection runs under the policy stored in the file, and no second
+    log is created (issue 15: an audited database stays audited)."""
     before = snapshot(adb)
     tables = _tables(adb)
     other = tmp_path / "other.toml"
     other.write_text('extends = "default"\n\n[audit]\ntable_name = "another_log"\n')
     wrong = "default" if adb.table != "__audit_log" else str(other)
     args = ["--key-file", str(adb.keyfile)] if adb.keyfile else []
-    proc = run_cli([*args, "--config", wrong, str(adb.path), "DELETE FROM t"], cwd=tmp_path)
-    assert proc.returncode == 2
-    assert f"holds the audit log {adb.table}" in proc.stderr
+    proc = run_cli([*args, "--config", wrong, str(adb.path),
+                    f"DELETE FROM {adb.table}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "append-only" in proc.stderr
     assert _tables(adb) == tables  # no second log was created
-    assert_intact(before, snapshot(adb))
-    # .open inside a session refuses it the same way and stays on the current database.
-    d = Driven(adb)
+    after = snapshot(adb)
+    assert_intact(before, after)
+    assert ("DELETE", 0) in [(e[2], e[4]) for e in after.events[len(before.events):]]
+    conn = _connect_checked(Opener(key=adb.keyspec, config=wrong, prompt_if_needed=False),
+                            str(adb.path))
     try:
-        err = d.run(f".open --config {wrong} {adb.path}")
-        assert f"holds the audit log {adb.table}" in err
-        assert d.shell.audited
+        assert conn.audit.table == adb.table
     finally:
-        d.close()
-    with pytest.raises(CLIError):
-        _connect_checked(Opener(key=adb.keyspec, config=wrong, prompt_if_needed=False),
-                         str(adb.path))
+        conn.close()
     assert _tables(adb) == tables
 
 
