@@ -243,13 +243,27 @@ def test_emptied_log_with_anchor_at_the_checkpoint(log, checksum):
         "details": {"last_id": cp.event_id,
                     "anchor_checksum": (cp.checksum if checksum == "copied"
                                         else b"\x07" * 32).hex()}})])
+    # The checkpoint's checksum is public: repeating it in the anchor proves nothing; only
+    # an archive holding the deleted events (a real purge leaves one) does.
     r = verify_connection(log, TABLE, checkpoint=cp, hmac_key=HMAC_KEY)
-    if checksum == "any":
-        expect_fault(r, "unproven_anchor", cp.event_id)
-    else:
-        # the signed head is the anchor: what the checkpoint covers is exactly what is gone,
-        # and its checksum matches the signed one (the brief's "checkpoint at the anchor")
-        assert r.ok, r.message
+    expect_fault(r, "unproven_anchor", cp.event_id)
+
+
+def test_purge_of_exactly_the_checkpointed_events(tmp_path, purge_clock, impl):
+    """The legitimate twin of the attack above: the checkpoint's head is the last event
+    purged; its archive proves the anchor, and without the archive nothing does."""
+    db = str(tmp_path / "x.db")
+    c = _retained(db)
+    _stamp(c, [EventFields("INSERT", target="t", user="alice", affected_rows=1)] * 3, T0)
+    cp = c.audit.checkpoint(HMAC_KEY)
+    _stamp(c, [EventFields("DELETE", target="t", user="bob", affected_rows=1)], T0 + 40 * DAY)
+    res = c.audit.purge(now=T0 + 45 * DAY, archive=tmp_path)
+    assert res.anchor_id == cp.event_id
+    assert c.audit.verify(checkpoint=cp, hmac_key=HMAC_KEY).ok
+    os.unlink(res.archive)
+    expect_fault(c.audit.verify(checkpoint=cp, hmac_key=HMAC_KEY), "unproven_anchor",
+                 cp.event_id)
+    c.close()
 
 
 # --- a real purge, a checkpoint taken before it, and its archive ---------------------------

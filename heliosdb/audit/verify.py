@@ -641,13 +641,13 @@ def _anchor_problem(conn: apsw.Connection, table: str, cp: Any,
                 "outside a retention purge, or the anchor was forged")
     if cp is None or cp.event_id > anc.id:
         return None  # the walk linked the anchor to the signed head (or nothing is signed)
-    if cp.event_id == anc.id:
-        if cp.checksum != anc.checksum:
-            return (anc.id, f"checkpoint #{cp.seq} signs event {cp.event_id} with checksum "
-                    f"{cp.checksum.hex()[:16]}..., but the purge anchor in __audit_meta "
-                    f"claims {hexck[:16]}...: the anchor was forged")
-        return None
-    # The signed event was purged: only the archives can link it to the anchor.
+    if cp.event_id == anc.id and cp.checksum != anc.checksum:
+        return (anc.id, f"checkpoint #{cp.seq} signs event {cp.event_id} with checksum "
+                f"{cp.checksum.hex()[:16]}..., but the purge anchor in __audit_meta "
+                f"claims {hexck[:16]}...: the anchor was forged")
+    # The signed event was purged (the checkpoint's checksum is public: an anchor that
+    # merely repeats it proves nothing): only the archives holding the purged events can
+    # link the signed event to the anchor.
     why = _archives_link(conn, table, cp, anc, archives)
     if why is None:
         return None
@@ -704,6 +704,14 @@ def _archives_link(conn: apsw.Connection, table: str, cp: Any, anc: Any,
         heads.append((first, last, p))
     if not heads:
         return "no archive of this log was found"
+    if cp.event_id == anc.id:
+        for first, last, p in heads:
+            if last != anc.id:
+                continue
+            rep = verify_export(p)
+            if rep.ok and rep.last_checksum == cp.checksum.hex():
+                return None
+        return f"no archive that verifies ends with event {anc.id} and the signed checksum"
     # Walk from the archive holding the signed event to the one ending at the anchor.
     pos, link = cp.event_id, None
     seen = 0
