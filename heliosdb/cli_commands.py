@@ -537,7 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="F", help="signed checkpoint file to check against")
     p.add_argument("--verify-key", metavar="KEYFILE",
                    help="key that checks the checkpoint signature: the signing key, an Ed25519 "
-                        "public key (PEM) or the HMAC secret (default $HELIOSDB_SIGNING_KEY_FILE)")
+                        "public key (PEM) or the HMAC secret (default $HELIOSDB_SIGNING_KEY_FILE; "
+                        "without one, only a checkpoint signed by the Ed25519 key the database "
+                        "pinned at its first checkpoint is accepted)")
     p.add_argument("--pages", action="store_true",
                    help="also authenticate every page of an encrypted database")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
