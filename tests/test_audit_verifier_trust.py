@@ -35,7 +35,7 @@ import heliosdb.config
 from heliosdb.audit import chain, store
 from heliosdb.audit.checkpoint import Checkpoint, create_checkpoint, key_id
 from heliosdb.audit.events import COLUMNS, TEXT_FIELDS, EventFields, encode_event
-from heliosdb.audit.export import export_events, verify_export
+from heliosdb.audit.export import export_events, verify_export, verify_export_chain
 from heliosdb.audit.neighbourhood import find_audit_tables, find_foreign_schema
 from heliosdb.audit.query import to_us
 from heliosdb.audit.verify import FAULTS, verify_connection
@@ -189,6 +189,26 @@ def test_export_that_does_not_reach_the_checkpoint_is_not_vouched_for(tmp_path):
     rep = verify_export(p, public_key=_raw_pub(sk))
     assert not rep.ok and rep.fault == "checkpoint_mismatch", rep.message
     assert str(cp.event_id) in rep.message
+
+
+def test_export_chain_with_a_key_needs_the_last_checkpoint(tmp_path):
+    """Archives carry no checkpoint; with a key, the last file of a chain must carry one
+    that it reaches (its signed checksum covers the files before it through the links)."""
+    conn = make_log(str(tmp_path / "e.db"), N)
+    sk = Ed25519PrivateKey.generate()
+    a = str(tmp_path / "a.jsonl")
+    m = export_events(conn, TABLE, a, last_id=4)
+    cp = create_checkpoint(conn, TABLE, sk)
+    b = str(tmp_path / "b.jsonl")
+    export_events(conn, TABLE, b, after_id=m.last_id, checkpoint=cp)
+    pub = _raw_pub(sk)
+    assert verify_export_chain([a, b], public_key=pub).ok
+    rep = verify_export_chain([b], public_key=_raw_pub(Ed25519PrivateKey.generate()))
+    assert rep.fault == "bad_signature", rep.message
+    c = str(tmp_path / "c.jsonl")
+    export_events(conn, TABLE, c, after_id=m.last_id)  # the same events, unsigned
+    rep = verify_export_chain([a, c], public_key=pub)
+    assert not rep.ok and rep.fault == "no_checkpoint", rep.message
 
 
 def test_export_checkpoint_signed_by_another_key(signed_export):

@@ -34,6 +34,7 @@ from typing import Iterable, Optional
 
 import apsw
 
+from ..errors import translate
 from .events import COLUMNS
 from .store import DEFAULT_TABLE, META_TABLE, _NAME_RE, _schema_sql
 
@@ -170,8 +171,8 @@ def _trigger_body(sql: str) -> str:
 def _schemas(db: apsw.Connection) -> list[str]:
     try:
         return [r[1] for r in db.execute("PRAGMA database_list")]
-    except apsw.Error:
-        return ["main"]
+    except apsw.Error as exc:
+        raise translate(exc) from None
 
 
 def _master(schema: str) -> str:
@@ -180,10 +181,11 @@ def _master(schema: str) -> str:
 
 
 def _rows(db: apsw.Connection, schema: str) -> list[tuple]:
+    # Fail closed: a schema that cannot be read cannot be declared clean.
     try:
         return list(db.execute(f"SELECT type, name, tbl_name, sql FROM {_master(schema)}"))
-    except apsw.Error:
-        return []
+    except apsw.Error as exc:
+        raise translate(exc) from None
 
 
 def find_audit_tables(db: apsw.Connection) -> list[str]:
@@ -200,7 +202,7 @@ def find_audit_tables(db: apsw.Connection) -> list[str]:
                 cols = {r[1].lower() for r in db.execute(
                     f'PRAGMA "{schema}".table_info("{name.replace(chr(34), chr(34) * 2)}")')}
             except apsw.Error:
-                continue
+                continue  # e.g. a virtual table whose module is not loaded: not a log
             if cols == want:
                 found.add(name)
     try:
@@ -229,8 +231,9 @@ def find_foreign_schema(db: apsw.Connection,
     ``tables``: the audit tables to protect (default ``["__audit_log"]``); the meta table
     and every table :func:`find_audit_tables` finds are added. Returns a list of
     :class:`ForeignObject` (empty when the neighbourhood is clean), in schema order.
-    Reads only ``sqlite_schema`` of each attached schema (no table data); never raises
-    for an unreadable schema (it is skipped).
+    Reads only ``sqlite_schema`` of each attached schema (no table data). A schema that
+    cannot be read raises (as its :mod:`heliosdb.errors` class): it cannot be declared
+    clean.
     """
     protected = {DEFAULT_TABLE.lower()} if tables is None else {t.lower() for t in tables}
     protected |= {t.lower() for t in find_audit_tables(db)}
