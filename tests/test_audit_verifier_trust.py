@@ -677,6 +677,18 @@ def test_raise_ignore_trigger_on_the_log_is_foreign_schema(tmp_path, table, tool
     assert [(f.type, f.name, f.audit_table) for f in found] == [("trigger", "t_drop", tbl)]
 
 
+def test_cli_verify_reports_a_foreign_trigger(tmp_path):
+    db = str(tmp_path / "cli.db")
+    c = heliosdb.connect(db, config="verbose")
+    c.close()
+    with sqlite3.connect(db) as s:
+        s.execute("CREATE TRIGGER t_drop BEFORE INSERT ON __audit_log BEGIN "
+                  "SELECT RAISE(IGNORE); END")
+    proc = run_cli(["verify", db], cwd=tmp_path, env=cli_env(tmp_path))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "t_drop" in proc.stdout + proc.stderr
+
+
 def test_foreign_objects_around_the_log(log):
     log.execute("CREATE TABLE t(a)")
     cases = [
