@@ -31,6 +31,11 @@ File format (UTF-8 text, one ``key: value`` per line, ``#`` lines are comments):
 
 The signed message is the UTF-8 bytes of the lines ``format`` .. ``public_key`` exactly as
 above (``key: value\\n`` each, in that order); the ``signature`` line signs them.
+
+The first checkpoint of a database pins its signer in ``__audit_meta``
+(``checkpoint_signer``: ``ed25519:<public key hex>`` or ``hmac-sha256:<key id>``).
+Verification without a key checks a checkpoint only against the pinned Ed25519 key
+(:func:`pinned_public_key`), never against the ``public_key`` the file carries.
 """
 from __future__ import annotations
 
