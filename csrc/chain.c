@@ -83,11 +83,41 @@ static inline int next_slot(const char **cur, const char *end, int last, const c
     return 0;
 }
 
+/* Strict UTF-8 check (no overlong forms, no surrogates, nothing above U+10FFFF): what
+ * Python's strict decoder accepts. The verifier refuses any stored text that fails it, so
+ * bytes that are not UTF-8 can never hash like some other value. */
+static int valid_utf8(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t k;
+        uint32_t cp;
+        if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; }
+        else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; }
+        else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; }
+        else return 0;
+        if (n - i <= k) return 0;
+        for (size_t j = 1; j <= k; j++) {
+            unsigned char d = s[i + j];
+            if ((d & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (d & 0x3f);
+        }
+        if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+#define E_BADTEXT (-5) /* internal: a stored text is not valid UTF-8 (the row is bad) */
+
 /* Appends prev || encoding(event) to b (b->n reset first). A text slot is NULL when its
- * bit is set in mask or, with `marker` set, when the slot is the single byte 0xFF (the
- * verifier's SQL writes NULL that way; no UTF-8 text is that byte). */
+ * bit is set in mask (its slot must then be empty). With `check_utf8` set (the verifier),
+ * a non-NULL slot that is not valid UTF-8 returns E_BADTEXT. */
 static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t ts,
-                        int64_t rows, int64_t success, int64_t mask, int marker,
+                        int64_t rows, int64_t success, int64_t mask, int check_utf8,
                         const char **cur, const char *end, int last_event) {
     b->n = 0;
     if (buf_reserve(b, 32 + 1 + 4 * 9 + HELIOSDB_CHAIN_NTEXT * 5)) return E_NOMEM;
@@ -105,10 +135,6 @@ static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t
         size_t len;
         int rc = next_slot(cur, end, last_event && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
         if (rc) return rc;
-        if (marker && len == 1 && (unsigned char)s[0] == 0xff) {
-            b->p[b->n++] = TAG_NULL;
-            continue;
-        }
         if (mask & (1LL << f)) {
             if (len) return E_MALFORMED; /* a NULL field must have an empty slot */
             b->p[b->n++] = TAG_NULL;
@@ -116,6 +142,7 @@ static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t
             continue;
         }
         if (len > 0xffffffffu) return E_TOOLONG;
+        if (check_utf8 && !valid_utf8((const unsigned char *)s, len)) return E_BADTEXT;
         if (buf_reserve(b, 5 + len + 5 * (HELIOSDB_CHAIN_NTEXT - f))) return E_NOMEM;
         q = b->p + b->n;
         q[0] = TAG_TEXT;
@@ -160,14 +187,16 @@ int64_t heliosdb_chain_append(unsigned char *prev, int64_t n, const int64_t *ids
  * first_id + i, its ts_us is greater than the previous one (last_ts for row 0), its stored
  * prev equals the previous stored checksum (expect_prev for row 0), and SHA-256(stored prev
  * || encoding) equals its stored checksum. Texts come as the table stores them (UTF-8
- * bytes), NULL as the single byte 0xFF, all slots NUL-separated; rows_nulls flags a NULL
- * affected_rows. Returns -1 when all are good (last_ck then holds the last checksum), the
- * index of the first bad row, or a negative E_* code (< -1). Python re-examines the bad
- * row slowly to name the fault. */
+ * bytes), all slots NUL-separated, a NULL text being an empty slot with its bit set in
+ * the row's mask (bit f: text field f is NULL; bit NTEXT: affected_rows is NULL). A text
+ * that is not valid UTF-8 makes its row bad (it cannot be the encoding of any event).
+ * Returns -1 when all are good (last_ck then holds the last checksum), the index of the
+ * first bad row, or a negative E_* code (< -1). Python re-examines the bad row slowly to
+ * name the fault. */
 int64_t heliosdb_chain_verify(const unsigned char *expect_prev, int64_t first_id,
                               int64_t last_ts, int64_t n, const int64_t *ids,
                               const int64_t *ts, const int64_t *rows, const int64_t *success,
-                              const char *rows_nulls, const char *texts, int64_t texts_len,
+                              const int64_t *masks, const char *texts, int64_t texts_len,
                               const unsigned char *stored_prev, const unsigned char *stored_ck,
                               unsigned char *last_ck) {
     buf_t b = {0};
@@ -182,7 +211,8 @@ int64_t heliosdb_chain_verify(const unsigned char *expect_prev, int64_t first_id
             break;
         }
         int64_t rc = encode_event(&b, stored_prev + 32 * i, ids[i], ts[i], rows[i], success[i],
-                                  rows_nulls[i] ? MASK_ROWS_NULL : 0, 1, &cur, end, i == n - 1);
+                                  masks[i], 1, &cur, end, i == n - 1);
+        if (rc == E_BADTEXT) { result = i; break; }
         if (rc) { result = rc; break; }
         sha256_once(b.p, b.n, md);
         if (memcmp(md, stored_ck + 32 * i, 32) != 0) { result = i; break; }
@@ -309,6 +339,8 @@ static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
             if (ty != SQLITE_TEXT) { bad = 1; break; }
             const unsigned char *z = sqlite3_value_text(t); /* UTF-8 whatever the db encoding */
             size_t len = (size_t)sqlite3_value_bytes(t);
+            if (len && !z) { sqlite3_result_error_nomem(ctx); s->failed = 1; return; }
+            if (!valid_utf8(z, len)) { bad = 1; break; } /* not text any event can hold */
             if (buf_reserve(b, 5 + len + 5 * (HELIOSDB_CHAIN_NTEXT - f))) {
                 sqlite3_result_error_nomem(ctx);
                 s->failed = 1;

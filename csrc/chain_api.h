@@ -17,7 +17,7 @@ int64_t heliosdb_chain_verify(const unsigned char *expect_prev, int64_t first_id
                               int64_t last_ts, int64_t n,
                               const int64_t *ids, const int64_t *ts,
                               const int64_t *rows, const int64_t *success,
-                              const char *rows_nulls, const char *texts, int64_t texts_len,
+                              const int64_t *masks, const char *texts, int64_t texts_len,
                               const unsigned char *stored_prev,
                               const unsigned char *stored_ck, unsigned char *last_ck);
 int64_t heliosdb_chain_encode(int64_t id, int64_t ts, int64_t rows, int64_t success,

@@ -155,15 +155,17 @@ def _c_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],
 
 def verify_rows(expect_prev: bytes, first_id: int, last_ts: Optional[int],
                 ids: list, ts: list, rows: list, success: list, texts: list,
-                prevs: list, cks: list) -> tuple[int, bytes]:
+                prevs: list, cks: list, masks: list) -> tuple[int, bytes]:
     """Check a batch of stored rows against the chain (the verifier's fast path).
 
     Row ``i`` is good when its id is ``first_id + i``, its ``ts_us`` is greater than the
     previous row's (``last_ts`` for row 0; None = no bound), its ``prev_hash`` equals the
     previous row's checksum (``expect_prev`` for row 0) and SHA-256(prev_hash || encoding)
     equals its stored checksum. ``texts[i]`` holds row i's ten text fields as stored
-    (UTF-8 bytes) joined by NUL, a NULL field being the single byte 0xFF (what the
-    verifier's SQL produces); ``rows`` may hold None.
+    (UTF-8 bytes) joined by NUL, a NULL field being an empty slot; ``masks[i]`` says which
+    fields are NULL (bit f: text field f, bit 10: ``affected_rows``), so that no stored
+    value stands for NULL. A text that is not valid UTF-8 makes its row bad: no event
+    encodes to it. ``rows`` may hold None (then its mask bit is set).
 
     Returns ``(-1, last checksum)`` when every row is good, else ``(index of the first bad
     row, checksum of the row before it)``. Raises :class:`MalformedBatch` when a value does
@@ -174,9 +176,12 @@ def verify_rows(expect_prev: bytes, first_id: int, last_ts: Optional[int],
     if n == 0:
         return -1, expect_prev
     try:
-        rows_nulls = bytes(map(is_, rows, repeat(None)))
-        if any(rows_nulls):
-            rows = [0 if r is None else r for r in rows]
+        if len(masks) != n or any(m.__class__ is not int for m in masks):
+            raise TypeError("masks must be integers, one per row")
+        for i, r in enumerate(rows):
+            if (r is None) != bool(masks[i] & _MASK_ROWS_NULL):
+                raise TypeError("affected_rows disagrees with its NULL flag")
+        rows = [0 if r is None else r for r in rows]
         pblob = b"".join(prevs)
         cblob = b"".join(cks)
     except TypeError as exc:
@@ -186,13 +191,13 @@ def verify_rows(expect_prev: bytes, first_id: int, last_ts: Optional[int],
         raise MalformedBatch("a prev_hash or checksum is not 32 bytes")
     if __impl__ == "c":
         return _c_verify(expect_prev, first_id, last_ts, n, ids, ts, rows, success,
-                         rows_nulls, texts, pblob, cblob, cks)
+                         masks, texts, pblob, cblob, cks)
     return _pure_verify(expect_prev, first_id, last_ts, n, ids, ts, rows, success,
-                        rows_nulls, texts, prevs, cks)
+                        masks, texts, prevs, cks)
 
 
 def _c_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: int,
-              ids: list, ts: list, rows: list, success: list, rows_nulls: bytes,
+              ids: list, ts: list, rows: list, success: list, masks: list,
               texts: list, pblob: bytes, cblob: bytes, cks: list) -> tuple[int, bytes]:
     try:
         blob = b"\x00".join(texts)
@@ -201,9 +206,10 @@ def _c_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: int,
     last = _ffi.new("unsigned char[32]")
     try:
         # cffi refuses a non-integer (text, blob, real, NULL) in an integer column here.
+        _check_int_types(ids, ts, rows, success)
         rc = _lib.heliosdb_chain_verify(expect_prev, first_id,
                                         _INT64_MIN if last_ts is None else last_ts, n, ids,
-                                        ts, rows, success, rows_nulls, blob, len(blob), pblob,
+                                        ts, rows, success, masks, blob, len(blob), pblob,
                                         cblob, last)
     except (TypeError, OverflowError) as exc:
         raise MalformedBatch(str(exc)) from None
@@ -218,11 +224,10 @@ def _c_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: int,
 
 _TXT = struct.Struct(">BI")
 _HDR4 = struct.Struct(">BBqBqBqBq")  # version + four non-NULL integers, the common case
-_NULL_MARK = b"\xff"
 
 
 def _pure_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: int,
-                 ids: list, ts: list, rows: list, success: list, rows_nulls: bytes,
+                 ids: list, ts: list, rows: list, success: list, masks: list,
                  texts: list, prevs: list, cks: list) -> tuple[int, bytes]:
     try:
         _check_int_types(ids, ts, rows, success)
@@ -240,15 +245,26 @@ def _pure_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: i
         parts = t.split(b"\x00")
         if len(parts) != NTEXT:
             raise MalformedBatch("a text field holds U+0000")
+        m = masks[i]
         try:
-            if rows_nulls[i]:
+            if m & _MASK_ROWS_NULL:
                 head = encode_ints(ids[i], ts[i], None, success[i])
             else:
                 head = _HDR4.pack(1, 1, ids[i], 1, ts[i], 1, rows[i], 1, success[i])
         except (TypeError, OverflowError, struct.error) as exc:
             raise MalformedBatch(str(exc)) from None
         enc = [prevs[i], head]
-        enc += [b"\x00" if p == _NULL_MARK else _TXT.pack(2, len(p)) + p for p in parts]
+        for f, p in enumerate(parts):
+            if m >> f & 1:
+                if p:
+                    raise MalformedBatch("a NULL field has a value")
+                enc.append(b"\x00")
+                continue
+            try:
+                p.decode("utf-8")
+            except UnicodeDecodeError:
+                return i, link  # no event encodes to bytes that are not UTF-8
+            enc.append(_TXT.pack(2, len(p)) + p)
         if sha(b"".join(enc)).digest() != cks[i]:
             return i, link
         link = cks[i]

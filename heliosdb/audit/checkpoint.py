@@ -31,6 +31,11 @@ File format (UTF-8 text, one ``key: value`` per line, ``#`` lines are comments):
 
 The signed message is the UTF-8 bytes of the lines ``format`` .. ``public_key`` exactly as
 above (``key: value\\n`` each, in that order); the ``signature`` line signs them.
+
+The first checkpoint of a database pins its signer in ``__audit_meta``
+(``checkpoint_signer``: ``ed25519:<public key hex>`` or ``hmac-sha256:<key id>``).
+Verification without a key checks a checkpoint only against the pinned Ed25519 key
+(:func:`pinned_public_key`), never against the ``public_key`` the file carries.
 """
 from __future__ import annotations
 
@@ -46,7 +51,12 @@ import apsw
 from ..errors import ProgrammingError, translate
 from .store import DEFAULT_TABLE, _head, anchor, check_table_name, get_meta
 
-__all__ = ["FORMAT", "Checkpoint", "create_checkpoint", "key_id"]
+__all__ = ["FORMAT", "Checkpoint", "create_checkpoint", "key_id", "SIGNER_META",
+           "pinned_signer", "pinned_public_key"]
+
+#: ``__audit_meta`` key of the signer pinned by the first checkpoint: ``ed25519:<64 hex>``
+#: (the public key) or ``hmac-sha256:<key id>`` (an HMAC key cannot be public: only its id).
+SIGNER_META = "checkpoint_signer"
 
 FORMAT = "heliosdb-audit-checkpoint/1"
 _SIGNED = ("format", "table", "database_id", "seq", "event_id", "checksum", "count",
@@ -190,6 +200,48 @@ class Checkpoint:
         return f"unknown algorithm {self.algorithm!r}"
 
 
+def pinned_signer(conn: apsw.Connection, table: str = DEFAULT_TABLE
+                  ) -> Optional[tuple[str, str]]:
+    """The signer pinned in the database by its first checkpoint: ``(algorithm, value)``
+    with value the Ed25519 public key in hex or the HMAC key id; None if none is pinned
+    (or the record is unreadable)."""
+    v = get_meta(conn, table, SIGNER_META)
+    if not isinstance(v, str) or ":" not in v:
+        return None
+    alg, _, val = v.partition(":")
+    if alg not in ("ed25519", "hmac-sha256"):
+        return None
+    return alg, val
+
+
+def pinned_public_key(conn: apsw.Connection, table: str, cp: "Checkpoint") -> Any:
+    """The key to check ``cp`` with when the caller gave none: the Ed25519 public key
+    pinned in the database (raw bytes). Raises ProgrammingError when no key can check it
+    (nothing pinned, an HMAC signer, a malformed pin): a checkpoint whose signature is
+    checked only against the key it carries proves nothing."""
+    pin = pinned_signer(conn, table)
+    if pin is None:
+        raise ProgrammingError(
+            f"checkpoint #{cp.seq} cannot be checked: no signing key was given and this "
+            "database pins none: pass public_key= (Ed25519) or hmac_key=, or on the command "
+            "line --verify-key FILE")
+    alg, val = pin
+    if alg != "ed25519":
+        raise ProgrammingError(
+            f"checkpoint #{cp.seq} cannot be checked: this database's checkpoints are signed "
+            f"with HMAC-SHA256 (key {val}), whose secret is not kept in the database: pass "
+            "hmac_key= (or --verify-key FILE)")
+    try:
+        raw = bytes.fromhex(val)
+    except ValueError:
+        raise ProgrammingError("the pinned checkpoint signer in __audit_meta is malformed: "
+                               "pass public_key= explicitly") from None
+    if len(raw) != 32:
+        raise ProgrammingError("the pinned checkpoint signer in __audit_meta is malformed: "
+                               "pass public_key= explicitly")
+    return raw
+
+
 def _sign(cp: Checkpoint, signing_key: Any) -> Checkpoint:
     if Ed25519PrivateKey is not None and isinstance(signing_key, Ed25519PrivateKey):
         return replace(cp, signature=signing_key.sign(cp.payload()))
@@ -230,6 +282,13 @@ def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
             last_id, last_ck, last_ts = _head(conn, table)
             anc = anchor(conn, table)
             seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0) + 1
+            if get_meta(conn, table, SIGNER_META) is None:
+                # The first checkpoint pins its signer: later verifications without a key
+                # accept only checkpoints this key signed (never the key a file carries).
+                conn.execute("INSERT OR REPLACE INTO __audit_meta(tbl, key, value) "
+                             "VALUES (?, ?, ?)", (table, SIGNER_META,
+                                                  f"ed25519:{pub.hex()}" if pub is not None
+                                                  else f"hmac-sha256:{kid}"))
             conn.execute("INSERT OR REPLACE INTO __audit_meta(tbl, key, value) "
                          "VALUES (?, 'checkpoint_seq', ?)", (table, seq))
             cp = Checkpoint(table=table, database_id=str(db_id), seq=seq, event_id=last_id,

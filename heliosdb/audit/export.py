@@ -603,7 +603,9 @@ class ExportReport:
     ``time_went_backwards``, ``truncated`` (the file ends before the header's last event),
     ``header_mismatch`` (the header's range or head disagree with the events), ``gap`` /
     ``overlap`` (the file does not continue the previous export), ``checkpoint_mismatch``
-    (the signed checkpoint names another checksum), ``bad_signature``.
+    (the signed checkpoint names another checksum, the header's copies of it differ from
+    its signed text, or the export does not reach its event), ``bad_signature``,
+    ``no_checkpoint`` (a key was given but the export carries no checkpoint).
     """
 
     ok: bool
@@ -651,9 +653,12 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
     ``prev_checksum``), time (strictly increasing) and the header (range, count, last
     checksum). ``previous`` (a path, :class:`ExportManifest`, :class:`ExportReport` or dict
     with ``last_id``/``last_checksum``) must be the export this one continues: a gap or an
-    overlap between them is a fault. With a checkpoint in the header, the event it names
-    must have its checksum; its signature is checked when ``public_key`` or ``hmac_key`` is
-    given (never with the key embedded in the file alone).
+    overlap between them is a fault. With a checkpoint in the header, the event its signed
+    text names must have the checksum that text signs (the header's unsigned copies are
+    only compared with it, never trusted); its signature is checked when ``public_key`` or
+    ``hmac_key`` is given (never with the key embedded in the file alone), and then the
+    signed event must lie in the export (or be the event just before it), and a missing
+    checkpoint is the fault ``no_checkpoint``.
     """
     try:
         header, fmt, records = read_export(path)
@@ -688,6 +693,29 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
     prev_self_ok = True
     cp = h.get("checkpoint")
     cp_seen = False
+    keyed = public_key is not None or hmac_key is not None
+    # Every value compared with the checkpoint comes from its signed text, never from the
+    # unsigned copies beside it in the header (which must agree with it anyway).
+    signed = None
+    if cp:
+        from .checkpoint import Checkpoint
+        try:
+            signed = Checkpoint.from_text(cp["text"])
+        except (ProgrammingError, KeyError, TypeError) as exc:
+            return report("malformed", f"the header's checkpoint cannot be read: {exc}")
+        copies = {"seq": signed.seq, "event_id": signed.event_id,
+                  "checksum": signed.checksum.hex(), "algorithm": signed.algorithm,
+                  "key_id": signed.key_id}
+        bad = [k for k, v in copies.items() if k in cp and cp[k] != v]
+        if bad:
+            return report("checkpoint_mismatch", f"the header's checkpoint fields "
+                          f"{', '.join(bad)} differ from its signed text: the header was "
+                          "altered")
+        if signed.table != h.get("table", signed.table) or \
+                signed.database_id != h.get("database_id", signed.database_id):
+            return report("checkpoint_mismatch", f"the header's checkpoint was signed for "
+                          f"table {signed.table} of database {signed.database_id}, not for "
+                          "this export's log")
     try:
         for lineno, rec in records:
             try:
@@ -731,11 +759,11 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
             if last_ts is not None and ts <= last_ts:
                 return report("time_went_backwards", f"line {lineno}: event {rid}'s time is "
                               "not after the previous event's", bad=rid)
-            if cp and cp.get("event_id") == rid:
+            if signed is not None and signed.event_id == rid:
                 cp_seen = True
-                if cp.get("checksum") != ck_b.hex():
+                if signed.checksum != ck_b:
                     return report("checkpoint_mismatch", f"event {rid} does not have the "
-                                  f"checksum signed in checkpoint #{cp.get('seq')}", bad=rid)
+                                  f"checksum signed in checkpoint #{signed.seq}", bad=rid)
             checked += 1
             expect, link, last_ts = rid + 1, ck_b, ts
             prev_rec, prev_self_ok = rec, self_ok
@@ -760,22 +788,38 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
                           "header's last_checksum: the events or the header were rewritten",
                           bad=last_id, last=last_id, last_ck=last_ck)
     cp_ok: Optional[bool] = None
-    if cp:
-        if public_key is not None or hmac_key is not None:
-            from .checkpoint import Checkpoint
-            try:
-                problem = Checkpoint.from_text(cp["text"]).verify_signature(
-                    public_key=public_key, hmac_key=hmac_key)
-            except (ProgrammingError, KeyError) as exc:
-                problem = f"unreadable checkpoint: {exc}"
+    if signed is None and keyed:
+        return report("no_checkpoint", "a checkpoint key was given but the export carries no "
+                      "signed checkpoint: nothing in it is signed, so it cannot be checked "
+                      "against the key (export with checkpoint=)", last=last_id,
+                      last_ck=last_ck, cp_ok=False)
+    if signed is not None:
+        if keyed:
+            problem = signed.verify_signature(public_key=public_key, hmac_key=hmac_key)
             if problem is not None:
-                return report("bad_signature", f"checkpoint #{cp.get('seq')}: {problem}",
+                return report("bad_signature", f"checkpoint #{signed.seq}: {problem}",
                               last=last_id, last_ck=last_ck, cp_ok=False)
-            cp_ok = True
-        if last_id is not None and first_id is not None and \
-                first_id <= cp.get("event_id", -1) <= last_id and not cp_seen:
+        lo = first_id if first_id is not None else None
+        if lo is not None and signed.event_id == lo - 1:
+            if (first_prev or "") != signed.checksum.hex():
+                return report("checkpoint_mismatch", f"the export starts after event "
+                              f"{signed.event_id}, whose checksum signed in checkpoint "
+                              f"#{signed.seq} is not the export's prev_checksum",
+                              bad=signed.event_id, last=last_id, last_ck=last_ck,
+                              cp_ok=False)
+            cp_seen = True
+        elif lo is not None and last_id is not None and lo <= signed.event_id <= last_id \
+                and not cp_seen:
             return report("checkpoint_mismatch", "the checkpoint's event was not checked",
                           last=last_id, last_ck=last_ck)
+        if keyed:
+            if not cp_seen:
+                where = (f"events {first_id}..{last_id}" if checked else "no events")
+                return report("checkpoint_mismatch", f"checkpoint #{signed.seq} signs event "
+                              f"{signed.event_id}, which this export ({where}) does not "
+                              "reach: it proves nothing about these events", last=last_id,
+                              last_ck=last_ck, cp_ok=False)
+            cp_ok = True
     if previous is not None:
         p_last, p_ck = _as_head(previous)
         if first_id is not None and first_id != p_last + 1:
@@ -796,19 +840,39 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
         msg += "; no header (OCSF/syslog/headerless file): the range and head are unchecked"
     if previous is not None:
         msg += ", continuing the previous export"
-    if cp_ok:
-        msg += f", consistent with signed checkpoint #{cp.get('seq')}"
+    if cp_ok and signed is not None:
+        msg += f", consistent with signed checkpoint #{signed.seq} (event {signed.event_id})"
     return report(None, msg, last=last_id, last_ck=last_ck, cp_ok=cp_ok)
+
+
+def _has_checkpoint(path: Union[str, os.PathLike]) -> bool:
+    try:
+        header, _fmt, records = read_export(path)
+    except (ProgrammingError, OSError, EOFError, UnicodeDecodeError, _gzip.BadGzipFile):
+        return True  # let verify_export report the unreadable file, with the key
+    if hasattr(records, "close"):
+        records.close()
+    return bool((header or {}).get("checkpoint"))
 
 
 def verify_export_chain(paths: Iterable[Union[str, os.PathLike]], **kw: Any) -> ExportReport:
     """Verify consecutive exports (or retention archives followed by exports) in order:
     each file on its own and each continuing the one before. Returns the first failing
-    report, or the last one."""
+    report, or the last one.
+
+    With a key (``public_key=`` / ``hmac_key=``), the *last* file must carry a checkpoint
+    it reaches (its signed checksum covers every file before it through the links); an
+    earlier file (a retention archive has none) is checked against the key only when it
+    carries one."""
+    paths = list(paths)
+    keyed = {k: v for k, v in kw.items() if k in ("public_key", "hmac_key")
+             and v is not None}
+    rest = {k: v for k, v in kw.items() if k not in ("public_key", "hmac_key")}
     prev = None
     rep: Optional[ExportReport] = None
-    for p in paths:
-        rep = verify_export(p, previous=prev, **kw)
+    for n, p in enumerate(paths):
+        use = keyed if (n == len(paths) - 1 or _has_checkpoint(p)) else {}
+        rep = verify_export(p, previous=prev, **rest, **use)
         if not rep.ok:
             return rep
         prev = rep

@@ -52,6 +52,30 @@ __all__ = ["LegalHoldError", "PurgeResult", "purge", "hold", "release", "active_
            "status", "plan"]
 
 DAY_US = 86_400 * 1_000_000
+#: How far ahead of this machine's clock purge(now=...) may be: clocks of the machines
+#: sharing a file differ a little; a later "now" would delete events that have not expired.
+MAX_CLOCK_SKEW_US = 5 * 60 * 1_000_000
+
+
+def _clock_us() -> int:
+    """The real time in UTC microseconds (the one clock purge() trusts)."""
+    return time.time_ns() // 1000
+
+
+def _purge_now(now: Any) -> int:
+    """``now`` for a purge: the real time, or a caller's time at most
+    :data:`MAX_CLOCK_SKEW_US` ahead of it; ProgrammingError otherwise."""
+    real = _clock_us()
+    if now is None:
+        return real
+    now_us = to_us(now, "now")
+    if now_us > real + MAX_CLOCK_SKEW_US:
+        raise ProgrammingError(
+            f"purge(now={format_ts(now_us)}) is ahead of this machine's clock "
+            f"({format_ts(real)}) by more than the allowed 5 minutes: retention is measured "
+            "from the real time (a later 'now' would delete events that have not expired); "
+            "omit now= or give a time no later than the clock plus 5 minutes")
+    return now_us
 HOLD_META = "legal_holds"
 LAST_PURGE_META = "last_purge"
 
@@ -274,7 +298,8 @@ def purge(audit: Any, *, now: Any = None, archive: Any = None,
     """Archive and delete the expired prefix of the log; see the module docstring.
 
     ``now`` (datetime, ISO text or UTC microseconds; default: the clock) is the time the
-    retention is measured from. ``archive``: a directory (created if needed) or a file path
+    retention is measured from; it may be earlier than the clock (purging less) but at
+    most :data:`MAX_CLOCK_SKEW_US` (5 minutes) later, else ProgrammingError. ``archive``: a directory (created if needed) or a file path
     ending in ``.gz`` for the gzip JSON Lines archive (default: next to the database).
     ``dry_run``: say what would happen. Raises :class:`LegalHoldError` while a hold is in force (after recording the refused
     attempt), ProgrammingError inside an open transaction.
@@ -282,7 +307,7 @@ def purge(audit: Any, *, now: Any = None, archive: Any = None,
     from .export import export_events
 
     audit._require_autocommit("purge()")
-    now_us = time.time_ns() // 1000 if now is None else to_us(now, "now")
+    now_us = _purge_now(now)
     audit._flush_for_read()
     holds = active_holds(audit)
     if holds and not dry_run:

@@ -28,7 +28,17 @@ Faults (:data:`FAULTS`):
 ``time_went_backwards``
     A row that is otherwise intact has a ``ts_us`` not after the previous one.
 ``bad_signature``
-    The checkpoint's signature does not verify under the given key.
+    The checkpoint's signature does not verify under the given key (or, with no key
+    given, under the signer pinned in the database by its first checkpoint).
+``foreign_schema``
+    A trigger, view or index HeliosDB did not create sits on the log or writes to it
+    (:func:`heliosdb.audit.neighbourhood.find_foreign_schema`); reported first, even when
+    the chain is intact: such a trigger can drop or forge events without breaking it.
+``unproven_anchor``
+    The log starts after a purge anchor (``__audit_meta``) that nothing proves: no
+    RETENTION_PURGE event in the chain records it, or a checkpoint signed an event that
+    is gone and no archive links that event to the anchor. Events were deleted from the
+    start of the log, or the anchor was forged.
 
 Without a checkpoint, removing events from the *end* of the log is undetectable (the
 shorter chain is valid); so is re-hashing the whole chain. Checkpoints close both.
@@ -39,19 +49,21 @@ import hashlib
 from dataclasses import dataclass
 from itertools import chain as _chain
 from itertools import islice
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import apsw
 
 from ..errors import AuditIntegrityError, DatabaseError, OperationalError, ProgrammingError, translate
 from . import chain
 from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event
+from .events import GENESIS
 from .store import DEFAULT_TABLE, _head, _q, anchor, check_table_name, get_meta
 
 __all__ = ["FAULTS", "VerifyReport", "AuditIntegrityError", "verify_connection"]
 
-FAULTS: tuple[str, ...] = ("modified", "deleted", "inserted", "reordered", "truncated",
-                           "time_went_backwards", "bad_signature", "rolled_back")
+FAULTS: tuple[str, ...] = ("foreign_schema", "modified", "deleted", "inserted", "reordered",
+                           "truncated", "time_went_backwards", "bad_signature", "rolled_back",
+                           "unproven_anchor")
 
 _BATCH = 8192
 #: Use the C aggregate inside SQLite when it can be registered (tests switch it off to
@@ -272,17 +284,21 @@ def _diagnose(ctx: _Ctx, r: AuditEvent, e: int, c: bytes) -> tuple[str, int, str
 # --- the fast walk --------------------------------------------------------------------------
 
 def _walk_sql(table: str, where: str) -> str:
-    # One bytes value per row for the ten texts (UTF-8 as stored, NUL-separated, NULL as
-    # the byte 0xFF): a tenth of the Python objects ten columns would cost, and no
-    # decode/encode round trip. The type check keeps a BLOB holding the same bytes as the
-    # text it replaced from passing as that text.
-    texts = " || x'00' || ".join(f"ifnull(\"{c}\", x'ff')" for c in TEXT_FIELDS)
+    # One bytes value per row for the ten texts (UTF-8 as stored, NUL-separated, a NULL
+    # being an empty slot) and one integer saying which fields are NULL (bit f: text f,
+    # bit 10: affected_rows): a tenth of the Python objects ten columns would cost, and no
+    # decode/encode round trip. No stored value stands for NULL, so none can pass for it.
+    # The type check keeps a BLOB holding the same bytes as the text it replaced from
+    # passing as that text.
+    texts = " || x'00' || ".join(f"ifnull(\"{c}\", '')" for c in TEXT_FIELDS)
+    mask = " | ".join(f"((\"{c}\" IS NULL) << {k})" for k, c in enumerate(TEXT_FIELDS))
+    mask += f" | ((affected_rows IS NULL) << {len(TEXT_FIELDS)})"
     types = " AND ".join(f"typeof(\"{c}\") IN ('text', 'null')" for c in TEXT_FIELDS)
     return (f"SELECT CAST({texts} AS BLOB), id, ts_us, affected_rows, success, {types}, "
-            f"prev_hash, checksum FROM {_q(table)} {where} ORDER BY id")
+            f"prev_hash, checksum, {mask} FROM {_q(table)} {where} ORDER BY id")
 
 
-_NCOL = 8
+_NCOL = 9
 
 
 def _split(batch: list[tuple]) -> tuple[list, ...]:
@@ -309,15 +325,26 @@ def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
                       checkpoint: Any = None, public_key: Any = None,
                       hmac_key: Optional[bytes] = None, since_checkpoint: bool = False,
                       progress: Optional[Callable[[int], Any]] = None,
-                      batch_size: int = _BATCH) -> VerifyReport:
+                      batch_size: int = _BATCH,
+                      archives: Optional[Iterable[Any]] = None) -> VerifyReport:
     """Verify the audit chain in ``table`` of an open APSW connection.
 
     With ``checkpoint`` (a :class:`heliosdb.audit.checkpoint.Checkpoint`), its signature is
     checked with ``public_key`` (Ed25519: an ``Ed25519PublicKey`` or 32 raw bytes) or
     ``hmac_key``, and the log must contain the signed head: this detects a truncated tail,
     a re-hashed chain and a database rolled back to an older copy.
+    Without a key, the Ed25519 signer pinned in the database by its first checkpoint
+    checks it (never the public key the checkpoint file carries); with no usable pin
+    (none, or an HMAC signer) ProgrammingError asks for the key.
     ``since_checkpoint=True`` checks only the events after the checkpoint (incremental).
     ``progress(events_checked)`` is called after each batch.
+
+    Nothing read from the file is trusted as written: a trigger, view or index on the log
+    that HeliosDB did not create is the fault ``foreign_schema``; a purge anchor must be
+    recorded by a RETENTION_PURGE event of the verified chain and, when a checkpoint signed
+    an event the purge removed, linked to it by the retention archives: ``archives``
+    (paths; default: the archives found next to the database file), else the fault
+    ``unproven_anchor``.
 
     Reads inside one transaction (a snapshot: concurrent appends do not disturb it).
     Raises OperationalError when the table does not exist (without a checkpoint, nothing
@@ -331,17 +358,15 @@ def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
         if checkpoint.table != table:
             raise ProgrammingError(f"the checkpoint is for table {checkpoint.table!r}, not "
                                    f"{table!r}")
-        if public_key is None and hmac_key is None:
-            raise ProgrammingError("verifying against a checkpoint needs the key it was signed "
-                                   "with: public_key= (Ed25519) or hmac_key=")
+    arch = None if archives is None else [str(a) for a in archives]
     try:
         if conn.in_transaction:
             return _verify(conn, table, checkpoint, public_key, hmac_key, since_checkpoint,
-                           progress, batch_size)
+                           progress, batch_size, arch)
         conn.execute("BEGIN")
         try:
             return _verify(conn, table, checkpoint, public_key, hmac_key, since_checkpoint,
-                           progress, batch_size)
+                           progress, batch_size, arch)
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")  # a read transaction: nothing to write
@@ -351,13 +376,27 @@ def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
 
 def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
             hmac_key: Optional[bytes], since_checkpoint: bool,
-            progress: Optional[Callable[[int], Any]], batch_size: int) -> VerifyReport:
+            progress: Optional[Callable[[int], Any]], batch_size: int,
+            archives: Optional[list]) -> VerifyReport:
+    from .neighbourhood import find_foreign_schema
+
     cp_id = cp.event_id if cp is not None else None
     exists = any(conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                               (table,)))
     anc = anchor(conn, table)
     st = _State(anc.id + 1, anc.checksum, anc.ts_us)
+    foreign = find_foreign_schema(conn, [table])
+    if foreign:
+        names = "; ".join(str(f) for f in foreign)
+        return _report("foreign_schema", None, f"{len(foreign)} schema object(s) HeliosDB did "
+                       f"not create act on the audit log: {names}. Such an object can drop, "
+                       "alter or forge events without breaking the chain: inspect it, and "
+                       "drop it (DROP TRIGGER/VIEW/INDEX) once the incident is recorded",
+                       st, cp_id)
     if cp is not None:
+        if public_key is None and hmac_key is None:
+            from .checkpoint import pinned_public_key
+            public_key = pinned_public_key(conn, table, cp)  # raises when nothing can check
         problem = cp.verify_signature(public_key=public_key, hmac_key=hmac_key)
         if problem is not None:
             return _report("bad_signature", None, f"checkpoint #{cp.seq} (event {cp.event_id}) "
@@ -402,7 +441,7 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
                     st_cp = _State(cp.event_id, row.prev_hash, None,
                                    cp.event_id - 1 - anc.id)
                     return _report("modified", cp.event_id, _rewritten(cp), st_cp, cp_id)
-            return _finish(conn, table, cp, st, cp_id)
+            return _finish(conn, table, cp, st, cp_id, archives)
     cur = conn.execute(_walk_sql(table, where), args)
     try:
         while True:
@@ -414,12 +453,12 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
                     continue
                 if not batch:
                     break
-                texts, ids, ts, rows, succ, types_ok, prevs, cks = _split(batch)
+                texts, ids, ts, rows, succ, types_ok, prevs, cks, masks = _split(batch)
                 try:
                     if 0 in types_ok:
                         raise chain.MalformedBatch("a text column holds another type")
                     bad, link = chain.verify_rows(st.link, st.expect_id, st.last_ts, ids, ts,
-                                                  rows, succ, texts, prevs, cks)
+                                                  rows, succ, texts, prevs, cks, masks)
                 except chain.MalformedBatch:
                     bad = 0
                 if bad >= 0:
@@ -461,12 +500,13 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
     finally:
         cur.close()
 
-    return _finish(conn, table, cp, st, cp_id)
+    return _finish(conn, table, cp, st, cp_id, archives)
 
 
 def _finish(conn: apsw.Connection, table: str, cp: Any, st: _State,
-            cp_id: Optional[int]) -> VerifyReport:
-    """The chain is intact: check it against the checkpoint's position and number."""
+            cp_id: Optional[int], archives: Optional[list] = None) -> VerifyReport:
+    """The chain is intact: check it against the checkpoint's position and number, and
+    check that its start (the purge anchor) is proven."""
     if cp is not None:
         if cp.event_id > st.expect_id - 1:
             return _tail_missing(conn, table, cp, st, cp_id)
@@ -475,6 +515,10 @@ def _finish(conn: apsw.Connection, table: str, cp: Any, st: _State,
             return _report("rolled_back", None, f"this database does not know checkpoint "
                            f"#{cp.seq} (it has #{seq}): the file was restored from a copy "
                            "made before that checkpoint was taken", st, cp_id)
+    problem = _anchor_problem(conn, table, cp, archives)
+    if problem is not None:
+        first_bad, msg = problem
+        return _report("unproven_anchor", first_bad, msg, st, cp_id)
     head = st.expect_id - 1
     msg = f"{st.checked} event(s) verified, head is event {head}"
     if cp is not None:
@@ -553,3 +597,160 @@ def _slow_rows(evs: list[AuditEvent], st: _State) -> tuple[int, bytes]:
             return i, link
         link, lt = r.checksum, r.ts_us
     return -1, link
+
+
+# --- the purge anchor must be proven ----------------------------------------------------------
+
+def _purge_records(conn: apsw.Connection, table: str, after_id: int) -> list[dict]:
+    """Details of the successful RETENTION_PURGE events stored after ``after_id``."""
+    import json
+
+    out = []
+    for (md,) in conn.execute(f"SELECT metadata FROM {_q(table)} WHERE operation = "
+                              "'RETENTION_PURGE' AND success = 1 AND id > ? ORDER BY id",
+                              (after_id,)):
+        try:
+            d = json.loads(md).get("details")
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if isinstance(d, dict):
+            out.append(d)
+    return out
+
+
+def _anchor_problem(conn: apsw.Connection, table: str, cp: Any,
+                    archives: Optional[list]) -> Optional[tuple[Optional[int], str]]:
+    """None when the stored chain's start is proven, else (first unproven id, message).
+
+    Called after the chain verified: the RETENTION_PURGE events it holds are genuine as
+    far as the chain (and a checkpoint covering them) can tell.
+    """
+    anc = anchor(conn, table)
+    if anc.id == 0 and anc.checksum == GENESIS:
+        return None  # never purged: the chain starts at genesis
+    if anc.id <= 0:
+        return (1, f"the purge anchor in __audit_meta (id {anc.id}, checksum "
+                f"{anc.checksum.hex()[:16]}...) is not the genesis of a log: it was forged")
+    recs = _purge_records(conn, table, anc.id)
+    hexck = anc.checksum.hex()
+    if not any(d.get("last_id") == anc.id and d.get("anchor_checksum") == hexck
+               for d in recs):
+        return (1, f"the log starts after event {anc.id} (the purge anchor in __audit_meta) "
+                f"but no RETENTION_PURGE event in the verified chain records a purge of "
+                f"events up to {anc.id} with that checksum: events 1..{anc.id} were deleted "
+                "outside a retention purge, or the anchor was forged")
+    if cp is None or cp.event_id > anc.id:
+        return None  # the walk linked the anchor to the signed head (or nothing is signed)
+    if cp.event_id == anc.id and cp.checksum != anc.checksum:
+        return (anc.id, f"checkpoint #{cp.seq} signs event {cp.event_id} with checksum "
+                f"{cp.checksum.hex()[:16]}..., but the purge anchor in __audit_meta "
+                f"claims {hexck[:16]}...: the anchor was forged")
+    # The signed event was purged (the checkpoint's checksum is public: an anchor that
+    # merely repeats it proves nothing): only the archives holding the purged events can
+    # link the signed event to the anchor.
+    why = _archives_link(conn, table, cp, anc, archives)
+    if why is None:
+        return None
+    return (cp.event_id, f"checkpoint #{cp.seq} signs event {cp.event_id}, which is no longer "
+            f"in the log (it starts after event {anc.id}); the purge is proven only by the "
+            f"retention archives linking event {cp.event_id} to the anchor, and {why}. Pass "
+            "the archive files (archives=[...]) or keep them next to the database")
+
+
+def _archive_candidates(conn: apsw.Connection, table: str, given: Optional[list],
+                        names: list) -> list[str]:
+    import glob
+    import os
+
+    if given is not None:
+        return list(given)
+    try:
+        dbfile = conn.db_filename("main")
+    except Exception:  # noqa: BLE001
+        dbfile = ""
+    if not dbfile:
+        return []
+    d = os.path.dirname(os.path.abspath(dbfile))
+    out = {os.path.join(d, n) for n in names if isinstance(n, str) and "/" not in n}
+    out.update(glob.glob(os.path.join(glob.escape(d), f"*.{table}.*-*.jsonl.gz")))
+    out.update(glob.glob(os.path.join(glob.escape(d), f"{table}.*-*.jsonl.gz")))
+    return sorted(p for p in out if os.path.isfile(p))
+
+
+def _archives_link(conn: apsw.Connection, table: str, cp: Any, anc: Any,
+                   given: Optional[list]) -> Optional[str]:
+    """None when verified archives chain from the signed event to the anchor, else why
+    not."""
+    from .export import read_export, verify_export
+
+    recs = _purge_records(conn, table, anc.id)
+    paths = _archive_candidates(conn, table, given, [d.get("archive") for d in recs])
+    db_id = get_meta(conn, table, "database_id")
+    heads = []
+    for p in paths:
+        try:
+            header, _fmt, records = read_export(p)
+            if hasattr(records, "close"):
+                records.close()
+        except Exception:  # noqa: BLE001 - not an archive we can use
+            continue
+        if not isinstance(header, dict) or header.get("table") != table \
+                or header.get("database_id") != db_id:
+            continue
+        try:
+            first, last = int(header["first_id"]), int(header["last_id"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        heads.append((first, last, p))
+    if not heads:
+        return "no archive of this log was found"
+    if cp.event_id == anc.id:
+        for first, last, p in heads:
+            if last != anc.id:
+                continue
+            rep = verify_export(p)
+            if rep.ok and rep.last_checksum == cp.checksum.hex():
+                return None
+        return f"no archive that verifies ends with event {anc.id} and the signed checksum"
+    # Walk from the archive holding the signed event to the one ending at the anchor.
+    pos, link = cp.event_id, None
+    seen = 0
+    while pos < anc.id:
+        step = [h for h in heads if h[0] - 1 <= pos < h[1]]  # holds event pos + 1
+        if not step:
+            return f"no archive holds the events after event {pos}"
+        first, last, p = max(step, key=lambda h: h[1])
+        rep = verify_export(p)
+        if not rep.ok:
+            return f"archive {p} does not verify ({rep.fault}: {rep.message})"
+        if link is None:
+            ck = _checksum_in_archive(p, cp.event_id, read_export)
+            if ck != cp.checksum:
+                return (f"archive {p} does not hold event {cp.event_id} with the checksum the "
+                        "checkpoint signs")
+        elif rep.prev_checksum != link or first != pos + 1:
+            return f"archive {p} does not continue the archive before it"
+        pos, link = last, rep.last_checksum
+        seen += 1
+        if seen > len(heads):
+            return "the archives do not form a chain"
+    if pos != anc.id or link != anc.checksum.hex():
+        return (f"the archives end at event {pos}, not with the anchor's event {anc.id} and "
+                "checksum")
+    return None
+
+
+def _checksum_in_archive(path: str, id_: int, read_export: Any) -> Optional[bytes]:
+    header, _fmt, records = read_export(path)
+    try:
+        if header and int(header.get("first_id", 0)) - 1 == id_:
+            return bytes.fromhex(header.get("prev_checksum", ""))
+        for _n, rec in records:
+            if rec.get("id") == id_:
+                return bytes.fromhex(rec.get("checksum", ""))
+    except (ValueError, TypeError):
+        return None
+    finally:
+        if hasattr(records, "close"):
+            records.close()
+    return None
