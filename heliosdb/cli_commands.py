@@ -200,45 +200,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _require_pinned_signer(conn: Any, table: str, path: str, notes: list[str]) -> None:
-    """Without --verify-key, a checkpoint is proof only when the database pins its signer.
-
-    The first checkpoint of a database pins its signer in ``__audit_meta``
-    (``checkpoint_signer``). A checkpoint file carries its own public key, which anyone
-    can replace along with the signature: checking it with that key proves nothing. So
-    without a key on the command line the checkpoint must be signed by the pinned Ed25519
-    key; an HMAC signer (its secret is not in the database) always needs --verify-key.
-    Raises CLIError (exit 1) otherwise.
-    """
-    if not os.path.exists(path):
-        return  # verify_audit names the missing file
-    from heliosdb.audit.checkpoint import Checkpoint, key_id, pinned_signer
-
-    try:
-        cp = Checkpoint.load(path)
-    except Exception:  # noqa: BLE001 - verify_audit reports an unreadable file
-        return
-    pin = pinned_signer(conn._apsw, table)
-    how = "give the signer's key with --verify-key FILE (or HELIOSDB_SIGNING_KEY_FILE)"
-    if cp.algorithm != "ed25519":
-        raise CLIError(f"{path} is signed with HMAC-SHA256 (key {cp.key_id}), which cannot "
-                       f"be checked without its secret: {how}", EXIT_FAILED)
-    if pin is None or pin[0] != "ed25519":
-        raise CLIError(f"{path} is signed by key {cp.key_id}, but this database pins no "
-                       f"Ed25519 checkpoint signer, so nothing vouches for that key: {how}",
-                       EXIT_FAILED)
-    try:
-        pinned = bytes.fromhex(pin[1])
-    except ValueError:
-        pinned = b""
-    if cp.public_key is None or bytes(cp.public_key) != pinned:
-        raise CLIError(f"{path} is signed by key {cp.key_id}, not by the signer this database "
-                       f"pins (key {key_id(pinned)}): the checkpoint was re-signed by another "
-                       f"key, or the signing key changed: {how}", EXIT_FAILED)
-    notes.append(f"checkpoint signer {cp.key_id} is the one pinned in the database by its "
-                 "first checkpoint")
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the audit chain (and, with --pages, every encrypted page)."""
     _must_exist(args.file)
@@ -269,9 +230,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             notes: list[str] = []
             table = audit_table_of(conn)
             if audit_table_exists(conn, table) or args.checkpoint:
-                if args.checkpoint and not (args.verify_key or
-                                            os.environ.get("HELIOSDB_SIGNING_KEY_FILE")):
-                    _require_pinned_signer(conn, table, args.checkpoint, notes)
                 with progress_callback(None, "Verifying the audit chain") as bar:
                     report = verify_audit(conn, args.checkpoint, args.verify_key, bar, notes)
                 ok = ok and report_ok(report)

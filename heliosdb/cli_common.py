@@ -403,6 +403,9 @@ def readonly_uri(path: str) -> str:
 
 def audit_table_exists(conn: Any, table: str = "__audit_log") -> bool:
     """True if the database holds an audit log table named ``table``."""
+    audit = getattr(conn, "audit", None)
+    if audit is not None and audit.table == table:
+        return True  # an audit session exists only over its (checked) log
     row = conn.execute("SELECT 1 FROM sqlite_schema WHERE type='table' AND name=?",
                        (table,)).fetchone()
     return row is not None
@@ -686,6 +689,10 @@ def verify_audit(conn: Any, checkpoint: Optional[str] = None,
     if checkpoint is not None:
         if not os.path.exists(checkpoint):
             raise CLIError(f"{checkpoint}: checkpoint file not found")
+        if not (verify_key_file or os.environ.get("HELIOSDB_SIGNING_KEY_FILE")):
+            # Without a key, a checkpoint is proof only if the database pins its signer
+            # (the shell's .verify and heliosdb verify alike).
+            require_pinned_signer(conn, table, checkpoint, notes if notes is not None else [])
         cp = _load_checkpoint(checkpoint)
         kwargs["checkpoint"] = cp
         kwargs.update(load_verify_key(cp, verify_key_file, notes))
@@ -741,6 +748,45 @@ def load_signing_key(path: str) -> Any:
     if len(data) < 32:
         raise CLIError(f"{path}: a signing key needs at least 32 bytes (or an Ed25519 PEM key)")
     return bytearray(data)
+
+
+def require_pinned_signer(conn: Any, table: str, path: str, notes: list[str]) -> None:
+    """Without --verify-key, a checkpoint is proof only when the database pins its signer.
+
+    The first checkpoint of a database pins its signer in ``__audit_meta``
+    (``checkpoint_signer``). A checkpoint file carries its own public key, which anyone
+    can replace along with the signature: checking it with that key proves nothing. So
+    without a key on the command line the checkpoint must be signed by the pinned Ed25519
+    key; an HMAC signer (its secret is not in the database) always needs --verify-key.
+    Raises CLIError (exit 1) otherwise.
+    """
+    if not os.path.exists(path):
+        return  # verify_audit names the missing file
+    from heliosdb.audit.checkpoint import Checkpoint, key_id, pinned_signer
+
+    try:
+        cp = Checkpoint.load(path)
+    except Exception:  # noqa: BLE001 - verify_audit reports an unreadable file
+        return
+    pin = pinned_signer(conn._apsw, table)
+    how = "give the signer's key with --verify-key FILE (or HELIOSDB_SIGNING_KEY_FILE)"
+    if cp.algorithm != "ed25519":
+        raise CLIError(f"{path} is signed with HMAC-SHA256 (key {cp.key_id}), which cannot "
+                       f"be checked without its secret: {how}", EXIT_FAILED)
+    if pin is None or pin[0] != "ed25519":
+        raise CLIError(f"{path} is signed by key {cp.key_id}, but this database pins no "
+                       f"Ed25519 checkpoint signer, so nothing vouches for that key: {how}",
+                       EXIT_FAILED)
+    try:
+        pinned = bytes.fromhex(pin[1])
+    except ValueError:
+        pinned = b""
+    if cp.public_key is None or bytes(cp.public_key) != pinned:
+        raise CLIError(f"{path} is signed by key {cp.key_id}, not by the signer this database "
+                       f"pins (key {key_id(pinned)}): the checkpoint was re-signed by another "
+                       f"key, or the signing key changed: {how}", EXIT_FAILED)
+    notes.append(f"checkpoint signer {cp.key_id} is the one pinned in the database by its "
+                 "first checkpoint")
 
 
 def load_verify_key(cp: Any, path: Optional[str],

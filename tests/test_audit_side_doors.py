@@ -480,3 +480,21 @@ def test_threads_random_statements_one_event_each(tmp_path_factory, programs):
         assert len([e for e in evs if e["operation"] == op and e["success"]]) == n, op
     assert len([e for e in evs if not e["success"]]) == len(failed)
     assert heliosdb.audit.verify(p).ok
+
+
+def test_a_dropped_log_is_never_replaced_by_a_fresh_one(tmp_path):
+    """The writable_schema attack done around heliosdb (stdlib sqlite3): the next
+    connection refuses to start a new, empty chain in place of the dropped log."""
+    p = str(tmp_path / "d.db")
+    conn = heliosdb.connect(p, config="default")
+    conn.execute("CREATE TABLE t(x)")
+    conn.commit()
+    conn.close()
+    raw = sqlite3.connect(p)
+    raw.execute("PRAGMA writable_schema = 1")
+    raw.execute("DELETE FROM sqlite_master WHERE tbl_name = '__audit_log'")
+    raw.commit()
+    raw.close()
+    for cfg in (None, "default"):
+        with pytest.raises(heliosdb.AuditIntegrityError, match="missing"):
+            heliosdb.connect(p, config=cfg)

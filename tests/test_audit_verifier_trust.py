@@ -697,7 +697,8 @@ def test_foreign_objects_around_the_log(log):
         ('CREATE TRIGGER d AFTER DELETE ON t BEGIN DELETE FROM "__AUDIT_LOG"; END', "d"),
         ("CREATE TRIGGER m AFTER UPDATE OF a ON t BEGIN UPDATE OR IGNORE [__audit_meta] "
          "SET value = 0; END", "m"),
-        ("CREATE VIEW v AS SELECT * FROM __audit_log", "v"),
+        ("CREATE TEMP VIEW __audit_log AS SELECT * FROM main.__audit_log WHERE 0",
+         "__audit_log"),
         ("CREATE INDEX i_extra ON __audit_log(query)", "i_extra"),
         ("CREATE TEMP TRIGGER tt BEFORE DELETE ON main.__audit_log BEGIN SELECT "
          "RAISE(IGNORE); END", "tt"),
@@ -710,7 +711,9 @@ def test_foreign_objects_around_the_log(log):
         kind = sql.split()[1] if sql.split()[1] != "TEMP" else sql.split()[2]
         log.execute(f"DROP {kind} {name}")
         assert verify_connection(log, TABLE).ok
-    # a trigger elsewhere that only reads the log, or writes elsewhere, is not foreign
+    # a trigger elsewhere that only reads the log, or writes elsewhere, is not foreign;
+    # nor is a view that only reads it (a report)
+    log.execute("CREATE VIEW report AS SELECT operation, count(*) FROM __audit_log GROUP BY 1")
     log.execute("CREATE TABLE u(a)")
     log.execute("CREATE TRIGGER fine AFTER INSERT ON t BEGIN INSERT INTO u SELECT count(*) "
                 "FROM __audit_log; END")
@@ -739,3 +742,16 @@ def test_audit_tables_found_and_clean_files_have_no_findings(tmp_path):
     raw = apsw.Connection(str(tmp_path / "clean.db"))
     assert find_foreign_schema(raw) == []
     assert verify_connection(raw, TABLE).ok
+
+
+def test_shell_verify_refuses_a_resigned_checkpoint_without_key(pinned_db, tmp_path):
+    """Attack 4 through the shell's .verify: the same rule as heliosdb verify."""
+    db, _sk, cp = pinned_db
+    forged = tmp_path / "forged.cp"
+    _resigned(cp, Ed25519PrivateKey.generate()).save(forged)
+    good = run_cli([db, f".verify --checkpoint {tmp_path / 'good.cp'}"], cwd=tmp_path,
+                   env=cli_env(tmp_path))
+    assert good.returncode == 0, good.stdout + good.stderr
+    proc = run_cli([db, f".verify --checkpoint {forged}"], cwd=tmp_path, env=cli_env(tmp_path))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "pins" in proc.stderr and "--verify-key" in proc.stderr

@@ -35,7 +35,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import re
 import threading
 import time
 import uuid
@@ -140,31 +139,6 @@ def deny_reason(code: int, a1: Any, a2: Any, protected: frozenset) -> Optional[s
             and a1.lower() in _UNSAFE_PRAGMAS:
         return "writable_schema would let SQL rewrite the audit log"
     return None
-
-
-def find_foreign(db: apsw.Connection, protected: frozenset) -> list[tuple[str, str, str]]:
-    """``(type, name, table)`` of each trigger, view or index that is on an audit table
-    (lower-case names in ``protected``) or whose SQL names one, and that heliosdb did not
-    create (heliosdb creates only the log's own indexes and SQLite's autoindexes)."""
-    own_index = re.compile(r"(.+)_(ts|user|operation|target|session)\Z")
-    out = []
-    for kind, name, tbl, sql in db.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_schema "
-            "WHERE type IN ('trigger', 'view', 'index') UNION ALL "
-            "SELECT type, name, tbl_name, sql FROM sqlite_temp_schema "
-            "WHERE type IN ('trigger', 'view', 'index')"):
-        on_log = isinstance(tbl, str) and tbl.lower() in protected
-        text = (sql or "").lower()
-        names_log = any(re.search(r"(?<![a-z0-9_])" + re.escape(p) + r"(?![a-z0-9_])", text)
-                        for p in protected)
-        if kind == "index" and on_log:
-            m = own_index.match(name or "")
-            if (name or "").startswith("sqlite_autoindex_") or \
-                    (m and m.group(1).lower() == tbl.lower() and sql is not None):
-                continue
-        if on_log or names_log:
-            out.append((kind, name, tbl))
-    return out
 
 
 def guard_authorizer(tables: Iterable[str]) -> Any:
@@ -439,6 +413,7 @@ class AuditSession(AuditAPI):
         with self._internal():
             self._refresh_protected()
             self._check_neighbourhood()
+            self._check_log_present()
             if self.readonly:
                 self._check_readonly_log()
             elif not self._foreign:
@@ -722,10 +697,10 @@ class AuditSession(AuditAPI):
 
     def _refresh_protected(self) -> None:
         """Protect every audit table the file holds, not only this session's."""
-        from .policy import audit_tables
+        from .neighbourhood import find_audit_tables
 
         names = {self.table.lower(), store.META_TABLE.lower()}
-        names.update(t.lower() for t in audit_tables(self._db))
+        names.update(t.lower() for t in find_audit_tables(self._db))
         self._protected = frozenset(names)
 
     def _point_policy(self) -> None:
@@ -739,7 +714,10 @@ class AuditSession(AuditAPI):
         """Triggers, views and indexes on (or writing to) an audit table that heliosdb
         did not create: while any is there, this connection refuses every statement but
         the DROP that removes it (recorded like any DROP)."""
-        self._foreign = find_foreign(self._db, self._protected)
+        from .neighbourhood import find_foreign_schema
+
+        self._foreign = [(f.type, f.name, f.table) for f in find_foreign_schema(
+            self._db, sorted(self._protected - {store.META_TABLE.lower()}))]
 
     def _foreign_refusal(self, code: int, a1: Any) -> Optional[str]:
         names = {f[1].lower(): f for f in self._foreign}
@@ -758,6 +736,19 @@ class AuditSession(AuditAPI):
         kind, name, _ = self._foreign[0]
         return (f"the {kind} {name} was not created by heliosdb and touches the audit log: "
                 f"remove it first (DROP {kind.upper()} {name})")
+
+    def _check_log_present(self) -> None:
+        """A log that ``__audit_meta`` records must still be there: never start a fresh,
+        empty chain in its place (it would verify, and hide that the log was dropped)."""
+        if store.get_meta(self._db, self.table, "database_id") is None:
+            return  # a new log
+        found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
+                                 "AND name = ?", (self.table,)).fetchall()[0][0]
+        if not found:
+            raise AuditIntegrityError(
+                f"the audit log {self.table} that this database records in "
+                f"{store.META_TABLE} is missing: it was dropped outside heliosdb. Restore the "
+                "database from a backup; heliosdb will not start a new, empty log in its place")
 
     def _check_readonly_log(self) -> None:
         """A read-only connection cannot create the log: it must be there already."""
@@ -1642,7 +1633,7 @@ class AuditSession(AuditAPI):
     @_locked
     def verify(self, *, checkpoint: Any = None, public_key: Any = None,
                hmac_key: Optional[bytes] = None, since_checkpoint: bool = False,
-               progress: Any = None) -> Any:
+               progress: Any = None, archives: Any = None) -> Any:
         """Verify the chain; return a :class:`heliosdb.audit.VerifyReport`.
 
         ``checkpoint`` is a :class:`Checkpoint` or the path of a saved one; with it the
@@ -1659,7 +1650,8 @@ class AuditSession(AuditAPI):
         with self._internal():
             return verify_connection(self._db, self.table, checkpoint=checkpoint,
                                      public_key=public_key, hmac_key=hmac_key,
-                                     since_checkpoint=since_checkpoint, progress=progress)
+                                     since_checkpoint=since_checkpoint, progress=progress,
+                                     archives=archives)
 
     @_locked
     def checkpoint(self, signing_key: Any, path: Any = None) -> Any:

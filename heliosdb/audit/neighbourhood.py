@@ -10,7 +10,8 @@ Public API (stable; the connection code calls it at connect time):
 :func:`find_foreign_schema(db, tables=None) <find_foreign_schema>` -> ``list[ForeignObject]``
     Every trigger, view or index *on* an audit table (or on ``__audit_meta``) that HeliosDB
     did not create, and every trigger or view elsewhere whose SQL writes to an audit table
-    (``INSERT``/``REPLACE``/``UPDATE``/``DELETE`` naming it; a view naming it at all).
+    (``INSERT``/``REPLACE``/``UPDATE``/``DELETE`` naming it), and every view that shadows
+    one (a view that only reads the log, a report, is not foreign).
     ``tables`` are the audit tables to protect (default: ``__audit_log``); the meta table
     and every audit table found by :func:`find_audit_tables` are always added. Looks at
     every schema of the connection (``main``, ``temp``, attached ones). An empty list
@@ -155,11 +156,6 @@ def _written_tables(sql: str) -> set[str]:
     return out
 
 
-def _named(sql: str) -> set[str]:
-    """Lower-cased names appearing anywhere in ``sql`` (bare or quoted identifiers)."""
-    return {v.lower() for kind, v in _tokens(sql) if kind in ("kw", "name")}
-
-
 def _trigger_body(sql: str) -> str:
     """The statements of a CREATE TRIGGER (after its BEGIN), or all of it if unparsable."""
     m = re.search(r"\bBEGIN\b", sql or "", re.IGNORECASE)
@@ -275,10 +271,8 @@ def find_foreign_schema(db: apsw.Connection,
                     out.append(ForeignObject("view", schema, name, tbl, tbl,
                                              f"shadows audit table {tbl}", sql))
                     continue
-                hit = sorted(_named(sql or "") & protected)
-                if hit:
-                    out.append(ForeignObject("view", schema, name, tbl, hit[0],
-                                             f"references audit table {hit[0]}", sql))
+                # A view that only reads the log (a report) cannot change it: what could
+                # (an INSTEAD OF trigger writing to the log) is caught as a trigger.
             elif typ == "table" and schema == "temp" and tl in protected:
                 out.append(ForeignObject("table", schema, name, tbl, tbl,
                                          f"in schema {schema} has the name of audit table "
