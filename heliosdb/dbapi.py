@@ -525,11 +525,21 @@ class Cursor:
 
     def _prepare_params(self, parameters: Any) -> Any:
         """Validate parameters the way sqlite3 does and apply base-type adapters."""
+        conn = self._connection
+        conn._binding_source = None
         if parameters is None or parameters == ():
             return parameters
         if isinstance(parameters, (tuple, list)):
             if _base_type_adapted:
-                return tuple(self._connection._adapt_value(v) for v in parameters)
+                return tuple(conn._adapt_value(v) for v in parameters)
+            if isinstance(parameters, list):
+                # APSW reads a list while binding it; an adapter or __conform__ that
+                # mutates the list then crashed the process (CPython's bpo-41662 test).
+                # Bind a copy, and let the binding hook raise sqlite3's IndexError if the
+                # list shrank meanwhile.
+                conn._binding_source = parameters
+                conn._binding_len = len(parameters)
+                return tuple(parameters)
             return parameters
         if isinstance(parameters, dict):
             if _base_type_adapted:
@@ -563,6 +573,7 @@ class Cursor:
             raise ProgrammingError("You can only execute one statement at a time.")
         if type(parameters) is tuple and not _base_type_adapted:
             params = parameters
+            conn._binding_source = None
         else:
             params = self._prepare_params(parameters)
         self._active = False
@@ -960,6 +971,8 @@ class Connection:
         self._apsw: Any = None
         self._closed = True
         self._audit: Any = None
+        self._binding_source: Optional[list] = None  # see Cursor._prepare_params
+        self._binding_len = 0
         self._thread_id = threading.get_ident()
         self._check_same_thread = bool(check_same_thread)
         database = _fspath(database)
@@ -1063,6 +1076,11 @@ class Connection:
                 raise ProgrammingError(
                     f"Error binding parameter {num}: type '{type(value).__name__}' "
                     "is not supported")
+        src = self._binding_source
+        if src is not None and len(src) != self._binding_len:
+            # sqlite3 reads each parameter from the list as it binds: a list emptied by
+            # an adapter fails there with IndexError.
+            raise IndexError("list index out of range")
         if isinstance(out, (bytearray, memoryview)):
             return bytes(out)
         if out is not None and not isinstance(out, (int, float, str, bytes)):
