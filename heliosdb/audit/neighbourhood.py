@@ -18,7 +18,7 @@ Public API (stable; the connection code calls it at connect time):
     means nothing foreign was found.
 
 :func:`find_audit_tables(db) <find_audit_tables>` -> ``list[str]``
-    The audit tables in the file: every table with exactly the audit log's columns, and
+    The audit tables in the file: every table with all of the audit log's columns, and
     every table named in ``__audit_meta`` (whether or not it exists yet), so that a
     connection can protect all of them, not only the one its config names.
 
@@ -199,7 +199,7 @@ def find_audit_tables(db: apsw.Connection) -> list[str]:
                     f'PRAGMA "{schema}".table_info("{name.replace(chr(34), chr(34) * 2)}")')}
             except apsw.Error:
                 continue  # e.g. a virtual table whose module is not loaded: not a log
-            if cols == want:
+            if want <= cols:  # a copy made with SELECT * also has the generated columns
                 found.add(name)
     try:
         for (t,) in db.execute(f"SELECT DISTINCT tbl FROM {META_TABLE}"):

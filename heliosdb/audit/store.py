@@ -93,13 +93,15 @@ def _schema_sql(table: str) -> list[str]:
     new_values    TEXT,                  -- canonical JSON or NULL
     reason        TEXT,
     prev_hash     BLOB NOT NULL,         -- checksum of the previous event (32 bytes)
-    checksum      BLOB NOT NULL          -- SHA-256(prev_hash || encoding), 32 bytes
+    checksum      BLOB NOT NULL,         -- SHA-256(prev_hash || encoding), 32 bytes
+    {_GENERATED_SQL}
 )""",
         f'CREATE INDEX IF NOT EXISTS "{table}_ts" ON {t}(ts_us)',
         f'CREATE INDEX IF NOT EXISTS "{table}_user" ON {t}("user", ts_us)',
         f'CREATE INDEX IF NOT EXISTS "{table}_operation" ON {t}(operation, ts_us)',
         f'CREATE INDEX IF NOT EXISTS "{table}_target" ON {t}(target, ts_us)',
         f'CREATE INDEX IF NOT EXISTS "{table}_session" ON {t}(session_id, ts_us)',
+        f'CREATE INDEX IF NOT EXISTS "{table}_timestamp" ON {t}("timestamp")',
         f"""CREATE TABLE IF NOT EXISTS {META_TABLE} (
     tbl   TEXT NOT NULL,
     key   TEXT NOT NULL,
@@ -107,6 +109,29 @@ def _schema_sql(table: str) -> list[str]:
     PRIMARY KEY (tbl, key)
 ) WITHOUT ROWID""",
     ]
+
+
+#: Columns computed by SQLite from the stored ones (VIRTUAL: nothing stored, nothing hashed),
+#: so that the queries of the product documents run as written: ``timestamp`` is UTC
+#: ``YYYY-MM-DD HH:MM:SS.SSS`` (what SQLite's date functions compare with, e.g.
+#: ``timestamp >= datetime('now', '-30 days')``) and ``checksum_hex`` the 64 hex digits.
+GENERATED_COLUMNS: dict[str, str] = {
+    "timestamp": "strftime('%Y-%m-%d %H:%M:%f', ts_us / 1000000.0, 'unixepoch')",
+    "checksum_hex": "lower(hex(checksum))",
+}
+_GENERATED_SQL = ",\n    ".join(
+    f'"{name}" TEXT GENERATED ALWAYS AS ({expr}) VIRTUAL'
+    for name, expr in GENERATED_COLUMNS.items())
+
+
+def _add_generated_columns(conn: apsw.Connection, table: str) -> None:
+    """Logs created before the generated columns existed get them (no rewrite: VIRTUAL
+    columns are added by ALTER TABLE without touching a row)."""
+    have = {r[1] for r in conn.execute(f"PRAGMA table_xinfo({_q(table)})")}
+    for name, expr in GENERATED_COLUMNS.items():
+        if name not in have:
+            conn.execute(f'ALTER TABLE {_q(table)} ADD COLUMN "{name}" TEXT '
+                         f"GENERATED ALWAYS AS ({expr}) VIRTUAL")
 
 
 def _run(conn: apsw.Connection, fn: Any, *args: Any, write: bool = True) -> Any:
@@ -142,7 +167,10 @@ def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
     check_table_name(table)
 
     def work(c: apsw.Connection) -> None:
-        for sql in _schema_sql(table):
+        schema = _schema_sql(table)
+        c.execute(schema[0])
+        _add_generated_columns(c, table)
+        for sql in schema[1:]:
             c.execute(sql)
         defaults = {"format_version": 1, "database_id": os.urandom(16).hex(),
                     "anchor_id": 0, "anchor_checksum": GENESIS, "anchor_ts_us": None,
