@@ -50,6 +50,8 @@ from .crypto.rekey import (
 from .crypto.verify import verify_encryption
 from .errors import (
     AuditIntegrityError,
+    AuditPolicyError,
+    ReasonRequiredError,
     ConfigError,
     CorruptPageError,
     DatabaseError,
@@ -161,7 +163,7 @@ __all__ = [
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
     "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError",
-    "AuditIntegrityError", "native_available", "Key",
+    "AuditIntegrityError", "AuditPolicyError", "ReasonRequiredError", "native_available", "Key",
     "change_passphrase", "add_key_slot", "remove_key_slot", "list_key_slots", "rotate_key",
     "rotation_due", "encrypt", "decrypt", "verify_encryption", "new_recovery_key",
     "recovery_key", "Config", "load_config", "enable_callback_tracebacks", "enable_shared_cache", "Blob",

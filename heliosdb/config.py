@@ -59,7 +59,8 @@ _OPERATION_CATEGORY: dict[str, str] = {
     **{op: "TRANSACTION" for op in ("BEGIN", "COMMIT", "ROLLBACK")},
     **{op: "SECURITY" for op in (
         "LOGIN", "LOGOUT", "GRANT", "REVOKE", "KEY_CHANGE", "KEY_ROTATION",
-        "AUDIT_CONFIG_CHANGE", "RETENTION_PURGE", "EXPORT", "VERIFY", "RESTORE")},
+        "AUDIT_CONFIG_CHANGE", "RETENTION_PURGE", "EXPORT", "VERIFY", "RESTORE",
+        "ACTOR_CHANGE")},
     **{op: "ADMIN" for op in ("PRAGMA", "ATTACH", "DETACH")},
     **{op: "APPLICATION" for op in ("DATA_SUBJECT_REQUEST", "MODEL_TRAINING")},
 }

@@ -121,6 +121,13 @@ class AuditPolicyError(DatabaseError):
     policy...). The message says which explicit, audited call does it instead."""
 
 
+class ReasonRequiredError(AuditPolicyError):
+    """Refused: the audit policy requires a reason for every change (``require_reason``,
+    21 CFR 11.10(e)) and none is in force: give one with
+    ``conn.audit.set_context(reason=...)`` or ``conn.audit.acting_as(user, reason=...)``.
+    The refused attempt is recorded."""
+
+
 class EncryptionUnavailableError(EncryptionError):
     """The native extension that encrypts pages is not built on this machine."""
 

@@ -498,3 +498,113 @@ def test_a_dropped_log_is_never_replaced_by_a_fresh_one(tmp_path):
     for cfg in (None, "default"):
         with pytest.raises(heliosdb.AuditIntegrityError, match="missing"):
             heliosdb.connect(p, config=cfg)
+
+
+# --- issue 16 item 3: the actor per request ---------------------------------------------------
+
+def test_acting_as_sets_user_reason_and_context_per_thread_and_nests(tmp_path):
+    p = str(tmp_path / "actors.db")
+    conn = heliosdb.connect(p, config="default", audit_user="svc", check_same_thread=False,
+                            audit_context={"client_ip": "10.0.0.1"})
+    conn.execute("CREATE TABLE t(who, x)")
+    conn.commit()
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def request(name, n):
+        try:
+            with conn.audit.acting_as(name, reason=f"ticket-{name}", client_ip=f"ip-{name}"):
+                barrier.wait()
+                for i in range(n):
+                    conn.execute("INSERT INTO t VALUES (?, ?)", (name, i))
+                    if i == 2:
+                        with conn.audit.acting_as(name + "-delegate"):
+                            conn.execute("INSERT INTO t VALUES (?, ?)", (name + "-d", i))
+                conn.commit()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(n, 20)) for n in ("bob", "carol")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn.execute("INSERT INTO t VALUES ('svc', 0)")
+    conn.commit()
+    conn.close()
+    assert not errors, errors
+    evs = _events(p)
+    inserts = [e for e in evs if e["operation"] == "INSERT"]
+    by_user = {}
+    for e in inserts:
+        by_user.setdefault(e["user"], []).append(e)
+    assert len(by_user["bob"]) == 20 and len(by_user["carol"]) == 20
+    assert len(by_user["bob-delegate"]) == 1 and len(by_user["svc"]) == 1
+    for name in ("bob", "carol"):
+        for e in by_user[name] + by_user[name + "-delegate"]:
+            assert e["reason"] == f"ticket-{name}"  # inherited by the nested frame
+            assert json.loads(e["metadata"])["client_ip"] == f"ip-{name}"
+    assert json.loads(by_user["svc"][0]["metadata"])["client_ip"] == "10.0.0.1"
+    assert by_user["svc"][0]["reason"] is None
+    changes = [e for e in evs if e["operation"] == "ACTOR_CHANGE"]
+    assert {(_details(e)["actor"], _details(e)["vouched_by"]) for e in changes} == {
+        ("bob", "svc"), ("carol", "svc"), ("bob-delegate", "bob"),
+        ("carol-delegate", "carol")}
+    assert heliosdb.audit.verify(p).ok
+
+
+def test_set_user_and_application_events_with_an_error(tmp_path):
+    p = str(tmp_path / "u.db")
+    conn = heliosdb.connect(p, config="default", audit_user="pool")
+    conn.audit.set_user("dave")
+    conn.audit.log("LOGIN", success=False, error="Invalid credentials")
+    conn.close()
+    evs = _events(p)
+    change = [e for e in evs if e["operation"] == "ACTOR_CHANGE"][0]
+    assert change["user"] == "pool" and _details(change)["actor"] == "dave"
+    failed = [e for e in evs if e["operation"] == "LOGIN" and not e["success"]][0]
+    assert failed["user"] == "dave" and failed["error"] == "Invalid credentials"
+
+
+# --- issue 16 item 4: reasons are enforced -----------------------------------------------------
+
+def test_require_reason_refuses_and_records_changes_without_one(tmp_path):
+    p = str(tmp_path / "fda.db")
+    conn = heliosdb.connect(p, config="fda-part11", audit_user="qa")
+    assert conn.config.audit.require_reason
+    with pytest.raises(heliosdb.ReasonRequiredError):
+        conn.execute("CREATE TABLE batch(id INTEGER PRIMARY KEY, v)")
+    conn.audit.set_context(reason="create the batch record table")
+    conn.execute("CREATE TABLE batch(id INTEGER PRIMARY KEY, v)")
+    conn.execute("INSERT INTO batch(v) VALUES (1)")  # prepared (and cached) with a reason
+    conn.commit()
+    conn.audit.set_context(reason=None)
+    for sql in ("INSERT INTO batch(v) VALUES (1)", "UPDATE batch SET v = 2",
+                "WITH x AS (SELECT 1) DELETE FROM batch", "DROP TABLE batch"):
+        with pytest.raises(heliosdb.ReasonRequiredError, match="reason"):
+            conn.execute(sql)
+    conn.execute("SELECT * FROM batch").fetchall()  # reads need no reason
+    with conn.audit.acting_as("reviewer", reason="correct entry 1"):
+        conn.execute("UPDATE batch SET v = 3 WHERE id = 1")
+    conn.commit()
+    assert conn.execute("SELECT v FROM batch").fetchall() == [(3,)]
+    conn.close()
+    evs = _events(p)
+    denied = [e for e in evs if not e["success"] and "reason is required" in (e["error"] or "")]
+    assert len(denied) == 5
+    assert all(e["reason"] for e in evs if e["success"]
+               and e["operation"] in ("CREATE_TABLE", "INSERT", "UPDATE", "DELETE"))
+
+
+def test_report_flags_changes_without_reason(tmp_path):
+    p = str(tmp_path / "fda2.db")
+    conn = heliosdb.connect(p, config="default")  # written before the policy asked for reasons
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.audit.change_policy("fda-part11", reason="now under Part 11")
+    found = [f for f in conn.audit.suspicious() if f.kind == "change_without_reason"]
+    assert found and found[0].severity == "high" and found[0].details["count"] == 2
+    data = conn.audit.report(str(tmp_path / "r.html"), preset="fda-part11")
+    assert any(f["kind"] == "change_without_reason" for f in data["findings"])
+    conn.close()

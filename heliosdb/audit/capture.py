@@ -114,6 +114,12 @@ _WRITE_OR_SHADOW = frozenset((
 _WRITES = frozenset((apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
                      apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE,
                      apsw.SQLITE_DROP_VTABLE))
+# Authorizer actions that change data or schema: what require_reason asks a reason for.
+_CHANGES = frozenset((apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE)) \
+    | frozenset(_DDL_ACTIONS)
+_REASON_REQUIRED = ("a reason is required for every change under this audit policy "
+                    "(require_reason): set one with conn.audit.set_context(reason=...) or "
+                    "conn.audit.acting_as(user, reason=...)")
 # dbconfig-like pragmas that would let SQL rewrite the schema, the log with it.
 _UNSAFE_PRAGMAS = frozenset(("writable_schema",))
 
@@ -340,6 +346,14 @@ class _Drained:
         return getattr(self._real, name)
 
 
+class _ActorFrames(threading.local):
+    """Per-thread stack of ``acting_as`` frames; ``top`` is the one in force (or None)."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple] = []
+        self.top: Optional[tuple] = None
+
+
 def _locked(method: Any) -> Any:
     """Run a session method under the session's lock (see ``AuditSession._lock``)."""
     import functools
@@ -373,6 +387,8 @@ class AuditSession(AuditAPI):
             default_user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
         self.user = user if user is not None else default_user
         self._context: dict[str, Any] = dict(context or {})
+        # acting_as(): per thread, the (user, reason, context overrides) in force.
+        self._tls = _ActorFrames()
         self._md_parts: Optional[tuple] = None
         self._class_cache: dict[str, _Classification] = {}
         self._wanted_ops: dict[str, bool] = {}
@@ -688,6 +704,10 @@ class AuditSession(AuditAPI):
             reason = None
         if reason is None:
             reason = deny_reason(code, a1, a2, self._protected)
+        if reason is None and self._cfg.require_reason and code in _CHANGES \
+                and not (isinstance(a1, str) and a1.lower().startswith("sqlite_")) \
+                and not self._reason_in_force():
+            reason = _REASON_REQUIRED
         if reason is not None:
             self._denied = reason
             if self._vacuuming:
@@ -718,6 +738,13 @@ class AuditSession(AuditAPI):
 
         self._foreign = [(f.type, f.name, f.table) for f in find_foreign_schema(
             self._db, sorted(self._protected - {store.META_TABLE.lower()}))]
+
+    def _reason_in_force(self) -> bool:
+        """A reason for the change: this thread's acting_as() frame, else the context."""
+        top = self._tls.top
+        if top is not None and top[1]:
+            return True
+        return bool(self._context.get("reason"))
 
     def _foreign_refusal(self, code: int, a1: Any) -> Optional[str]:
         names = {f[1].lower(): f for f in self._foreign}
@@ -804,7 +831,10 @@ class AuditSession(AuditAPI):
             low = sql.lower()
             wrap = _needs_wrap(sql)
             words = _first_words(sql)
-            can_cache = not any(p in low for p in self._protected)
+            # With require_reason, every statement is authorized when it runs: a statement
+            # cached while a reason was in force must not run without one.
+            can_cache = not any(p in low for p in self._protected) \
+                and not self._cfg.require_reason
             info = (wrap, can_cache, wrap and "returning" in low,
                     bool(words) and words[0] == "VACUUM",
                     not can_cache or _keyword_op(sql) in ("COMMIT", "RELEASE", "ROLLBACK_TO",
@@ -846,9 +876,10 @@ class AuditSession(AuditAPI):
         # PRAGMA, ATTACH, DETACH, ANALYZE, VACUUM ...: administrative, logged with DDL.
         return cfg.log_ddl
 
-    def _metadata(self, elapsed_ns: Optional[int]) -> dict:
+    def _metadata(self, elapsed_ns: Optional[int], ctx: Optional[dict] = None) -> dict:
         cm = self._cfg.capture_metadata
-        ctx = self._context
+        if ctx is None:
+            ctx = self._context
         md: dict[str, Any] = {}
         if cm.client_ip and "client_ip" in ctx:
             md["client_ip"] = ctx["client_ip"]
@@ -893,6 +924,9 @@ class AuditSession(AuditAPI):
         maxlen = self._cfg.max_query_length
         if query is not None and maxlen and len(query) > maxlen:
             query = query[:maxlen]
+        if self._tls.top is not None:  # inside acting_as(): the general path
+            return self._event(operation, target=target, query=query,
+                               affected_rows=affected_rows, elapsed_ns=elapsed_ns)
         whole, prefix, suffix = self._md_parts or self._metadata_parts()
         if not self._cfg.capture_metadata.execution_time:
             md = whole
@@ -912,9 +946,19 @@ class AuditSession(AuditAPI):
         maxlen = self._cfg.max_query_length
         if query is not None and maxlen and len(query) > maxlen:
             query = query[:maxlen]
-        if details:
-            md: Any = self._metadata(elapsed_ns)
-            md["details"] = details
+        top = self._tls.top
+        user = self.user
+        ctx = None
+        if top is not None:  # acting_as(): this thread's actor, reason and context
+            user, frame_reason, overrides = top
+            if reason is None:
+                reason = frame_reason
+            if overrides:
+                ctx = {**self._context, **overrides}
+        if details or ctx is not None:
+            md: Any = self._metadata(elapsed_ns, ctx)
+            if details:
+                md["details"] = details
         else:
             whole, prefix, suffix = self._md_parts or self._metadata_parts()
             if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
@@ -924,7 +968,7 @@ class AuditSession(AuditAPI):
             else:
                 md = self._metadata(elapsed_ns)
         return EventFields(
-            operation=operation, target=target, user=self.user, session_id=self.session_id,
+            operation=operation, target=target, user=user, session_id=self.session_id,
             query=query, affected_rows=affected_rows, success=1 if success else 0,
             error=error, metadata=md or None, old_values=old_values, new_values=new_values,
             reason=reason if reason is not None else self._context.get("reason"))
@@ -1248,7 +1292,12 @@ class AuditSession(AuditAPI):
         from ..errors import DatabaseError
 
         if isinstance(exc, apsw.AuthError) and self._denied:
-            err = DatabaseError(f"not authorized: {self._denied}")
+            if self._denied is _REASON_REQUIRED:
+                from ..errors import ReasonRequiredError
+
+                err = ReasonRequiredError(f"not authorized: {self._denied}")
+            else:
+                err = DatabaseError(f"not authorized: {self._denied}")
             err.sqlite_errorcode = apsw.SQLITE_AUTH
             err.sqlite_errorname = "SQLITE_AUTH"
             raise err from exc
@@ -1683,17 +1732,69 @@ class AuditSession(AuditAPI):
         self._context.update(context)
         self._md_parts = None
 
+    def set_user(self, user: str, *, reason: Optional[str] = None) -> None:
+        """Make ``user`` the actor of this connection's events from now on (a pooled
+        connection handed to another user). Recorded as ACTOR_CHANGE, vouched for by the
+        previous actor."""
+        if not isinstance(user, str) or not user:
+            raise ProgrammingError("set_user() needs a non-empty user name")
+        previous = self.user
+        self._record_actor_change(user, reason, {}, vouched_by=previous)
+        self.user = user
+
+    def acting_as(self, user: str, *, reason: Optional[str] = None,
+                  client_ip: Optional[str] = None,
+                  application_name: Optional[str] = None) -> Any:
+        """``with conn.audit.acting_as("bob", reason="ticket 42"):`` the events of this
+        thread inside the block carry ``bob`` as ``user`` (and the reason, client IP and
+        application name given). Nests; other threads keep their own actor. Entering is
+        recorded as ACTOR_CHANGE by the actor in force (who vouches for it)."""
+        import contextlib
+
+        if not isinstance(user, str) or not user:
+            raise ProgrammingError("acting_as() needs a non-empty user name")
+        overrides = {k: v for k, v in (("client_ip", client_ip),
+                                       ("application_name", application_name)) if v is not None}
+
+        @contextlib.contextmanager
+        def frame() -> Any:
+            tls = self._tls
+            outer = tls.top
+            vouched_by = outer[0] if outer is not None else self.user
+            # A nested frame keeps what the outer one set and it does not override.
+            why = reason if reason is not None or outer is None else outer[1]
+            ctx = {**outer[2], **overrides} if outer is not None else overrides
+            self._record_actor_change(user, why, overrides, vouched_by=vouched_by)
+            tls.stack.append((user, why, ctx))
+            tls.top = tls.stack[-1]
+            try:
+                yield self
+            finally:
+                tls.stack.pop()
+                tls.top = tls.stack[-1] if tls.stack else None
+
+        return frame()
+
+    def _record_actor_change(self, user: str, reason: Optional[str], overrides: dict, *,
+                             vouched_by: str) -> None:
+        details: dict[str, Any] = {"actor": user, "vouched_by": vouched_by}
+        details.update(overrides)
+        self.log("ACTOR_CHANGE", target=None, details=details, reason=reason)
+
     @_locked
     def log(self, operation: str, *, target: Optional[str] = None,
             details: Optional[dict] = None, success: bool = True,
-            reason: Optional[str] = None) -> None:
-        """Append an application event (LOGIN, GRANT, DATA_SUBJECT_REQUEST, custom ...)."""
+            reason: Optional[str] = None, error: Optional[str] = None) -> None:
+        """Append an application event (LOGIN, GRANT, DATA_SUBJECT_REQUEST, custom ...);
+        ``error`` says why a failed one failed (``success=False``)."""
         if not isinstance(operation, str) or not operation:
             raise ValueError("operation must be a non-empty string")
         if self.readonly:
             self._refuse_readonly(f"application events ({operation})")
+        if error is not None and not isinstance(error, str):
+            raise ProgrammingError("error must be a string")
         ev = self._event(operation.upper(), target=target, query=None, success=success,
-                         details=details, reason=reason)
+                         details=details, reason=reason, error=error)
         if self._db.get_autocommit():
             self._write_now([ev])
         else:

@@ -40,7 +40,7 @@ from .query import AuditQuery, to_us
 __all__ = ["Finding", "timeline", "suspicious", "has_where", "KINDS"]
 
 KINDS = ("mass_delete", "unbounded_write", "drop_table", "audit_tamper", "failure_burst",
-         "denied_burst", "after_hours", "sensitive_read")
+         "denied_burst", "after_hours", "sensitive_read", "change_without_reason")
 _SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 _MAX_IDS = 10_000  # a finding lists at most this many ids (and says how many in all)
 
@@ -295,7 +295,12 @@ def suspicious(audit: Any, *, since: Any = None, until: Any = None,
 
     q = session.query().between(lo, hi)
     cols = ("id", "ts_us", "user", "operation", "target", "query", "affected_rows",
-            "success", "error", "metadata")
+            "success", "error", "metadata", "reason")
+    # 21 CFR 11.10(e): under require_reason, a change (DDL, DML) must carry its reason.
+    from ..config import category_of
+
+    no_reason: dict[Any, list] = {}
+    check_reason = cfg.require_reason and "change_without_reason" in want
     sql, args = q.sql()
     sql = sql.replace(sql[len("SELECT "):sql.index(" FROM ")],
                       ", ".join(f'"{c}"' for c in cols), 1)
@@ -304,11 +309,13 @@ def suspicious(audit: Any, *, since: Any = None, until: Any = None,
         from ..config import _zone
         zone = _zone(ah.timezone)
     for row in q._run(sql, args):
-        eid, ts, user, op, target, text, rows, ok, err, md = row
+        eid, ts, user, op, target, text, rows, ok, err, md, why = row
         if user in excluded:
             continue
         tl = [t.lower() for t in _targets(target)]
         if ok == 1:
+            if check_reason and not why and category_of(op) in ("DDL", "DML"):
+                no_reason.setdefault(user, []).append((eid, ts))
             if op == "DELETE" and "mass_delete" in want and isinstance(rows, int):
                 if rows >= mass_delete_threshold:
                     findings.append(Finding(
@@ -370,6 +377,12 @@ def suspicious(audit: Any, *, since: Any = None, until: Any = None,
                 f"{', weekends' if ah.weekends else ''})", _ids(ids), user=user,
                 first_ts_us=evs[0][1], last_ts_us=evs[-1][1],
                 details={"count": len(ids), "local_date": day, "timezone": ah.timezone}))
+    for user, evs in no_reason.items():
+        ids = [i for i, _t in evs]
+        findings.append(Finding(
+            "change_without_reason", "high", f"{len(ids)} change(s) by {user} without a "
+            "reason, which this audit policy requires (require_reason)", _ids(ids), user=user,
+            first_ts_us=evs[0][1], last_ts_us=evs[-1][1], details={"count": len(ids)}))
     for (user, t), evs in reads.items():
         ids = [i for i, _t in evs]
         findings.append(Finding(
