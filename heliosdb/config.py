@@ -255,6 +255,9 @@ class AuditConfig:
     max_query_length: int = 10000
     capture_row_values: bool = False
     require_reason: bool = False
+    capture_parameters: bool = False
+    redact_tables: tuple[str, ...] = ()
+    redact_columns: tuple[str, ...] = ()
     table_name: str = "__audit_log"
     sensitive_tables: tuple[str, ...] = ()
     after_hours: AfterHours = field(default_factory=AfterHours)
@@ -268,6 +271,8 @@ class AuditConfig:
                                FrozenMap({k.upper(): v for k, v in
                                           self.retention_overrides.items()}))
         object.__setattr__(self, "sensitive_tables", tuple(self.sensitive_tables))
+        object.__setattr__(self, "redact_tables", tuple(self.redact_tables))
+        object.__setattr__(self, "redact_columns", tuple(self.redact_columns))
 
     @property
     def active_days(self) -> int:
@@ -757,6 +762,15 @@ _AUDIT_KEYS = (
          "Record old and new row values of UPDATE and DELETE (preupdate hook)."),
     _Key("require_reason", "boolean", _bool,
          "Changes need a reason for change in the session context (21 CFR Part 11)."),
+    _Key("capture_parameters", "boolean", _bool,
+         "Record the values bound to each statement in `metadata.params` (covered by the "
+         "chain), redacted as `redact_tables` and `redact_columns` say."),
+    _Key("redact_tables", "array of strings", _str_list("table names"),
+         "Statements on these tables (`\"*\"`: every table) record a keyed hash "
+         "(`hmac:...`, `conn.audit.keyed_hash(value)`) instead of each bound value."),
+    _Key("redact_columns", "array of strings", _str_list("column names"),
+         "Values bound to these columns (or that cannot be told apart from them) record "
+         "a keyed hash instead of the value."),
     _Key("table_name", "string", _identifier,
          "Name of the audit table: a plain identifier, not an SQL keyword, not `sqlite_*`."),
     _Key("sensitive_tables", "array of strings", _str_list("table names"),

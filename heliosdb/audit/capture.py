@@ -35,6 +35,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -346,6 +347,107 @@ class _Drained:
         return getattr(self._real, name)
 
 
+def _collect(params_iter: Iterable[Any], into: list) -> Iterable[Any]:
+    """Pass ``params_iter`` through, keeping each parameter set (capture_parameters)."""
+    for p in params_iter:
+        into.append(p)
+        yield p
+
+
+_TOKEN = re.compile(r"""
+    (?P<skip>'(?:[^']|'')*'|--[^\n]*|/\*.*?(?:\*/|$))
+  | (?P<ident>"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|[A-Za-z_][A-Za-z0-9_$]*)
+  | (?P<param>\?\d*|[:@$][A-Za-z0-9_]+)
+  | (?P<op>==|!=|<>|<=|>=|[=<>(),.;])
+  | (?P<other>\S)
+""", re.S | re.X)
+_COMPARE = {"=", "==", "!=", "<>", "<", ">", "<=", ">=", "like", "glob", "is", "match",
+            "regexp"}
+
+
+def parameter_columns(sql: str) -> dict:
+    """Which column each bound parameter goes to, where the SQL says so plainly:
+    ``col <op> ?``, ``col IN (?, ...)`` and ``INSERT INTO t (a, b) VALUES (?, ?)``. Keys
+    are positions (0-based, in order of appearance; ``?NNN`` by its number - 1) and, for
+    named parameters, ``:name``; a parameter not in the dict could not be attributed."""
+    toks: list[tuple[str, str]] = []
+    for m in _TOKEN.finditer(sql):
+        kind = m.lastgroup
+        if kind == "skip" or kind is None:
+            continue
+        text = m.group(kind)
+        if kind == "ident":
+            if text[0] in "\"[`":
+                text = text[1:-1]
+            toks.append(("ident", text))
+        elif kind == "op":
+            toks.append(("op", text))
+        else:
+            toks.append((kind, text))
+    out: dict = {}
+    pos = 0
+    insert_cols: list[str] = []
+    values_at = -1
+    for i, (kind, text) in enumerate(toks):
+        if kind == "ident" and text.lower() == "values" and i > 0 and toks[i - 1] == ("op", ")"):
+            # INSERT INTO t (a, b) VALUES (...): the column list just before
+            j = i - 2
+            names: list[str] = []
+            while j >= 0 and toks[j] != ("op", "("):
+                if toks[j][0] == "ident":
+                    names.append(toks[j][1])
+                j -= 1
+            insert_cols = list(reversed(names))
+            values_at = i
+        if kind != "param":
+            continue
+        key: Any
+        if text.startswith("?"):
+            key = int(text[1:]) - 1 if len(text) > 1 else pos
+        else:
+            key = ":" + text[1:]
+        pos = (key + 1) if isinstance(key, int) else pos + 1
+        col = None
+        prev = toks[i - 1] if i else ("", "")
+        if prev[0] in ("op", "ident") and prev[1].lower() in _COMPARE and i >= 2 \
+                and toks[i - 2][0] == "ident":
+            col = toks[i - 2][1]
+        elif values_at >= 0 and insert_cols:
+            # position inside the first VALUES tuple
+            depth, n = 0, 0
+            for k in range(values_at + 1, i):
+                t = toks[k]
+                if t == ("op", "("):
+                    depth += 1
+                elif t == ("op", ")"):
+                    depth -= 1
+                elif t == ("op", ",") and depth == 1:
+                    n += 1
+            if n < len(insert_cols) and depth == 1:
+                col = insert_cols[n]
+        else:
+            # col IN (?, ?, ...)
+            depth, k = 0, i - 1
+            while k >= 0:
+                t = toks[k]
+                if t == ("op", ")"):
+                    depth += 1
+                elif t == ("op", "("):
+                    if depth == 0:
+                        if k >= 2 and toks[k - 1][0] == "ident" \
+                                and toks[k - 1][1].lower() == "in" and toks[k - 2][0] == "ident":
+                            col = toks[k - 2][1]
+                        break
+                    depth -= 1
+                elif t[0] == "ident" and t[1].lower() in ("select", "where", "set", "and",
+                                                          "or", "from"):
+                    break
+                k -= 1
+        if col is not None:
+            out[key] = col
+    return out
+
+
 class _ActorFrames(threading.local):
     """Per-thread stack of ``acting_as`` frames; ``top`` is the one in force (or None)."""
 
@@ -389,6 +491,8 @@ class AuditSession(AuditAPI):
         self._context: dict[str, Any] = dict(context or {})
         # acting_as(): per thread, the (user, reason, context overrides) in force.
         self._tls = _ActorFrames()
+        self._capture_params = bool(self._cfg.capture_parameters)
+        self._redaction_key: Optional[bytes] = None
         self._md_parts: Optional[tuple] = None
         self._class_cache: dict[str, _Classification] = {}
         self._wanted_ops: dict[str, bool] = {}
@@ -626,6 +730,79 @@ class AuditSession(AuditAPI):
                                      "checksum": bytes(new_head.last_checksum).hex()}}
         self._write_now([self._event("RESTORE", target=self.table, query=None,
                                      details=details)])
+
+    # -- bound parameters (capture_parameters) -----------------------------------------
+    def keyed_hash(self, value: Any) -> Optional[str]:
+        """The token a redacted value is recorded as: ``hmac:`` + 32 hex digits of
+        HMAC-SHA256 under this log's redaction key (random, kept in ``__audit_meta``, as
+        secret as the database). Equal values give equal tokens, so lookups by value work
+        (``conn.audit.keyed_hash("P12345")``) without the value being stored."""
+        import hashlib
+        import hmac
+
+        if value is None:
+            return None
+        key = self._redaction_key
+        if key is None:
+            key = self._redaction_key = self._load_redaction_key()
+        if isinstance(value, bool):
+            data = b"i:" + str(int(value)).encode()
+        elif isinstance(value, int):
+            data = b"i:" + str(value).encode()
+        elif isinstance(value, float):
+            data = b"f:" + repr(value).encode()
+        elif isinstance(value, str):
+            data = b"s:" + value.encode("utf-8", "surrogatepass")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = b"b:" + bytes(value)
+        else:
+            data = b"r:" + repr(value).encode()
+        return "hmac:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
+
+    def _load_redaction_key(self) -> bytes:
+        with self._internal():
+            stored = store.get_meta(self._db, self.table, "redaction_key")
+            if not isinstance(stored, str) or len(stored) != 64:
+                if self.readonly:
+                    self._refuse_readonly("redacted parameters")
+                stored = os.urandom(32).hex()
+                store.set_meta(self._db, self.table, "redaction_key", stored)
+        return bytes.fromhex(stored)
+
+    def _params_record(self, sql: str, params: Any, targets: Any) -> Any:
+        """The bound values as recorded: a list (positional) or a dict (named), each value
+        replaced by :meth:`keyed_hash` where ``redact_tables`` / ``redact_columns`` say."""
+        if params is None:
+            return None
+        cfg = self._cfg
+        tables = {t.lower() for t in cfg.redact_tables}
+        columns = {c.lower() for c in cfg.redact_columns}
+        every = "*" in tables or any(
+            t.split(".")[-1].lower() in tables for t in (targets or ()))
+        cols: Any = None
+        mentioned = False
+        if columns and not every:
+            cols = parameter_columns(sql)
+            low = sql.lower()
+            mentioned = any(re.search(r"(?<![a-z0-9_])" + re.escape(c) + r"(?![a-z0-9_])", low)
+                            for c in columns)
+
+        def shown(v: Any, col: Optional[str]) -> Any:
+            if v is None:
+                return None
+            redact = every or (bool(columns) and (
+                col.lower() in columns if col is not None else mentioned))
+            if redact:
+                return self.keyed_hash(v)
+            if isinstance(v, (bytes, bytearray, memoryview)):
+                return {"$base64": __import__("base64").b64encode(bytes(v)).decode()}
+            return v
+
+        if isinstance(params, dict):
+            return {k: shown(v, (cols or {}).get(":" + k) if cols else None)
+                    for k, v in params.items()}
+        seq = list(params)
+        return [shown(v, cols.get(i) if cols else None) for i, v in enumerate(seq)]
 
     def _store_policy(self, new: Any, extra: dict, table: str) -> None:
         """AUDIT_CONFIG_CHANGE for ``new`` in ``table``'s log, and ``new`` stored as its
@@ -942,7 +1119,8 @@ class AuditSession(AuditAPI):
                affected_rows: Optional[int] = None, success: bool = True,
                error: Optional[str] = None, elapsed_ns: Optional[int] = None,
                old_values: Any = None, new_values: Any = None,
-               details: Optional[dict] = None, reason: Optional[str] = None) -> EventFields:
+               details: Optional[dict] = None, reason: Optional[str] = None,
+               params: Any = None) -> EventFields:
         maxlen = self._cfg.max_query_length
         if query is not None and maxlen and len(query) > maxlen:
             query = query[:maxlen]
@@ -955,10 +1133,12 @@ class AuditSession(AuditAPI):
                 reason = frame_reason
             if overrides:
                 ctx = {**self._context, **overrides}
-        if details or ctx is not None:
+        if details or ctx is not None or params is not None:
             md: Any = self._metadata(elapsed_ns, ctx)
             if details:
                 md["details"] = details
+            if params is not None:
+                md["params"] = params
         else:
             whole, prefix, suffix = self._md_parts or self._metadata_parts()
             if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
@@ -1218,7 +1398,7 @@ class AuditSession(AuditAPI):
             explained = _explain_now(self._db, exc)
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
                                  unprepared_begin=just_begun and not self._prepared,
-                                 query=query)
+                                 query=query, params=params)
             if explained is not None:
                 raise explained from exc
             self._raise(exc, sql)
@@ -1264,12 +1444,14 @@ class AuditSession(AuditAPI):
                 affected = db.changes() if db.total_changes() != before else 0
             else:
                 affected = None
-            if self._row_values:
+            if self._row_values or (self._capture_params and params):
                 old, new = self._take_row_values()
                 ev = self._event(op, target=c.target,
                                  query=sql if query is None else query,
                                  affected_rows=affected, elapsed_ns=elapsed,
-                                 old_values=old, new_values=new)
+                                 old_values=old, new_values=new,
+                                 params=self._params_record(sql, params, c.targets)
+                                 if self._capture_params else None)
             else:
                 ev = self._stmt_event(op, c.target, sql if query is None else query,
                                       affected, elapsed)
@@ -1379,7 +1561,7 @@ class AuditSession(AuditAPI):
 
     def _record_failure(self, sql: str, exc: BaseException, elapsed: int, *,
                         wrapped: bool, before: int, unprepared_begin: bool = False,
-                        query: Optional[str] = None) -> None:
+                        query: Optional[str] = None, params: Any = None) -> None:
         db = self._db
         denied = isinstance(exc, apsw.AuthError)
         try:
@@ -1398,7 +1580,9 @@ class AuditSession(AuditAPI):
                          affected_rows=partial, success=False, error=err_text,
                          elapsed_ns=elapsed, details=details,
                          old_values=old if partial else None,
-                         new_values=new if partial else None)
+                         new_values=new if partial else None,
+                         params=self._params_record(sql, params, c.targets)
+                         if self._capture_params and params else None)
         if self._rolled_back:
             # SQLite rolled the whole transaction back (ON CONFLICT ROLLBACK, RAISE(ROLLBACK),
             # disk full ...): the wrapper, or the user's transaction, is gone.
@@ -1470,6 +1654,10 @@ class AuditSession(AuditAPI):
 
     def _executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any]) -> int:
         db = self._db
+        collected: Optional[list] = None
+        if self._capture_params:
+            collected = []
+            params_iter = _collect(params_iter, collected)
         self._actions = []
         self._denied = None
         self._row_values = []
@@ -1501,7 +1689,9 @@ class AuditSession(AuditAPI):
             old, new = self._take_row_values()
             ev = self._event(c.operation, target=c.target, query=sql,
                              affected_rows=count, elapsed_ns=elapsed,
-                             old_values=old, new_values=new, details={"executemany": True})
+                             old_values=old, new_values=new, details={"executemany": True},
+                             params=[self._params_record(sql, p, c.targets)
+                                     for p in collected] if collected else None)
             self._record_change(ev, wrapped=wrap)
         elif wrap:
             self._commit_wrapper()

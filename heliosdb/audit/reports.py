@@ -149,6 +149,7 @@ def _walk_subject(audit: Any, m: _Matcher, user: Any, rowids: Any, tables: Any,
                       ", ".join(f'"{c}"' for c in cols), 1)
     out: list[dict] = []
     removed: list[dict] = []  # deletions / anonymisations of the subject's rows
+    param_tables: set[str] = set()
     for row in q._run(sql, args):
         eid, ts, u, op, target, text, ok, md, old, new, nrows = row
         targets = [t for t in (target or "").split(",") if t]
@@ -197,6 +198,14 @@ def _walk_subject(audit: Any, m: _Matcher, user: Any, rowids: Any, tables: Any,
             matches.append("query_text")
         if md and m and m.any_value(_md_values(md)):
             matches.append("metadata")
+            if first_t and m.any_value((_md_values(md) or {}).get("params")):
+                param_tables.add(first_t)  # a table the subject's values were bound to
+            if op == "DELETE" and ok == 1 and (nrows or 0) > 0 and not rows_hit \
+                    and m.any_value((_md_values(md) or {}).get("params")):
+                # No row values, but the DELETE was bound to the subject's identifier.
+                removed.append({"event_id": eid, "time": format_ts(ts), "user": u,
+                                "table": first_t, "rowid": None,
+                                "how": "deleted (bound parameters)", "rows": nrows})
         if not matches and include_reads and op == "SELECT" and ok == 1 and \
                 any(tracked.get(t.lower()) for t in targets):
             matches.append("possible_read")
@@ -206,7 +215,7 @@ def _walk_subject(audit: Any, m: _Matcher, user: Any, rowids: Any, tables: Any,
                         "query": text, "match": matches, "rows": rows_hit})
     state = {"tracked": {t: sorted(s) for t, s in tracked.items() if s},
              "ever": {t: sorted(s) for t, s in ever.items() if s}}
-    return out, state, {"removed": removed}
+    return out, state, {"removed": removed, "param_tables": param_tables}
 
 
 def _md_values(md: str) -> Any:
@@ -233,10 +242,16 @@ def _summary(events: list[dict]) -> dict:
             "last": events[-1]["time"] if events else None}
 
 
-def _check_subject(identifiers: Any, user: Any, rowids: Any) -> _Matcher:
+def _check_subject(identifiers: Any, user: Any, rowids: Any, audit: Any = None) -> _Matcher:
     m = _Matcher(identifiers)
     if not m and not user and not rowids:
         raise ProgrammingError("identify the data subject: identifiers=, user= or rowids=")
+    if audit is not None and getattr(audit._cfg, "capture_parameters", False):
+        # Redacted parameters are recorded as keyed hashes: look for those too.
+        for v in list(m.ints) + [i for i in (
+                [identifiers] if isinstance(identifiers, str) else identifiers or ())
+                if isinstance(i, str)]:
+            m.strs.add(audit.keyed_hash(v))
     return m
 
 
@@ -251,7 +266,7 @@ def access_report(audit: Any, identifiers: Any = (), *, user: Any = None, rowids
     a table holding the subject's rows at that time). The request itself is recorded as
     a DATA_SUBJECT_REQUEST event that names the subject by a hash only.
     """
-    m = _check_subject(identifiers, user, rowids)
+    m = _check_subject(identifiers, user, rowids, audit)
     events, state, _ = _walk_subject(audit, m, user, rowids, tables, since, include_reads)
     rep = SubjectReport("access", format_ts(time.time_ns() // 1000),
                         {"identifiers": sorted(m.strs), "user": user,
@@ -308,9 +323,9 @@ def erasure_report(audit: Any, identifiers: Any = (), *, user: Any = None,
     date each leaves the database under the retention config and the date its archive
     may be destroyed; a legal hold postpones both.
     """
-    m = _check_subject(identifiers, user, rowids)
+    m = _check_subject(identifiers, user, rowids, audit)
     events, state, extra = _walk_subject(audit, m, user, rowids, tables, None, False)
-    seen_tables = set(state["ever"]) | {t.lower() for t in (
+    seen_tables = set(state["ever"]) | extra["param_tables"] | {t.lower() for t in (
         [tables] if isinstance(tables, str) else (tables or ()))}
     remaining = _live_rows(audit, m, seen_tables, state["tracked"])
     cfg = audit._cfg
@@ -328,8 +343,22 @@ def erasure_report(audit: Any, identifiers: Any = (), *, user: Any = None,
         latest_archive = max(latest_archive or gone, gone)
         copies.append({"id": e["id"], "operation": e["operation"], "match": e["match"],
                        "leaves_database": format_ts(leave), "archive_until": format_ts(gone)})
+    # Never claim an erasure that nothing proves: with no removal found and no row left,
+    # the log cannot tell an erased subject from one it never saw.
+    if remaining:
+        erased: Optional[bool] = False
+        evidence = "remaining_rows"
+    elif extra["removed"]:
+        erased, evidence = True, "removals"
+    else:
+        erased, evidence = None, "none"
     erasure = {
-        "erased": not remaining, "removals": extra["removed"], "remaining_rows": remaining,
+        "erased": erased, "evidence": evidence,
+        "evidence_note": (
+            "no event shows this subject's data being stored or removed and no live row "
+            "holds it: nothing proves an erasure (capture_parameters or capture_row_values "
+            "record the values statements are bound to)") if evidence == "none" else None,
+        "removals": extra["removed"], "remaining_rows": remaining,
         "audit_copies": copies,
         "audit_copies_leave_database": format_ts(latest_db) if latest_db else None,
         "audit_copies_archive_until": format_ts(latest_archive) if latest_archive else None,
