@@ -19,7 +19,6 @@ import hmac
 import os
 import struct
 import threading
-import urllib.parse
 import warnings
 import weakref
 from typing import Any, Dict, Optional, Tuple
@@ -35,10 +34,12 @@ from . import _files
 from . import format as fmt
 from . import vfs as _vfs
 from .keys import KDF_PROFILES, Key, KeyLike, coerce_key, derive_kek, get_profile
+from .uri import SqliteTarget, UriError, parse_filename
 
 __all__ = [
     "Key", "KDF_PROFILES", "open_connection", "explain", "storage_info",
     "register_attach_key", "unregister_attach_key", "attach", "is_encrypted", "NONCE_LIMIT",
+    "resolve_target", "parse_filename", "SqliteTarget",
 ]
 
 #: NIST SP 800-38D: at most 2^32 GCM encryptions with random 96-bit nonces per key.
@@ -77,22 +78,11 @@ class EncryptedConnection(apsw.Connection):
 
 # --------------------------------------------------------------------------- helpers ---
 
-def _resolve_path(database: str, uri: bool) -> Tuple[Optional[str], bool]:
-    """(filesystem path or None for memory/temp databases, URI names a vfs)."""
-    if database in (":memory:", ""):
-        return None, False
-    if uri and database.startswith("file:"):
-        parts = urllib.parse.urlsplit(database)
-        query = urllib.parse.parse_qs(parts.query)
-        if query.get("mode", [""])[0] == "memory":
-            return None, "vfs" in query
-        path = urllib.parse.unquote(parts.path)
-        if parts.netloc not in ("", "localhost"):
-            path = urllib.parse.unquote(parts.netloc) + path
-        if path in ("", ":memory:"):
-            return None, "vfs" in query
-        return path, "vfs" in query
-    return database, False
+def resolve_target(database: str, flags: int) -> SqliteTarget:
+    """What SQLite opens for ``database`` under ``flags`` (:func:`.uri.parse_filename`:
+    the one URI parser, with SQLite's rules). Callers that rewrite a URI before opening it
+    must pass the rewritten one."""
+    return parse_filename(database, flags)
 
 
 def _file_state(path: str) -> str:
@@ -402,28 +392,36 @@ def _plain(database: str, flags: int, statementcachesize: int, **kw: Any) -> aps
 
 def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: Any,
           statementcachesize: int) -> apsw.Connection:
-    path, uri_vfs = _resolve_path(database, uri)
-    if path is None:
-        if key is not None and database == "":
-            # An on-disk temp database: the shim encrypts it with a throwaway key.
-            _vfs.ensure_loaded()
-            return _plain(database, flags, statementcachesize, vfs=_vfs.VFS_NAME)
-        return _plain(database, flags, statementcachesize)
+    if uri:
+        flags |= apsw.SQLITE_OPEN_URI  # what SQLite is given is what is parsed here
+    try:
+        target = resolve_target(database, flags)
+    except UriError:
+        if key is not None:
+            raise
+        return _plain(database, flags, statementcachesize)  # SQLite says what is wrong
+    path = target.path
     if key is None:
-        if _file_state(path) == "encrypted":
+        if path is not None and _file_state(path) == "encrypted":
             raise KeyRequiredError(
                 f"{path} is an encrypted HeliosDB database: pass the key, e.g. "
                 "heliosdb.connect(path, key=...) (a passphrase, 32 raw bytes or heliosdb.Key)")
         return _plain(database, flags, statementcachesize)
-    if uri_vfs:
-        raise ConfigError("an encrypted database cannot name its own vfs= in the URI",
-                          key="vfs")
+    if not target.is_uri and path is None:
+        if database == "":
+            # An on-disk temp database: the shim encrypts it with a throwaway key.
+            _vfs.ensure_loaded()
+            return _plain(database, flags, statementcachesize, vfs=_vfs.VFS_NAME)
+        return _plain(database, flags, statementcachesize)  # ":memory:": never on disk
+    # A key, and a URI or a filename: every byte must reach the encrypted file.
+    target.check_encryptable(path is not None and _file_state(path) == "encrypted")
+    assert path is not None
     if not native.available():
         raise EncryptionUnavailableError(
             f"cannot open encrypted database {path}: {native.unavailable_reason()}")
     _vfs.ensure_loaded()
     full, slot_index, new = _prepare_key_for_path(
-        path, key, create=bool(flags & apsw.SQLITE_OPEN_CREATE))
+        path, key, create=target.create)
     _vfs.clear_last_error()
     try:
         conn = EncryptedConnection(database, flags=flags, vfs=_vfs.VFS_NAME,
