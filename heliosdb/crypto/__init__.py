@@ -27,7 +27,7 @@ import apsw
 
 from .. import native
 from ..errors import (
-    ConfigError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
+    ConfigError, CorruptHeaderError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
     KeyRequiredError, NotEncryptedError, OperationalError, WrongKeyError, translate,
 )
 from . import _files
@@ -45,6 +45,10 @@ __all__ = [
 #: NIST SP 800-38D: at most 2^32 GCM encryptions with random 96-bit nonces per key.
 NONCE_LIMIT = 2 ** 32
 DEFAULT_NONCE_WARNING_FRACTION = 0.5
+#: The header's encryption counter (offset 56) is rewritten at every sync and so is not
+#: authenticated. No database makes 2^48 page encryptions (nine years at a million per
+#: second): a larger value is a damaged or edited counter, reported as such.
+COUNTER_PLAUSIBLE_MAX = 2 ** 48
 ALGORITHM = "aes-256-gcm"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -105,9 +109,9 @@ def _read_header(path: str) -> fmt.Header:
         raw = _files.read_at(path, fmt.HEADER_SIZE)
         try:
             return fmt.read_header(raw)
-        except ValueError as exc:
+        except fmt.HeaderFieldError as exc:
             if attempt == 2:
-                raise EncryptionError(f"{path}: damaged HeliosDB header: {exc}") from None
+                raise fmt.corrupt(path, exc) from None
             threading.Event().wait(0.01)
     raise AssertionError("unreachable")
 
@@ -195,7 +199,13 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
     """(DEK, slot index) for ``key``; WrongKeyError when no slot opens."""
     want = fmt.SLOT_PASSPHRASE if key.kind == "passphrase" else fmt.SLOT_RAW
     tried = 0
+    damaged: Optional[CorruptHeaderError] = None
     for i, slot in enumerate(header.slots):
+        try:
+            fmt.check_slot(header, i, path)  # before any key derivation
+        except CorruptHeaderError as exc:
+            damaged = damaged or exc
+            continue
         if slot.kind != want:
             continue
         tried += 1
@@ -203,10 +213,15 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
                          slot.parallelism)
         try:
             dek = header.unwrap(i, bytes(kek))
+        except fmt.HeaderFieldError as exc:
+            raise fmt.corrupt(path, exc) from None
         finally:
             kek[:] = bytes(len(kek))
         if dek is not None:
             return dek, i
+    if damaged is not None:
+        # The damaged slot may have been the one for this key: say so, not "wrong key".
+        raise damaged
     if not tried:
         other = "a raw key" if want == fmt.SLOT_PASSPHRASE else "a passphrase"
         raise WrongKeyError(f"{path}: wrong key: this database has no "
@@ -458,9 +473,22 @@ def _nonce_check(conn: apsw.Connection) -> None:
         return
     used = _encryptions(info)
     if used > info.warn_fraction * NONCE_LIMIT:
-        warnings.warn(f"{info.path}: {used} pages were encrypted under the current data key, "
-                      f"{used / NONCE_LIMIT:.0%} of the 2^32 NIST SP 800-38D bound for random "
-                      "nonces: rotate the data key", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{info.path}: {nonce_budget_text(used)}: rotate the data key",
+                      RuntimeWarning, stacklevel=3)
+
+
+def nonce_budget_text(used: int) -> str:
+    """The nonce budget in words; never a percentage past 100 or of a damaged counter."""
+    if used > COUNTER_PLAUSIBLE_MAX:
+        return (f"the header's encryption counter reads {used}, more than any database "
+                f"makes (the bound of plausible counts is 2^48): the counter is damaged "
+                "or was edited, so the encryptions under the current data key are unknown")
+    if used >= NONCE_LIMIT:
+        return (f"{used} pages were encrypted under the current data key, past the 2^32 "
+                "NIST SP 800-38D bound for random nonces")
+    return (f"{used} pages were encrypted under the current data key, "
+            f"{min(used / NONCE_LIMIT, 0.99):.0%} of the 2^32 NIST SP 800-38D bound for "
+            "random nonces")
 
 
 def _encryptions(info: _Info) -> int:
@@ -564,6 +592,7 @@ def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
         "key_slots": slots,
         "encryptions_under_current_key": used,
         "nonce_warning": used > info.warn_fraction * NONCE_LIMIT,
+        "nonce_counter_damaged": used > COUNTER_PLAUSIBLE_MAX,
         "nonce_warning_fraction": info.warn_fraction,
         "header_size": header.header_size,
         "file_id": header.file_id.hex(),

@@ -113,8 +113,8 @@ def _read_header_fd(path: str, fd: int) -> fmt.Header:
         raise NotEncryptedError(f"{path} is not an encrypted HeliosDB database")
     try:
         return fmt.read_header(raw)
-    except ValueError as exc:
-        raise EncryptionError(f"{path}: damaged HeliosDB header: {exc}") from None
+    except fmt.HeaderFieldError as exc:
+        raise fmt.corrupt(path, exc) from None
 
 
 def _key(key: KeyLike, what: str = "key", profile: Optional[str] = None) -> Key:
