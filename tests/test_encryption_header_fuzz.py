@@ -210,6 +210,7 @@ def test_fuzz_header_fields_and_slots(bases):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)
 def test_fuzz_every_header_byte_every_pattern(bases):
     """Every byte, ten patterns. Version 2 files: no case grows the RSS by SPIKE_MIB
     (a damaged slot fails its digest before Argon2 runs). Saved version 1 files have no
