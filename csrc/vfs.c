@@ -89,7 +89,11 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT1
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,9 +173,17 @@ struct KeyEntry {
   long long pending;   /* encryptions not yet added to the header counter */
   int pgsz;            /* last page size seen on page 1 */
   long long hdrPages;  /* database size in pages from the last page 1 seen */
+  /* Version 2: the WAL index in POSIX shared memory, shared by the main files of this
+  ** process (guarded by g_shm_mu). */
+  int shmRef;          /* main files of this process that mapped it */
+  int shmFd;
+  char shmName[64];
+  int nRegion, szRegion;
+  void **apRegion;
 };
 static KeyEntry *g_keys = 0;
 static pthread_mutex_t g_keys_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_shm_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static KeyEntry *find_entry(const char *zPath) {
   for (KeyEntry *e = g_keys; e; e = e->next)
@@ -214,6 +226,7 @@ int heliosdb_key_register(const char *zPath, const unsigned char *dek,
     }
     memcpy(e->dek, dek, 32);
     memcpy(e->fid, file_id, 16);
+    e->shmFd = -1;
     e->next = g_keys;
     g_keys = e;
   }
@@ -366,6 +379,7 @@ struct HFile {
   int have4;
   unsigned char ctrPrefix[8]; /* temp: random IV prefix */
   int sealCk;                 /* main: header version >= 2, checksums are sealed */
+  int shmOn;                  /* main (sealCk): this handle uses its entry's WAL index */
   EVP_CIPHER_CTX *ck;         /* journal/WAL (sealCk): AES-256-ECB under the seal key */
   sqlite3_int64 jPageEnd;     /* journal: end of the page image just read or written */
   unsigned char jNonce[HDB_NONCE]; /* journal: that page image's GCM nonce */
@@ -904,8 +918,15 @@ static int temp_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst)
 }
 
 /* -- io methods --------------------------------------------------------------------- */
+static void shm_detach_locked(HFile *p, int deleteFlag);
+
 static int hClose(sqlite3_file *pFile) {
   HFile *p = (HFile *)pFile;
+  if (p->kind == K_MAIN && p->shmOn) {
+    pthread_mutex_lock(&g_shm_mu);
+    shm_detach_locked(p, 0);
+    pthread_mutex_unlock(&g_shm_mu);
+  }
   int rc = REAL(p)->pMethods ? REAL(p)->pMethods->xClose(REAL(p)) : SQLITE_OK;
   if (p->enc) EVP_CIPHER_CTX_free(p->enc);
   if (p->dec) EVP_CIPHER_CTX_free(p->dec);
@@ -1025,16 +1046,128 @@ static int hDeviceCharacteristics(sqlite3_file *f) {
   /* Batch-atomic writes would route page writes around this shim's assumptions. */
   return d & ~SQLITE_IOCAP_BATCH_ATOMIC;
 }
-static int hShmMap(sqlite3_file *f, int i, int sz, int e, void volatile **pp) {
+/* -- the WAL index (-shm) ---------------------------------------------------------------
+** SQLite writes the WAL index straight into shared memory, so the shim cannot seal what
+** it holds; among it the cumulative checksum of the last committed frame, a function of
+** the plaintext. Version 1 leaves it in SQLite's <db>-shm file. Version 2 keeps it off
+** the disk: the regions live in a POSIX shared-memory object (tmpfs, RAM) named
+**   "/heliosdb-" || hex(HMAC-SHA256(DEK, "HeliosDB shm name v2" || file id)[0..15])
+** (mode 0600), which every process with the key finds and no one without it can name
+** from the database alone. SQLite's locks stay where they are: the unix VFS's -shm
+** file is opened for its lock bytes (its contents stay zero). As the unix VFS does with
+** its DMS lock, the first process to open the object (an exclusive fcntl lock on its
+** byte 0 succeeds) empties it, then every user holds a shared lock on that byte until
+** its last connection unmaps; the last clean close (deleteFlag) unlinks it. */
+static void shm_detach_locked(HFile *p, int deleteFlag) {
+  KeyEntry *e = p->entry;
+  if (!p->shmOn || !e) return;
+  p->shmOn = 0;
+  if (--e->shmRef > 0) return;
+  for (int i = 0; i < e->nRegion; i++)
+    if (e->apRegion[i]) munmap(e->apRegion[i], (size_t)e->szRegion);
+  free(e->apRegion);
+  e->apRegion = 0;
+  e->nRegion = 0;
+  if (deleteFlag) shm_unlink(e->shmName);
+  if (e->shmFd >= 0) close(e->shmFd); /* releases the shared lock */
+  e->shmFd = -1;
+}
+
+static int shm_attach_locked(HFile *p, int szRegion) {
+  KeyEntry *e = p->entry;
+  if (p->shmOn) return SQLITE_OK;
+  /* The unix VFS's node for SQLite's shm locks (its mapped region stays zero). */
+  void volatile *unused = 0;
+  int rc = REAL(p)->pMethods->xShmMap(REAL(p), 0, szRegion, 1, &unused);
+  if (rc != SQLITE_OK) return rc;
+  if (e->shmRef == 0) {
+    unsigned char msg[64], mac[32];
+    unsigned int mlen = 0;
+    static const char label[] = "HeliosDB shm name v2";
+    memcpy(msg, label, sizeof label - 1);
+    memcpy(msg + sizeof label - 1, p->fid, 16);
+    if (!HMAC(EVP_sha256(), e->dek, 32, msg, sizeof label - 1 + 16, mac, &mlen)) return SQLITE_IOERR_SHMOPEN;
+    char *z = e->shmName;
+    z += sprintf(z, "/heliosdb-");
+    for (int i = 0; i < 16; i++) z += sprintf(z, "%02x", mac[i]);
+    int fd = shm_open(e->shmName, O_RDWR | O_CREAT, 0600);
+    if (fd < 0) return SQLITE_IOERR_SHMOPEN;
+    struct flock l;
+    memset(&l, 0, sizeof l);
+    l.l_type = F_WRLCK;
+    l.l_whence = SEEK_SET;
+    l.l_start = 0;
+    l.l_len = 1;
+    if (fcntl(fd, F_SETLK, &l) == 0) {
+      /* No other process uses it: whatever it holds is stale. */
+      if (ftruncate(fd, 0) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
+      l.l_type = F_RDLCK;
+      if (fcntl(fd, F_SETLK, &l) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
+    } else {
+      l.l_type = F_RDLCK;
+      if (fcntl(fd, F_SETLKW, &l) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
+    }
+    e->shmFd = fd;
+    e->szRegion = szRegion;
+    e->nRegion = 0;
+    e->apRegion = 0;
+  }
+  e->shmRef++;
+  p->shmOn = 1;
+  return SQLITE_OK;
+}
+
+static int hShmMap(sqlite3_file *f, int i, int sz, int bExtend, void volatile **pp) {
   HFile *p = (HFile *)f;
-  return REAL(p)->pMethods->xShmMap(REAL(p), i, sz, e, pp);
+  if (p->kind != K_MAIN || !p->sealCk || !p->entry)
+    return REAL(p)->pMethods->xShmMap(REAL(p), i, sz, bExtend, pp);
+  pthread_mutex_lock(&g_shm_mu);
+  KeyEntry *e = p->entry;
+  int rc = shm_attach_locked(p, sz);
+  *pp = 0;
+  if (rc == SQLITE_OK && sz != e->szRegion) rc = SQLITE_IOERR_SHMMAP;
+  if (rc == SQLITE_OK && i >= e->nRegion) {
+    struct stat st;
+    sqlite3_int64 need = (sqlite3_int64)(i + 1) * sz;
+    if (fstat(e->shmFd, &st) != 0) rc = SQLITE_IOERR_SHMSIZE;
+    else if (st.st_size < need) {
+      if (!bExtend) goto out; /* not there yet: *pp stays NULL, as in the unix VFS */
+      if (ftruncate(e->shmFd, need) != 0) rc = SQLITE_IOERR_SHMSIZE;
+    }
+    if (rc == SQLITE_OK) {
+      void **a = realloc(e->apRegion, (size_t)(i + 1) * sizeof *a);
+      if (!a) rc = SQLITE_NOMEM;
+      else {
+        e->apRegion = a;
+        for (int k = e->nRegion; k <= i; k++) {
+          void *m = mmap(0, (size_t)sz, PROT_READ | PROT_WRITE, MAP_SHARED, e->shmFd,
+                         (off_t)k * sz);
+          if (m == MAP_FAILED) { rc = SQLITE_IOERR_SHMMAP; break; }
+          a[k] = m;
+          e->nRegion = k + 1;
+        }
+      }
+    }
+  }
+  if (rc == SQLITE_OK && i < e->nRegion) *pp = e->apRegion[i];
+out:
+  pthread_mutex_unlock(&g_shm_mu);
+  return rc;
 }
 static int hShmLock(sqlite3_file *f, int o, int n, int fl) {
   HFile *p = (HFile *)f;
   return REAL(p)->pMethods->xShmLock(REAL(p), o, n, fl);
 }
 static void hShmBarrier(sqlite3_file *f) { HFile *p = (HFile *)f; REAL(p)->pMethods->xShmBarrier(REAL(p)); }
-static int hShmUnmap(sqlite3_file *f, int d) { HFile *p = (HFile *)f; return REAL(p)->pMethods->xShmUnmap(REAL(p), d); }
+static int hShmUnmap(sqlite3_file *f, int d) {
+  HFile *p = (HFile *)f;
+  if (p->kind == K_MAIN && p->shmOn) {
+    pthread_mutex_lock(&g_shm_mu);
+    shm_detach_locked(p, d);
+    pthread_mutex_unlock(&g_shm_mu);
+  }
+  return REAL(p)->pMethods->xShmUnmap(REAL(p), d);
+}
 
 /* Version 2: no xFetch/xUnfetch, so SQLite never memory-maps an encrypted file. */
 static const sqlite3_io_methods g_io = {

@@ -289,15 +289,12 @@ def test_wal_shared_by_two_processes_with_sealed_checksums(tmp_path):
     c.close()
 
 
-def test_shm_exposure_is_the_documented_one(tmp_path, candidate_pages):
-    """-shm is shared memory SQLite writes directly, so the shim cannot seal it. Measured
-    exposure (docs/FORMAT.md "What is in clear"): its WAL-index header holds the
-    cumulative checksum of the last committed frame (aFrameCksum). With the WAL's clear
-    header, that lets an attacker test a guess of *every* frame of the WAL at once: a
-    WAL holding one frame (a one-page commit right after a checkpoint, as here) gives
-    the PIN away while a connection is open or after a crash left -shm behind. A WAL with
-    more frames than one can guess is safe. When this test fails, the exposure changed:
-    update FORMAT.md."""
+def test_shm_keeps_the_wal_index_off_the_disk(tmp_path, candidate_pages):
+    """-shm is shared memory SQLite writes directly (the shim cannot seal it), and its
+    WAL-index header holds the cumulative checksum of the last committed frame: with the
+    WAL's clear header, -wal + -shm of a one-frame WAL gave the PIN away (measured on
+    version 1 below). Version 2 keeps the WAL index in a POSIX shared-memory object
+    named from the key and file id; SQLite's -shm file holds only lock bytes (zeros)."""
     p = str(tmp_path / "pins.db")
     c = heliosdb.connect(p, key=KEY, isolation_level=None)
     c.execute("pragma journal_mode=wal")
@@ -308,13 +305,25 @@ def test_shm_exposure_is_the_documented_one(tmp_path, candidate_pages):
     with open(p + "-wal", "rb") as f:
         wal = f.read()
     with open(p + "-shm", "rb") as f:
-        shm = f.read(136)
+        disk_shm = f.read()
+    header, dek = crypto._unlock_file(p, KEY, "test")
+    import hashlib
+    import hmac
+
+    name = "heliosdb-" + hmac.new(bytes(dek), b"HeliosDB shm name v2" + header.file_id,
+                                  hashlib.sha256).hexdigest()[:32]
+    with open("/dev/shm/" + name, "rb") as f:
+        mem_shm = f.read(136)
     c.close()
+    assert not any(disk_shm), "the -shm file on disk holds WAL-index data"
+    assert not os.path.exists("/dev/shm/" + name), "the last close did not unlink it"
     assert attack(wal, candidate_pages) is None  # the -wal alone: nothing
-    # WalIndexHdr (native byte order): mxFrame at 16, aFrameCksum at 24.
-    mx_frame, = struct.unpack("=I", shm[16:20])
-    last = struct.unpack("=2I", shm[24:32])
+    # The exposure that the object keeps off the disk (WalIndexHdr, native byte order:
+    # mxFrame at 16, aFrameCksum at 24): the last frame's checksum in clear, chained
+    # from the WAL header's, recovers the PIN. Here it is in RAM only, under a name only
+    # a key holder can derive.
+    mx_frame, = struct.unpack("=I", mem_shm[16:20])
+    last = struct.unpack("=2I", mem_shm[24:32])
     assert mx_frame == 1
-    # -wal + -shm: the last frame's checksum in clear, chained from the WAL header's.
     forged = wal[:32 + 16] + struct.pack(">2I", *last) + wal[32 + 24:]
     assert attack(forged, candidate_pages) == PIN
