@@ -173,14 +173,20 @@ struct KeyEntry {
   long long pending;   /* encryptions not yet added to the header counter */
   int pgsz;            /* last page size seen on page 1 */
   long long hdrPages;  /* database size in pages from the last page 1 seen */
-  /* Version 2: the WAL index in POSIX shared memory, shared by the main files of this
-  ** process (guarded by g_shm_mu). */
-  int shmRef;          /* main files of this process that mapped it */
-  int shmFd;
-  char shmName[64];
+};
+
+/* Version 2: a WAL index in POSIX shared memory, shared by the main files of this
+** process that open one database file (guarded by g_shm_mu). */
+typedef struct ShmObj ShmObj;
+struct ShmObj {
+  ShmObj *next;
+  char name[64];
+  int ref;             /* main files of this process that mapped it */
+  int fd;
   int nRegion, szRegion;
   void **apRegion;
 };
+static ShmObj *g_shm = 0;
 static KeyEntry *g_keys = 0;
 static pthread_mutex_t g_keys_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t g_shm_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -226,7 +232,6 @@ int heliosdb_key_register(const char *zPath, const unsigned char *dek,
     }
     memcpy(e->dek, dek, 32);
     memcpy(e->fid, file_id, 16);
-    e->shmFd = -1;
     e->next = g_keys;
     g_keys = e;
   }
@@ -379,7 +384,7 @@ struct HFile {
   int have4;
   unsigned char ctrPrefix[8]; /* temp: random IV prefix */
   int sealCk;                 /* main: header version >= 2, checksums are sealed */
-  int shmOn;                  /* main (sealCk): this handle uses its entry's WAL index */
+  ShmObj *shm;                /* main (sealCk): the WAL index this handle maps */
   EVP_CIPHER_CTX *ck;         /* journal/WAL (sealCk): AES-256-ECB under the seal key */
   sqlite3_int64 jPageEnd;     /* journal: end of the page image just read or written */
   unsigned char jNonce[HDB_NONCE]; /* journal: that page image's GCM nonce */
@@ -922,7 +927,7 @@ static void shm_detach_locked(HFile *p, int deleteFlag);
 
 static int hClose(sqlite3_file *pFile) {
   HFile *p = (HFile *)pFile;
-  if (p->kind == K_MAIN && p->shmOn) {
+  if (p->kind == K_MAIN && p->shm) {
     pthread_mutex_lock(&g_shm_mu);
     shm_detach_locked(p, 0);
     pthread_mutex_unlock(&g_shm_mu);
@@ -1051,46 +1056,66 @@ static int hDeviceCharacteristics(sqlite3_file *f) {
 ** it holds; among it the cumulative checksum of the last committed frame, a function of
 ** the plaintext. Version 1 leaves it in SQLite's <db>-shm file. Version 2 keeps it off
 ** the disk: the regions live in a POSIX shared-memory object (tmpfs, RAM) named
-**   "/heliosdb-" || hex(HMAC-SHA256(DEK, "HeliosDB shm name v2" || file id)[0..15])
-** (mode 0600), which every process with the key finds and no one without it can name
-** from the database alone. SQLite's locks stay where they are: the unix VFS's -shm
+**   "/heliosdb-" || hex(HMAC-SHA256(DEK, "HeliosDB shm name v2" || file id ||
+**                                   be64(st_dev) || be64(st_ino))[0..15])
+** (mode 0600; the HMAC also covers the file's device and inode), which every process
+** with the key finds and no one without it can name from the database alone. SQLite's locks stay where they are: the unix VFS's -shm
 ** file is opened for its lock bytes (its contents stay zero). As the unix VFS does with
 ** its DMS lock, the first process to open the object (an exclusive fcntl lock on its
 ** byte 0 succeeds) empties it, then every user holds a shared lock on that byte until
 ** its last connection unmaps; the last clean close (deleteFlag) unlinks it. */
 static void shm_detach_locked(HFile *p, int deleteFlag) {
-  KeyEntry *e = p->entry;
-  if (!p->shmOn || !e) return;
-  p->shmOn = 0;
-  if (--e->shmRef > 0) return;
-  for (int i = 0; i < e->nRegion; i++)
-    if (e->apRegion[i]) munmap(e->apRegion[i], (size_t)e->szRegion);
-  free(e->apRegion);
-  e->apRegion = 0;
-  e->nRegion = 0;
-  if (deleteFlag) shm_unlink(e->shmName);
-  if (e->shmFd >= 0) close(e->shmFd); /* releases the shared lock */
-  e->shmFd = -1;
+  ShmObj *o = p->shm;
+  if (!o) return;
+  p->shm = 0;
+  if (--o->ref > 0) return;
+  for (int i = 0; i < o->nRegion; i++)
+    if (o->apRegion[i]) munmap(o->apRegion[i], (size_t)o->szRegion);
+  free(o->apRegion);
+  if (deleteFlag) shm_unlink(o->name);
+  if (o->fd >= 0) close(o->fd); /* releases the shared lock */
+  ShmObj **pp = &g_shm;
+  while (*pp && *pp != o) pp = &(*pp)->next;
+  if (*pp) *pp = o->next;
+  free(o);
+}
+
+/* The object's name: bound to the key, the file id and the file itself (device and
+** inode), so that a file-level copy of the database, which shares key and file id, never
+** shares its WAL index. */
+static int shm_name(HFile *p, char *out) {
+  struct stat st;
+  if (!p->zName || stat(p->zName, &st) != 0) return 0;
+  unsigned char msg[64], mac[32];
+  unsigned int mlen = 0;
+  static const char label[] = "HeliosDB shm name v2";
+  size_t n = sizeof label - 1;
+  memcpy(msg, label, n);
+  memcpy(msg + n, p->fid, 16);
+  n += 16;
+  uint64_t dev = (uint64_t)st.st_dev, ino = (uint64_t)st.st_ino;
+  for (int i = 0; i < 8; i++) msg[n + i] = (unsigned char)(dev >> (56 - 8 * i));
+  for (int i = 0; i < 8; i++) msg[n + 8 + i] = (unsigned char)(ino >> (56 - 8 * i));
+  n += 16;
+  if (!HMAC(EVP_sha256(), p->entry->dek, 32, msg, n, mac, &mlen)) return 0;
+  char *z = out + sprintf(out, "/heliosdb-");
+  for (int i = 0; i < 16; i++) z += sprintf(z, "%02x", mac[i]);
+  OPENSSL_cleanse(mac, sizeof mac);
+  return 1;
 }
 
 static int shm_attach_locked(HFile *p, int szRegion) {
-  KeyEntry *e = p->entry;
-  if (p->shmOn) return SQLITE_OK;
+  if (p->shm) return SQLITE_OK;
   /* The unix VFS's node for SQLite's shm locks (its mapped region stays zero). */
   void volatile *unused = 0;
   int rc = REAL(p)->pMethods->xShmMap(REAL(p), 0, szRegion, 1, &unused);
   if (rc != SQLITE_OK) return rc;
-  if (e->shmRef == 0) {
-    unsigned char msg[64], mac[32];
-    unsigned int mlen = 0;
-    static const char label[] = "HeliosDB shm name v2";
-    memcpy(msg, label, sizeof label - 1);
-    memcpy(msg + sizeof label - 1, p->fid, 16);
-    if (!HMAC(EVP_sha256(), e->dek, 32, msg, sizeof label - 1 + 16, mac, &mlen)) return SQLITE_IOERR_SHMOPEN;
-    char *z = e->shmName;
-    z += sprintf(z, "/heliosdb-");
-    for (int i = 0; i < 16; i++) z += sprintf(z, "%02x", mac[i]);
-    int fd = shm_open(e->shmName, O_RDWR | O_CREAT, 0600);
+  char name[64];
+  if (!shm_name(p, name)) return SQLITE_IOERR_SHMOPEN;
+  ShmObj *o = g_shm;
+  while (o && strcmp(o->name, name) != 0) o = o->next;
+  if (!o) {
+    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
     if (fd < 0) return SQLITE_IOERR_SHMOPEN;
     struct flock l;
     memset(&l, 0, sizeof l);
@@ -1107,13 +1132,16 @@ static int shm_attach_locked(HFile *p, int szRegion) {
       l.l_type = F_RDLCK;
       if (fcntl(fd, F_SETLKW, &l) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
     }
-    e->shmFd = fd;
-    e->szRegion = szRegion;
-    e->nRegion = 0;
-    e->apRegion = 0;
+    o = calloc(1, sizeof *o);
+    if (!o) { close(fd); return SQLITE_NOMEM; }
+    snprintf(o->name, sizeof o->name, "%s", name);
+    o->fd = fd;
+    o->szRegion = szRegion;
+    o->next = g_shm;
+    g_shm = o;
   }
-  e->shmRef++;
-  p->shmOn = 1;
+  o->ref++;
+  p->shm = o;
   return SQLITE_OK;
 }
 
@@ -1122,34 +1150,34 @@ static int hShmMap(sqlite3_file *f, int i, int sz, int bExtend, void volatile **
   if (p->kind != K_MAIN || !p->sealCk || !p->entry)
     return REAL(p)->pMethods->xShmMap(REAL(p), i, sz, bExtend, pp);
   pthread_mutex_lock(&g_shm_mu);
-  KeyEntry *e = p->entry;
   int rc = shm_attach_locked(p, sz);
+  ShmObj *o = p->shm;
   *pp = 0;
-  if (rc == SQLITE_OK && sz != e->szRegion) rc = SQLITE_IOERR_SHMMAP;
-  if (rc == SQLITE_OK && i >= e->nRegion) {
+  if (rc == SQLITE_OK && sz != o->szRegion) rc = SQLITE_IOERR_SHMMAP;
+  if (rc == SQLITE_OK && i >= o->nRegion) {
     struct stat st;
     sqlite3_int64 need = (sqlite3_int64)(i + 1) * sz;
-    if (fstat(e->shmFd, &st) != 0) rc = SQLITE_IOERR_SHMSIZE;
+    if (fstat(o->fd, &st) != 0) rc = SQLITE_IOERR_SHMSIZE;
     else if (st.st_size < need) {
       if (!bExtend) goto out; /* not there yet: *pp stays NULL, as in the unix VFS */
-      if (ftruncate(e->shmFd, need) != 0) rc = SQLITE_IOERR_SHMSIZE;
+      if (ftruncate(o->fd, need) != 0) rc = SQLITE_IOERR_SHMSIZE;
     }
     if (rc == SQLITE_OK) {
-      void **a = realloc(e->apRegion, (size_t)(i + 1) * sizeof *a);
+      void **a = realloc(o->apRegion, (size_t)(i + 1) * sizeof *a);
       if (!a) rc = SQLITE_NOMEM;
       else {
-        e->apRegion = a;
-        for (int k = e->nRegion; k <= i; k++) {
-          void *m = mmap(0, (size_t)sz, PROT_READ | PROT_WRITE, MAP_SHARED, e->shmFd,
+        o->apRegion = a;
+        for (int k = o->nRegion; k <= i; k++) {
+          void *m = mmap(0, (size_t)sz, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd,
                          (off_t)k * sz);
           if (m == MAP_FAILED) { rc = SQLITE_IOERR_SHMMAP; break; }
           a[k] = m;
-          e->nRegion = k + 1;
+          o->nRegion = k + 1;
         }
       }
     }
   }
-  if (rc == SQLITE_OK && i < e->nRegion) *pp = e->apRegion[i];
+  if (rc == SQLITE_OK && i < o->nRegion) *pp = o->apRegion[i];
 out:
   pthread_mutex_unlock(&g_shm_mu);
   return rc;
@@ -1161,7 +1189,7 @@ static int hShmLock(sqlite3_file *f, int o, int n, int fl) {
 static void hShmBarrier(sqlite3_file *f) { HFile *p = (HFile *)f; REAL(p)->pMethods->xShmBarrier(REAL(p)); }
 static int hShmUnmap(sqlite3_file *f, int d) {
   HFile *p = (HFile *)f;
-  if (p->kind == K_MAIN && p->shmOn) {
+  if (p->kind == K_MAIN && p->shm) {
     pthread_mutex_lock(&g_shm_mu);
     shm_detach_locked(p, d);
     pthread_mutex_unlock(&g_shm_mu);

@@ -310,7 +310,9 @@ def test_shm_keeps_the_wal_index_off_the_disk(tmp_path, candidate_pages):
     import hashlib
     import hmac
 
-    name = "heliosdb-" + hmac.new(bytes(dek), b"HeliosDB shm name v2" + header.file_id,
+    st = os.stat(p)
+    name = "heliosdb-" + hmac.new(bytes(dek), b"HeliosDB shm name v2" + header.file_id
+                                  + struct.pack(">QQ", st.st_dev, st.st_ino),
                                   hashlib.sha256).hexdigest()[:32]
     with open("/dev/shm/" + name, "rb") as f:
         mem_shm = f.read(136)
@@ -327,3 +329,28 @@ def test_shm_keeps_the_wal_index_off_the_disk(tmp_path, candidate_pages):
     assert mx_frame == 1
     forged = wal[:32 + 16] + struct.pack(">2I", *last) + wal[32 + 24:]
     assert attack(forged, candidate_pages) == PIN
+
+
+def test_a_file_level_copy_never_shares_the_wal_index(tmp_path):
+    """A cp of an encrypted database shares its key and file id; opened at the same time
+    as the original, each must keep its own WAL index (it is named by inode too)."""
+    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    c = heliosdb.connect(a, key=KEY, isolation_level=None)
+    c.execute("pragma journal_mode=wal")
+    c.execute("create table t(x)")
+    c.close()
+    shutil.copy(a, b)
+    ca = heliosdb.connect(a, key=KEY, isolation_level=None)
+    cb = heliosdb.connect(b, key=KEY, isolation_level=None)
+    for i in range(20):
+        ca.execute("insert into t values (?)", (f"a{i}",))
+    cb.execute("insert into t values ('b')")
+    assert ca.execute("select count(*) from t").fetchone() == (20,)
+    assert cb.execute("select x from t").fetchall() == [("b",)]
+    ca.close()
+    cb.close()
+    for path, n in ((a, 20), (b, 1)):
+        c = heliosdb.connect(path, key=KEY)
+        assert c.execute("select count(*) from t").fetchone() == (n,)
+        assert c.execute("pragma integrity_check").fetchone() == ("ok",)
+        c.close()
