@@ -155,6 +155,9 @@ def test_issue_23_repro_is_refused_or_encrypted(tmp_path, monkeypatch):
     ("file:a.db?nolock=maybe", "boolean"),
     ("file:a.db?immutable=1", "immutable"),
     ("file:a.db?cache=shared&cache=private", "repeats cache"),
+    # dbapi rewrites shared-cache memory URIs onto the memdb VFS before the open.
+    ("file:a.db?mode=memory&cache=shared", "vfs"),
+    ("file:a.db?mode=rwc&mode=memory&cache=shared", "vfs"),
 ])
 def test_refusals_are_heliosdb_errors_naming_the_reason(tmp_path, monkeypatch, uri, match):
     monkeypatch.chdir(tmp_path)
