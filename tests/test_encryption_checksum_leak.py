@@ -25,7 +25,6 @@ import pytest
 
 import heliosdb
 from heliosdb import crypto
-from heliosdb.crypto import format as fmt
 from heliosdb.crypto import pages, seal
 
 pytestmark = pytest.mark.skipif(not heliosdb.native_available(), reason="needs the C extension")

@@ -22,7 +22,6 @@ import select
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from typing import Dict, List, Tuple
 
