@@ -41,9 +41,11 @@
 ** Rollback journal: records are be32(pgno) || page || be32(checksum) after a sector-
 ** aligned header. A page image is an I/O of a page size (power of two 512..65536) at an
 ** offset = 4 mod 8; it is transformed in domain 1 bound to the pgno stored just before
-** it. Journal headers, pgnos and checksums stay in clear (no page content).
+** it. Journal headers and pgnos stay in clear (no page content); in header version 2
+** each record's checksum (a sum of page bytes) is sealed (see "Checksum sealing").
 ** WAL: 32-byte header, frames of 24-byte header + page; each frame's page is transformed
-** in domain 2 bound to the pgno in its frame header. Frame headers stay in clear. A read
+** in domain 2 bound to the pgno in its frame header. Frame headers stay in clear except,
+** in header version 2, the 8-byte frame checksum, which is sealed. A read
 ** that includes a frame header (WAL recovery) turns a page that fails authentication
 ** into zeros, so that SQLite's frame checksum ends the log there, as it would for a torn
 ** frame; a page-only read (normal reads, checkpoints) fails with SQLITE_IOERR_DATA.
@@ -87,7 +89,11 @@
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT1
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +101,7 @@ SQLITE_EXTENSION_INIT1
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include "vfs_api.h"
@@ -104,6 +111,7 @@ SQLITE_EXTENSION_INIT1
 #define HDB_FORMAT_VERSION 1
 #define HDB_MAGIC "HeliosDB\0" "enc\0\0\0\0" /* 16 bytes; split so no hex escape eats "e" */
 #define HDB_MAGIC_LEN 16
+#define HDB_OFF_VERSION 16
 #define HDB_OFF_FILE_ID 32
 #define HDB_OFF_PAGE_SIZE 48
 #define HDB_OFF_COUNTER 56
@@ -166,8 +174,22 @@ struct KeyEntry {
   int pgsz;            /* last page size seen on page 1 */
   long long hdrPages;  /* database size in pages from the last page 1 seen */
 };
+
+/* Version 2: a WAL index in POSIX shared memory, shared by the main files of this
+** process that open one database file (guarded by g_shm_mu). */
+typedef struct ShmObj ShmObj;
+struct ShmObj {
+  ShmObj *next;
+  char name[64];
+  int ref;             /* main files of this process that mapped it */
+  int fd;
+  int nRegion, szRegion;
+  void **apRegion;
+};
+static ShmObj *g_shm = 0;
 static KeyEntry *g_keys = 0;
 static pthread_mutex_t g_keys_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_shm_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static KeyEntry *find_entry(const char *zPath) {
   for (KeyEntry *e = g_keys; e; e = e->next)
@@ -361,6 +383,11 @@ struct HFile {
   uint32_t last4Val;
   int have4;
   unsigned char ctrPrefix[8]; /* temp: random IV prefix */
+  int sealCk;                 /* main: header version >= 2, checksums are sealed */
+  ShmObj *shm;                /* main (sealCk): the WAL index this handle maps */
+  EVP_CIPHER_CTX *ck;         /* journal/WAL (sealCk): AES-256-ECB under the seal key */
+  sqlite3_int64 jPageEnd;     /* journal: end of the page image just read or written */
+  unsigned char jNonce[HDB_NONCE]; /* journal: that page image's GCM nonce */
   sqlite3_file *pReal;        /* the underlying file, allocated right after this */
 };
 
@@ -616,6 +643,72 @@ static int main_flush_header(HFile *p) {
 
 /* -- journal and WAL -------------------------------------------------------------- */
 
+/* Checksum sealing (header version 2). SQLite computes the WAL frame checksums and the
+** rollback-journal record checksums over the *plaintext* page; stored as they are they
+** let anyone test a guess of a page without the key (a 4-digit PIN was recovered from a
+** -wal file alone). They are stored XORed with a keystream:
+**   Kw = HMAC-SHA256(DEK, "HeliosDB WAL checksum seal v2" || file id)
+**   Kj = HMAC-SHA256(DEK, "HeliosDB journal checksum seal v2" || file id)
+**   WAL frame at offset h:  stored[16..23] = cksum XOR AES-256(Kw, be64(h) || salt1 || salt2)[0..7]
+**   journal record checksum at offset c, page image nonce N (12 bytes):
+**                           stored = cksum XOR AES-256(Kj, be32(c mod 2^32) || N)[0..3]
+** and opened again on read, so SQLite still sees and verifies its own checksums. The
+** salts come from the frame's own header, so each WAL generation has its own keystream;
+** the journal keystream is bound to the fresh random nonce of the record's page image.
+** heliosdb/crypto/seal.py implements the same for the offline verifier and the tests. */
+static EVP_CIPHER_CTX *seal_ctx(const unsigned char *dek, const unsigned char *fid,
+                                const char *label) {
+  unsigned char msg[64], k[32];
+  unsigned int klen = 0;
+  size_t n = strlen(label);
+  memcpy(msg, label, n);
+  memcpy(msg + n, fid, 16);
+  if (!HMAC(EVP_sha256(), dek, 32, msg, n + 16, k, &klen) || klen != 32) return 0;
+  EVP_CIPHER_CTX *x = new_ctx(EVP_aes_256_ecb(), k, 1);
+  OPENSSL_cleanse(k, sizeof k);
+  if (x) EVP_CIPHER_CTX_set_padding(x, 0);
+  return x;
+}
+
+static int seal_block(EVP_CIPHER_CTX *x, const unsigned char in[16], unsigned char out[16]) {
+  int len = 0;
+  return EVP_EncryptUpdate(x, out, &len, in, 16) == 1 && len == 16;
+}
+
+/* XOR the sealing keystream into the checksum bytes of every WAL frame header that the
+** n bytes of buf (file offset off) overlap. Salts not in buf are read from the file. */
+static int wal_xor_cksums(HFile *p, unsigned char *buf, sqlite3_int64 off, sqlite3_int64 n,
+                          int P) {
+  sqlite3_int64 szF = 24 + (sqlite3_int64)P, end = off + n;
+  for (sqlite3_int64 k = off < 32 ? 0 : (off - 32) / szF;; k++) {
+    sqlite3_int64 h = 32 + k * szF, c0 = h + 16, c1 = h + 24;
+    if (c0 >= end) break;
+    if (c1 <= off) continue;
+    unsigned char blk[16], ks[16];
+    for (int i = 0; i < 8; i++) blk[i] = (unsigned char)((uint64_t)h >> (56 - 8 * i));
+    if (h + 8 >= off && h + 16 <= end) {
+      memcpy(blk + 8, buf + (h + 8 - off), 8);
+    } else {
+      int rc = REAL(p)->pMethods->xRead(REAL(p), blk + 8, 8, h + 8);
+      if (rc == SQLITE_IOERR_SHORT_READ) memset(blk + 8, 0, 8); /* no such frame yet */
+      else if (rc != SQLITE_OK) return rc;
+    }
+    if (!seal_block(p->ck, blk, ks)) return SQLITE_IOERR;
+    for (sqlite3_int64 b = c0 > off ? c0 : off; b < c1 && b < end; b++)
+      buf[b - off] ^= ks[b - c0];
+  }
+  return SQLITE_OK;
+}
+
+static int journal_xor_cksum(HFile *p, unsigned char *four, sqlite3_int64 off) {
+  unsigned char blk[16], ks[16];
+  put_be32(blk, (uint32_t)off);
+  memcpy(blk + 4, p->jNonce, HDB_NONCE);
+  if (!seal_block(p->ck, blk, ks)) return 0;
+  for (int i = 0; i < 4; i++) four[i] ^= ks[i];
+  return 1;
+}
+
 /* The pgno stored at off: from the last 4-byte I/O of this handle when useCache (the
 ** pager writes or reads a record's pgno just before its page), else from the file. */
 static int side_pgno_at(HFile *p, sqlite3_int64 off, uint32_t *pg, int useCache) {
@@ -643,19 +736,37 @@ static int journal_is_page(int amt, sqlite3_int64 off) {
 }
 
 static int journal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  sqlite3_int64 pageEnd = p->jPageEnd;
+  p->jPageEnd = -1;
   int rc = REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
   if (rc != SQLITE_OK) return rc;
+  if (p->ck && iAmt == 4 && iOfst == pageEnd) {
+    /* The checksum of the record whose page image was just read. */
+    if (!journal_xor_cksum(p, zBuf, iOfst)) return SQLITE_IOERR_READ;
+    return SQLITE_OK;
+  }
   note4(p, zBuf, iAmt, iOfst);
   if (!journal_is_page(iAmt, iOfst)) return SQLITE_OK;
   uint32_t pg;
   if ((rc = side_pgno_at(p, iOfst - 4, &pg, 1)) != SQLITE_OK) return rc;
   if (all_zero(zBuf, iAmt)) return corrupt(p, pg, "journal record for page is all zeros");
+  memcpy(p->jNonce, (unsigned char *)zBuf + iAmt - HDB_OVERHEAD, HDB_NONCE);
   if (!gcm_open(p->dec, p->fid, D_JOURNAL, pg, zBuf, zBuf, iAmt))
     return corrupt(p, pg, "journal record for page failed authentication");
+  p->jPageEnd = iOfst + iAmt;
   return SQLITE_OK;
 }
 
 static int journal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  sqlite3_int64 pageEnd = p->jPageEnd;
+  p->jPageEnd = -1;
+  if (p->ck && iAmt == 4 && iOfst == pageEnd) {
+    /* The checksum of the record whose page image was just written. */
+    unsigned char four[4];
+    memcpy(four, zBuf, 4);
+    if (!journal_xor_cksum(p, four, iOfst)) return SQLITE_IOERR_WRITE;
+    return REAL(p)->pMethods->xWrite(REAL(p), four, 4, iOfst);
+  }
   if (!journal_is_page(iAmt, iOfst)) {
     note4(p, zBuf, iAmt, iOfst);
     return REAL(p)->pMethods->xWrite(REAL(p), zBuf, iAmt, iOfst);
@@ -668,7 +779,12 @@ static int journal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOf
   if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
   if (!gcm_seal(p->enc, p->fid, D_JOURNAL, pg, nonce, zBuf, p->buf, iAmt)) return SQLITE_IOERR_WRITE;
   __atomic_add_fetch(&p->pMain->entry->pending, 1, __ATOMIC_RELAXED);
-  return REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
+  rc = REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
+  if (rc == SQLITE_OK) {
+    memcpy(p->jNonce, nonce, HDB_NONCE);
+    p->jPageEnd = iOfst + iAmt;
+  }
+  return rc;
 }
 
 static int wal_page_size(HFile *p) {
@@ -693,6 +809,10 @@ static int wal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
   if (iOfst == 0 && have >= 32 && valid_page_size(get_be32(buf + 8))) p->pgsz = (int)get_be32(buf + 8);
   int P = wal_page_size(p);
   if (!P) return rc;
+  if (p->ck && have > 0) {
+    int r3 = wal_xor_cksums(p, buf, iOfst, have, P);
+    if (r3 != SQLITE_OK) return r3;
+  }
   sqlite3_int64 szF = 24 + (sqlite3_int64)P, end = iOfst + iAmt;
   sqlite3_int64 k = iOfst < 32 ? 0 : (iOfst - 32) / szF;
   for (;; k++) {
@@ -735,6 +855,14 @@ static int wal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) 
   int P = wal_page_size(p);
   sqlite3_int64 szF = 24 + (sqlite3_int64)P, end = iOfst + iAmt;
   int touched = 0;
+  if (p->ck && P && end > 32 + 16) {
+    /* Frame checksums in this write are sealed (a copy: zBuf is SQLite's). */
+    if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
+    memcpy(p->buf, in, (size_t)iAmt);
+    touched = 1;
+    int r3 = wal_xor_cksums(p, p->buf, iOfst, iAmt, P);
+    if (r3 != SQLITE_OK) return r3;
+  }
   for (sqlite3_int64 k = iOfst < 32 ? 0 : (iOfst - 32) / szF; P; k++) {
     sqlite3_int64 hOff = 32 + k * szF, pOff = hOff + 24;
     if (pOff >= end) break;
@@ -759,10 +887,8 @@ static int wal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) 
       return SQLITE_IOERR_WRITE;
     __atomic_add_fetch(&p->pMain->entry->pending, 1, __ATOMIC_RELAXED);
   }
-  if (!touched) {
-    if (iAmt == 24) note4(p, zBuf, 4, iOfst); /* a frame header starts with its pgno */
-    return REAL(p)->pMethods->xWrite(REAL(p), zBuf, iAmt, iOfst);
-  }
+  if (iAmt == 24) note4(p, zBuf, 4, iOfst); /* a frame header starts with its pgno */
+  if (!touched) return REAL(p)->pMethods->xWrite(REAL(p), zBuf, iAmt, iOfst);
   return REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
 }
 
@@ -797,11 +923,20 @@ static int temp_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst)
 }
 
 /* -- io methods --------------------------------------------------------------------- */
+static void shm_detach_locked(HFile *p, int deleteFlag);
+
 static int hClose(sqlite3_file *pFile) {
   HFile *p = (HFile *)pFile;
+  if (p->kind == K_MAIN && p->shm) {
+    pthread_mutex_lock(&g_shm_mu);
+    shm_detach_locked(p, 0);
+    pthread_mutex_unlock(&g_shm_mu);
+  }
   int rc = REAL(p)->pMethods ? REAL(p)->pMethods->xClose(REAL(p)) : SQLITE_OK;
   if (p->enc) EVP_CIPHER_CTX_free(p->enc);
   if (p->dec) EVP_CIPHER_CTX_free(p->dec);
+  if (p->ck) EVP_CIPHER_CTX_free(p->ck);
+  p->ck = 0;
   if (p->buf) OPENSSL_cleanse(p->buf, (size_t)p->nBuf);
   free(p->buf);
   if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
@@ -916,16 +1051,151 @@ static int hDeviceCharacteristics(sqlite3_file *f) {
   /* Batch-atomic writes would route page writes around this shim's assumptions. */
   return d & ~SQLITE_IOCAP_BATCH_ATOMIC;
 }
-static int hShmMap(sqlite3_file *f, int i, int sz, int e, void volatile **pp) {
+/* -- the WAL index (-shm) ---------------------------------------------------------------
+** SQLite writes the WAL index straight into shared memory, so the shim cannot seal what
+** it holds; among it the cumulative checksum of the last committed frame, a function of
+** the plaintext. Version 1 leaves it in SQLite's <db>-shm file. Version 2 keeps it off
+** the disk: the regions live in a POSIX shared-memory object (tmpfs, RAM) named
+**   "/heliosdb-" || hex(HMAC-SHA256(DEK, "HeliosDB shm name v2" || file id ||
+**                                   be64(st_dev) || be64(st_ino))[0..15])
+** (mode 0600; the HMAC also covers the file's device and inode), which every process
+** with the key finds and no one without it can name from the database alone. SQLite's locks stay where they are: the unix VFS's -shm
+** file is opened for its lock bytes (its contents stay zero). As the unix VFS does with
+** its DMS lock, the first process to open the object (an exclusive fcntl lock on its
+** byte 0 succeeds) empties it, then every user holds a shared lock on that byte until
+** its last connection unmaps; the last clean close (deleteFlag) unlinks it. */
+static void shm_detach_locked(HFile *p, int deleteFlag) {
+  ShmObj *o = p->shm;
+  if (!o) return;
+  p->shm = 0;
+  if (--o->ref > 0) return;
+  for (int i = 0; i < o->nRegion; i++)
+    if (o->apRegion[i]) munmap(o->apRegion[i], (size_t)o->szRegion);
+  free(o->apRegion);
+  if (deleteFlag) shm_unlink(o->name);
+  if (o->fd >= 0) close(o->fd); /* releases the shared lock */
+  ShmObj **pp = &g_shm;
+  while (*pp && *pp != o) pp = &(*pp)->next;
+  if (*pp) *pp = o->next;
+  free(o);
+}
+
+/* The object's name: bound to the key, the file id and the file itself (device and
+** inode), so that a file-level copy of the database, which shares key and file id, never
+** shares its WAL index. */
+static int shm_name(HFile *p, char *out) {
+  struct stat st;
+  if (!p->zName || stat(p->zName, &st) != 0) return 0;
+  unsigned char msg[64], mac[32];
+  unsigned int mlen = 0;
+  static const char label[] = "HeliosDB shm name v2";
+  size_t n = sizeof label - 1;
+  memcpy(msg, label, n);
+  memcpy(msg + n, p->fid, 16);
+  n += 16;
+  uint64_t dev = (uint64_t)st.st_dev, ino = (uint64_t)st.st_ino;
+  for (int i = 0; i < 8; i++) msg[n + i] = (unsigned char)(dev >> (56 - 8 * i));
+  for (int i = 0; i < 8; i++) msg[n + 8 + i] = (unsigned char)(ino >> (56 - 8 * i));
+  n += 16;
+  if (!HMAC(EVP_sha256(), p->entry->dek, 32, msg, n, mac, &mlen)) return 0;
+  char *z = out + sprintf(out, "/heliosdb-");
+  for (int i = 0; i < 16; i++) z += sprintf(z, "%02x", mac[i]);
+  OPENSSL_cleanse(mac, sizeof mac);
+  return 1;
+}
+
+static int shm_attach_locked(HFile *p, int szRegion) {
+  if (p->shm) return SQLITE_OK;
+  /* The unix VFS's node for SQLite's shm locks (its mapped region stays zero). */
+  void volatile *unused = 0;
+  int rc = REAL(p)->pMethods->xShmMap(REAL(p), 0, szRegion, 1, &unused);
+  if (rc != SQLITE_OK) return rc;
+  char name[64];
+  if (!shm_name(p, name)) return SQLITE_IOERR_SHMOPEN;
+  ShmObj *o = g_shm;
+  while (o && strcmp(o->name, name) != 0) o = o->next;
+  if (!o) {
+    int fd = shm_open(name, O_RDWR | O_CREAT, 0600);
+    if (fd < 0) return SQLITE_IOERR_SHMOPEN;
+    struct flock l;
+    memset(&l, 0, sizeof l);
+    l.l_type = F_WRLCK;
+    l.l_whence = SEEK_SET;
+    l.l_start = 0;
+    l.l_len = 1;
+    if (fcntl(fd, F_SETLK, &l) == 0) {
+      /* No other process uses it: whatever it holds is stale. */
+      if (ftruncate(fd, 0) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
+      l.l_type = F_RDLCK;
+      if (fcntl(fd, F_SETLK, &l) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
+    } else {
+      l.l_type = F_RDLCK;
+      if (fcntl(fd, F_SETLKW, &l) != 0) { close(fd); return SQLITE_IOERR_SHMOPEN; }
+    }
+    o = calloc(1, sizeof *o);
+    if (!o) { close(fd); return SQLITE_NOMEM; }
+    snprintf(o->name, sizeof o->name, "%s", name);
+    o->fd = fd;
+    o->szRegion = szRegion;
+    o->next = g_shm;
+    g_shm = o;
+  }
+  o->ref++;
+  p->shm = o;
+  return SQLITE_OK;
+}
+
+static int hShmMap(sqlite3_file *f, int i, int sz, int bExtend, void volatile **pp) {
   HFile *p = (HFile *)f;
-  return REAL(p)->pMethods->xShmMap(REAL(p), i, sz, e, pp);
+  if (p->kind != K_MAIN || !p->sealCk || !p->entry)
+    return REAL(p)->pMethods->xShmMap(REAL(p), i, sz, bExtend, pp);
+  pthread_mutex_lock(&g_shm_mu);
+  int rc = shm_attach_locked(p, sz);
+  ShmObj *o = p->shm;
+  *pp = 0;
+  if (rc == SQLITE_OK && sz != o->szRegion) rc = SQLITE_IOERR_SHMMAP;
+  if (rc == SQLITE_OK && i >= o->nRegion) {
+    struct stat st;
+    sqlite3_int64 need = (sqlite3_int64)(i + 1) * sz;
+    if (fstat(o->fd, &st) != 0) rc = SQLITE_IOERR_SHMSIZE;
+    else if (st.st_size < need) {
+      if (!bExtend) goto out; /* not there yet: *pp stays NULL, as in the unix VFS */
+      if (ftruncate(o->fd, need) != 0) rc = SQLITE_IOERR_SHMSIZE;
+    }
+    if (rc == SQLITE_OK) {
+      void **a = realloc(o->apRegion, (size_t)(i + 1) * sizeof *a);
+      if (!a) rc = SQLITE_NOMEM;
+      else {
+        o->apRegion = a;
+        for (int k = o->nRegion; k <= i; k++) {
+          void *m = mmap(0, (size_t)sz, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd,
+                         (off_t)k * sz);
+          if (m == MAP_FAILED) { rc = SQLITE_IOERR_SHMMAP; break; }
+          a[k] = m;
+          o->nRegion = k + 1;
+        }
+      }
+    }
+  }
+  if (rc == SQLITE_OK && i < o->nRegion) *pp = o->apRegion[i];
+out:
+  pthread_mutex_unlock(&g_shm_mu);
+  return rc;
 }
 static int hShmLock(sqlite3_file *f, int o, int n, int fl) {
   HFile *p = (HFile *)f;
   return REAL(p)->pMethods->xShmLock(REAL(p), o, n, fl);
 }
 static void hShmBarrier(sqlite3_file *f) { HFile *p = (HFile *)f; REAL(p)->pMethods->xShmBarrier(REAL(p)); }
-static int hShmUnmap(sqlite3_file *f, int d) { HFile *p = (HFile *)f; return REAL(p)->pMethods->xShmUnmap(REAL(p), d); }
+static int hShmUnmap(sqlite3_file *f, int d) {
+  HFile *p = (HFile *)f;
+  if (p->kind == K_MAIN && p->shm) {
+    pthread_mutex_lock(&g_shm_mu);
+    shm_detach_locked(p, d);
+    pthread_mutex_unlock(&g_shm_mu);
+  }
+  return REAL(p)->pMethods->xShmUnmap(REAL(p), d);
+}
 
 /* Version 2: no xFetch/xUnfetch, so SQLite never memory-maps an encrypted file. */
 static const sqlite3_io_methods g_io = {
@@ -955,6 +1225,7 @@ static int open_main(HFile *p, const char *zName) {
     return SQLITE_CANTOPEN;
   }
   memcpy(p->fid, e->fid, 16);
+  p->sealCk = get_be32(h + HDB_OFF_VERSION) >= 2;
   uint32_t ps = get_be32(h + HDB_OFF_PAGE_SIZE);
   p->pgsz = valid_page_size(ps) ? (int)ps : 4096;
   p->enc = new_ctx(EVP_aes_256_gcm(), e->dek, 1);
@@ -972,6 +1243,13 @@ static int open_side(HFile *p, const char *zName) {
   memcpy(p->fid, p->pMain->fid, 16);
   p->enc = new_ctx(EVP_aes_256_gcm(), p->pMain->entry->dek, 1);
   p->dec = new_ctx(EVP_aes_256_gcm(), p->pMain->entry->dek, 0);
+  p->jPageEnd = -1;
+  if (p->pMain->sealCk) {
+    p->ck = seal_ctx(p->pMain->entry->dek, p->fid,
+                     p->kind == K_WAL ? "HeliosDB WAL checksum seal v2"
+                                      : "HeliosDB journal checksum seal v2");
+    if (!p->ck) return SQLITE_NOMEM;
+  }
   return (p->enc && p->dec) ? SQLITE_OK : SQLITE_NOMEM;
 }
 

@@ -18,7 +18,7 @@ __all__ = [
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
-    "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError",
+    "NotEncryptedError", "CorruptPageError", "CorruptHeaderError", "EncryptionUnavailableError",
     "AuditIntegrityError", "translate",
 ]
 
@@ -104,6 +104,17 @@ class CorruptPageError(EncryptionError):
         super().__init__(message)
         self.file = file
         self.page = page
+
+
+class CorruptHeaderError(EncryptionError):
+    """The HeliosDB header of an encrypted file is damaged: a field outside its documented
+    bounds, or fields that fail their check. ``file`` and ``field`` name where."""
+
+    def __init__(self, message: str, *, file: Optional[str] = None,
+                 field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.field = field
 
 
 class AuditIntegrityError(DatabaseError):

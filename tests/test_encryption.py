@@ -161,7 +161,7 @@ def test_storage_info_counts_encryptions(tmp_path):
     q(c, "insert into t select zeroblob(3000) from (with recursive g(value) as (select 1 union all select value + 1 from g limit 50) select value from g)")
     info = crypto.storage_info(c)
     assert info["encryptions_under_current_key"] >= before + 50
-    assert info["reserve_bytes"] == 32 and info["format_version"] == 1
+    assert info["reserve_bytes"] == 32 and info["format_version"] == fmt.HEADER_VERSION == 2
     assert info["encryption_algorithm"] == "aes-256-gcm" and info["page_size"] == 4096
     c.close()
     # Persisted in the header, not just counted in memory.

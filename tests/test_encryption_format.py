@@ -9,7 +9,7 @@ import pytest
 from heliosdb import native
 from heliosdb.crypto import Key, format as fmt, pages
 from heliosdb.crypto import _unlock
-from heliosdb.errors import WrongKeyError
+from heliosdb.errors import CorruptHeaderError, WrongKeyError
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -52,7 +52,9 @@ def test_header_roundtrip_and_tamper():
     h2 = fmt.read_header(raw)
     assert _unlock("x", h2, k)[0] == dek
     assert _unlock("x", h2, Key.passphrase("pw"))[0] == dek
-    # Any change to the authenticated fields or slot parameters makes the key fail.
+    # Any change to the authenticated fields or slot parameters is caught. Version 2
+    # (issue 23): by the slot digest, before any key derivation, as a damaged header
+    # naming the field (version 1 reported it as a wrong key, below).
     for off in (20 + 3, 33, 128 + 7, 128 + 20, 128 + 40, 128 + 60):
         bad = bytearray(raw)
         bad[off] ^= 1
@@ -60,7 +62,25 @@ def test_header_roundtrip_and_tamper():
             hb = fmt.read_header(bytes(bad))
         except ValueError:
             continue
-        with pytest.raises(WrongKeyError):
+        with pytest.raises(CorruptHeaderError, match="digest") as ei:
+            _unlock("x", hb, k)
+        assert ei.value.file == "x" and ei.value.field == "digest"
+    # A version 1 header: the slot's GCM tag catches the same changes.
+    h1 = fmt.new_header(dek, 4096)
+    h1.version = 1
+    h1.kcv = fmt.key_check_value(dek, h1.file_id)
+    h1.slots.append(_new_slot(h1, 0, k, dek))
+    raw1 = h1.to_bytes()
+    assert _unlock("x", fmt.read_header(raw1), k)[0] == dek
+    for off in (20 + 3, 33, 128 + 7, 128 + 20, 128 + 40, 128 + 60):
+        bad = bytearray(raw1)
+        bad[off] ^= 1
+        try:
+            hb = fmt.read_header(bytes(bad))
+        except ValueError:
+            continue
+        # A KDF parameter of a raw-key slot must be 0: checked before deriving.
+        with pytest.raises(CorruptHeaderError if off == 128 + 7 else WrongKeyError):
             _unlock("x", hb, k)
     with pytest.raises(ValueError):
         fmt.read_header(b"SQLite format 3\x00" + bytes(4080))
@@ -69,8 +89,14 @@ def test_header_roundtrip_and_tamper():
 def test_key_check_value_catches_a_foreign_dek():
     dek = bytearray(range(32))
     h = fmt.new_header(dek)
-    assert fmt.key_check_value(dek, h.file_id) == h.kcv
-    assert fmt.key_check_value(bytes(32), h.file_id) != h.kcv
+    assert h.key_check(dek) == h.kcv  # version 2 (issue 23): also covers flags, generation
+    assert h.key_check(bytes(32)) != h.kcv
+    h.generation += 1
+    assert h.key_check(dek) != h.kcv
+    h.generation -= 1
+    h.version = 1
+    assert h.key_check(dek) == fmt.key_check_value(dek, h.file_id)
+    assert fmt.key_check_value(bytes(32), h.file_id) != fmt.key_check_value(dek, h.file_id)
 
 
 @pytest.mark.skipif(not native.available(), reason="native extension not built")

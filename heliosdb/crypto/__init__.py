@@ -19,7 +19,6 @@ import hmac
 import os
 import struct
 import threading
-import urllib.parse
 import warnings
 import weakref
 from typing import Any, Dict, Optional, Tuple
@@ -28,22 +27,28 @@ import apsw
 
 from .. import native
 from ..errors import (
-    ConfigError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
+    ConfigError, CorruptHeaderError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
     KeyRequiredError, NotEncryptedError, OperationalError, WrongKeyError, translate,
 )
 from . import _files
 from . import format as fmt
 from . import vfs as _vfs
 from .keys import KDF_PROFILES, Key, KeyLike, coerce_key, derive_kek, get_profile
+from .uri import SqliteTarget, UriError, parse_filename
 
 __all__ = [
     "Key", "KDF_PROFILES", "open_connection", "explain", "storage_info",
     "register_attach_key", "unregister_attach_key", "attach", "is_encrypted", "NONCE_LIMIT",
+    "resolve_target", "parse_filename", "SqliteTarget",
 ]
 
 #: NIST SP 800-38D: at most 2^32 GCM encryptions with random 96-bit nonces per key.
 NONCE_LIMIT = 2 ** 32
 DEFAULT_NONCE_WARNING_FRACTION = 0.5
+#: The header's encryption counter (offset 56) is rewritten at every sync and so is not
+#: authenticated. No database makes 2^48 page encryptions (nine years at a million per
+#: second): a larger value is a damaged or edited counter, reported as such.
+COUNTER_PLAUSIBLE_MAX = 2 ** 48
 ALGORITHM = "aes-256-gcm"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -77,22 +82,11 @@ class EncryptedConnection(apsw.Connection):
 
 # --------------------------------------------------------------------------- helpers ---
 
-def _resolve_path(database: str, uri: bool) -> Tuple[Optional[str], bool]:
-    """(filesystem path or None for memory/temp databases, URI names a vfs)."""
-    if database in (":memory:", ""):
-        return None, False
-    if uri and database.startswith("file:"):
-        parts = urllib.parse.urlsplit(database)
-        query = urllib.parse.parse_qs(parts.query)
-        if query.get("mode", [""])[0] == "memory":
-            return None, "vfs" in query
-        path = urllib.parse.unquote(parts.path)
-        if parts.netloc not in ("", "localhost"):
-            path = urllib.parse.unquote(parts.netloc) + path
-        if path in ("", ":memory:"):
-            return None, "vfs" in query
-        return path, "vfs" in query
-    return database, False
+def resolve_target(database: str, flags: int) -> SqliteTarget:
+    """What SQLite opens for ``database`` under ``flags`` (:func:`.uri.parse_filename`:
+    the one URI parser, with SQLite's rules). Callers that rewrite a URI before opening it
+    must pass the rewritten one."""
+    return parse_filename(database, flags)
 
 
 def _file_state(path: str) -> str:
@@ -115,9 +109,9 @@ def _read_header(path: str) -> fmt.Header:
         raw = _files.read_at(path, fmt.HEADER_SIZE)
         try:
             return fmt.read_header(raw)
-        except ValueError as exc:
+        except fmt.HeaderFieldError as exc:
             if attempt == 2:
-                raise EncryptionError(f"{path}: damaged HeliosDB header: {exc}") from None
+                raise fmt.corrupt(path, exc) from None
             threading.Event().wait(0.01)
     raise AssertionError("unreachable")
 
@@ -205,7 +199,13 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
     """(DEK, slot index) for ``key``; WrongKeyError when no slot opens."""
     want = fmt.SLOT_PASSPHRASE if key.kind == "passphrase" else fmt.SLOT_RAW
     tried = 0
+    damaged: Optional[CorruptHeaderError] = None
     for i, slot in enumerate(header.slots):
+        try:
+            fmt.check_slot(header, i, path)  # before any key derivation
+        except CorruptHeaderError as exc:
+            damaged = damaged or exc
+            continue
         if slot.kind != want:
             continue
         tried += 1
@@ -213,10 +213,15 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
                          slot.parallelism)
         try:
             dek = header.unwrap(i, bytes(kek))
+        except fmt.HeaderFieldError as exc:
+            raise fmt.corrupt(path, exc) from None
         finally:
             kek[:] = bytes(len(kek))
         if dek is not None:
             return dek, i
+    if damaged is not None:
+        # The damaged slot may have been the one for this key: say so, not "wrong key".
+        raise damaged
     if not tried:
         other = "a raw key" if want == fmt.SLOT_PASSPHRASE else "a passphrase"
         raise WrongKeyError(f"{path}: wrong key: this database has no "
@@ -402,28 +407,36 @@ def _plain(database: str, flags: int, statementcachesize: int, **kw: Any) -> aps
 
 def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: Any,
           statementcachesize: int) -> apsw.Connection:
-    path, uri_vfs = _resolve_path(database, uri)
-    if path is None:
-        if key is not None and database == "":
-            # An on-disk temp database: the shim encrypts it with a throwaway key.
-            _vfs.ensure_loaded()
-            return _plain(database, flags, statementcachesize, vfs=_vfs.VFS_NAME)
-        return _plain(database, flags, statementcachesize)
+    if uri:
+        flags |= apsw.SQLITE_OPEN_URI  # what SQLite is given is what is parsed here
+    try:
+        target = resolve_target(database, flags)
+    except UriError:
+        if key is not None:
+            raise
+        return _plain(database, flags, statementcachesize)  # SQLite says what is wrong
+    path = target.path
     if key is None:
-        if _file_state(path) == "encrypted":
+        if path is not None and _file_state(path) == "encrypted":
             raise KeyRequiredError(
                 f"{path} is an encrypted HeliosDB database: pass the key, e.g. "
                 "heliosdb.connect(path, key=...) (a passphrase, 32 raw bytes or heliosdb.Key)")
         return _plain(database, flags, statementcachesize)
-    if uri_vfs:
-        raise ConfigError("an encrypted database cannot name its own vfs= in the URI",
-                          key="vfs")
+    if not target.is_uri and path is None:
+        if database == "":
+            # An on-disk temp database: the shim encrypts it with a throwaway key.
+            _vfs.ensure_loaded()
+            return _plain(database, flags, statementcachesize, vfs=_vfs.VFS_NAME)
+        return _plain(database, flags, statementcachesize)  # ":memory:": never on disk
+    # A key, and a URI or a filename: every byte must reach the encrypted file.
+    target.check_encryptable(path is not None and _file_state(path) == "encrypted")
+    assert path is not None
     if not native.available():
         raise EncryptionUnavailableError(
             f"cannot open encrypted database {path}: {native.unavailable_reason()}")
     _vfs.ensure_loaded()
     full, slot_index, new = _prepare_key_for_path(
-        path, key, create=bool(flags & apsw.SQLITE_OPEN_CREATE))
+        path, key, create=target.create)
     _vfs.clear_last_error()
     try:
         conn = EncryptedConnection(database, flags=flags, vfs=_vfs.VFS_NAME,
@@ -460,9 +473,22 @@ def _nonce_check(conn: apsw.Connection) -> None:
         return
     used = _encryptions(info)
     if used > info.warn_fraction * NONCE_LIMIT:
-        warnings.warn(f"{info.path}: {used} pages were encrypted under the current data key, "
-                      f"{used / NONCE_LIMIT:.0%} of the 2^32 NIST SP 800-38D bound for random "
-                      "nonces: rotate the data key", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{info.path}: {nonce_budget_text(used)}: rotate the data key",
+                      RuntimeWarning, stacklevel=3)
+
+
+def nonce_budget_text(used: int) -> str:
+    """The nonce budget in words; never a percentage past 100 or of a damaged counter."""
+    if used > COUNTER_PLAUSIBLE_MAX:
+        return (f"the header's encryption counter reads {used}, more than any database "
+                f"makes (the bound of plausible counts is 2^48): the counter is damaged "
+                "or was edited, so the encryptions under the current data key are unknown")
+    if used >= NONCE_LIMIT:
+        return (f"{used} pages were encrypted under the current data key, past the 2^32 "
+                "NIST SP 800-38D bound for random nonces")
+    return (f"{used} pages were encrypted under the current data key, "
+            f"{min(used / NONCE_LIMIT, 0.99):.0%} of the 2^32 NIST SP 800-38D bound for "
+            "random nonces")
 
 
 def _encryptions(info: _Info) -> int:
@@ -566,6 +592,7 @@ def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
         "key_slots": slots,
         "encryptions_under_current_key": used,
         "nonce_warning": used > info.warn_fraction * NONCE_LIMIT,
+        "nonce_counter_damaged": used > COUNTER_PLAUSIBLE_MAX,
         "nonce_warning_fraction": info.warn_fraction,
         "header_size": header.header_size,
         "file_id": header.file_id.hex(),

@@ -15,9 +15,12 @@ from typing import Dict, Optional, Union
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CorruptHeaderError
 
-__all__ = ["Key", "KdfProfile", "KDF_PROFILES", "get_profile", "derive_kek", "coerce_key", "KeyLike"]
+__all__ = ["Key", "KdfProfile", "KDF_PROFILES", "get_profile", "derive_kek", "coerce_key", "KeyLike",
+           "check_kdf_params", "ARGON2_TIME_COST_MIN", "ARGON2_TIME_COST_MAX",
+           "ARGON2_MEMORY_KIB_MIN", "ARGON2_MEMORY_KIB_MAX", "ARGON2_PARALLELISM_MIN",
+           "ARGON2_PARALLELISM_MAX"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,52 @@ KDF_PROFILES: Dict[str, KdfProfile] = {
     "sensitive": KdfProfile(time_cost=4, memory_kib=262144, parallelism=4),
     "test": KdfProfile(time_cost=1, memory_kib=64, parallelism=1),
 }
+
+
+#: Bounds on the Argon2id parameters of a key slot. A header is read before anything in
+#: it can be authenticated (the slot's tag is checked with the key the parameters
+#: derive), so every parameter is checked against these bounds *before* a key is
+#: derived: a damaged or hostile header costs at most one derivation at the bounds
+#: (about 1 GiB for a few seconds), never a hang or a 16 GiB allocation. The largest
+#: profile above uses t=4, 256 MiB, p=4; the bounds leave room for stronger custom
+#: slots. Argon2 itself needs memory >= 8 KiB x parallelism.
+ARGON2_TIME_COST_MIN = 1
+ARGON2_TIME_COST_MAX = 10
+ARGON2_MEMORY_KIB_MIN = 8
+ARGON2_MEMORY_KIB_MAX = 1024 * 1024  # 1 GiB
+ARGON2_PARALLELISM_MIN = 1
+ARGON2_PARALLELISM_MAX = 16
+
+
+def check_kdf_params(kdf: int, time_cost: int, memory_kib: int, parallelism: int, *,
+                     file: Optional[str] = None, slot: Optional[int] = None) -> None:
+    """Raise :class:`~heliosdb.errors.CorruptHeaderError` (naming ``file``, the slot and
+    the field) unless the KDF and its parameters are within the documented bounds:
+    Argon2id within the ``ARGON2_*`` bounds, HKDF-SHA256 with all three parameters 0."""
+    from .format import KDF_ARGON2ID, KDF_HKDF_SHA256
+
+    where = f"{file}: " if file else ""
+    where += f"key slot {slot}: " if slot is not None else ""
+
+    def bad(field: str, why: str) -> CorruptHeaderError:
+        return CorruptHeaderError(f"{where}damaged HeliosDB header: {field} {why}",
+                                  file=file, field=field)
+
+    if kdf == KDF_HKDF_SHA256:
+        for name, value in (("time_cost", time_cost), ("memory_kib", memory_kib),
+                            ("parallelism", parallelism)):
+            if value != 0:
+                raise bad(name, f"is {value}, must be 0 for an HKDF-SHA256 slot")
+        return
+    if kdf != KDF_ARGON2ID:
+        raise bad("kdf", f"is {kdf}: unknown KDF id (1 HKDF-SHA256, 2 Argon2id)")
+    for name, value, lo, hi in (
+            ("time_cost", time_cost, ARGON2_TIME_COST_MIN, ARGON2_TIME_COST_MAX),
+            ("parallelism", parallelism, ARGON2_PARALLELISM_MIN, ARGON2_PARALLELISM_MAX),
+            ("memory_kib", memory_kib, max(ARGON2_MEMORY_KIB_MIN, 8 * parallelism),
+             ARGON2_MEMORY_KIB_MAX)):
+        if not lo <= value <= hi:
+            raise bad(name, f"is {value}, outside the bounds {lo}..{hi}")
 
 
 def get_profile(name: str) -> KdfProfile:
@@ -179,18 +228,26 @@ def coerce_key(key: KeyLike, kdf_profile: Optional[str] = None) -> Optional[Key]
 
 def derive_kek(key: Key, kdf: int, salt: bytes, time_cost: int = 0, memory_kib: int = 0,
                parallelism: int = 0) -> bytearray:
-    """The key-encryption key for a slot: HKDF-SHA256 for raw keys, Argon2id for passphrases."""
+    """The key-encryption key for a slot: HKDF-SHA256 for raw keys, Argon2id for passphrases.
+
+    The parameters are checked first (:func:`check_kdf_params`): out of bounds is a
+    CorruptHeaderError, never a raw argon2 exception or an unbounded derivation.
+    """
     from .format import KDF_ARGON2ID, KDF_HKDF_SHA256
 
+    check_kdf_params(kdf, time_cost, memory_kib, parallelism)
     if kdf == KDF_HKDF_SHA256:
         out = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt,
                    info=b"HeliosDB raw-key KEK v1").derive(bytes(key.secret()))
         return bytearray(out)
-    if kdf == KDF_ARGON2ID:
-        from argon2.low_level import Type, hash_secret_raw
+    from argon2.exceptions import Argon2Error
+    from argon2.low_level import Type, hash_secret_raw
 
+    try:
         out = hash_secret_raw(bytes(key.secret()), salt, time_cost=time_cost,
                               memory_cost=memory_kib, parallelism=parallelism, hash_len=32,
                               type=Type.ID)
-        return bytearray(out)
-    raise ValueError(f"unknown KDF id {kdf}")
+    except (Argon2Error, ValueError, OverflowError, MemoryError) as exc:
+        raise CorruptHeaderError(f"Argon2id refused the slot's parameters: "
+                                 f"{type(exc).__name__}", field="kdf") from None
+    return bytearray(out)

@@ -113,8 +113,8 @@ def _read_header_fd(path: str, fd: int) -> fmt.Header:
         raise NotEncryptedError(f"{path} is not an encrypted HeliosDB database")
     try:
         return fmt.read_header(raw)
-    except ValueError as exc:
-        raise EncryptionError(f"{path}: damaged HeliosDB header: {exc}") from None
+    except fmt.HeaderFieldError as exc:
+        raise fmt.corrupt(path, exc) from None
 
 
 def _key(key: KeyLike, what: str = "key", profile: Optional[str] = None) -> Key:
@@ -1156,8 +1156,13 @@ def attach_escape_reason(filename: Optional[str]) -> Optional[str]:
     """
     if not filename or not filename.startswith("file:"):
         return None
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(filename).query)
-    vfs = query.get("vfs", [_vfs.VFS_NAME])[-1]
+    from .uri import OPEN_CREATE, OPEN_READWRITE, OPEN_URI, UriError, parse_filename
+
+    try:  # ATTACH parses with the main database's open flags
+        target = parse_filename(filename, OPEN_URI | OPEN_READWRITE | OPEN_CREATE)
+    except UriError:
+        return None  # SQLite refuses it too
+    vfs = target.vfs if target.vfs is not None else _vfs.VFS_NAME
     if vfs != _vfs.VFS_NAME:
         return (f"refusing to attach {filename!r} from an encrypted database: it names "
                 f"vfs={vfs}, which would bypass encryption (use heliosdb.decrypt() for a "

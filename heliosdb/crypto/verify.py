@@ -24,7 +24,7 @@ import sys
 from array import array
 from typing import Any, Callable, List, Optional, Tuple
 
-from . import _files
+from . import _files, seal
 from . import format as fmt
 from . import pages
 from .keys import KeyLike
@@ -109,6 +109,8 @@ def verify_pages(path: str, dek: bytes | bytearray, file_id: bytes, page_size: i
         if page1 is not None:
             (db_size,) = struct.unpack(">I", page1[28:32])
         wal_frames = _wal_frame_count(wal_path, ps)
+        # Header version 2 seals the WAL frame checksums (seal.py); 1 keeps them in clear.
+        (version,) = struct.unpack(">I", os.pread(fd, 4, 16))
         total = n_pages + (1 if partial else 0) + wal_frames
         done = 0
         for pgno in range(1, n_pages + 1):
@@ -138,7 +140,8 @@ def verify_pages(path: str, dek: bytes | bytearray, file_id: bytes, page_size: i
             if progress is not None:
                 progress(done, total)
     if wal_frames:
-        done = _verify_wal(wal_path, dek, file_id, ps, rep, done, total, progress)
+        done = _verify_wal(wal_path, dek, file_id, ps, rep, done, total, progress,
+                           sealed=version >= 2)
     if progress is not None and done != total:
         progress(total, total)
     rep.ok = not rep.bad_pages
@@ -171,7 +174,8 @@ def _cksum(data: bytes, big: bool, s1: int, s2: int) -> Tuple[int, int]:
 
 
 def _verify_wal(wal_path: str, dek: bytes, fid: bytes, ps: int, rep: VerifyReport,
-                done: int, total: int, progress: Optional[Callable[[int, int], Any]]) -> int:
+                done: int, total: int, progress: Optional[Callable[[int, int], Any]],
+                sealed: bool = False) -> int:
     with _files.reading(wal_path) as fd:
         hdr = os.pread(fd, WAL_HEADER, 0)
         magic, _ver, wps, _ckpt, salt1, salt2, c1, c2 = struct.unpack(">8I", hdr)
@@ -187,6 +191,9 @@ def _verify_wal(wal_path: str, dek: bytes, fid: bytes, ps: int, rep: VerifyRepor
         for i in range(n):
             off = WAL_HEADER + i * (FRAME_HEADER + ps)
             fh = os.pread(fd, FRAME_HEADER, off)
+            if sealed and len(fh) == FRAME_HEADER:
+                ks = seal.wal_keystream(dek, fid, off, fh[8:16])
+                fh = fh[:16] + bytes(a ^ b for a, b in zip(fh[16:24], ks))
             pgno, _commit, fs1, fs2, fc1, fc2 = struct.unpack(">6I", fh)
             if (fs1, fs2) != (salt1, salt2):
                 rep.wal_stale_frames += 1  # an earlier WAL generation: not in the log
