@@ -51,6 +51,7 @@ from .crypto.verify import verify_encryption
 from .errors import (
     AuditIntegrityError,
     ConfigError,
+    ConfigWarning,
     CorruptPageError,
     DatabaseError,
     DataError,
@@ -159,7 +160,7 @@ __all__ = [
     "register_converter", "adapt", "adapters", "converters", "complete_statement",
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
-    "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
+    "ConfigError", "ConfigWarning", "EncryptionError", "WrongKeyError", "KeyRequiredError",
     "NotEncryptedError", "CorruptPageError", "EncryptionUnavailableError",
     "AuditIntegrityError", "native_available", "Key",
     "change_passphrase", "add_key_slot", "remove_key_slot", "list_key_slots", "rotate_key",
