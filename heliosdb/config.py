@@ -10,8 +10,15 @@
 
 Every problem raises :class:`heliosdb.ConfigError` naming the dotted key, the file and the line,
 e.g. ``configs/x.toml:7: audit.retention_days: expected a positive integer, got -3``. Unknown
-keys are errors (with the closest known key suggested), never silently ignored: a typo in an
-audit setting would otherwise switch auditing off without anyone noticing.
+keys in the sections HeliosDB owns (``[database]``, ``[encryption]``, ``[audit]``) are errors
+(with the closest known key suggested), never silently ignored: a typo in an audit setting would
+otherwise switch auditing off without anyone noticing.
+
+Config files written for the product carry sections of their own (``[monitoring]``,
+``[server]``, ``[gdpr]``...): those are kept for the application in :attr:`Config.extra` and
+named in one :class:`heliosdb.ConfigWarning` per load. The product's spellings are aliases
+(``algorithm = "Aes256Gcm"``, ``key_source = { File = "..." }``, ``[database] cache_mb``);
+``fips_mode = true`` is refused (HeliosDB does not run in a FIPS-validated mode).
 
 The keys, their types, defaults and meaning are documented in ``docs/CONFIG.md``, whose tables
 are generated from the schema below (``python -m heliosdb.config --write-docs``) and checked
@@ -26,6 +33,7 @@ import functools
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping, Optional, Union
@@ -35,13 +43,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigWarning
 
 __all__ = [
     "Config", "DatabaseConfig", "EncryptionConfig", "AuditConfig", "CaptureMetadata",
     "AfterHours", "KeySource", "FrozenMap", "load_config", "preset_names", "preset_path",
     "presets_dir", "category_of", "OPERATIONS", "CATEGORIES", "KDF_PROFILES",
     "render_key_reference", "render_preset_table", "update_docs", "find_key_line",
+    "FIPS_REFUSAL",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +142,32 @@ class FrozenMap(Mapping[str, int]):
         return f"FrozenMap({self._d!r})"
 
 
+def _freeze(v: Any) -> Any:
+    """A deep, hashable, read-only copy: tables become FrozenMaps, arrays tuples."""
+    if isinstance(v, Mapping):
+        return FrozenMap({str(k): _freeze(x) for k, x in v.items()})
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    """The plain (dict and list) form of a :func:`_freeze` result."""
+    if isinstance(v, Mapping):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_thaw(x) for x in v]
+    return v
+
+
+#: Why ``encryption.fips_mode = true`` is refused (a message for users, kept in one place).
+FIPS_REFUSAL = (
+    "HeliosDB does not run in a FIPS 140-validated mode: it does not use the OpenSSL FIPS "
+    "provider, and it derives keys from passphrases with Argon2id, which is not a "
+    "FIPS-approved key derivation function. Remove fips_mode or set it to false (pages are "
+    "encrypted with AES-256-GCM either way, but not by a validated module)")
+
+
 # --------------------------------------------------------------------------------------------
 # The dataclasses
 # --------------------------------------------------------------------------------------------
@@ -171,6 +206,11 @@ class EncryptionConfig:
     kdf_profile: str = "default"
     rotation_interval_days: int = 90
     nonce_warning_fraction: float = 0.5
+    fips_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fips_mode:
+            raise ConfigError(f"encryption.fips_mode: {FIPS_REFUSAL}", key="encryption.fips_mode")
 
     @property
     def kdf_params(self) -> Mapping[str, int]:
@@ -311,22 +351,25 @@ class DatabaseConfig:
     memory_limit_mb: Optional[int] = None
     enable_wal: Optional[bool] = None
     page_size: Optional[int] = None
+    cache_mb: Optional[int] = None
 
     def pragmas(self) -> list[tuple[str, object]]:
         """``(pragma, value)`` pairs to run at open, in order.
 
         ``page_size`` comes first because it cannot change once a database is in WAL mode
-        (and only takes effect on a new, empty database). ``memory_limit_mb`` becomes the
-        page cache size, negative meaning KiB as SQLite defines ``cache_size``; SQLite's
-        heap limits are process-wide, so a per-connection setting cannot use them.
+        (and only takes effect on a new, empty database). ``cache_mb``, else
+        ``memory_limit_mb``, becomes the page cache size, negative meaning KiB as SQLite
+        defines ``cache_size``; SQLite's heap limits are process-wide, so a per-connection
+        setting cannot use them.
         """
         out: list[tuple[str, object]] = []
         if self.page_size is not None:
             out.append(("page_size", self.page_size))
         if self.enable_wal is not None:
             out.append(("journal_mode", "WAL" if self.enable_wal else "DELETE"))
-        if self.memory_limit_mb is not None:
-            out.append(("cache_size", -self.memory_limit_mb * 1024))
+        cache_mb = self.cache_mb if self.cache_mb is not None else self.memory_limit_mb
+        if cache_mb is not None:
+            out.append(("cache_size", -cache_mb * 1024))
         return out
 
     def ignored(self, database: Optional[str] = None) -> list[str]:
@@ -334,11 +377,14 @@ class DatabaseConfig:
 
         ``database.path`` is ignored whenever ``connect()`` is given a database (it always
         is; the path is informational); ``database.enable_wal`` is ignored for in-memory and
-        temporary databases, which have no WAL.
+        temporary databases, which have no WAL; ``database.memory_limit_mb`` is ignored
+        when ``database.cache_mb`` sizes the cache.
         """
         out: list[str] = []
         if self.path is not None and database is not None:
             out.append("database.path")
+        if self.memory_limit_mb is not None and self.cache_mb is not None:
+            out.append("database.memory_limit_mb")
         in_memory = database in ("", ":memory:") or (
             database is not None and database.startswith("file::memory:"))
         if self.enable_wal is not None and in_memory:
@@ -358,11 +404,20 @@ class Config:
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     description: str = ""
+    #: Top-level sections HeliosDB does not own (``[monitoring]``, ``[gdpr]``...), kept for
+    #: the application: a read-only mapping of section name to its (read-only) table, arrays
+    #: as tuples. Loading them issues one :class:`heliosdb.ConfigWarning`.
+    extra: Mapping[str, Any] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        # Built directly with plain dicts: keep the instance immutable and hashable.
+        object.__setattr__(self, "extra", _freeze(self.extra))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML types and ``None``); ``load_config`` accepts it back.
 
-        ``source`` is not included (it says where a config came from, not what it is).
+        ``source`` is not included (it says where a config came from, not what it is). The
+        sections of :attr:`extra` follow HeliosDB's own, at the top level as in the file.
         """
         return {
             "name": self.name,
@@ -370,6 +425,7 @@ class Config:
             "database": _section_to_dict(self.database),
             "encryption": _section_to_dict(self.encryption),
             "audit": _section_to_dict(self.audit),
+            **_thaw(self.extra),
         }
 
     def to_toml(self) -> str:
@@ -585,18 +641,40 @@ def _key_source(v: Any) -> Optional[KeySource]:
                        '{ file = "/secure/db.key" }, got ' + _describe(v))
     kinds = ("file", "env", "passphrase_env")
     for k in v:
-        if k not in kinds:
-            near = difflib.get_close_matches(str(k), kinds, n=1)
+        if _KIND_SPELLINGS.get(str(k).replace("_", "").lower()) is None:
+            near = difflib.get_close_matches(str(k).lower(), kinds, n=1)
             hint = f"; did you mean {near[0]}?" if near else f"; expected one of {', '.join(kinds)}"
             raise _Invalid(f"unknown key{hint}", (str(k),))
     if len(v) != 1:
         raise _Invalid(f"expected exactly one of {', '.join(kinds)}, got {len(v)}")
-    (kind, value), = v.items()
+    (given, value), = v.items()
+    kind = _KIND_SPELLINGS[str(given).replace("_", "").lower()]
     if not isinstance(value, str) or not value:
-        raise _Invalid(f"expected a non-empty string, got {_describe(value)}", (kind,))
+        raise _Invalid(f"expected a non-empty string, got {_describe(value)}", (str(given),))
     if kind != "file" and not _ENV_RE.match(value):
-        raise _Invalid(f"expected an environment variable name, got {value!r}", (kind,))
+        raise _Invalid(f"expected an environment variable name, got {value!r}", (str(given),))
     return KeySource(kind, value)
+
+
+#: ``key_source`` table keys, compared without case and underscores: the product documents'
+#: ``{ File = ... }``, ``{ Env = ... }`` and ``{ PassphraseEnv = ... }`` (Rust enum variant
+#: names) mean what ``file``, ``env`` and ``passphrase_env`` mean.
+_KIND_SPELLINGS = {"file": "file", "env": "env", "passphraseenv": "passphrase_env"}
+
+
+def _algorithm(v: Any) -> str:
+    """``aes-256-gcm``, also spelt as the product documents do: ``Aes256Gcm`` (the Rust
+    variant), ``AES-256-GCM``, ``aes_256_gcm``... (case, ``-``, ``_`` and spaces ignored)."""
+    _str(v)
+    if re.sub(r"[\s_-]", "", v).lower() == "aes256gcm":
+        return "aes-256-gcm"
+    return _choice(_ALGORITHMS)(v)
+
+
+def _fips_mode(v: Any) -> bool:
+    if _bool(v):
+        raise _Invalid(FIPS_REFUSAL)
+    return v
 
 
 _OVERRIDE_NAMES = CATEGORIES + OPERATIONS
@@ -681,18 +759,28 @@ _DATABASE_KEYS = (
     _Key("page_size", "integer", _optional(_page_size),
          "`PRAGMA page_size`, a power of two from 512 to 65536; takes effect on a new "
          "database only."),
+    _Key("cache_mb", "integer", _optional(_int(1, 1 << 20)),
+         "Page cache size in MiB (`PRAGMA cache_size = -KiB`), the product's spelling; wins "
+         "over `memory_limit_mb` (then reported by `DatabaseConfig.ignored()` and the load "
+         "warning) and may not exceed it."),
 )
 
 _ENCRYPTION_KEYS = (
     _Key("enabled", "boolean", _bool,
          "Encrypt every page, journal, WAL and temp file. With no `key_source`, the key "
          "must be passed to `connect(..., key=...)`."),
-    _Key("algorithm", "string", _choice(_ALGORITHMS),
-         "Page cipher. Only `aes-256-gcm` (12-byte nonce, 16-byte tag per page)."),
+    _Key("algorithm", "string", _algorithm,
+         "Page cipher. Only `aes-256-gcm` (12-byte nonce, 16-byte tag per page); the "
+         "product's `Aes256Gcm`, `AES-256-GCM` and other casings mean the same."),
+    _Key("fips_mode", "boolean", _fips_mode,
+         "Only `false` is accepted: HeliosDB does not run in a FIPS 140-validated mode (no "
+         "OpenSSL FIPS provider; Argon2id is not a FIPS-approved KDF), so `true` is an "
+         "error rather than a promise it cannot keep."),
     _Key("key_source", "table", _key_source,
          'Where the key comes from: `{ file = "/secure/db.key" }` (raw 32 bytes; a relative '
          'path is resolved against the config file), `{ env = "VAR" }` (64 hex chars) or '
-         '`{ passphrase_env = "VAR" }` (passphrase, Argon2id). Unset: passed to `connect()`.'),
+         '`{ passphrase_env = "VAR" }` (passphrase, Argon2id). Unset: passed to `connect()`. '
+         'The product\'s `File`, `Env`, `PassphraseEnv` spellings are accepted.'),
     _Key("kdf_profile", "string", _choice(tuple(KDF_PROFILES)),
          "Argon2id cost for passphrases: " + ", ".join(
              f"`{n}` (t={p['time_cost']}, {p['memory_kib'] // 1024} MiB, "
@@ -915,8 +1003,9 @@ def _unknown_key_error(name: str, known: tuple[str, ...], file: str, line: Optio
                        dotted: str, section: tuple[str, ...] = ()) -> ConfigError:
     path = tuple(dotted.split("."))
     # Right key, wrong section? Say where it belongs before guessing at a spelling.
-    homes = [".".join(sec + (name,)) for sec, (keys, _) in _SECTIONS.items()
-             if sec != section and any(name == k.name or name in k.aliases for k in keys)]
+    homes = [".".join(sec + (name,)) for sec, (keys, subs) in _SECTIONS.items()
+             if sec != section and (name in subs or any(name == k.name or name in k.aliases
+                                                       for k in keys))]
     near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     if homes:
         hint = f"; did you mean {homes[0]} (it belongs in [{homes[0].rsplit('.', 1)[0]}])?"
@@ -979,11 +1068,88 @@ def _read_section(raw: Any, path: tuple[str, ...], ctx: _Ctx) -> dict[str, Any]:
     return out
 
 
+_OWNED_SECTIONS = ("database", "encryption", "audit")
+#: Keys of sections HeliosDB does not own that look like audit or encryption settings: the
+#: warning names them, since they change nothing here ([logging] audit_log_enabled does not
+#: turn HeliosDB's audit log on).
+_LOOKALIKE_RE = re.compile(r"audit|encrypt|cipher|fips|retention|checksum", re.IGNORECASE)
+
+
+def _is_foreign_section(name: str, value: Any) -> bool:
+    """A top-level table (or array of tables) that HeliosDB leaves to the application.
+
+    Not one whose name is a misspelling of a section HeliosDB owns (``[audti]``), nor one
+    that belongs inside an owned section (``[capture_metadata]``, ``[retention_overrides]``):
+    those stay errors, as a typo would otherwise switch a setting off.
+    """
+    is_table = isinstance(value, Mapping) or (
+        isinstance(value, (list, tuple)) and bool(value)
+        and all(isinstance(x, Mapping) for x in value))
+    if not is_table or name in _TOP_KEYS:
+        return False
+    if difflib.get_close_matches(name.lower(), _OWNED_SECTIONS, n=1, cutoff=0.76):
+        return False
+    return not any(name in subs or any(name == k.name or name in k.aliases for k in keys)
+                   for keys, subs in _SECTIONS.values())
+
+
+def _lookalike_keys(value: Any, prefix: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            path = prefix + (str(k),)
+            if _LOOKALIKE_RE.search(str(k)):
+                out.append(".".join(path))
+            out.extend(_lookalike_keys(v, path))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            out.extend(_lookalike_keys(v, prefix))
+    return list(dict.fromkeys(out))
+
+
+def _load_warning(cfg: Config, ctx: _Ctx) -> Optional[ConfigWarning]:
+    """The one warning of a load: foreign sections and keys accepted without effect."""
+    where = ctx.default.display
+
+    def at(path: tuple[str, ...]) -> str:
+        src = ctx.origin(path)
+        line = src.line_of(path)
+        if src.display != where:
+            return f" ({src.display}:{line})" if line else f" ({src.display})"
+        return f" (line {line})" if line else ""
+
+    parts: list[str] = []
+    keys: list[str] = []
+    if cfg.extra:
+        names = ", ".join(f"[{k}]{at((k,))}" for k in cfg.extra)
+        parts.append(f"ignoring section(s) HeliosDB does not own, kept for the application "
+                     f"in Config.extra: {names}")
+        look = [k for s, v in cfg.extra.items() for k in _lookalike_keys(v, (s,))]
+        if look:
+            parts.append("these keys in them look like audit or encryption settings but "
+                         "change nothing in HeliosDB (its own are in [audit] and "
+                         "[encryption], see docs/CONFIG.md): " + ", ".join(look))
+            keys.extend(look)
+    if "database.memory_limit_mb" in cfg.database.ignored():
+        path = ("database", "memory_limit_mb")
+        parts.append(f"database.memory_limit_mb{at(path)} has no effect: database.cache_mb "
+                     f"sizes the page cache, and SQLite has no per-connection memory limit")
+        keys.append("database.memory_limit_mb")
+    if not parts:
+        return None
+    return ConfigWarning(f"{where}: " + "; ".join(parts), file=where,
+                         sections=tuple(cfg.extra), keys=tuple(keys))
+
+
 def _build(raw: Mapping[str, Any], ctx: _Ctx, *, name: str, source: Optional[str],
            inherited: Optional[Config] = None) -> Config:
     """Validate a merged raw mapping into a Config."""
+    extra: dict[str, Any] = {}
     for k in raw:
         if k not in _TOP_KEYS:
+            if _is_foreign_section(str(k), raw[k]):
+                extra[str(k)] = raw[k]
+                continue
             src = ctx.origin((str(k),))
             raise _unknown_key_error(str(k), _TOP_KEYS, src.display,
                                      src.line_of((str(k),)), str(k))
@@ -1021,6 +1187,11 @@ def _build(raw: Mapping[str, Any], ctx: _Ctx, *, name: str, source: Optional[str
     if audit.checksums_mandatory and not audit.enable_checksums:
         raise ctx.error(("audit", "enable_checksums"),
                         "cannot be false while audit.checksums_mandatory is true")
+    if db.get("cache_mb") is not None and db.get("memory_limit_mb") is not None \
+            and db["cache_mb"] > db["memory_limit_mb"]:
+        raise ctx.error(("database", "cache_mb"),
+                        f"a {db['cache_mb']} MiB cache exceeds database.memory_limit_mb "
+                        f"({db['memory_limit_mb']})")
     if audit.capture_metadata.custom_field_names and not audit.capture_metadata.custom_fields:
         raise ctx.error(("audit", "capture_metadata", "custom_field_names"),
                         "names custom fields, but audit.capture_metadata.custom_fields is "
@@ -1028,7 +1199,7 @@ def _build(raw: Mapping[str, Any], ctx: _Ctx, *, name: str, source: Optional[str
 
     return Config(name=name, source=source, database=DatabaseConfig(**db),
                   encryption=EncryptionConfig(**enc), audit=audit,
-                  description=raw.get("description") or "")
+                  description=raw.get("description") or "", extra=extra)
 
 
 def presets_dir() -> Path:
@@ -1146,6 +1317,13 @@ def _load_raw(data: Mapping[str, Any], src: _Source, chain: tuple[str, ...]
 _PLAIN = Config()
 
 
+def _warn_once(cfg: Config, ctx: _Ctx) -> None:
+    w = _load_warning(cfg, ctx)
+    if w is not None:
+        # Points at the caller of load_config() (or of connect(), one level further up).
+        warnings.warn(w, stacklevel=3)
+
+
 def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] = None) -> Config:
     """Load and validate a configuration.
 
@@ -1154,7 +1332,9 @@ def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] =
     is). A file or mapping may start with ``extends = "<preset or path>"`` to inherit from
     another config; checksums mandatory in the parent cannot be turned off.
 
-    Raises :class:`heliosdb.ConfigError` naming the key, file and line of any problem.
+    Raises :class:`heliosdb.ConfigError` naming the key, file and line of any problem. Top-level
+    sections HeliosDB does not own are kept in :attr:`Config.extra`; they, and keys accepted
+    without effect, are named in one :class:`heliosdb.ConfigWarning`.
     """
     if spec is None:
         return _PLAIN
@@ -1164,14 +1344,20 @@ def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] =
         src = _Source("<dict>", None, None)
         raw, origins, parent = _load_raw(spec, src, ())
         name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else "custom"
-        return _build(raw, _Ctx(src, origins), name=name, source=None, inherited=parent)
+        ctx = _Ctx(src, origins)
+        cfg = _build(raw, ctx, name=name, source=None, inherited=parent)
+        _warn_once(cfg, ctx)
+        return cfg
     if isinstance(spec, (str, os.PathLike)):
         path, display, default_name = _resolve(spec, None)
         data, src = _read_toml(path, display)
         raw, origins, parent = _load_raw(data, src, (str(path.resolve()),))
         name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") \
             else default_name
-        return _build(raw, _Ctx(src, origins), name=name, source=str(path), inherited=parent)
+        ctx = _Ctx(src, origins)
+        cfg = _build(raw, ctx, name=name, source=str(path), inherited=parent)
+        _warn_once(cfg, ctx)
+        return cfg
     raise ConfigError(f"config: expected None, a preset name, a path, a dict or a Config, "
                       f"got {type(spec).__name__}")
 
@@ -1194,6 +1380,8 @@ def _toml_value(v: Any) -> str:
         return str(v)
     if isinstance(v, float):
         return repr(v)
+    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
+        return v.isoformat()  # TOML's date/time forms are RFC 3339, as isoformat() writes
     if isinstance(v, str):
         out = []
         for ch in v:

@@ -17,8 +17,9 @@ import apsw
 __all__ = [
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
-    "ConfigError", "EncryptionError", "WrongKeyError", "KeyRequiredError",
+    "ConfigError", "ConfigWarning", "EncryptionError", "WrongKeyError", "KeyRequiredError",
     "NotEncryptedError", "CorruptPageError", "CorruptHeaderError", "EncryptionUnavailableError",
+    "AuditPolicyError", "ReasonRequiredError",
     "AuditIntegrityError", "translate",
 ]
 
@@ -78,6 +79,23 @@ class ConfigError(Error, ValueError):
         self.key = key
         self.file = file
         self.line = line
+
+
+class ConfigWarning(UserWarning):
+    """A configuration loaded, but parts of it have no effect on HeliosDB.
+
+    Issued once per load, naming everything concerned: sections HeliosDB does not own
+    (``[monitoring]``, ``[gdpr]``...; kept for the application in ``Config.extra``) and keys
+    accepted without effect. ``file`` is the config's display name, ``sections`` the
+    ignored top-level section names and ``keys`` the dotted keys without effect.
+    """
+
+    def __init__(self, message: str, *, file: Optional[str] = None,
+                 sections: tuple[str, ...] = (), keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.file = file
+        self.sections = tuple(sections)
+        self.keys = tuple(keys)
 
 
 class EncryptionError(DatabaseError):

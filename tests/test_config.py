@@ -702,3 +702,258 @@ def test_valid_dicts_round_trip(raw):
                 assert getattr(got, k) == (tuple(v) if isinstance(v, list) else v)
         else:
             assert got == (tuple(value) if isinstance(value, list) else value)
+
+
+# --------------------------------------------------------------------------------------------
+# the product documents' config files: foreign sections, spellings, fips_mode (issue 16.5)
+# --------------------------------------------------------------------------------------------
+
+
+def load_warned(spec):
+    """(config, [ConfigWarning messages]) of a load, every warning recorded."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(spec)
+    return cfg, [w.message for w in caught if issubclass(w.category, heliosdb.ConfigWarning)]
+
+
+@pytest.mark.parametrize("spelling", ["Aes256Gcm", "AES-256-GCM", "aes-256-gcm", "aes_256_gcm",
+                                      "AES256GCM", "Aes-256-Gcm", "aes 256 gcm"])
+def test_algorithm_spellings_mean_aes_256_gcm(tmp_path, spelling):
+    cfg, warned = load_warned(write(tmp_path, f'[encryption]\nalgorithm = "{spelling}"\n'))
+    assert cfg.encryption.algorithm == "aes-256-gcm" and warned == []
+
+
+@pytest.mark.parametrize("spelling", ["Aes128Gcm", "AES-256-CBC", "ChaCha20Poly1305", ""])
+def test_other_algorithms_stay_errors(tmp_path, spelling):
+    p = write(tmp_path, f'[encryption]\nenabled = true\nalgorithm = "{spelling}"\n')
+    e = error_of(p)
+    assert (e.key, e.line) == ("encryption.algorithm", 3) and "aes-256-gcm" in str(e)
+
+
+@pytest.mark.parametrize("toml_ks, expected", [
+    ('{ File = "/secure/db.key" }', KeySource("file", "/secure/db.key")),
+    ('{ FILE = "/secure/db.key" }', KeySource("file", "/secure/db.key")),
+    ('{ Env = "HELIOS_KEY" }', KeySource("env", "HELIOS_KEY")),
+    ('{ PassphraseEnv = "PASS" }', KeySource("passphrase_env", "PASS")),
+    ('{ passphraseEnv = "PASS" }', KeySource("passphrase_env", "PASS")),
+    ('{ Passphrase_Env = "PASS" }', KeySource("passphrase_env", "PASS")),
+])
+def test_key_source_product_spellings(tmp_path, toml_ks, expected):
+    cfg, warned = load_warned(write(tmp_path, f"[encryption]\nkey_source = {toml_ks}\n"))
+    assert cfg.encryption.key_source == expected and warned == []
+    # Written back in HeliosDB's own spelling.
+    assert cfg.to_dict()["encryption"]["key_source"] == {expected.kind: expected.value}
+
+
+def test_key_source_product_spellings_keep_their_checks(tmp_path):
+    cfg = load_config(write(tmp_path, '[encryption]\nkey_source = { File = "k.bin" }\n'))
+    assert cfg.encryption.key_source == KeySource("file", str(tmp_path / "k.bin"))
+    e = error_of(write(tmp_path, '[encryption]\nkey_source = { Env = "A B" }\n'))
+    assert e.key == "encryption.key_source.Env" and e.line == 2
+    e = error_of(write(tmp_path, '[encryption]\nkey_source = { File = "a", file = "b" }\n'))
+    assert e.key == "encryption.key_source" and "exactly one" in str(e)
+    e = error_of(write(tmp_path, '[encryption]\nkey_source = { Fiel = "a" }\n'))
+    assert e.key == "encryption.key_source.Fiel" and "did you mean file?" in str(e)
+    e = error_of(write(tmp_path, '[encryption]\nkey_source = { Kms = "arn:x" }\n'))
+    assert e.key == "encryption.key_source.Kms" and "expected one of" in str(e)
+
+
+def test_cache_mb_sets_the_page_cache(tmp_path):
+    cfg, warned = load_warned(write(tmp_path, "[database]\ncache_mb = 32\n"))
+    assert cfg.database.cache_mb == 32 and warned == []
+    assert cfg.database.pragmas() == [("cache_size", -32 * 1024)]
+    assert cfg.database.ignored("x.db") == []
+    assert DatabaseConfig(cache_mb=2, memory_limit_mb=8).pragmas() == [("cache_size", -2048)]
+
+
+def test_cache_mb_with_memory_limit_mb_wins_and_is_named_in_one_warning(tmp_path):
+    p = write(tmp_path, "[database]\nmemory_limit_mb = 128\ncache_mb = 32\n\n[monitoring]\nx = 1\n")
+    cfg, warned = load_warned(p)
+    assert cfg.database.pragmas() == [("cache_size", -32 * 1024)]
+    assert cfg.database.ignored("x.db") == ["database.memory_limit_mb"]
+    assert len(warned) == 1
+    w = warned[0]
+    assert w.keys == ("database.memory_limit_mb",) and w.sections == ("monitoring",)
+    assert "database.memory_limit_mb (line 2) has no effect" in str(w)
+    assert "[monitoring] (line 5)" in str(w) and str(w).startswith(f"{p}: ")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[database]\nmemory_limit_mb = 16\ncache_mb = 32\n", "exceeds database.memory_limit_mb (16)"),
+    ("[database]\ncache_mb = 0\n", "positive"),
+    ('[database]\ncache_mb = "32"\n', 'got "32" (string)'),
+])
+def test_cache_mb_errors_name_file_line_key(tmp_path, text, fragment):
+    p = write(tmp_path, text)
+    e = error_of(p)
+    assert e.key == "database.cache_mb" and e.line == find_key_line(text, "database.cache_mb")
+    assert str(e).startswith(f"{p}:{e.line}: database.cache_mb: ") and fragment in str(e)
+
+
+def test_fips_mode_true_is_refused_with_file_line_key(tmp_path):
+    text = '[encryption]\nenabled = true\nalgorithm = "Aes256Gcm"\nfips_mode = true\n'
+    p = write(tmp_path, text)
+    e = error_of(p)
+    assert (e.key, e.file, e.line) == ("encryption.fips_mode", str(p), 4)
+    assert str(e).startswith(f"{p}:4: encryption.fips_mode: HeliosDB does not run in a "
+                             f"FIPS 140-validated mode")
+    assert "Argon2id" in str(e) and "not a FIPS-approved" in str(e)
+    assert "OpenSSL FIPS provider" in str(e)
+    e = error_of({"encryption": {"fips_mode": True}})
+    assert (e.key, e.file, e.line) == ("encryption.fips_mode", "<dict>", None)
+    with pytest.raises(ConfigError, match="FIPS"):
+        EncryptionConfig(fips_mode=True)
+    with pytest.raises(ConfigError, match="FIPS"):
+        load_config("hipaa").replace(encryption={"fips_mode": True})
+    e = error_of(write(tmp_path, '[encryption]\nfips_mode = "no"\n'))
+    assert e.key == "encryption.fips_mode" and "expected true or false" in str(e)
+
+
+def test_fips_mode_false_is_accepted(tmp_path):
+    cfg, warned = load_warned(write(tmp_path, "[encryption]\nenabled = true\nfips_mode = false\n"))
+    assert cfg.encryption.fips_mode is False and cfg.encryption.enabled and warned == []
+    assert cfg == load_config({"name": "app", "encryption": {"enabled": True}})
+
+
+def test_foreign_sections_are_kept_and_named_in_one_warning(tmp_path):
+    p = write(tmp_path, """[server]
+host = "0.0.0.0"
+port = 8080
+
+[audit]
+enabled = true
+
+[gdpr]
+audit_retention_days = 2555
+purposes = ["billing", "support"]
+since = 2024-01-01
+
+[gdpr.erasure]
+grace_days = 30
+
+[[replicas]]
+url = "a"
+
+[[replicas]]
+url = "b"
+""")
+    cfg, warned = load_warned(p)
+    assert cfg.audit.enabled
+    assert list(cfg.extra) == ["server", "gdpr", "replicas"]
+    assert cfg.extra["server"] == {"host": "0.0.0.0", "port": 8080}
+    assert cfg.extra["gdpr"]["purposes"] == ("billing", "support")
+    assert cfg.extra["gdpr"]["since"] == dt.date(2024, 1, 1)
+    assert cfg.extra["gdpr"]["erasure"] == {"grace_days": 30}
+    assert [r["url"] for r in cfg.extra["replicas"]] == ["a", "b"]
+    assert len(warned) == 1
+    w = warned[0]
+    assert w.file == str(p) and w.sections == ("server", "gdpr", "replicas")
+    assert "[server] (line 1), [gdpr] (line 8), [replicas] (line 16)" in str(w)
+    assert w.keys == ("gdpr.audit_retention_days",)
+    # Read-only, hashable, and part of what the config is.
+    with pytest.raises(TypeError):
+        cfg.extra["server"] = {}  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.extra["server"]["port"] = 1  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.extra = {}  # type: ignore[misc]
+    assert hash(cfg) == hash(load_warned(p)[0])
+    assert cfg != dataclasses.replace(cfg, extra={})
+    assert dataclasses.replace(cfg, extra={"server": {"port": 8080, "host": "0.0.0.0"}}).extra \
+        == {"server": {"host": "0.0.0.0", "port": 8080}}
+    # Round trip: to_dict/to_toml write them back where they were.
+    d = cfg.to_dict()
+    assert d["server"] == {"host": "0.0.0.0", "port": 8080}
+    assert d["gdpr"]["purposes"] == ["billing", "support"]
+    again, warned_again = load_warned(tomllib.loads(cfg.to_toml()))
+    assert again == cfg and len(warned_again) == 1 and warned_again[0].file == "<dict>"
+    assert load_warned(d)[0] == cfg
+
+
+def test_a_config_without_foreign_sections_does_not_warn():
+    for name in ALL_PRESETS:
+        cfg, warned = load_warned(name)
+        assert warned == [] and cfg.extra == {}
+
+
+@pytest.mark.parametrize("text, key, line, fragment", [
+    # Typos inside the sections HeliosDB owns stay errors, foreign sections or not.
+    ("[monitoring]\nx = 1\n[audit]\nretention_dayz = 5\n", "audit.retention_dayz", 4,
+     "did you mean audit.retention_days?"),
+    ('[monitoring]\nx = 1\n[encryption]\nalgoritm = "Aes256Gcm"\n', "encryption.algoritm", 4,
+     "did you mean encryption.algorithm?"),
+    ("[monitoring]\nx = 1\n[database]\ncache_md = 3\n", "database.cache_md", 4,
+     "did you mean database.cache_mb?"),
+    ("[server]\nport = 1\n[audit.capture_metadata]\ncapture_client_ipp = true\n",
+     "audit.capture_metadata.capture_client_ipp", 4, "did you mean"),
+    # A misspelt owned section is not someone else's section.
+    ("[databse]\npath = \"x\"\n", "databse", 1, "did you mean database?"),
+    ("[encrpytion]\nenabled = true\n", "encrpytion", 1, "did you mean encryption?"),
+    ("[Audit]\nenabled = true\n", "Audit", 1, "did you mean audit?"),
+    # Nor is a table that belongs inside one.
+    ("[capture_metadata]\nclient_ip = true\n", "capture_metadata", 1,
+     "did you mean audit.capture_metadata (it belongs in [audit])?"),
+    ("[retention_overrides]\nDDL = 5\n", "retention_overrides", 1,
+     "did you mean audit.retention_overrides (it belongs in [audit])?"),
+    # Top-level keys that are not tables are still typos.
+    ("[monitoring]\nx = 1\n", None, None, None),
+    ('version = "2.5"\n[monitoring]\nx = 1\n', "version", 1, "unknown key"),
+])
+def test_owned_sections_stay_strict(tmp_path, text, key, line, fragment):
+    p = write(tmp_path, text)
+    if key is None:
+        assert list(load_warned(p)[0].extra) == ["monitoring"]
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, and no warning before it
+        e = error_of(p)
+    assert (e.key, e.file, e.line) == (key, str(p), line)
+    assert str(e).startswith(f"{p}:{line}: {key}: ") and fragment in str(e)
+
+
+def test_extends_warns_once_naming_the_parents_lines(tmp_path):
+    write(tmp_path, "[audit]\nenabled = true\n\n[monitoring]\nmetrics = true\n", "base.toml")
+    child = write(tmp_path, 'extends = "base.toml"\n[gdpr]\ndata_residency = "EU"\n')
+    cfg, warned = load_warned(child)
+    assert cfg.audit.enabled and list(cfg.extra) == ["monitoring", "gdpr"]
+    assert len(warned) == 1
+    assert f"[monitoring] ({tmp_path / 'base.toml'}:4)" in str(warned[0])
+    assert "[gdpr] (line 2)" in str(warned[0])
+
+
+def test_replace_keeps_foreign_sections_without_warning_again(tmp_path):
+    cfg, _ = load_warned(write(tmp_path, "[iot]\nedge_mode = true\n"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = cfg.replace(audit={"enabled": True})
+    assert new.extra == cfg.extra == {"iot": {"edge_mode": True}} and new.audit.enabled
+    with pytest.raises(ConfigError, match="unknown key"):
+        cfg.replace(iot={"edge_mode": False})
+
+
+_foreign_values = st.recursive(
+    st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=8),
+              st.floats(allow_nan=False, allow_infinity=False)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(_names, inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_configs, st.dictionaries(st.sampled_from(["monitoring", "server", "gdpr", "edge",
+                                                  "iot", "logging", "compliance"]),
+                                 st.dictionaries(_names, _foreign_values, max_size=4),
+                                 min_size=1, max_size=3))
+def test_foreign_sections_round_trip(raw, foreign):
+    cfg, warned = load_warned({**raw, **foreign})
+    assert len(warned) == 1 and set(warned[0].sections) == set(foreign)
+    assert hc._thaw(cfg.extra) == foreign
+    assert load_warned(cfg.to_dict())[0] == cfg
+    assert load_warned(tomllib.loads(cfg.to_toml()))[0] == cfg
