@@ -298,6 +298,7 @@ class AuditConfig:
     capture_parameters: bool = False
     redact_tables: tuple[str, ...] = ()
     redact_columns: tuple[str, ...] = ()
+    auto_purge: bool = False
     table_name: str = "__audit_log"
     sensitive_tables: tuple[str, ...] = ()
     after_hours: AfterHours = field(default_factory=AfterHours)
@@ -856,6 +857,9 @@ _AUDIT_KEYS = (
     _Key("redact_tables", "array of strings", _str_list("table names"),
          "Statements on these tables (`\"*\"`: every table) record a keyed hash "
          "(`hmac:...`, `conn.audit.keyed_hash(value)`) instead of each bound value."),
+    _Key("auto_purge", "boolean", _bool,
+         "Purge what retention says is due (into the archive) when a connection opens, at "
+         "most once a day; never under a legal hold. `heliosdb purge` does it on demand."),
     _Key("redact_columns", "array of strings", _str_list("column names"),
          "Values bound to these columns (or that cannot be told apart from them) record "
          "a keyed hash instead of the value."),

@@ -255,3 +255,47 @@ def test_retention_status(conn):
     st = conn.audit.retention_status(now=T0 + 45 * DAY)
     assert st["purgeable_now"] == 5 and st["anchor_id"] == 0
     assert st["retention_days"] == 30 and st["legal_holds"] == []
+
+
+# --- issue 16 item 4: retention runs by itself -----------------------------------------------
+
+def test_auto_purge_at_connect_once_a_day_never_under_a_hold(tmp_path, monkeypatch):
+    from heliosdb.audit import retention
+    p = str(tmp_path / "auto.db")
+    clock = [T0]
+    monkeypatch.setattr(retention, "_clock_us", lambda: clock[0])
+    conn = heliosdb.connect(p, config={"extends": "default", "audit": {"auto_purge": False}})
+    stamp(conn, [EventFields("INSERT", "t", "u", "s", "INSERT INTO t VALUES (1)", 1, 1, None,
+                             None, None, None, None)] * 3, at_us=T0)
+    conn.close()
+    def last_purge(c):
+        evs = c.audit.query().operation("RETENTION_PURGE").all()
+        return evs[-1].id if evs else None
+
+    conn = heliosdb.connect(p, config="default")  # auto_purge on: runs at this connect
+    assert conn.config.audit.auto_purge
+    # at T0 (2031) the 2026 events of the first connection are past 90 days: purged
+    first = last_purge(conn)
+    assert first is not None and conn.audit.query().operation("INSERT").count() == 3
+    conn.close()
+    clock[0] = T0 + 200 * DAY  # the 2031 events are past 90 days now
+    conn = heliosdb.connect(p, config="default")
+    second = last_purge(conn)
+    assert second is not None and second > first
+    assert conn.audit.query().operation("INSERT").count() == 0  # archived, then purged
+    assert conn.audit.verify().ok
+    conn.close()
+    clock[0] += 3_600 * 1_000_000  # an hour later: at most once a day
+    conn = heliosdb.connect(p, config="default")
+    assert last_purge(conn) == second
+    hold = conn.audit.hold("litigation")
+    stamp(conn, [EventFields("INSERT", "t", "u", "s", "x", 1, 1, None, None, None, None,
+                             None)], at_us=T0 + 201 * DAY)
+    conn.close()
+    clock[0] = T0 + 400 * DAY
+    conn = heliosdb.connect(p, config="default")
+    assert last_purge(conn) == second  # a legal hold is in force: skipped
+    assert conn.audit.query().operation("INSERT").count() == 1
+    conn.audit.release(hold)
+    conn.close()
+    assert sum(f.endswith(".gz") for f in os.listdir(tmp_path)) >= 2, os.listdir(tmp_path)

@@ -545,6 +545,8 @@ class AuditSession(AuditAPI):
         self._db.set_rollback_hook(self._on_rollback)
         if self._cfg.capture_row_values:
             self._db.preupdate_hook(self._on_preupdate)
+        if not self.readonly and not self._foreign and self._cfg.auto_purge:
+            self._auto_purge()
         if self.readonly or self._foreign:
             pass  # nothing can be written (or a foreign trigger could swallow it)
         elif overridden or enforced:
@@ -940,6 +942,31 @@ class AuditSession(AuditAPI):
         kind, name, _ = self._foreign[0]
         return (f"the {kind} {name} was not created by heliosdb and touches the audit log: "
                 f"remove it first (DROP {kind.upper()} {name})")
+
+    #: auto_purge runs at most once per this many microseconds (a day).
+    AUTO_PURGE_INTERVAL_US = 86_400 * 1_000_000
+
+    def _auto_purge(self) -> None:
+        """``auto_purge``: at most once a day, at connect, purge what retention says is due
+        into the archive next to the database. Never under a legal hold (skipped, not
+        refused: nobody asked for this purge); an in-memory database has nowhere to
+        archive and is skipped."""
+        from . import retention
+
+        if self._db_path() is None:
+            return
+        now = retention._clock_us()  # the clock purge() measures retention with
+        with self._internal():
+            last = store.get_meta(self._db, self.table, "auto_purge_us")
+        if isinstance(last, int) and 0 <= now - last < self.AUTO_PURGE_INTERVAL_US:
+            return
+        if retention.active_holds(self):
+            return
+        due = retention.purge(self, dry_run=True)
+        with self._internal():
+            store.set_meta(self._db, self.table, "auto_purge_us", now)
+        if due.purged:
+            retention.purge(self)
 
     def _check_log_present(self) -> None:
         """A log that ``__audit_meta`` records must still be there: never start a fresh,
