@@ -246,7 +246,7 @@ def test_encryption_dot_command_and_encrypted_backup(tmp_path, encrypted_db, key
     assert proc.returncode == 0, proc.stderr
     facts = {r["property"]: r["value"] for r in json.loads(proc.stdout)}
     assert facts["encryption_enabled"] in (1, "True", "1")
-    assert facts["encryption_algorithm"] == "aes-256-gcm"
+    assert facts["encryption_algorithm"] == "AES-256-GCM"
     assert bytes(range(32)).hex() not in proc.stdout
 
     backup = tmp_path / "copy.db"

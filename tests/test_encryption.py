@@ -162,7 +162,7 @@ def test_storage_info_counts_encryptions(tmp_path):
     info = crypto.storage_info(c)
     assert info["encryptions_under_current_key"] >= before + 50
     assert info["reserve_bytes"] == 32 and info["format_version"] == fmt.HEADER_VERSION == 2
-    assert info["encryption_algorithm"] == "aes-256-gcm" and info["page_size"] == 4096
+    assert info["encryption_algorithm"] == "AES-256-GCM" and info["page_size"] == 4096
     c.close()
     # Persisted in the header, not just counted in memory.
     persisted = fmt.read_header(p.read_bytes()[:4096]).counter

@@ -50,6 +50,9 @@ DEFAULT_NONCE_WARNING_FRACTION = 0.5
 #: second): a larger value is a damaged or edited counter, reported as such.
 COUNTER_PLAUSIBLE_MAX = 2 ** 48
 ALGORITHM = "aes-256-gcm"
+#: How storage_info() names the cipher: the spelling of NIST SP 800-38D and of the product
+#: documents ("AES-256-GCM"); configs accept any casing (heliosdb.config aliases).
+ALGORITHM_NAME = "AES-256-GCM"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -584,7 +587,7 @@ def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
     used = _encryptions(info)
     slots = [dict(s.describe(), index=i) for i, s in enumerate(header.slots)]
     out.update({
-        "encryption_algorithm": ALGORITHM,
+        "encryption_algorithm": ALGORITHM_NAME,
         # None when the slot this connection opened was changed or removed since.
         "kdf": (slots[info.slot_index].get("kdf")
                 if info.slot_index < len(slots) else None),
