@@ -1,4 +1,4 @@
-"""docs/THREAT_MODEL.md names, for each guarantee, the tests that try to break it: every
+"""Docs are tested. docs/THREAT_MODEL.md names, for each guarantee, the tests that try to break it: every
 test file and test name it cites must exist (a renamed test would leave the claim
 untested). README's "An audited database stays audited" output is what the code prints."""
 from __future__ import annotations
@@ -56,5 +56,15 @@ def test_readme_policy_example_output(tmp_path):
                    "    print(type(exc).__name__ + ':', exc)"]
     proc = subprocess.run([sys.executable, "-c", "\n".join(script)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == printed
+
+
+def test_readme_actors_example_output(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Actors, reasons and the documented queries", 1)[1]
+    code, printed = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == printed
