@@ -48,6 +48,8 @@ from .crypto.rekey import (
     rotation_due,
 )
 from .crypto.verify import verify_encryption
+from .audit.keyops import KeyEventRecorder as _KeyEventRecorder
+from .crypto.rekey import set_key_event_recorder as _set_key_event_recorder
 from .errors import (
     AuditIntegrityError,
     AuditPolicyError,
@@ -172,3 +174,8 @@ __all__ = [
 ]
 
 from . import dbapi2  # noqa: E402,F401  - `from sqlite3 import dbapi2` style code
+
+
+# The composition root: key operations (crypto) are recorded in audit logs by the audit
+# package, which crypto does not import.
+_set_key_event_recorder(_KeyEventRecorder())

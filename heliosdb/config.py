@@ -89,20 +89,6 @@ def category_of(operation: str) -> str:
     return _OPERATION_CATEGORY.get(operation.upper(), "APPLICATION")
 
 
-#: Argon2id cost profiles that ``encryption.kdf_profile`` may name. "default" is the cost
-#: measured in DESIGN.md section 5 (about 0.1 s per open here); "test" exists so that test
-#: suites do not spend seconds deriving keys, and must not be used for real data.
-def _kdf_profiles() -> Mapping[str, Mapping[str, int]]:
-    # One table of Argon2id profiles: the key module's (what connect() derives keys with).
-    from .crypto.keys import KDF_PROFILES as _KEY_PROFILES
-
-    return {name: {"time_cost": p.time_cost, "memory_kib": p.memory_kib,
-                   "parallelism": p.parallelism} for name, p in _KEY_PROFILES.items()}
-
-
-#: Named Argon2id parameter sets accepted by ``encryption.kdf_profile``.
-KDF_PROFILES: Mapping[str, Mapping[str, int]] = _kdf_profiles()
-
 _ALGORITHMS = ("aes-256-gcm",)
 
 
@@ -172,6 +158,21 @@ FIPS_REFUSAL = (
 # The dataclasses
 # --------------------------------------------------------------------------------------------
 
+
+
+#: Argon2id cost profiles that ``encryption.kdf_profile`` may name (memory in KiB): the
+#: one table of them, which ``heliosdb.crypto.keys`` derives keys with (config is data and
+#: imports none of the other modules). "default" is RFC 9106's low-memory recommendation
+#: (argon2-cffi ``RFC_9106_LOW_MEMORY``, about 0.1 s per open here, DESIGN.md section 5);
+#: "interactive" is OWASP's minimum; "sensitive" quadruples the memory for keys that guard
+#: long-lived archives; "test" is deliberately weak and exists only to keep test suites
+#: fast (never for real data).
+KDF_PROFILES: Mapping[str, Mapping[str, int]] = FrozenMap({
+    "default": FrozenMap({"time_cost": 3, "memory_kib": 65536, "parallelism": 4}),
+    "interactive": FrozenMap({"time_cost": 2, "memory_kib": 19456, "parallelism": 1}),
+    "sensitive": FrozenMap({"time_cost": 4, "memory_kib": 262144, "parallelism": 4}),
+    "test": FrozenMap({"time_cost": 1, "memory_kib": 64, "parallelism": 1}),
+})
 
 @dataclass(frozen=True)
 class KeySource:

@@ -15,6 +15,7 @@ from typing import Dict, Optional, Union
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..config import KDF_PROFILES as _CONFIG_PROFILES
 from ..errors import ConfigError, CorruptHeaderError
 
 __all__ = ["Key", "KdfProfile", "KDF_PROFILES", "get_profile", "derive_kek", "coerce_key", "KeyLike",
@@ -38,10 +39,8 @@ class KdfProfile:
 #: guard long-lived archives; ``test`` is deliberately weak and exists only to keep test
 #: suites fast.
 KDF_PROFILES: Dict[str, KdfProfile] = {
-    "default": KdfProfile(time_cost=3, memory_kib=65536, parallelism=4),
-    "interactive": KdfProfile(time_cost=2, memory_kib=19456, parallelism=1),
-    "sensitive": KdfProfile(time_cost=4, memory_kib=262144, parallelism=4),
-    "test": KdfProfile(time_cost=1, memory_kib=64, parallelism=1),
+    name: KdfProfile(p["time_cost"], p["memory_kib"], p["parallelism"])
+    for name, p in _CONFIG_PROFILES.items()
 }
 
 

@@ -233,22 +233,31 @@ def _actor(actor: Optional[str]) -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
+#: Who records key operations in a database's audit log. Crypto knows nothing of audit:
+#: the package (``heliosdb/__init__.py``) registers ``heliosdb.audit.keyops``'s recorder
+#: with :func:`set_key_event_recorder`. Its interface: ``audit_tables(conn, audit_table)``
+#: and ``append(conn, table, operation=, user=, session_id=, reason=, details=, error=)``.
+_RECORDER: Any = None
+
+
+def set_key_event_recorder(recorder: Any) -> None:
+    """Register the object that records key operations in audit logs (see above)."""
+    global _RECORDER
+    _RECORDER = recorder
+
+
 def _audit_tables(conn: apsw.Connection, audit_table: Optional[str]) -> List[str]:
     """The audit tables of the database ``conn`` opens (none: nothing is recorded)."""
-    from ..audit.store import DEFAULT_TABLE, META_TABLE
-
-    names = {str(n).lower(): str(n) for (n,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if audit_table is not None:
-        return [audit_table] if audit_table.lower() in names else []
-    found: List[str] = []
-    if META_TABLE.lower() in names:
-        for (t,) in conn.execute(f"SELECT DISTINCT tbl FROM {META_TABLE} ORDER BY tbl"):
-            if isinstance(t, str) and t.lower() in names and t not in found:
-                found.append(t)
-    if DEFAULT_TABLE.lower() in names and DEFAULT_TABLE not in found:
-        found.append(DEFAULT_TABLE)
-    return found
+    if _RECORDER is None:
+        # Never a silent key operation on an audited database: with no recorder, a file
+        # that has audit tables is refused.
+        has_meta = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                                "AND name = '__audit_meta'").fetchall()[0][0]
+        if has_meta:
+            raise EncryptionError("this database has an audit log, and no audit recorder is "
+                                  "registered to record the key operation (import heliosdb)")
+        return []
+    return list(_RECORDER.audit_tables(conn, audit_table))
 
 
 class _KeyAudit:
@@ -267,25 +276,14 @@ class _KeyAudit:
         self.conn: Optional[apsw.Connection] = None
         self.tables: List[str] = []
 
-    def event(self, details: Dict[str, Any], error: Optional[BaseException] = None) -> Any:
-        from ..audit.events import EventFields
-
-        return EventFields(
-            operation=self.operation, target="main", user=self.user,
-            session_id=self.session_id, query=None, affected_rows=None,
-            success=0 if error is not None else 1,
-            error=None if error is None else f"{type(error).__name__}: {error}",
-            metadata={"details": details}, reason=self.reason)
-
     def append(self, conn: apsw.Connection, details: Dict[str, Any],
                error: Optional[BaseException] = None,
                tables: Optional[List[str]] = None) -> None:
         """Append the event to every audit table (inside ``conn``'s open transaction)."""
-        from ..audit import store
-
-        ev = self.event(details, error)
         for t in (self.tables if tables is None else tables):
-            store.append(conn, t, [ev], max_query_length=None)
+            _RECORDER.append(conn, t, operation=self.operation, user=self.user,
+                             session_id=self.session_id, reason=self.reason,
+                             details=details, error=error)
 
     def record_in(self, conn: apsw.Connection, details: Dict[str, Any]) -> int:
         """Append the event in a transaction of its own on ``conn`` (a copy being built,
