@@ -1,10 +1,10 @@
 """The ``heliosdb`` subcommands, for scripts: info, verify, audit, export, encrypt,
-decrypt, rekey, passwd, report and demo.
+decrypt, rekey, passwd, purge, report and demo.
 
-Each is ``heliosdb COMMAND FILE [options]``; ``heliosdb COMMAND --help`` describes it.
-They print results on standard output, errors as one line on standard error, and exit
-with 0 (ok), 1 (verification failed, findings) or 2 (usage or input error: bad
-arguments, a missing file, a wrong key). Long work shows a progress bar when standard
+Each is ``heliosdb COMMAND FILE [options]`` (options may also stand before COMMAND);
+``heliosdb COMMAND --help`` describes it. They print results on standard output, errors
+as one line on standard error naming the file, and exit with a status of
+:data:`heliosdb.cli_common.EXIT_STATUSES`. Long work shows a progress bar when standard
 error is a terminal.
 """
 from __future__ import annotations
@@ -25,10 +25,19 @@ from .cli_common import (
     EXIT_USAGE,
     EXPORT_FORMATS,
     PROG,
+    KEY_OPTIONS,
+    NEW_KEY_OPTIONS,
     CLIError,
     KeySpec,
     Opener,
-    as_passphrase,
+    check_exists,
+    db_file,
+    is_readonly_connection,
+    key_from_entry,
+    name_the_file,
+    not_encrypted_message,
+    prompt_for_key,
+    readonly_target,
     audit_table_exists,
     audit_table_of,
     call_with_progress,
@@ -46,8 +55,6 @@ from .cli_common import (
     heliosdb_api,
     parse_when,
     prompt_new_secret,
-    prompt_secret,
-    readonly_uri,
     report_findings,
     report_ok,
     run_audit_query,
@@ -62,14 +69,15 @@ __all__ = ["SUBCOMMANDS", "build_parser", "run_subcommand"]
 
 #: The first arguments that select a subcommand instead of the shell.
 SUBCOMMANDS = ("info", "verify", "audit", "export", "encrypt", "decrypt", "rekey", "passwd",
-               "report", "demo")
+               "purge", "report", "demo")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors as ``heliosdb COMMAND: error: ...`` and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        raise CLIError(message, EXIT_USAGE)
+        raise CLIError(f"{message} ('{self.prog} --help' lists its options)", EXIT_USAGE)
 
 
 def _key_options(p: argparse.ArgumentParser, *, prefix: str = "", what: str = "the key",
@@ -97,20 +105,34 @@ def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
+def _event_options(p: argparse.ArgumentParser, *, reason: bool = True) -> None:
+    """--actor (and --reason): who did it and why, written in the events the command
+    records."""
+    p.add_argument("--actor", metavar="NAME",
+                   help="who does this, recorded in the event (default: the login name)")
+    if reason:
+        p.add_argument("--reason", metavar="TEXT", help="why, recorded in the event")
+
+
+def _event_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("actor", "reason")
+            if getattr(args, k, None) is not None}
+
+
 def _spec(args: argparse.Namespace, prefix: str = "") -> KeySpec:
     pre = prefix.replace("-", "_")
     if getattr(args, f"{pre}key_file", None):
-        return KeySpec("file", getattr(args, f"{pre}key_file"))
+        return KeySpec("file", getattr(args, f"{pre}key_file"), prefix)
     if getattr(args, f"{pre}key_env", None):
-        return KeySpec("env", getattr(args, f"{pre}key_env"))
+        return KeySpec("env", getattr(args, f"{pre}key_env"), prefix)
     if getattr(args, f"{pre}key_prompt", False):
-        return KeySpec("prompt")
-    return KeySpec()
+        return KeySpec("prompt", None, prefix)
+    return KeySpec(prefix=prefix)
 
 
 def _opener(args: argparse.Namespace) -> Opener:
-    return Opener(key=_spec(args), config=getattr(args, "config", None),
-                  user=getattr(args, "user", None))
+    user = getattr(args, "actor", None) or getattr(args, "user", None)
+    return Opener(key=_spec(args), config=getattr(args, "config", None), user=user)
 
 
 def _out(text: str = "") -> None:
@@ -122,10 +144,7 @@ def _note(text: str) -> None:
 
 
 def _must_exist(path: str) -> None:
-    if not os.path.exists(path):
-        raise CLIError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise CLIError(f"{path}: is a directory")
+    check_exists(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,8 +152,54 @@ def _must_exist(path: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _public_header(name: str) -> dict[str, Any]:
+    """What the header of an encrypted file tells without its key (it is public)."""
+    import datetime as dt
+
+    from .crypto import _read_header
+
+    h = _read_header(name)
+    return {
+        "encryption_enabled": True,
+        "encryption_algorithm": "aes-256-gcm",
+        "format_version": h.version,
+        "header_size": h.header_size,
+        "page_size": h.page_size,
+        "reserve_bytes": h.reserve,
+        "file_id": h.file_id.hex(),
+        "data_key_generation": h.generation,
+        "encryptions_under_current_key": h.counter,
+        "key_created": dt.datetime.fromtimestamp(h.key_created, dt.timezone.utc)
+        .isoformat().replace("+00:00", "Z") if h.key_created else None,
+        "key_slots": [dict(sl.describe(), index=i) for i, sl in enumerate(h.slots)],
+    }
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Show what a database holds and how it is stored."""
+    check_exists(args.file)
+    name = db_file(args.file) or args.file
+    if not _spec(args).given and not args.config and file_is_encrypted(name):
+        # Without a key, the public header: how it is stored, not what it holds.
+        info: dict[str, Any] = {
+            "file": os.path.abspath(name),
+            "size_bytes": os.path.getsize(name),
+            "heliosdb_version": heliosdb.__version__,
+            "storage": _public_header(name),
+            "key_needed": "the tables and the audit log are encrypted: add --key-file "
+                          "FILE, --key-env VAR or --key (prompt) to see them",
+        }
+        if args.json:
+            _out(json.dumps(info, indent=2, sort_keys=True, default=str))
+            return EXIT_OK
+        storage = info.pop("storage")
+        rows = [(k, str(v)) for k, v in info.items() if k != "key_needed"]
+        rows += [(f"storage.{k}", v) for k, v in format_storage_info(storage)]
+        rows.append(("tables", "(encrypted: needs the key)"))
+        rows.append(("audit", "(encrypted: needs the key)"))
+        _print_rows(rows)
+        _note(f"note: {name}: only the public header is shown; {info['key_needed'][4:]}")
+        return EXIT_OK
     opener = _opener(args)
     opener.readonly = True
     conn = opener.connect(args.file, must_exist=True, auto_audit=False)
@@ -144,9 +209,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         def pragma(name: str) -> Any:
             return db.execute(f"PRAGMA {name}").fetchall()[0][0]
 
-        info: dict[str, Any] = {
-            "file": os.path.abspath(args.file),
-            "size_bytes": os.path.getsize(args.file),
+        info = {
+            "file": os.path.abspath(name),
+            "size_bytes": os.path.getsize(name),
             "sqlite_version": heliosdb.sqlite_version,
             "heliosdb_version": heliosdb.__version__,
             "page_size": pragma("page_size"),
@@ -159,7 +224,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         try:
             info["storage"] = conn.storage_info()
         except (ImportError, AttributeError) as exc:
-            info["storage"] = {"encryption_enabled": file_is_encrypted(args.file),
+            info["storage"] = {"encryption_enabled": file_is_encrypted(name),
                                "note": f"storage details are not available: {exc}"}
         table = audit_table_of(conn)
         audit: dict[str, Any] = {"table": table, "present": audit_table_exists(conn, table)}
@@ -189,10 +254,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         rows += [(f"audit.{k}", str(v)) for k, v in audit.items() if k != "present"]
     else:
         rows.append(("audit", "no audit log"))
+    _print_rows(rows)
+    return EXIT_OK
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         _out(f"{k:<{width}}  {v}")
-    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,30 +271,33 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the audit chain (and, with --pages, every encrypted page)."""
-    _must_exist(args.file)
+    check_exists(args.file)
+    name = db_file(args.file) or args.file
     spec = _spec(args)
-    # Read once, so a prompted passphrase is asked for once for both checks.
-    secret = spec.load(args.file) if spec.given else None
-    if secret is None and file_is_encrypted(args.file) and not args.config:
+    # Read once, so a prompted key is asked for once for both checks.
+    secret = spec.load(name) if spec.given else None
+    if secret is None and file_is_encrypted(name) and not args.config:
         # (a --config may name the key source: encryption.key_source)
         if not sys.stdin.isatty():
-            raise CLIError(f"{args.file} is encrypted: give its key with --key-file FILE, "
+            raise CLIError(f"{name} is encrypted: give its key with --key-file FILE, "
                            f"--key-env VAR or --key (prompt)")
-        secret = as_passphrase(prompt_secret(f"Passphrase for {args.file}: "))
+        secret = prompt_for_key(name)
     results: dict[str, Any] = {}
     ok = True
     try:
         try:
             # Without --config, read-only: verifying never appends to the log it checks.
-            target = args.file if args.config else readonly_uri(args.file)
-            conn = heliosdb.connect(target, uri=not args.config, key=secret,
-                                    config=args.config, audit_user=args.user,
-                                    isolation_level=None)
+            target = args.file if args.config else readonly_target(args.file)
+            conn = heliosdb.connect(target, uri=not args.config or args.file.startswith(
+                "file:"), key=secret, config=args.config, audit_user=args.user,
+                isolation_level=None)
         except heliosdb.WrongKeyError:
-            raise CLIError(f"wrong key for {args.file}") from None
+            raise CLIError(f"wrong key for {name}") from None
         except heliosdb.KeyRequiredError:
-            raise CLIError(f"{args.file} is encrypted: give its key with --key-file FILE, "
+            raise CLIError(f"{name} is encrypted: give its key with --key-file FILE, "
                            f"--key-env VAR or --key (prompt)") from None
+        except heliosdb.NotEncryptedError:
+            raise CLIError(not_encrypted_message(name, spec)) from None
         try:
             notes: list[str] = []
             table = audit_table_of(conn)
@@ -244,7 +316,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if secret is None:
                 raise CLIError(f"--pages: {args.file} is not encrypted")
             with progress_callback(None, "Authenticating pages") as bar:
-                pages = verify_pages(args.file, secret, bar)
+                pages = verify_pages(name, secret, bar)
             ok = ok and report_ok(pages)
             results["pages"] = pages
     finally:
@@ -265,12 +337,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _open_audited(args: argparse.Namespace) -> Any:
-    conn = _opener(args).connect(args.file, must_exist=True)
+def _open_audited(args: argparse.Namespace, user: Any = "__opener__") -> Any:
+    opener = _opener(args)
+    if user != "__opener__":
+        opener.user = user
+    conn = opener.connect(args.file, must_exist=True)
     if conn.audit is None:
         conn.close()
-        raise CLIError(f"{args.file} has no audit log (or --config turns auditing off)")
+        raise CLIError(f"{db_file(args.file)} has no audit log (or --config turns auditing "
+                       f"off)")
     return conn
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Archive and delete the expired prefix of the audit log (conn.audit.purge)."""
+    conn = _open_audited(args)
+    try:
+        from .cli_common import require_api
+
+        if is_readonly_connection(conn):
+            raise CLIError(f"{db_file(args.file)} is open read-only: a purge writes (drop "
+                           f"mode=ro, or make the file writable)")
+        purge = require_api(conn.audit, "purge", "heliosdb purge")
+        kwargs: dict[str, Any] = {"dry_run": args.dry_run}
+        if args.archive is not None:
+            kwargs["archive"] = args.archive
+        result = purge(**kwargs)
+    finally:
+        conn.close()
+    d = event_to_dict(result)
+    if args.json:
+        _out(json.dumps(d, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    n = d.get("purged") or 0
+    ids = f" (ids {d.get('first_id')}..{d.get('last_id')})" if n else ""
+    if args.dry_run:
+        _out(f"would purge {n} event(s){ids}; nothing was changed")
+    elif n:
+        _out(f"purged {n} event(s){ids}; archived to {d.get('archive')} "
+             f"(sha256 {d.get('archive_sha256')})")
+    else:
+        _out("nothing to purge: no event at the start of the log has expired")
+    if d.get("blocked_by") is not None:
+        _out(f"kept from event {d['blocked_by']} on: {d.get('blocked_reason') or 'not expired'}")
+    return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -288,7 +398,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         filters["success"] = False
     if args.limit is not None:
         filters["limit"] = args.limit
-    conn = _open_audited(args)
+    # (--user filters the events here; the session user is --actor)
+    conn = _open_audited(args, user=args.actor)
     try:
         if args.suspicious:
             from .cli_common import require_api
@@ -361,7 +472,7 @@ def _new_secret(args: argparse.Namespace, target: str) -> Any:
     spec = _spec(args, "new-")
     if spec.kind in ("file", "env"):
         return spec.load(target)
-    return as_passphrase(prompt_new_secret(target))
+    return key_from_entry(prompt_new_secret(target, NEW_KEY_OPTIONS), target, new=True)
 
 
 def _old_secret(args: argparse.Namespace, target: str) -> Any:
@@ -371,7 +482,7 @@ def _old_secret(args: argparse.Namespace, target: str) -> Any:
             raise CLIError(f"{target} is encrypted: give its key with --key-file FILE, "
                            f"--key-env VAR or --key (prompt)")
         spec = KeySpec("prompt")
-    return spec.load(target, prompt=f"Current passphrase for {target}: ")
+    return spec.load(target, prompt=f"Current passphrase or 64-hex key for {target}: ")
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -393,7 +504,8 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         if args.force and os.path.exists(args.out):
             os.remove(args.out)
         with progress_callback(None, f"Encrypting {os.path.basename(args.file)}") as bar:
-            call_with_progress(fn, args.file, args.out, key, progress=bar)
+            call_with_progress(fn, args.file, args.out, key, progress=bar,
+                               **_event_kwargs(args))
     finally:
         wipe_key(key)
     _note(f"encrypted copy written to {args.out}")
@@ -411,7 +523,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         if args.force and os.path.exists(args.out):
             os.remove(args.out)
         with progress_callback(None, f"Decrypting {os.path.basename(args.file)}") as bar:
-            decrypt_file(args.file, args.out, key, progress=bar)
+            decrypt_file(args.file, args.out, key, progress=bar, **_event_kwargs(args))
     except heliosdb.WrongKeyError:
         raise CLIError(f"wrong key for {args.file}") from None
     finally:
@@ -429,7 +541,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     key = _old_secret(args, args.file)
     try:
         with progress_callback(None, f"Re-encrypting {os.path.basename(args.file)}") as bar:
-            call_with_progress(fn, args.file, key, progress=bar)
+            call_with_progress(fn, args.file, key, progress=bar, **_event_kwargs(args))
     except heliosdb.WrongKeyError:
         raise CLIError(f"wrong key for {args.file}") from None
     finally:
@@ -448,7 +560,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     new = None
     try:
         new = _new_secret(args, args.file)
-        fn(args.file, old, new)
+        fn(args.file, old, new, **_event_kwargs(args))
     except heliosdb.WrongKeyError:
         raise CLIError(f"wrong key for {args.file}") from None
     finally:
@@ -527,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     _key_options(p)
     p.add_argument("--config", metavar="NAME|FILE", help="config preset or TOML file")
+    _event_options(p, reason=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=cmd_audit, user_name=None)
 
@@ -538,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="F", help="output file (.gz compresses)")
     p.add_argument("--since-id", type=int, metavar="N", help="only events after id N")
     _common(p)
+    _event_options(p, reason=False)
     p.set_defaults(func=cmd_export)
 
     for name, fn, text in (
@@ -549,9 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
         if name == "encrypt":
             _key_options(p, prefix="new-", what="the new key",
-                         note="default: a new passphrase, asked twice")
+                         note="default: a new passphrase (or 64-hex key), asked twice")
         else:
             _key_options(p)
+        _event_options(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         p.set_defaults(func=fn)
 
@@ -561,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(change it with heliosdb passwd).")
     p.add_argument("file", metavar="FILE")
     _key_options(p)
+    _event_options(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=cmd_rekey)
 
@@ -570,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     _key_options(p)
     _key_options(p, prefix="new-", what="the new key",
-                 note="default: a new passphrase, asked twice")
+                 note="default: a new passphrase (or 64-hex key), asked twice")
+    _event_options(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=cmd_passwd)
 
@@ -583,7 +700,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="F",
                    help="the HTML file (its JSON is written next to it)")
     _common(p)
+    _event_options(p, reason=False)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("purge", help="archive and delete expired audit events",
+                       description="Write the expired prefix of the audit log to a gzip JSON "
+                                   "Lines archive, delete it and record RETENTION_PURGE "
+                                   "(conn.audit.purge). Retention comes from the audit "
+                                   "policy. Exit 1 when a legal hold blocks it.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be purged; change nothing")
+    p.add_argument("--archive", metavar="DIR",
+                   help="directory (or .gz file) for the archive (default: next to FILE)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _common(p)
+    _event_options(p, reason=False)
+    p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("demo", help="a guided demonstration", add_help=False,
                        description="Run heliosdb.demo (its own options follow).")
@@ -596,6 +729,7 @@ def run_subcommand(argv: Sequence[str]) -> int:
     argv = list(argv)
     debug = "--debug" in argv
     parser = build_parser()
+    args = None
     try:
         if argv and argv[0] == "demo":
             return cmd_demo(argparse.Namespace(), argv[1:])
@@ -606,9 +740,12 @@ def run_subcommand(argv: Sequence[str]) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
-        return 130
+        return exit_code_for(KeyboardInterrupt())
+    except BrokenPipeError:
+        raise  # the reader of standard output went away: __main__ ends quietly
     except Exception as exc:  # noqa: BLE001 - one line and an exit code, never a traceback
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{PROG}: error: {error_message(exc)}\n")
+        sys.stderr.write(f"{PROG}: error: "
+                         f"{name_the_file(exc, getattr(args, 'file', None))}\n")
         return exit_code_for(exc)

@@ -1,12 +1,8 @@
 """What the ``heliosdb`` shell and its subcommands share: errors and exit codes, keys,
 opening a database, and the one place that calls the encryption and audit APIs.
 
-Exit codes (the same for the shell and every subcommand):
-
-* ``0``: success;
-* ``1``: verification failed, findings were reported, or SQL failed in a script;
-* ``2``: a usage or input error: bad arguments, a missing file, a wrong or missing key,
-  an invalid configuration, a feature that is not available in this installation.
+Exit codes (the same for the shell and every subcommand): :data:`EXIT_STATUSES`, the
+table that docs/CLI.md shows (a test checks that the two agree).
 
 Keys never travel on the command line: ``--key-file FILE``, ``--key-env VAR`` or a prompt
 (``getpass``, so never echoed, never in the shell history). A passphrase read at a prompt
@@ -40,6 +36,24 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+#: Every exit status of ``heliosdb`` (shell and subcommands) and when it is used. The
+#: "Exit status" table of docs/CLI.md is this table; tests/test_cli_exit.py checks it.
+EXIT_STATUSES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "verification failed; a report or scan has findings; a purge refused by a "
+                 "legal hold; an SQL or dot-command error in a script (piped input or SQL "
+                 "arguments; an interactive session ends with 0 unless .exit N)",
+    EXIT_USAGE: "usage or input error: bad arguments, a missing file or database, a file "
+                "that is not a database, a wrong or missing key, an invalid --config, a "
+                "feature not available in this installation",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_BROKEN_PIPE: "standard output was closed by its reader (output piped to head): "
+                      "the command stops without a message, as the sqlite3 shell does on "
+                      "SIGPIPE (128 + 13)",
+}
 
 PROG = "heliosdb"
 
@@ -120,12 +134,18 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, CLIError):
         return exc.code
     if isinstance(exc, KeyboardInterrupt):
-        return 130
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
     if isinstance(exc, (_errors.ConfigError, _errors.KeyRequiredError, _errors.WrongKeyError,
                         _errors.NotEncryptedError, _errors.EncryptionUnavailableError,
                         FileNotFoundError, IsADirectoryError, PermissionError)):
         return EXIT_USAGE
     if isinstance(exc, _errors.CorruptPageError):
+        return EXIT_FAILED
+    if isinstance(exc, _errors.EncryptionError):
+        return EXIT_USAGE  # a damaged header, not a HeliosDB or SQLite file: wrong input
+    if type(exc).__name__ == "LegalHoldError":
         return EXIT_FAILED
     if isinstance(exc, _errors.Error):
         # Not a database at all, or a file that cannot be opened: the input is wrong.
@@ -178,14 +198,20 @@ def have_terminal() -> bool:
         return False
 
 
-def prompt_secret(prompt: str) -> str:
+#: The options that give a key instead of a prompt, as each command names them.
+KEY_OPTIONS = "--key-file FILE or --key-env VAR"
+NEW_KEY_OPTIONS = "--new-key-file FILE or --new-key-env VAR"
+
+
+def prompt_secret(prompt: str, options: str = KEY_OPTIONS) -> str:
     """Read a secret at the terminal with :func:`getpass.getpass` (never echoed).
 
     Raises :class:`CLIError` when there is no terminal: a secret is never read from a
-    pipe, where it could be mixed with SQL or logged.
+    pipe, where it could be mixed with SQL or logged. ``options`` are the options of the
+    command at hand that give the key instead (named in that error).
     """
     if not have_terminal():
-        raise CLIError("a key prompt needs a terminal: use --key-file FILE or --key-env VAR")
+        raise CLIError(f"a key prompt needs a terminal: use {options}")
     try:
         value = getpass.getpass(prompt)  # prompt and input on /dev/tty
     except EOFError:
@@ -195,13 +221,71 @@ def prompt_secret(prompt: str) -> str:
     return value
 
 
-def prompt_new_secret(what: str) -> str:
-    """Ask twice for a new passphrase; the two must match."""
-    first = prompt_secret(f"New passphrase for {what}: ")
-    second = prompt_secret(f"Repeat the new passphrase for {what}: ")
+def prompt_new_secret(what: str, options: str = NEW_KEY_OPTIONS) -> str:
+    """Ask twice for a new passphrase (or 64-hex raw key); the two must match."""
+    first = prompt_secret(f"New passphrase or 64-hex key for {what}: ", options)
+    second = prompt_secret(f"Repeat the new passphrase or key for {what}: ", options)
     if first != second:
-        raise CLIError("the passphrases do not match")
+        raise CLIError("the two entries do not match")
     return first
+
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def key_from_entry(entry: str, path: str, *, new: bool = False) -> Any:
+    """The key a person typed at the prompt for ``path``: a passphrase or a raw key
+    written as 64 hexadecimal characters.
+
+    For an existing encrypted file the entry is tried against its key slots (the
+    header is public): as a raw key when it is 64 hex characters and the file has a
+    raw-key slot, then as a passphrase; a wrong entry's error says what was tried. For a
+    new file, 64 hex characters make a raw key (a note says so), anything else a
+    passphrase.
+    """
+    key_cls = _heliosdb_attr("Key", "key prompts")
+    is_hex = bool(_HEX64.fullmatch(entry.strip()))
+    if new or not os.path.exists(path) or not file_is_encrypted(path):
+        if is_hex:
+            sys.stderr.write(f"{PROG}: note: the entry is 64 hex characters: used as a raw "
+                             f"256-bit key, not as a passphrase\n")
+            return key_cls.from_hex(entry)
+        return as_passphrase(entry)
+    from heliosdb.crypto import _read_header, _unlock
+
+    header = _read_header(path)
+    kinds = {s.describe()["kind"] for s in header.slots}
+    tried = []
+    candidates = []
+    if is_hex and "raw" in kinds:
+        candidates.append(("a raw 64-hex key", lambda: key_cls.from_hex(entry)))
+    if "passphrase" in kinds:
+        candidates.append(("a passphrase", lambda: key_cls.passphrase(entry)))
+    for label, make in candidates:
+        key = make()
+        tried.append(label)
+        try:
+            dek, _slot = _unlock(path, header, key)
+        except _errors.WrongKeyError:
+            key.close()
+            continue
+        dek[:] = bytes(len(dek))
+        if label.startswith("a raw"):
+            sys.stderr.write(f"{PROG}: note: the entry opened {path} as a raw 64-hex key\n")
+        return key
+    slots = " and ".join(sorted(kinds - {"empty"})) or "no"
+    if not tried:
+        raise CLIError(f"wrong key for {path}: it has {slots} key slots only, and the entry "
+                       f"is not a 64-hex raw key")
+    raise CLIError(f"wrong key for {path}: tried the entry as {' and as '.join(tried)} "
+                   f"(the file has {slots} key slots)")
+
+
+def prompt_for_key(path: str, options: str = KEY_OPTIONS, prompt: Optional[str] = None) -> Any:
+    """Ask for the key of the existing encrypted ``path``: a passphrase or a 64-hex raw
+    key (see :func:`key_from_entry`)."""
+    entry = prompt_secret(prompt or f"Passphrase or 64-hex key for {path}: ", options)
+    return key_from_entry(entry, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,16 +294,32 @@ class KeySpec:
 
     It holds the path or the variable name, never key material; :meth:`load` reads the key
     each time it is needed, so a shell session keeps no key in memory between commands.
-    ``kind`` is ``None`` (no key given), ``"file"``, ``"env"`` or ``"prompt"``.
+    ``kind`` is ``None`` (no key given), ``"file"``, ``"env"`` or ``"prompt"``;
+    ``prefix`` is ``"new-"`` for the new key of ``encrypt`` and ``passwd``.
     """
 
     kind: Optional[str] = None
     value: Optional[str] = None
+    prefix: str = ""
 
     @property
     def given(self) -> bool:
         """True if the user said where the key is."""
         return self.kind is not None
+
+    def option(self) -> str:
+        """The option that gave this key, as typed (``--key-file F``)."""
+        if self.kind == "file":
+            return f"--{self.prefix}key-file {self.value}"
+        if self.kind == "env":
+            return f"--{self.prefix}key-env {self.value}"
+        if self.kind == "prompt":
+            return f"--{self.prefix}key"
+        return "no key option"
+
+    def options(self) -> str:
+        """The options that give this kind of key without a prompt."""
+        return NEW_KEY_OPTIONS if self.prefix else KEY_OPTIONS
 
     def describe(self) -> str:
         """Where the key comes from, for messages (no secret)."""
@@ -234,14 +334,15 @@ class KeySpec:
     def load(self, target: str, *, prompt: Optional[str] = None, new: bool = False) -> Any:
         """The key for ``target`` (a heliosdb.Key, or a passphrase ``str``), or ``None``.
 
-        ``new``: the key will create ``target``, so a typed passphrase is asked twice.
+        ``new``: the key will create ``target``, so a typed entry is asked twice.
         """
         if self.kind is None:
             return None
         if self.kind == "prompt":
             if new:
-                return as_passphrase(prompt_new_secret(target))
-            return as_passphrase(prompt_secret(prompt or f"Passphrase for {target}: "))
+                return key_from_entry(prompt_new_secret(target, self.options()), target,
+                                      new=True)
+            return prompt_for_key(target, self.options(), prompt)
         key_cls = _heliosdb_attr("Key", "--key-file and --key-env")
         if self.kind == "file":
             loader = require_api(key_cls, "from_file", "--key-file")
@@ -306,12 +407,105 @@ def file_is_encrypted(path: str) -> bool:
 
 
 def _is_memory(path: str) -> bool:
-    return path in ("", ":memory:") or path.startswith("file::memory:")
+    if path in ("", ":memory:") or path.startswith("file::memory:"):
+        return True
+    return is_uri(path) and (uri_parts(path)[1].get("mode") == "memory"
+                             or uri_parts(path)[0] in ("", ":memory:"))
+
+
+def is_uri(path: str) -> bool:
+    """True for a SQLite ``file:`` URI (``file:app.db?mode=ro``), which the command line
+    opens as a URI, as the sqlite3 shell does and as ``heliosdb.connect(..., uri=True)``."""
+    return path.startswith("file:")
+
+
+def uri_parts(uri: str) -> tuple[str, dict[str, str]]:
+    """(file name, query parameters) of a ``file:`` URI, by SQLite's rules: an authority
+    may only be empty or ``localhost``; %XX escapes are decoded."""
+    from urllib.parse import parse_qsl, unquote
+
+    rest = uri[len("file:"):].split("#", 1)[0]
+    rest, _, query = rest.partition("?")
+    if rest.startswith("//"):
+        authority, slash, rest = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise CLIError(f"{uri}: a file: URI may only name this machine (file:///path "
+                           f"or file://localhost/path)")
+        rest = slash + rest
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    return unquote(rest), params
+
+
+def db_file(path: str) -> Optional[str]:
+    """The file a database name (a path or a ``file:`` URI) stands for; None in memory."""
+    if _is_memory(path):
+        return None
+    return uri_parts(path)[0] if is_uri(path) else path
+
+
+def uri_mode(path: str) -> Optional[str]:
+    """The ``mode=`` of a ``file:`` URI (``ro``, ``rw``, ``rwc``, ``memory``), else None."""
+    return uri_parts(path)[1].get("mode") if is_uri(path) else None
+
+
+def readonly_target(path: str) -> str:
+    """The URI that opens ``path`` (a file name or a ``file:`` URI) read-only."""
+    if not is_uri(path):
+        return readonly_uri(path)
+    from urllib.parse import urlencode
+
+    base, _, query = path.partition("?")
+    name, params = uri_parts(path)
+    params["mode"] = "ro"
+    return base + "?" + urlencode(params)
+
+
+def check_exists(path: str, *, create: bool = False) -> None:
+    """Refuse a database name whose file is missing (or a directory), unless ``create``
+    (``--create``, or a URI with ``mode=rwc``) asks for a new database. CLIError, exit 2."""
+    name = db_file(path)
+    if name is None:
+        return
+    if os.path.isdir(name):
+        raise CLIError(f"{name}: is a directory, not a database")
+    if os.path.exists(name):
+        return
+    if create or uri_mode(path) == "rwc":
+        if uri_mode(path) in ("ro", "rw"):
+            raise CLIError(f"{name}: no such database file (mode={uri_mode(path)} never "
+                           f"creates one)")
+        return
+    raise CLIError(f"{name}: no such database file (to create a new database there, add "
+                   f"--create)")
 
 
 #: The config a database with an audit log is opened with when ``--config`` is not given,
 #: so that the command line never changes an audited database without auditing it.
 AUTO_AUDIT_CONFIG = "default"
+
+
+def _name_file(message: str, path: Optional[str]) -> str:
+    """``message``, prefixed with ``path`` when it does not name the file already."""
+    if not path or path in message or (os.path.basename(path) and
+                                       os.path.basename(path) in message):
+        return message
+    return f"{path}: {message}"
+
+
+def name_the_file(exc: BaseException, path: Optional[str]) -> str:
+    """The one-line message of ``exc``, naming the database file ``path``."""
+    return _name_file(error_message(exc), db_file(path) if path else None)
+
+
+_KEY_HINT = "give its key with --key-file FILE, --key-env VAR or --key (prompt)"
+
+
+def is_readonly_connection(conn: Any) -> bool:
+    """True when the main database of ``conn`` is open read-only."""
+    try:
+        return bool(conn._apsw.readonly("main"))
+    except Exception:  # noqa: BLE001 - an older APSW: assume writable
+        return False
 
 
 @dataclasses.dataclass
@@ -320,7 +514,7 @@ class Opener:
 
     When no key source was given and the file turns out to be encrypted, the key is asked
     for at the terminal if ``prompt_if_needed`` is true and standard input is a terminal;
-    otherwise the error says how to give one.
+    otherwise the error says how to give one. Names may be ``file:`` URIs.
 
     Without a config (``--config``), a database that already holds an audit log
     (``__audit_log``) is reopened with the ``default`` preset when ``auto_audit`` is
@@ -333,16 +527,17 @@ class Opener:
     prompt_if_needed: bool = True
     auto_audit: bool = True
 
-    #: Open read-only (``info``, ``verify``): an audited database then records nothing,
-    #: so inspecting a database never appends to the log under inspection.
+    #: Open read-only (``info``, ``verify``, ``-readonly``, a URI with ``mode=ro``): an
+    #: audited database then records nothing, so inspecting a database never appends to
+    #: the log under inspection.
     readonly: bool = False
 
     def _connect(self, path: str, secret: Any, cfg: Any) -> "heliosdb.Connection":
         if self.readonly and not _is_memory(path):
-            return heliosdb.connect(readonly_uri(path), uri=True, key=secret, config=cfg,
+            return heliosdb.connect(readonly_target(path), uri=True, key=secret, config=cfg,
                                     audit_user=self.user, isolation_level=None)
-        return heliosdb.connect(path, key=secret, config=cfg, audit_user=self.user,
-                                isolation_level=None)
+        return heliosdb.connect(path, uri=is_uri(path), key=secret, config=cfg,
+                                audit_user=self.user, isolation_level=None)
 
     def connect(self, path: str, *, must_exist: bool = False, config: Any = "__same__",
                 key: Optional[KeySpec] = None, secret: Any = None,
@@ -352,38 +547,46 @@ class Opener:
         The key comes from ``key`` (a :class:`KeySpec`, default the opener's), or is
         ``secret`` itself when given (the caller keeps and wipes it).
         """
-        if must_exist and not _is_memory(path):
-            if not os.path.exists(path):
-                raise CLIError(f"{path}: no such file")
-            if os.path.isdir(path):
-                raise CLIError(f"{path}: is a directory")
+        if must_exist:
+            check_exists(path)
         cfg = self.config if config == "__same__" else config
         spec = key if key is not None else self.key
         auto = self.auto_audit if auto_audit is None else auto_audit
-        creating = not _is_memory(path) and (not os.path.exists(path)
-                                              or os.path.getsize(path) == 0)
+        name = db_file(path)
+        creating = name is not None and (not os.path.exists(name)
+                                         or os.path.getsize(name) == 0)
         owned = secret is None
         if owned:
-            secret = spec.load(path, new=creating)
+            secret = spec.load(name or path, new=creating)
         try:
             try:
                 conn = self._connect(path, secret, cfg)
             except _errors.KeyRequiredError:
-                if secret is not None or not self.prompt_if_needed or not sys.stdin.isatty():
-                    raise CLIError(f"{path} is encrypted: give its key with --key-file FILE, "
-                                   f"--key-env VAR or --key (prompt)") from None
-                secret = as_passphrase(prompt_secret(f"Passphrase for {path}: "))
+                if secret is not None or not self.prompt_if_needed or not sys.stdin.isatty() \
+                        or name is None or not os.path.exists(name):
+                    raise CLIError(f"{name or path} is encrypted: {_KEY_HINT}") from None
+                secret = prompt_for_key(name)
                 conn = self._connect(path, secret, cfg)
-            if cfg is None and auto and conn.audit is None and not _is_memory(path) \
+            if cfg is None and auto and conn.audit is None and name is not None \
                     and audit_table_exists(conn):
                 conn.close()
                 conn = self._connect(path, secret, AUTO_AUDIT_CONFIG)
             return conn
+        except CLIError:
+            raise
         except _errors.WrongKeyError:
-            raise CLIError(f"wrong key for {path}") from None
+            raise CLIError(f"wrong key for {name or path}") from None
         except _errors.NotEncryptedError:
-            raise CLIError(f"{path} is not encrypted, but a key was given "
-                           f"(encrypt it with: heliosdb encrypt {path} --out NEW)") from None
+            raise CLIError(not_encrypted_message(name or path, spec)) from None
+        except _errors.ProgrammingError as exc:
+            if secret is None and "no key was given" in str(exc):
+                # An encrypting config without a key source: the input lacks a key.
+                raise CLIError(f"{name or path}: the config {cfg!r} encrypts the database, "
+                               f"but no key was given: {_KEY_HINT.replace('its key', 'a key')}"
+                               ) from None
+            raise CLIError(_name_file(error_message(exc), name), exit_code_for(exc)) from None
+        except _errors.Error as exc:
+            raise CLIError(_name_file(error_message(exc), name), exit_code_for(exc)) from None
         except ImportError as exc:
             # A module the connection needs (encryption, audit) is not in this build.
             raise Unavailable("opening a database", str(exc)) from None
@@ -391,6 +594,14 @@ class Opener:
             if owned:
                 wipe_key(secret)
             secret = None
+
+
+def not_encrypted_message(path: str, spec: Optional[KeySpec] = None) -> str:
+    """A key was given for a plaintext file: drop it, or encrypt a copy."""
+    how = f"drop {spec.option()}" if spec is not None and spec.given else "drop the key option"
+    return (f"{path} is not encrypted, but a key was given: {how} to open it as it is, or "
+            f"write an encrypted copy with: heliosdb encrypt {path} --out NEW.db "
+            f"--new-key-file FILE")
 
 
 def readonly_uri(path: str) -> str:
@@ -960,7 +1171,7 @@ def checkpoint_wal(path: str, key: Any) -> None:
 
 
 @needs("heliosdb decrypt")
-def decrypt_file(src: str, dst: str, key: Any, progress: Any = None) -> Any:
+def decrypt_file(src: str, dst: str, key: Any, progress: Any = None, **events: Any) -> Any:
     """Write a plaintext copy of the encrypted ``src`` to ``dst`` (which must not exist).
 
     ``heliosdb.decrypt`` where it exists; otherwise the offline, pure-Python
@@ -972,7 +1183,7 @@ def decrypt_file(src: str, dst: str, key: Any, progress: Any = None) -> Any:
     except Unavailable:
         fn = None
     if fn is not None:
-        return call_with_progress(fn, src, dst, key, progress=progress)
+        return call_with_progress(fn, src, dst, key, progress=progress, **events)
     from heliosdb.crypto.offline import decrypt_copy
 
     checkpoint_wal(src, key)

@@ -53,6 +53,11 @@ from .cli_common import (
     KeySpec,
     Opener,
     Unavailable,
+    check_exists,
+    db_file,
+    is_readonly_connection,
+    key_from_entry,
+    name_the_file,
     call_with_progress,
     describe_export,
     error_message,
@@ -224,6 +229,12 @@ def _connect_checked(opener: Opener, path: str, *, key: Optional[KeySpec] = None
     spec = key if key is not None else opener.key
     conn = opener.connect(path, key=spec, config=cfg)
     _check_audit_coverage(conn, path)
+    if conn.audit is not None and is_readonly_connection(conn):
+        # The stored policy lets a read-only session read unrecorded (it refuses the
+        # reads where it logs them): say so, once, on stderr.
+        sys.stderr.write(f"{PROG}: note: {db_file(path)} is open read-only: this session "
+                         f"writes nothing to its audit log, so changes are refused, and so "
+                         f"are reads if its audit policy records them\n")
     return _harden(conn)
 
 
@@ -406,6 +417,8 @@ class HeliosShell(apsw.shell.Shell):
         if isinstance(eval_, SystemExit):
             eval_._handle_exception_saw_this = True
             raise
+        if isinstance(eval_, BrokenPipeError):
+            raise  # the reader of the output went away: end quietly, as sqlite3 does
         if not getattr(eval_, "_heliosdb_counted", False) and eval_ is not None:
             if not isinstance(eval_, KeyboardInterrupt):
                 self.error_count += 1
@@ -1289,7 +1302,7 @@ class HeliosShell(apsw.shell.Shell):
             raise self.Error(f"{what}: this database is not encrypted (see heliosdb encrypt)")
         spec = self.current_key if self.current_key.given else KeySpec("prompt")
         return spec.load(self.dbfilename,
-                         prompt=f"Current passphrase for {self.dbfilename}: ")
+                         prompt=f"Current passphrase or 64-hex key for {self.dbfilename}: ")
 
     def command_passwd(self, cmd: list[str]) -> None:
         """passwd: Changes the passphrase of this encrypted database
@@ -1310,7 +1323,7 @@ class HeliosShell(apsw.shell.Shell):
         old = self._current_secret(".passwd")
         new = None
         try:
-            new = prompt_new_secret(path)
+            new = key_from_entry(prompt_new_secret(path), path, new=True)
             self._run(change, path, old, new)
         finally:
             wipe_key(old)
@@ -1417,16 +1430,21 @@ def shell_usage() -> str:
     """The usage text of the shell (``heliosdb --help``)."""
     return f"""\
 Usage: {PROG} [OPTIONS] FILE [SQL|CMD]...
-       {PROG} COMMAND [ARGS]     (info, verify, audit, export, encrypt, decrypt,
-                                  rekey, passwd, report, demo; '{PROG} COMMAND --help')
+       {PROG} [OPTIONS] COMMAND [ARGS]   (info, verify, audit, export, encrypt,
+                  decrypt, rekey, passwd, purge, report, demo; '{PROG} COMMAND --help')
 
-FILE is a HeliosDB (or plain SQLite) database, created if it does not exist; if
-omitted, a transient in-memory database is used. Each SQL|CMD argument is run as
-one complete statement or dot-command, then the shell exits; otherwise commands
-are read from the terminal (with history and completion) or from standard input.
+FILE is a HeliosDB (or plain SQLite) database, or a file: URI (file:app.db?mode=ro).
+A missing FILE is an error unless --create is given; if FILE is omitted, a
+transient in-memory database is used. A FILE named like a COMMAND is written as a
+path (./verify). Each SQL|CMD argument is run as one complete statement or
+dot-command, then the shell exits; otherwise commands are read from the terminal
+(with history and completion) or from standard input. Options may stand before
+or after FILE; '--' ends them.
 
 Keys and auditing:
-   -k, --key            prompt for the key or passphrase (never echoed)
+   --create             create FILE if it does not exist
+   -readonly            open FILE read-only (an audited FILE records nothing)
+   -k, --key            prompt for the passphrase or 64-hex key (never echoed)
    --key-file FILE      read the key from FILE (32 raw bytes or 64 hex characters)
    --key-env VAR        read the key from environment variable VAR (64 hex chars)
    --config NAME|FILE   config preset (default, hipaa, soc2, ...) or TOML file
@@ -1450,7 +1468,8 @@ An encrypted FILE opened without a key asks for one when standard input is a
 terminal. Keys are never accepted as command-line values.
 
 Exit status: 0 ok; 1 an error in SQL or a command (scripts), or verification
-failed; 2 usage or input error (bad options, missing file, wrong key).
+failed; 2 usage or input error (bad options, missing file, wrong key); 130
+interrupted; 141 standard output closed by its reader (quietly). See docs/CLI.md.
 """
 
 
@@ -1466,10 +1485,15 @@ class ShellArgs:
     debug: bool = False
     help: bool = False
     version: bool = False
+    #: --create: a missing FILE becomes a new database (otherwise it is an error).
+    create: bool = False
+    #: -readonly: open FILE read-only (as a ``file:...?mode=ro`` URI would).
+    readonly: bool = False
 
 
 def parse_shell_args(argv: Sequence[str]) -> ShellArgs:
-    """Split the shell's arguments. Options come before FILE, as in APSW's shell."""
+    """Split the shell's arguments. Options may come before or after FILE, as in the
+    sqlite3 shell; ``--`` ends them (what follows is FILE and SQL)."""
     key = KeySpec()
     config = None
     user = None
@@ -1480,10 +1504,10 @@ def parse_shell_args(argv: Sequence[str]) -> ShellArgs:
     positional: list[str] = []
     while i < len(args):
         a = args[i]
-        if have_file or a == "-" or not a.startswith("-") or a == "--":
-            if a == "--" and not have_file:
-                positional.extend(args[i + 1:])
-                break
+        if a == "--":
+            positional.extend(args[i + 1:])
+            break
+        if a == "-" or not a.startswith("-"):
             positional.append(a)
             have_file = True
             i += 1
@@ -1514,6 +1538,10 @@ def parse_shell_args(argv: Sequence[str]) -> ShellArgs:
             user = value()
         elif name == "debug":
             out.debug = True
+        elif name == "create":
+            out.create = True
+        elif name == "readonly":
+            out.readonly = True
         elif name == "cmd":
             out.cmds.append(value())
         elif name in ("h", "help"):
@@ -1530,6 +1558,30 @@ def parse_shell_args(argv: Sequence[str]) -> ShellArgs:
         out.commands = positional[1:]
     out.opener = Opener(key=key, config=config, user=user)
     return out
+
+
+def _refuse_subcommand_name(filename: str) -> None:
+    """A subcommand's name is never a database name (``heliosdb -- verify``)."""
+    from .cli_commands import SUBCOMMANDS
+
+    if filename in SUBCOMMANDS:
+        raise CLIError(f"{filename!r} is the name of the subcommand 'heliosdb {filename}', not "
+                       f"a database: to open a database file of that name, write "
+                       f"./{filename}")
+
+
+def _first_opener(args: ShellArgs, path: str) -> Opener:
+    """The opener of the database named on the command line: read-only when asked
+    (-readonly, mode=ro) or when the file cannot be written (a read-only session of an
+    audited database records nothing; the shell says so)."""
+    opener = args.opener
+    if _is_memory(path):
+        return dataclasses.replace(opener, key=KeySpec())
+    name = db_file(path)
+    if args.readonly or (name is not None and os.path.exists(name)
+                         and not os.access(name, os.W_OK)):
+        return dataclasses.replace(opener, readonly=True)
+    return opener
 
 
 def _print_error(message: str) -> None:
@@ -1555,11 +1607,10 @@ def run_shell(argv: Sequence[str]) -> int:
     conn = None
     shell = None
     try:
-        opener = args.opener
         path = args.filename or ":memory:"
-        if _is_memory(path):
-            opener = dataclasses.replace(opener, key=KeySpec())
-        conn = _connect_checked(opener, path)
+        _refuse_subcommand_name(path)
+        check_exists(path, create=args.create)
+        conn = _connect_checked(_first_opener(args, path), path)
         shell = HeliosShell(conn, args.opener, debug=debug)
         conn = None  # the shell owns it now
         # APSW's option parser treats every option as -nocolour while NO_COLOR is set
@@ -1589,13 +1640,16 @@ def run_shell(argv: Sequence[str]) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_FAILED)
     except KeyboardInterrupt:
-        return 130
+        return exit_code_for(KeyboardInterrupt())
+    except BrokenPipeError:
+        raise  # the reader of standard output went away: __main__ ends quietly
     except BaseException as exc:  # noqa: BLE001 - one line, exit code
         if getattr(exc, "_handle_exception_saw_this", False):  # already reported (.bail)
             return (shell.exit_status if shell is not None else 0) or EXIT_FAILED
         if debug:
             traceback.print_exc()
-        _print_error(error_message(exc))
+        _print_error(name_the_file(exc, args.filename) if shell is None
+                     else error_message(exc))
         return exit_code_for(exc)
     finally:
         if conn is not None:

@@ -90,9 +90,12 @@ def test_errors_are_one_line_with_exit_codes():
 
 def test_shell_arguments_split():
     a = parse_shell_args(["-k", "--config", "hipaa", "-json", "-separator", ";", "-cmd",
-                          ".headers on", "db.sqlite", "SELECT 1", "-not-an-option"])
+                          ".headers on", "db.sqlite", "SELECT 1", "-box", "--user", "ann",
+                          "--", "-not-an-option"])
     assert a.opener.key.kind == "prompt" and a.opener.config == "hipaa"
-    assert a.apsw_options == ["-json", "-separator", ";"]
+    # Options may follow FILE, as in the sqlite3 shell; "--" ends them.
+    assert a.apsw_options == ["-json", "-separator", ";", "-box"]
+    assert a.opener.user == "ann"
     assert a.cmds == [".headers on"] and a.filename == "db.sqlite"
     assert a.commands == ["SELECT 1", "-not-an-option"]
     a = parse_shell_args(["--key-file=k.bin", "--user", "bob"])
