@@ -734,9 +734,13 @@ def run_subcommand(argv: Sequence[str]) -> int:
         if argv and argv[0] == "demo":
             return cmd_demo(argparse.Namespace(), argv[1:])
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
+        if extra:
+            command, args = args.command, None
+            raise CLIError(f"unrecognized arguments: {' '.join(extra)} ('{PROG} {command} "
+                           f"--help' lists its options)")
         return int(args.func(args))
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")

@@ -277,3 +277,52 @@ def test_broken_pipe_ends_quietly(tmp_path, args):
     assert first
     assert err == "", err
     assert code == cli_common.EXIT_BROKEN_PIPE
+
+
+# --------------------------------------------------------------------------------------------
+# 4. keys typed at the prompt; info without a key
+# --------------------------------------------------------------------------------------------
+
+
+@needs_native
+def test_prompted_entry_tried_as_raw_key_then_passphrase(tmp_path, capsys):
+    """key_from_entry is what the prompt does with the text typed (test_cli_pty.py drives
+    it at a real terminal)."""
+    from heliosdb.cli_common import CLIError, key_from_entry
+
+    raw = tmp_path / "raw.db"
+    heliosdb.connect(str(raw), key=KEY).close()
+    key = key_from_entry(KEY.hex().upper(), str(raw))
+    assert key.kind == "raw"
+    heliosdb.connect(str(raw), key=key).close()
+    with pytest.raises(CLIError) as err:
+        key_from_entry(bytes(32).hex(), str(raw))
+    assert "tried the entry as a raw 64-hex key" in str(err.value)
+    # A passphrase that happens to be 64 hex characters still opens its database.
+    hexy = "ab" * 32
+    phr = tmp_path / "phr.db"
+    heliosdb.connect(str(phr), key=hexy).close()
+    key = key_from_entry(hexy, str(phr))
+    assert key.kind == "passphrase"
+    heliosdb.connect(str(phr), key=key).close()
+    with pytest.raises(CLIError) as err:
+        key_from_entry("wrong", str(phr))
+    assert "tried the entry as a passphrase" in str(err.value)
+
+
+def test_info_shows_the_public_header_without_a_key(tmp_path, shop):
+    proc = run_cli(["info", "shop.db"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert rows["storage.encryption_enabled"] == "True"
+    assert rows["storage.encryption_algorithm"] == "aes-256-gcm"
+    assert '"kind": "raw"' in rows["storage.key_slots"]
+    assert rows["tables"].startswith("(encrypted")
+    assert "orders" not in proc.stdout
+    assert "only the public header" in proc.stderr and "--key-file" in proc.stderr
+    with_key = run_cli(["info", "shop.db", "--key-file", "k.key", "--json"], cwd=tmp_path)
+    import json
+
+    info = json.loads(with_key.stdout)
+    assert "orders" in info["tables"]
+    assert rows["storage.file_id"] == info["storage"]["file_id"]

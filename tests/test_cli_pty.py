@@ -182,3 +182,30 @@ def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
     conn.close()
     with pytest.raises(heliosdb.WrongKeyError):
         heliosdb.connect(str(passphrase_db), key=PASSPHRASE)
+
+
+def test_prompt_takes_a_raw_64_hex_key(tmp_path):
+    """A database made with a raw key opens at the prompt with the key as 64 hex digits;
+    a passphrase typed for it is refused with what was tried."""
+    if not heliosdb.native_available():
+        pytest.skip("the encryption extension is not built here")
+    raw = bytes(range(32))
+    path = tmp_path / "raw.db"
+    conn = heliosdb.connect(str(path), key=raw)
+    conn.execute("CREATE TABLE r(x)")
+    conn.execute("INSERT INTO r VALUES ('raw key data')")
+    conn.commit()
+    conn.close()
+    term = Pty([*HELIOSDB, str(path), "SELECT x FROM r"], cwd=tmp_path, env=_env(tmp_path))
+    term.expect(f"Passphrase or 64-hex key for {path}: ")
+    term.send(raw.hex() + "\n")
+    assert term.wait() == 0
+    assert "raw key data" in term.text and "as a raw 64-hex key" in term.text
+    assert raw.hex() not in term.text  # never echoed
+
+    term = Pty([*HELIOSDB, str(path), "SELECT x FROM r"], cwd=tmp_path, env=_env(tmp_path))
+    term.expect("Passphrase or 64-hex key for")
+    term.send("a passphrase\n")
+    assert term.wait() == 2
+    assert "wrong key for" in term.text and "not a 64-hex raw key" in term.text
+    assert "raw key data" not in term.text
