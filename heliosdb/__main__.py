@@ -1,14 +1,14 @@
 """``heliosdb`` / ``python -m heliosdb``: the SQL shell, or a subcommand.
 
 * ``heliosdb [OPTIONS] FILE [SQL|CMD]...``: the sqlite3-style shell
-  (:mod:`heliosdb.shell`);
+  (:mod:`heliosdb.cli.shell`);
 * ``heliosdb [OPTIONS] COMMAND ...`` when the first word that is not an option is one of
   ``info``, ``verify``, ``audit``, ``export``, ``encrypt``, ``decrypt``, ``rekey``,
-  ``passwd``, ``purge``, ``report``, ``demo`` (:mod:`heliosdb.cli_commands`). Options may
+  ``passwd``, ``purge``, ``report``, ``demo`` (:mod:`heliosdb.cli.commands`). Options may
   stand before or after the command name. Such a word is never a database name: a
   database file named like a subcommand is written as a path, e.g. ``heliosdb ./info``.
 
-Exit status: the table :data:`heliosdb.cli_common.EXIT_STATUSES` (docs/CLI.md).
+Exit status: the table :data:`heliosdb.cli.common.EXIT_STATUSES` (docs/CLI.md).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def split_command(args: Sequence[str]) -> Optional[int]:
     The subcommand is the first word that is not an option or an option's value; ``--``
     ends the options (what follows is the shell's FILE and SQL).
     """
-    from .cli_commands import SUBCOMMANDS
+    from .cli.commands import SUBCOMMANDS
 
     i = 0
     while i < len(args):
@@ -61,17 +61,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     standard output is closed by its reader (``heliosdb audit db | head -1``) the run ends
     quietly with status 141, as the sqlite3 shell ends on SIGPIPE.
     """
-    from .cli_common import EXIT_BROKEN_PIPE
+    from .cli.common import EXIT_BROKEN_PIPE
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         at = split_command(args)
         if at is not None:
-            from .cli_commands import run_subcommand
+            from .cli.commands import run_subcommand
 
             code = run_subcommand([args[at], *args[:at], *args[at + 1:]])
         else:
-            from .shell import run_shell
+            from .cli.shell import run_shell
 
             code = run_shell(args)
         sys.stdout.flush()

@@ -26,7 +26,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def _crypto_attr(name):
     """The key-operation API the command line would call, or None where it is missing."""
-    from heliosdb.cli_common import Unavailable, _heliosdb_attr
+    from heliosdb.cli.common import Unavailable, _heliosdb_attr
 
     try:
         return _heliosdb_attr(name, name)
@@ -186,7 +186,7 @@ def test_help_is_the_docstring(tmp_path):
     for name in (".audit", ".verify", ".checkpoint", ".export-audit", ".encryption",
                  ".passwd", ".rekey", ".report", ".tables", ".import", ".dump"):
         assert name in proc.stderr, name
-    from heliosdb.shell import HeliosShell
+    from heliosdb.cli.shell import HeliosShell
 
     proc = run_cli([":memory:", ".help export-audit", ".help verify"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

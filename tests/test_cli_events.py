@@ -10,7 +10,7 @@ import pytest
 
 import heliosdb
 import heliosdb.config
-from heliosdb.cli_common import EXIT_FAILED, EXIT_OK
+from heliosdb.cli.common import EXIT_FAILED, EXIT_OK
 from test_cli_helpers import assert_one_line_error, run_cli
 
 KEY = bytes(range(32))
@@ -20,7 +20,7 @@ DAY_US = 86_400 * 1_000_000
 
 def _log(path, key=None) -> list[dict]:
     """Every event of the log, as heliosdb audit --json prints them (read-only open)."""
-    from heliosdb.cli_common import event_to_dict, readonly_uri
+    from heliosdb.cli.common import event_to_dict, readonly_uri
 
     conn = heliosdb.connect(readonly_uri(str(path)), uri=True, key=key)
     try:

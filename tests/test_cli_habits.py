@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import heliosdb
-from heliosdb import cli_common
+from heliosdb.cli import common as cli_common
 from test_cli_helpers import HELIOSDB, assert_one_line_error, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,7 +288,7 @@ def test_broken_pipe_ends_quietly(tmp_path, args):
 def test_prompted_entry_tried_as_raw_key_then_passphrase(tmp_path, capsys):
     """key_from_entry is what the prompt does with the text typed (test_cli_pty.py drives
     it at a real terminal)."""
-    from heliosdb.cli_common import CLIError, key_from_entry
+    from heliosdb.cli.common import CLIError, key_from_entry
 
     raw = tmp_path / "raw.db"
     heliosdb.connect(str(raw), key=KEY).close()

@@ -57,7 +57,7 @@ def _options_of(command: str, cwd: Path) -> set:
 
 def _hint(proc, code: int, command: str, cwd: Path) -> str:
     """The one error line; every option it names exists for ``command``."""
-    from heliosdb.cli_commands import SUBCOMMANDS
+    from heliosdb.cli.commands import SUBCOMMANDS
 
     line = assert_one_line_error(proc, code)
     assert _OPTION.search(line), f"no option named in the hint: {line}"

@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 import heliosdb
-from heliosdb.cli_common import (
+from heliosdb.cli.common import (
     CLIError,
     Unavailable,
     error_message,
@@ -20,7 +20,7 @@ from heliosdb.cli_common import (
     parse_when,
 )
 from heliosdb.progress import progress_callback
-from heliosdb.shell import _explain_kind, parse_shell_args, split_sql
+from heliosdb.cli.shell import _explain_kind, parse_shell_args, split_sql
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -120,8 +120,8 @@ def test_dot_rekey_closes_rotates_and_reopens(tmp_path, monkeypatch):
     """The plumbing around heliosdb.rotate_key (whose tests live with it): .rekey closes the
     database, calls rotate_key(path, key, progress=...) with the open key, reopens the file
     with that key, and wipes the key afterwards."""
-    from heliosdb.cli_common import KeySpec, Opener
-    from heliosdb.shell import HeliosShell
+    from heliosdb.cli.common import KeySpec, Opener
+    from heliosdb.cli.shell import HeliosShell
 
     keyfile = tmp_path / "k.bin"
     keyfile.write_bytes(bytes(range(32)))

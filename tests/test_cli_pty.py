@@ -152,7 +152,7 @@ def test_new_database_passphrase_is_asked_twice(tmp_path):
 
 
 def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
-    from heliosdb.cli_common import Unavailable, _heliosdb_attr
+    from heliosdb.cli.common import Unavailable, _heliosdb_attr
 
     try:
         _heliosdb_attr("change_passphrase", ".passwd")
