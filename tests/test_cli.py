@@ -26,7 +26,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def _crypto_attr(name):
     """The key-operation API the command line would call, or None where it is missing."""
-    from heliosdb.cli_common import Unavailable, _heliosdb_attr
+    from heliosdb.cli.common import Unavailable, _heliosdb_attr
 
     try:
         return _heliosdb_attr(name, name)
@@ -186,7 +186,7 @@ def test_help_is_the_docstring(tmp_path):
     for name in (".audit", ".verify", ".checkpoint", ".export-audit", ".encryption",
                  ".passwd", ".rekey", ".report", ".tables", ".import", ".dump"):
         assert name in proc.stderr, name
-    from heliosdb.shell import HeliosShell
+    from heliosdb.cli.shell import HeliosShell
 
     proc = run_cli([":memory:", ".help export-audit", ".help verify"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -285,7 +285,8 @@ def test_plain_backup_and_restore(tmp_path, plain_db, keyfile):
                    cwd=tmp_path)
     assert_one_line_error(proc, 1, "heliosdb encrypt")
     other = tmp_path / "other.db"
-    proc = run_cli([str(other), f".restore {copy}", "SELECT count(*) FROM t"], cwd=tmp_path)
+    proc = run_cli(["--create", str(other), f".restore {copy}", "SELECT count(*) FROM t"],
+                   cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
 
 
@@ -302,7 +303,7 @@ def _events(path: Path) -> list[tuple]:
 
 def test_shell_sql_is_audited_and_log_is_append_only(tmp_path, audited_db):
     made = tmp_path / "made.db"
-    proc = run_cli(["--config", "default", "--user", "carol", str(made),
+    proc = run_cli(["--create", "--config", "default", "--user", "carol", str(made),
                     "CREATE TABLE t(a INTEGER);", "INSERT INTO t VALUES (1), (2);",
                     "BEGIN;", "UPDATE t SET a = a + 1;", "ROLLBACK;",
                     "SELECT count(*) FROM t;"], cwd=tmp_path)
@@ -397,7 +398,7 @@ def test_missing_file_and_bad_arguments_exit_2(tmp_path):
              ["verify", "--help"]]
     results = run_many(commands + extra, cwd=tmp_path)
     for cmd, proc in zip(commands, results):
-        assert_one_line_error(proc, 2, "no such file")
+        assert_one_line_error(proc, 2, "no such database file")
     assert not os.path.exists(missing)  # read-only commands never create it
     bad_format, no_file, help_ = results[len(commands):]
     assert_one_line_error(bad_format, 2, "invalid choice")
@@ -592,7 +593,7 @@ def test_dot_passwd_and_rekey_without_terminal(tmp_path, encrypted_db, keyfile):
         assert_one_line_error(proc, 2, "is not available")
     else:
         assert_one_line_error(proc, 2, "needs a terminal")
-    proc = run_cli([str(tmp_path / "plain.db"), ".rekey"], cwd=tmp_path)
+    proc = run_cli(["--create", str(tmp_path / "plain.db"), ".rekey"], cwd=tmp_path)
     if _crypto_attr("rotate_key") is None:
         assert_one_line_error(proc, 2, "is not available")
     else:

@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 import heliosdb
-from heliosdb.cli_common import (
+from heliosdb.cli.common import (
     CLIError,
     Unavailable,
     error_message,
@@ -20,7 +20,7 @@ from heliosdb.cli_common import (
     parse_when,
 )
 from heliosdb.progress import progress_callback
-from heliosdb.shell import _explain_kind, parse_shell_args, split_sql
+from heliosdb.cli.shell import _explain_kind, parse_shell_args, split_sql
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -90,9 +90,12 @@ def test_errors_are_one_line_with_exit_codes():
 
 def test_shell_arguments_split():
     a = parse_shell_args(["-k", "--config", "hipaa", "-json", "-separator", ";", "-cmd",
-                          ".headers on", "db.sqlite", "SELECT 1", "-not-an-option"])
+                          ".headers on", "db.sqlite", "SELECT 1", "-box", "--user", "ann",
+                          "--", "-not-an-option"])
     assert a.opener.key.kind == "prompt" and a.opener.config == "hipaa"
-    assert a.apsw_options == ["-json", "-separator", ";"]
+    # Options may follow FILE, as in the sqlite3 shell; "--" ends them.
+    assert a.apsw_options == ["-json", "-separator", ";", "-box"]
+    assert a.opener.user == "ann"
     assert a.cmds == [".headers on"] and a.filename == "db.sqlite"
     assert a.commands == ["SELECT 1", "-not-an-option"]
     a = parse_shell_args(["--key-file=k.bin", "--user", "bob"])
@@ -117,8 +120,8 @@ def test_dot_rekey_closes_rotates_and_reopens(tmp_path, monkeypatch):
     """The plumbing around heliosdb.rotate_key (whose tests live with it): .rekey closes the
     database, calls rotate_key(path, key, progress=...) with the open key, reopens the file
     with that key, and wipes the key afterwards."""
-    from heliosdb.cli_common import KeySpec, Opener
-    from heliosdb.shell import HeliosShell
+    from heliosdb.cli.common import KeySpec, Opener
+    from heliosdb.cli.shell import HeliosShell
 
     keyfile = tmp_path / "k.bin"
     keyfile.write_bytes(bytes(range(32)))

@@ -36,7 +36,7 @@ def passphrase_db(tmp_path):
 
 def test_interactive_session_with_key_prompt(tmp_path, passphrase_db):
     term = Pty([*HELIOSDB, str(passphrase_db)], cwd=tmp_path, env=_env(tmp_path))
-    term.expect(f"Passphrase for {passphrase_db}: ")
+    term.expect(f"Passphrase or 64-hex key for {passphrase_db}: ")
     term.send(PASSPHRASE + "\n")
     banner = term.expect("heliosdb> ")
     assert "HeliosDB" in banner and "encrypted" in banner
@@ -57,7 +57,7 @@ def test_interactive_session_with_key_prompt(tmp_path, passphrase_db):
 
 def test_interactive_wrong_passphrase(tmp_path, passphrase_db):
     term = Pty([*HELIOSDB, str(passphrase_db)], cwd=tmp_path, env=_env(tmp_path))
-    term.expect("Passphrase for")
+    term.expect("Passphrase or 64-hex key for")
     term.send("not the passphrase\n")
     assert term.wait() == 2
     assert "wrong key" in term.text and "Traceback" not in term.text
@@ -75,7 +75,7 @@ def test_key_option_prompts_and_piped_sql_runs(tmp_path, passphrase_db):
     )
     term = Pty([sys.executable, "-c", script, *HELIOSDB, "-k", str(passphrase_db)],
                cwd=tmp_path, env=_env(tmp_path))
-    term.expect("Passphrase for")
+    term.expect("Passphrase or 64-hex key for")
     term.send(PASSPHRASE + "\n")
     out = term.expect("]RC[0]")
     assert "behind the key" in out
@@ -85,7 +85,7 @@ def test_key_option_prompts_and_piped_sql_runs(tmp_path, passphrase_db):
 
 def test_errors_completion_and_exit_status(tmp_path):
     db = tmp_path / "plain.db"
-    term = Pty([*HELIOSDB, str(db)], cwd=tmp_path, env=_env(tmp_path))
+    term = Pty([*HELIOSDB, "--create", str(db)], cwd=tmp_path, env=_env(tmp_path))
     term.expect("heliosdb> ")
     term.send("SELECT * FROM nosuch;\n")
     assert "no such table: nosuch" in term.expect("heliosdb> ")
@@ -126,8 +126,8 @@ def test_new_database_passphrase_is_asked_twice(tmp_path):
     if not heliosdb.native_available():
         pytest.skip("the encryption extension is not built here")
     db = tmp_path / "new.db"
-    term = Pty([*HELIOSDB, "-k", str(db)], cwd=tmp_path, env=_env(tmp_path))
-    term.expect("New passphrase for")
+    term = Pty([*HELIOSDB, "--create", "-k", str(db)], cwd=tmp_path, env=_env(tmp_path))
+    term.expect("New passphrase or 64-hex key for")
     term.send(PASSPHRASE + "\n")
     term.expect("Repeat the new passphrase")
     term.send(PASSPHRASE + "\n")
@@ -142,8 +142,8 @@ def test_new_database_passphrase_is_asked_twice(tmp_path):
     conn.close()
 
     other = tmp_path / "typo.db"
-    term = Pty([*HELIOSDB, "-k", str(other)], cwd=tmp_path, env=_env(tmp_path))
-    term.expect("New passphrase for")
+    term = Pty([*HELIOSDB, "--create", "-k", str(other)], cwd=tmp_path, env=_env(tmp_path))
+    term.expect("New passphrase or 64-hex key for")
     term.send("first try\n")
     term.expect("Repeat the new passphrase")
     term.send("first tyr\n")
@@ -152,7 +152,7 @@ def test_new_database_passphrase_is_asked_twice(tmp_path):
 
 
 def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
-    from heliosdb.cli_common import Unavailable, _heliosdb_attr
+    from heliosdb.cli.common import Unavailable, _heliosdb_attr
 
     try:
         _heliosdb_attr("change_passphrase", ".passwd")
@@ -161,13 +161,13 @@ def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
                     "(test_cli.py checks the 'not available' error)")
     new = "a brand new passphrase"
     term = Pty([*HELIOSDB, "-k", str(passphrase_db)], cwd=tmp_path, env=_env(tmp_path))
-    term.expect("Passphrase for")
+    term.expect("Passphrase or 64-hex key for")
     term.send(PASSPHRASE + "\n")
     term.expect("heliosdb> ")
     term.send(".passwd\n")
-    term.expect("Current passphrase for")
+    term.expect("Current passphrase or 64-hex key for")
     term.send(PASSPHRASE + "\n")
-    term.expect("New passphrase for")
+    term.expect("New passphrase or 64-hex key for")
     term.send(new + "\n")
     term.expect("Repeat the new passphrase")
     term.send(new + "\n")
@@ -182,3 +182,30 @@ def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
     conn.close()
     with pytest.raises(heliosdb.WrongKeyError):
         heliosdb.connect(str(passphrase_db), key=PASSPHRASE)
+
+
+def test_prompt_takes_a_raw_64_hex_key(tmp_path):
+    """A database made with a raw key opens at the prompt with the key as 64 hex digits;
+    a passphrase typed for it is refused with what was tried."""
+    if not heliosdb.native_available():
+        pytest.skip("the encryption extension is not built here")
+    raw = bytes(range(32))
+    path = tmp_path / "raw.db"
+    conn = heliosdb.connect(str(path), key=raw)
+    conn.execute("CREATE TABLE r(x)")
+    conn.execute("INSERT INTO r VALUES ('raw key data')")
+    conn.commit()
+    conn.close()
+    term = Pty([*HELIOSDB, str(path), "SELECT x FROM r"], cwd=tmp_path, env=_env(tmp_path))
+    term.expect(f"Passphrase or 64-hex key for {path}: ")
+    term.send(raw.hex() + "\n")
+    assert term.wait() == 0
+    assert "raw key data" in term.text and "as a raw 64-hex key" in term.text
+    assert raw.hex() not in term.text  # never echoed
+
+    term = Pty([*HELIOSDB, str(path), "SELECT x FROM r"], cwd=tmp_path, env=_env(tmp_path))
+    term.expect("Passphrase or 64-hex key for")
+    term.send("a passphrase\n")
+    assert term.wait() == 2
+    assert "wrong key for" in term.text and "not a 64-hex raw key" in term.text
+    assert "raw key data" not in term.text

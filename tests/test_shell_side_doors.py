@@ -22,8 +22,8 @@ import apsw.shell
 import pytest
 
 import heliosdb
-from heliosdb.cli_common import CLIError, KeySpec, Opener
-from heliosdb.shell import (
+from heliosdb.cli.common import CLIError, KeySpec, Opener
+from heliosdb.cli.shell import (
     AUDIT_CHECKED,
     AUDIT_HARMLESS,
     HeliosShell,

@@ -640,6 +640,7 @@ th{background:#f2f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #dde;border-radius:6px;
 padding:.6em 1em;min-width:9em}.card b{display:block;font-size:1.4em}
 code{font-size:.85em;word-break:break-all}.muted{color:#667}
+.ts{white-space:nowrap;font-variant-numeric:tabular-nums}
 """
 
 
@@ -651,43 +652,85 @@ def _yes(v: Any) -> str:
     return '<span class="ok">yes</span>' if v else '<span class="bad">no</span>'
 
 
-def _svg_chart(act: dict, width: int = 1000, height: int = 220) -> str:
+def _when(iso: str) -> Any:
+    import datetime as _dt
+
+    return _dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+def _axis_label(t: Any, secs: int) -> str:
+    """A time for the axis: the date, and the time of day when buckets are under a day."""
+    return t.strftime("%Y-%m-%d %H:%M" if secs < 86_400 else "%Y-%m-%d")
+
+
+def _svg_chart(act: dict, width: int = 1000, height: int = 250) -> str:
+    """Bars of events per bucket on a time axis: a bucket without events is an empty
+    slot (so a three-day gap shows as one), ticks give the time at their place, and a
+    legend says which colour is which. One ``g.bar`` per bucket that has events."""
+    import datetime as _dt
+
     buckets = act.get("buckets") or []
     if not buckets:
         return '<p class="muted">No events in the period.</p>'
-    left, bottom, top = 50, 30, 10
-    plot_w, plot_h = width - left - 10, height - bottom - top
+    secs = int(act.get("bucket_seconds") or 3_600)
+    step = _dt.timedelta(seconds=secs)
+    t0 = _when(buckets[0]["start"])
+    slots = [round((_when(b["start"]) - t0) / step) for b in buckets]
+    n = slots[-1] + 1                       # the axis spans every bucket, empty or not
+    t_end = t0 + n * step
+    left, right, bottom, top = 56, 16, 46, 26
+    plot_w, plot_h = width - left - right, height - bottom - top
     peak = max(b["events"] for b in buckets) or 1
-    n = len(buckets)
     bw = plot_w / n
+    base = top + plot_h
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" id="activity-chart">',
-             f'<title>Audit events per {_e(act.get("bucket"))}</title>',
-             f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" id="activity-chart" '
+             f'style="max-width:100%;height:auto" font-family="system-ui,sans-serif">',
+             f'<title>Audit events per {_e(act.get("bucket"))}, '
+             f'{_e(_axis_label(t0, secs))} to {_e(_axis_label(t_end, secs))}</title>',
+             # legend
+             f'<g id="chart-legend" font-size="12"><rect x="{left}" y="6" width="12" '
+             'height="12" fill="#3b6fd8"/>'
+             f'<text x="{left + 17}" y="16">succeeded</text>'
+             f'<rect x="{left + 100}" y="6" width="12" height="12" fill="#d8453b"/>'
+             f'<text x="{left + 117}" y="16">failed or denied</text>'
+             f'<text x="{width - right}" y="16" text-anchor="end" fill="#556">'
+             f'events per {_e(act.get("bucket"))}; no bar: no events</text></g>',
+             f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" '
              'stroke="#889"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#889"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" stroke="#889"/>',
              f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" font-size="11">{peak}'
              '</text>',
-             f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" font-size="11">0'
-             '</text>']
-    for i, b in enumerate(buckets):
+             f'<text x="{left - 6}" y="{base}" text-anchor="end" font-size="11">0</text>']
+    for slot, b in zip(slots, buckets):
         ok_n = b["events"] - b["failed"]
-        x = left + i * bw
+        x = left + slot * bw
         h_ok = plot_h * ok_n / peak
         h_bad = plot_h * b["failed"] / peak
         w = max(bw * 0.85, 1)
         tip = _e(f'{b["start"]}: {b["events"]} events, {b["failed"]} failed')
-        parts.append(f'<g class="bar"><title>{tip}</title>'
-                     f'<rect x="{x:.1f}" y="{top + plot_h - h_ok:.1f}" width="{w:.1f}" '
+        parts.append(f'<g class="bar" data-start="{_e(b["start"])}"><title>{tip}</title>'
+                     f'<rect x="{x:.1f}" y="{base - h_ok:.1f}" width="{w:.1f}" '
                      f'height="{h_ok:.1f}" fill="#3b6fd8"/>')
         if b["failed"]:
-            parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h_ok - h_bad:.1f}" '
+            parts.append(f'<rect x="{x:.1f}" y="{base - h_ok - h_bad:.1f}" '
                          f'width="{w:.1f}" height="{h_bad:.1f}" fill="#d8453b"/>')
         parts.append("</g>")
-    parts.append(f'<text x="{left}" y="{height - 8}" font-size="11">'
-                 f'{_e(buckets[0]["start"][:16])}</text>')
-    parts.append(f'<text x="{width - 10}" y="{height - 8}" font-size="11" '
-                 f'text-anchor="end">{_e(buckets[-1]["start"][:16])}</text>')
+    # Ticks at bucket boundaries, at most 6, the first at the axis start and the last at
+    # its end (so one bucket still has two different labels: its start and its end).
+    ticks = 1 + min(n, 5)
+    parts.append('<g id="chart-ticks" font-size="11" fill="#334">')
+    for k in range(ticks):
+        slot = round(k * n / (ticks - 1))
+        x = left + slot * bw
+        anchor = "start" if k == 0 else ("end" if k == ticks - 1 else "middle")
+        parts.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" '
+                     f'stroke="#889"/><text class="tick" x="{x:.1f}" y="{base + 17}" '
+                     f'text-anchor="{anchor}">{_e(_axis_label(t0 + slot * step, secs))}'
+                     '</text>')
+    parts.append(f'</g><text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="11" '
+                 f'text-anchor="middle" fill="#556">time (UTC), one slot per '
+                 f'{_e(act.get("bucket"))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -715,7 +758,7 @@ def render_html(d: dict) -> str:
     cards = [("Events", s["events"]), ("Failed", s["failed"]),
              ("Chain verified", "yes" if s["verified"] else "NO"),
              ("Encrypted", "yes" if s["encrypted"] else "no"),
-             ("Findings (high)", f'{s["findings"]} ({s["findings_high"]})'),
+             ("Findings", f'{s["findings"]} ({s["findings_high"]} high)'),
              ("Preset gaps", s["preset_gaps"] if d["preset"] else "-")]
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{_e(d['title'])}</title>", f"<style>{_CSS}</style></head><body>",
@@ -760,8 +803,8 @@ def render_html(d: dict) -> str:
     rows = "".join(
         f'<tr><td>{_e(c["operation"])}</td><td>{_e(c["category"])}</td>'
         f'<td class="num">{c["events"]}</td><td class="num">{c["failed"]}</td>'
-        f'<td class="num">{c["users"]}</td><td>{_e(c["first"])}</td><td>{_e(c["last"])}</td>'
-        "</tr>" for c in d["coverage"])
+        f'<td class="num">{c["users"]}</td><td class="ts">{_e(c["first"])}</td>'
+        f'<td class="ts">{_e(c["last"])}</td></tr>' for c in d["coverage"])
     out.append('<table id="coverage-table"><tr><th>Operation</th><th>Category</th>'
                "<th>Events</th><th>Failed</th><th>Users</th><th>First</th><th>Last</th></tr>"
                + rows + "</table>")
@@ -776,7 +819,7 @@ def render_html(d: dict) -> str:
                    "<th>What</th><th>When</th><th>Events</th></tr>" + "".join(
                        f'<tr class="sev-{_e(f["severity"])}"><td>{_e(f["severity"])}</td>'
                        f'<td>{_e(f["kind"])}</td><td>{_e(f["message"])}</td>'
-                       f'<td>{_e(f["first_time"])}</td><td>'
+                       f'<td class="ts">{_e(f["first_time"])}</td><td>'
                        f'{_e(", ".join(map(str, f["event_ids"][:50])))}'
                        f'{" ..." if len(f["event_ids"]) > 50 else ""}</td></tr>'
                        for f in d["findings"]) + "</table>")
