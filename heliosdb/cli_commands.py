@@ -62,7 +62,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "run_subcommand"]
 
 #: The first arguments that select a subcommand instead of the shell.
 SUBCOMMANDS = ("info", "verify", "audit", "export", "encrypt", "decrypt", "rekey", "passwd",
-               "report", "demo")
+               "report", "demo", "prove")
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors as ``heliosdb COMMAND: error: ...`` and exit code 2."""
@@ -588,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a guided demonstration", add_help=False,
                        description="Run heliosdb.demo (its own options follow).")
     p.set_defaults(func=cmd_demo)
+    from .cli_prove import add_parser as _add_prove  # heliosdb prove: cli_prove.py
+    _add_prove(sub, _common)
     return parser
 
 
