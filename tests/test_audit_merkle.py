@@ -307,3 +307,49 @@ def test_prove_inclusion_and_consistency_from_a_log(tmp_path, tree_impl):
         merkle.prove_consistency(conn, TABLE, new, old)
     with pytest.raises(ProgrammingError):
         merkle.prove_inclusion(conn, TABLE, 34, new)
+
+
+# --- verification: incremental, and the tree checked against the signed root ------------
+
+def test_incremental_verify_checks_the_new_events_and_the_tree(tmp_path, impl):
+    conn = make_log(str(tmp_path / "a.db"), 30)
+    cp = create_checkpoint(conn, TABLE, HMAC_KEY)
+    store.append(conn, TABLE, sample_events(12, 30))
+    r = verify_connection(conn, TABLE, since=cp, hmac_key=HMAC_KEY)
+    assert r.ok and r.events_checked == 12, r.message
+    assert "Merkle tree of 42 events consistent" in r.message
+    full = verify_connection(conn, TABLE, checkpoint=cp, hmac_key=HMAC_KEY)
+    assert full.ok and full.events_checked == 42, full.message
+    # The recorded tree altered (one frontier hash flipped): both are a fault.
+    size, fr = merkle.stored_tree(conn, TABLE)
+    bad = bytes([fr[0] ^ 1]) + fr[1:]
+    conn.execute("UPDATE __audit_meta SET value = ? WHERE tbl = ? AND key = 'merkle_tree'",
+                 (merkle.pack_tree(size, bad), TABLE))
+    for kw in ({"since": cp}, {"checkpoint": cp}):
+        r = verify_connection(conn, TABLE, hmac_key=HMAC_KEY, **kw)
+        assert not r.ok and r.fault == "modified" and "Merkle tree" in r.message, r.message
+    # Without a checkpoint nothing is signed: reported in the message, not a fault.
+    r = verify_connection(conn, TABLE)
+    assert r.ok and "WARNING" in r.message
+    # The record removed while a signed tree exists: a fault.
+    conn.execute("DELETE FROM __audit_meta WHERE key = 'merkle_tree'")
+    r = verify_connection(conn, TABLE, since=cp, hmac_key=HMAC_KEY)
+    assert not r.ok and r.fault == "modified" and "missing" in r.message
+
+
+def test_a_signed_root_the_events_do_not_reproduce_is_caught(tmp_path, impl):
+    """The chain and the record agree but the checkpoint's tree is another: the events up
+    to the checkpoint are recomputed (full verify) and compared with the signed root."""
+    from dataclasses import replace
+    from heliosdb.audit.checkpoint import _sign
+    conn = make_log(str(tmp_path / "a.db"), 9)
+    cp = create_checkpoint(conn, TABLE, HMAC_KEY)
+    store.append(conn, TABLE, sample_events(4, 9))
+    other = [hashlib.sha256(bytes([i])).digest() for i in range(9)]
+    size, fr = merkle.fold(0, b"", other)
+    forged = _sign(replace(cp, root_hash=merkle.root(fr), frontier=fr), HMAC_KEY)
+    r = verify_connection(conn, TABLE, checkpoint=forged, hmac_key=HMAC_KEY)
+    assert not r.ok and r.fault == "modified" and r.first_bad_id == 9, r.message
+    # Incremental: the signed frontier extended by the new events is not the recorded tree.
+    r = verify_connection(conn, TABLE, since=forged, hmac_key=HMAC_KEY)
+    assert not r.ok and r.fault == "modified", r.message
