@@ -717,7 +717,7 @@ def prove_consistency(conn: apsw.Connection, table: str, old_checkpoint: Any,
         if get_meta(conn, table, "database_id") != new.database_id:
             raise ProgrammingError("the checkpoints are not of this database")
         a = anchor(conn, table)
-        known = [(n, new.frontier_bytes())]
+        known = [(n, new.frontier_bytes()), (m, old.frontier_bytes())]
         at = tree_at_anchor(conn, table)
         if at is not None:
             known.append(at)
