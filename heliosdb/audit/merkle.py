@@ -112,16 +112,19 @@ def _check_frontier(size: int, frontier: bytes) -> None:
 
 
 def _pure_fold(size: int, frontier: bytes, leaves: Iterable[bytes]) -> tuple[int, bytes]:
-    stack = split_frontier(frontier)
+    # Appending a leaf merges it with the last subtrees while the size's low bits are 1
+    # (a binary counter's carry): one node hash per append on average.
     sha = hashlib.sha256
+    fr = frontier
     for h in leaves:
-        k = size
+        k, end = size, len(fr)
         while k & 1:
-            h = sha(NODE_PREFIX + stack.pop() + h).digest()
+            end -= 32
+            h = sha(NODE_PREFIX + fr[end:end + 32] + h).digest()
             k >>= 1
-        stack.append(h)
+        fr = fr[:end] + h
         size += 1
-    return size, b"".join(stack)
+    return size, fr
 
 
 def fold(size: int, frontier: bytes, leaves: Sequence[bytes]) -> tuple[int, bytes]:
@@ -129,10 +132,21 @@ def fold(size: int, frontier: bytes, leaves: Sequence[bytes]) -> tuple[int, byte
     frontier)``. C when ``heliosdb.audit.chain.__impl__ == "c"``, else Python (same bytes).
     Raises ValueError when the frontier does not fit the size."""
     _check_frontier(size, frontier)
+    return _fold(size, frontier, leaves)
+
+
+#: Below this many leaves the fold runs in Python even when C is selected: a cffi call
+#: (buffers in and out) costs more than the one or two node hashes an append needs
+#: (measured: 1.5 us in C against 1.0 us in Python for one leaf). Same bytes either way.
+_C_FOLD_MIN = 16
+
+
+def _fold(size: int, frontier: bytes, leaves: Sequence[bytes]) -> tuple[int, bytes]:
     n = len(leaves)
     if n == 0:
         return size, frontier
-    if chain.__impl__ == "c" and _lib is not None and size + n < (1 << 62):
+    if n >= _C_FOLD_MIN and chain.__impl__ == "c" and _lib is not None \
+            and size + n < (1 << 62):
         buf = _ffi.new("unsigned char[]", 32 * _MAX_FRONTIER)
         _ffi.memmove(buf, frontier, len(frontier))
         data = b"".join(leaves)
@@ -322,10 +336,14 @@ def after_append(conn: apsw.Connection, table: str, last_id: int, last_ck: bytes
                  leaves: Sequence[bytes], new_id: int, new_ck: bytes) -> None:
     """Called by :func:`heliosdb.audit.store.append` inside the append's transaction, after
     the rows are inserted: extend the frontier with the new leaves and store it."""
-    tree = current_tree(conn, table, last_id, last_ck, store=False)
-    if tree is None:
-        return  # a log purged before trees existed: no tree to extend
-    size, fr = fold(tree[0], tree[1], leaves)
+    fr = _cache.get((last_id, last_ck))
+    if fr is not None:
+        size, fr = _fold(last_id, fr, leaves)  # our own frontier: no need to re-check it
+    else:
+        tree = current_tree(conn, table, last_id, last_ck, store=False)
+        if tree is None:
+            return  # a log purged before trees existed: no tree to extend
+        size, fr = fold(tree[0], tree[1], leaves)
     assert size == new_id, (size, new_id)
     _set_meta(conn, table, TREE_META, pack_tree(size, fr))
     _remember(new_id, new_ck, fr)
