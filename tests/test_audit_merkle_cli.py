@@ -67,3 +67,17 @@ def test_prove_and_check_from_the_command_line(tmp_path, db_and_checkpoints):
     proc = run_cli(["prove", "inclusion", str(path), "--event", str(cp2.tree_size + 1),
                     "--checkpoint", "cp2.checkpoint"], cwd=tmp_path)
     assert proc.returncode == 1 and "not in the tree" in proc.stderr and not proc.stdout
+
+
+def test_readme_proof_example_output(tmp_path):
+    """README's "Proofs an auditor checks without us": the code prints what is shown."""
+    import re
+    import subprocess
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Proofs an auditor checks without us", 1)[1]
+    code, printed = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == printed

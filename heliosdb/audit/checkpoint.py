@@ -32,6 +32,10 @@ File format (UTF-8 text, one ``key: value`` per line, ``#`` lines are comments):
 The signed message is the UTF-8 bytes of the lines ``format`` .. ``public_key`` exactly as
 above (``key: value\\n`` each, in that order); the ``signature`` line signs them.
 
+Version 2 (``format: heliosdb-audit-checkpoint/2``, written when the log has a Merkle tree,
+see :mod:`.merkle`) adds ``tree_size``, ``root_hash`` and ``frontier`` (comma-separated hex
+hashes, or ``-``) after ``anchor_id``; version 1 files still parse and verify.
+
 The first checkpoint of a database pins its signer in ``__audit_meta``
 (``checkpoint_signer``: ``ed25519:<public key hex>`` or ``hmac-sha256:<key id>``).
 Verification without a key checks a checkpoint only against the pinned Ed25519 key
