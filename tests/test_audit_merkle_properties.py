@@ -283,3 +283,24 @@ def test_a_forged_anchor_frontier_is_caught(purged):
     # its own proof against the signed root before returning it.
     with pytest.raises(AuditIntegrityError):
         a.prove_inclusion(cp3.event_id, cp3, archives=[])
+
+
+def test_a_log_without_its_anchor_tree_is_rebuilt_from_the_archives(purged):
+    """A log purged before trees existed has none (version 1 checkpoints) until
+    merkle.rebuild() recomputes it from the archives: the same root as before."""
+    conn, a, cp1, cp2, cp3, res, before, arch = purged
+    raw = a._db
+    with a._internal():
+        raw.execute("DELETE FROM __audit_meta WHERE key IN ('merkle_tree', "
+                    "'merkle_anchor_tree')")
+    merkle._cache.clear()
+    assert merkle.tree_at_anchor(raw, a.table) is None
+    assert a.checkpoint(KEY).version == 1
+    with a._internal():
+        size, fr = merkle.rebuild(raw, a.table, archives=sorted(arch.iterdir()))
+    assert (size, merkle.root(merkle.fold_stored(raw, a.table, size, fr, size)[1])) == \
+        (store.head(raw, a.table).last_id, merkle.root(fr))
+    cp5 = a.checkpoint(KEY)
+    assert cp5.version == 2
+    c = a.prove_consistency(cp3, cp5, archives=[])
+    assert merkle.check_consistency(c, hmac_key=KEY)["ok"]
