@@ -353,3 +353,18 @@ def test_a_signed_root_the_events_do_not_reproduce_is_caught(tmp_path, impl):
     # Incremental: the signed frontier extended by the new events is not the recorded tree.
     r = verify_connection(conn, TABLE, since=forged, hmac_key=HMAC_KEY)
     assert not r.ok and r.fault == "modified", r.message
+
+
+def test_the_writer_keeps_appending_to_a_broken_log(tmp_path, tree_impl):
+    """A tree cannot be built over a broken chain: appends go on without one (verify names
+    the fault), and the writer does not rescan the log on every append."""
+    conn = make_log(str(tmp_path / "a.db"), 12)
+    conn.execute(f"UPDATE {TABLE} SET user = 'mallory' WHERE id = 4")
+    conn.execute("DELETE FROM __audit_meta WHERE key = 'merkle_tree'")
+    merkle._cache.clear()
+    store.append(conn, TABLE, sample_events(2, 12))
+    store.append(conn, TABLE, sample_events(1, 14))
+    assert merkle.stored_tree(conn, TABLE) is None
+    assert create_checkpoint(conn, TABLE, HMAC_KEY).version == 1
+    r = verify_connection(conn, TABLE)
+    assert not r.ok and r.fault == "modified" and r.first_bad_id == 4

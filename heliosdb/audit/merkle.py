@@ -272,20 +272,39 @@ def fold_stored(conn: apsw.Connection, table: str, size: int, frontier: bytes,
         ((blob,),) = conn.execute(sql, (frontier, size, link, size + 1, size, last_id))
         n_good, failed, bad_id, _ts, _link = chain.decode_check_result(blob)
         tree = chain.decode_check_tree(blob)
-        if failed or tree is None or n_good != last_id - size:
-            bad = size + n_good + 1
-            raise AuditIntegrityError(f"the audit log is not an intact chain at event {bad} "
-                                      f"(events {size + 1}..{last_id} were to be hashed into "
-                                      "the Merkle tree): run verify() to name the fault")
-        return tree
+        if not failed and tree is not None and n_good == last_id - size:
+            return tree
+        # The fast path only points: the row-by-row check below decides (and names it).
+    return _fold_stored_py(conn, table, size, frontier, last_id, link)
+
+
+def _fold_stored_py(conn: apsw.Connection, table: str, size: int, frontier: bytes,
+                    last_id: int, link: bytes) -> tuple[int, bytes]:
+    for leaves in _stored_leaves_py(conn, table, size, last_id, link):
+        size, frontier = fold(size, frontier, leaves)
+    return size, frontier
+
+
+def _stored_leaves_py(conn: apsw.Connection, table: str, after: int, last_id: int,
+                      link: bytes) -> Iterable[list]:
+    """Leaf hashes of the stored events after..last_id, in batches, checking that they form
+    an intact chain from ``link`` (the checksum of event ``after``); raises
+    AuditIntegrityError where they do not."""
     from .store import read_events
     sha = hashlib.sha256
     leaves: list[bytes] = []
-    expect = size + 1
-    for ev in read_events(conn, table, first_id=size + 1, last_id=last_id):
+    expect = after + 1
+    events = read_events(conn, table, first_id=after + 1, last_id=last_id)
+    while True:
+        try:
+            ev = next(events)
+        except StopIteration:
+            break
+        except UnicodeDecodeError:
+            ev = None  # a stored text that is not UTF-8: no event encodes to it
         try:
             enc = encode_event(ev.id, ev.ts_us, ev.affected_rows, ev.success, ev.texts())
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError, AttributeError):
             enc = None
         if enc is None or ev.id != expect or ev.prev_hash != link \
                 or sha(bytes(ev.prev_hash) + enc).digest() != ev.checksum:
@@ -295,12 +314,12 @@ def fold_stored(conn: apsw.Connection, table: str, size: int, frontier: bytes,
         link = ev.checksum
         expect += 1
         if len(leaves) >= 65536:
-            size, frontier = fold(size, frontier, leaves)
+            yield leaves
             leaves = []
     if expect != last_id + 1:
         raise AuditIntegrityError(f"event {expect} is missing from the audit log: run "
                                   "verify()")
-    return fold(size, frontier, leaves)
+    yield leaves
 
 
 def current_tree(conn: apsw.Connection, table: str, last_id: int, last_ck: bytes,
@@ -319,11 +338,33 @@ def current_tree(conn: apsw.Connection, table: str, last_id: int, last_ck: bytes
     start = tree_at_anchor(conn, table)
     if start is None:
         return None
-    tree = fold_stored(conn, table, start[0], start[1], last_id)
+    where = (_db_name(conn), table)
+    if where in _unbuildable:
+        return None
+    try:
+        tree = fold_stored(conn, table, start[0], start[1], last_id)
+    except AuditIntegrityError:
+        # A broken chain (verify() names the fault): the writer keeps appending, without
+        # a tree, and does not retry the scan on every append of this process.
+        if len(_unbuildable) > 256:
+            _unbuildable.clear()
+        _unbuildable.add(where)
+        return None
     if store:
         _set_meta(conn, table, TREE_META, pack_tree(*tree))
     _remember(last_id, last_ck, tree[1])
     return tree
+
+
+#: (database file, table) whose tree could not be built in this process (a broken chain).
+_unbuildable: set = set()
+
+
+def _db_name(conn: apsw.Connection) -> str:
+    try:
+        return conn.db_filename("main") or f"memory:{id(conn)}"
+    except Exception:  # noqa: BLE001
+        return f"conn:{id(conn)}"
 
 
 def _remember(last_id: int, last_ck: bytes, frontier: bytes) -> None:
@@ -572,29 +613,18 @@ def fold_stored_range(conn: apsw.Connection, table: str, lo: int, hi: int) -> by
         ((blob,),) = conn.execute(sql, (link, lo + 1, lo, hi))
         n_good, failed, _b, _t, _l = chain.decode_check_result(blob)
         tree = chain.decode_check_tree(blob)
-        if failed or tree is None or n_good != hi - lo:
-            raise AuditIntegrityError(f"the audit log is not an intact chain at event "
-                                      f"{lo + n_good + 1}: run verify() to name the fault")
-        return tree[1]
-    # Python: the same checks as fold_stored, on a tree that starts empty.
-    from .store import read_events
-    sha = hashlib.sha256
-    leaves = []
-    expect = lo + 1
-    for ev in read_events(conn, table, first_id=lo + 1, last_id=hi):
-        try:
-            enc = encode_event(ev.id, ev.ts_us, ev.affected_rows, ev.success, ev.texts())
-        except (TypeError, ValueError, OverflowError):
-            enc = None
-        if enc is None or ev.id != expect or ev.prev_hash != link \
-                or sha(bytes(ev.prev_hash) + enc).digest() != ev.checksum:
-            raise AuditIntegrityError(f"the audit log is not an intact chain at event "
-                                      f"{expect}: run verify() to name the fault")
-        leaves.append(sha(LEAF_PREFIX + enc).digest())
-        link, expect = ev.checksum, expect + 1
-    if expect != hi + 1:
-        raise AuditIntegrityError(f"event {expect} is missing from the audit log")
-    return fold(0, b"", leaves)[1]
+        if not failed and tree is not None and n_good == hi - lo:
+            return tree[1]
+    # Python decides (the same checks; ids lo+1..hi, a tree that starts empty): the walk
+    # is _fold_stored_py's, with the leaves folded into a tree of their own.
+    return _fold_range_py(conn, table, lo, hi, link)
+
+
+def _fold_range_py(conn: apsw.Connection, table: str, lo: int, hi: int, link: bytes) -> bytes:
+    size, fr = 0, b""
+    for leaves in _stored_leaves_py(conn, table, lo, hi, link):
+        size, fr = fold(size, fr, leaves)
+    return fr
 
 
 # --- making proofs --------------------------------------------------------------------------

@@ -590,6 +590,9 @@ def _tree_problem(conn: apsw.Connection, table: str, cp: Any, st: _State, head: 
 
     v2 = cp is not None and getattr(cp, "tree_size", None) is not None
     if st.tree_start is None:
+        if cp is not None and not v2 and st.expect_id - 1 - st.checked == cp.event_id:
+            return (f"the Merkle tree is not checked: checkpoint #{cp.seq} is version 1 "
+                    "(it signs no tree)", None)
         return ("the Merkle tree is not checked: the log was purged before it had one", None)
     start_size = st.tree_start[0]
     if st.tree is None or st.tree[0] != head:
