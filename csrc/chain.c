@@ -59,6 +59,67 @@ static int buf_reserve(buf_t *b, size_t extra) {
     return 0;
 }
 
+/* ---- RFC 6962 / RFC 9162 section 2.1 Merkle tree over the events ------------------------
+ * leaf = SHA-256(0x00 || encoding(event)), node = SHA-256(0x01 || left || right).
+ * The tree is kept as its frontier: the roots of the perfect subtrees that the binary
+ * digits of the tree size decompose it into, largest (leftmost) first, popcount(size)
+ * hashes. heliosdb/audit/merkle.py is the pure-Python twin. */
+#define MERKLE_MAX_FRONTIER 64
+
+/* b holds prev (32 bytes) || encoding: the leaf hash covers 0x00 || encoding, which is the
+ * buffer from byte 31 with that byte set to 0x00 (prev is not needed any more). */
+static inline void leaf_of_buffer(buf_t *b, unsigned char *md) {
+    b->p[31] = 0x00;
+    sha256_once(b->p + 31, b->n - 31, md);
+}
+
+static inline void node_hash(const unsigned char *l, const unsigned char *r, unsigned char *md) {
+    unsigned char in[65];
+    in[0] = 0x01;
+    memcpy(in + 1, l, 32);
+    memcpy(in + 33, r, 32);
+    sha256_once(in, 65, md);
+}
+
+/* Appends n leaves to a tree of `size` leaves whose frontier (flen hashes) is in frontier
+ * (room for MERKLE_MAX_FRONTIER hashes). Returns the new frontier length, or -1 when the
+ * frontier does not fit the size (flen != popcount(size), a negative size). */
+static int64_t merkle_fold(unsigned char *frontier, int64_t flen, int64_t size, int64_t n,
+                           const unsigned char *leaves) {
+    if (size < 0 || n < 0 || flen != __builtin_popcountll((unsigned long long)size)) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        unsigned char h[32];
+        memcpy(h, leaves + 32 * i, 32);
+        uint64_t k = (uint64_t)size;
+        while (k & 1) { /* merge with the equal-sized subtree on the left */
+            flen--;
+            node_hash(frontier + 32 * flen, h, h);
+            k >>= 1;
+        }
+        memcpy(frontier + 32 * flen, h, 32);
+        flen++;
+        size++;
+    }
+    return flen;
+}
+
+int64_t heliosdb_merkle_fold(unsigned char *frontier, int64_t flen, int64_t size, int64_t n,
+                             const unsigned char *leaves) {
+    return merkle_fold(frontier, flen, size, n, leaves);
+}
+
+/* The root (RFC 6962 MTH) of the tree a frontier describes: the subtrees folded from the
+ * right. An empty tree (flen 0) has root SHA-256(""). */
+int64_t heliosdb_merkle_root(const unsigned char *frontier, int64_t flen, unsigned char *out) {
+    if (flen < 0 || flen > MERKLE_MAX_FRONTIER) return -1;
+    if (flen == 0) { sha256_once((const unsigned char *)"", 0, out); return 0; }
+    unsigned char h[32];
+    memcpy(h, frontier + 32 * (flen - 1), 32);
+    for (int64_t i = flen - 2; i >= 0; i--) node_hash(frontier + 32 * i, h, h);
+    memcpy(out, h, 32);
+    return 0;
+}
+
 static inline void put_int(unsigned char *q, int64_t v) {
     uint64_t u = (uint64_t)v;
     q[0] = TAG_INT;
@@ -158,10 +219,11 @@ static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t
 
 /* Writer: computes the checksums of n consecutive events starting from *prev; on success
  * out holds n*32 bytes and prev the last checksum. Returns 0 or a negative E_* code. */
-int64_t heliosdb_chain_append(unsigned char *prev, int64_t n, const int64_t *ids,
-                              const int64_t *ts, const int64_t *rows, const int64_t *success,
-                              const char *text_nulls, const char *rows_nulls,
-                              const char *texts, int64_t texts_len, unsigned char *out) {
+static int64_t chain_append(unsigned char *prev, int64_t n, const int64_t *ids,
+                            const int64_t *ts, const int64_t *rows, const int64_t *success,
+                            const char *text_nulls, const char *rows_nulls,
+                            const char *texts, int64_t texts_len, unsigned char *out,
+                            unsigned char *leaves) {
     buf_t b = {0};
     const char *cur = texts, *end = texts + texts_len;
     const unsigned char *link = prev;
@@ -176,11 +238,32 @@ int64_t heliosdb_chain_append(unsigned char *prev, int64_t n, const int64_t *ids
                           i == n - 1);
         if (rc) break;
         sha256_once(b.p, b.n, out + 32 * i);
+        if (leaves) leaf_of_buffer(&b, leaves + 32 * i);
         link = out + 32 * i;
     }
     if (!rc) memcpy(prev, out + 32 * (n - 1), 32);
     free(b.p);
     return rc;
+}
+
+int64_t heliosdb_chain_append(unsigned char *prev, int64_t n, const int64_t *ids,
+                              const int64_t *ts, const int64_t *rows, const int64_t *success,
+                              const char *text_nulls, const char *rows_nulls,
+                              const char *texts, int64_t texts_len, unsigned char *out) {
+    return chain_append(prev, n, ids, ts, rows, success, text_nulls, rows_nulls, texts,
+                        texts_len, out, NULL);
+}
+
+/* As heliosdb_chain_append, and also writes each event's RFC 6962 leaf hash,
+ * SHA-256(0x00 || encoding), to leaves (n * 32 bytes). */
+int64_t heliosdb_chain_append_leaves(unsigned char *prev, int64_t n, const int64_t *ids,
+                                     const int64_t *ts, const int64_t *rows,
+                                     const int64_t *success, const char *text_nulls,
+                                     const char *rows_nulls, const char *texts,
+                                     int64_t texts_len, unsigned char *out,
+                                     unsigned char *leaves) {
+    return chain_append(prev, n, ids, ts, rows, success, text_nulls, rows_nulls, texts,
+                        texts_len, out, leaves);
 }
 
 /* Verifier fast path: checks n stored rows against the chain. Row i is good when its id is
@@ -260,9 +343,11 @@ SQLITE_EXTENSION_INIT3
 #define CHECK_NARGS (3 + 4 + HELIOSDB_CHAIN_NTEXT + 2)
 
 typedef struct {
-    int init, failed, has_last_ts;
+    int init, failed, has_last_ts, tree;
     int64_t expect_id, last_ts, n_good, bad_id;
+    int64_t tree_size, flen;
     unsigned char link[32];
+    unsigned char frontier[32 * MERKLE_MAX_FRONTIER];
     buf_t b;
 } check_state;
 
@@ -274,7 +359,25 @@ static void put_le(unsigned char *q, int64_t v) {
 static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     check_state *s = sqlite3_aggregate_context(ctx, (int)sizeof(check_state));
     if (!s) { sqlite3_result_error_nomem(ctx); return; }
-    (void)argc;
+    if (!s->init && argc == CHECK_NARGS + 2) {
+        /* Tree mode: heliosdb_chain_check(frontier, tree_size, <the usual arguments>) also
+         * folds each good row's leaf hash into the frontier. */
+        s->tree = 1;
+        s->tree_size = sqlite3_value_int64(argv[1]);
+        int fb = sqlite3_value_bytes(argv[0]);
+        s->flen = fb / 32;
+        if ((sqlite3_value_type(argv[0]) != SQLITE_BLOB && fb != 0) || fb % 32 != 0 ||
+            sqlite3_value_type(argv[1]) != SQLITE_INTEGER || s->tree_size < 0 ||
+            s->flen != __builtin_popcountll((unsigned long long)s->tree_size)) {
+            sqlite3_result_error(ctx, "heliosdb_chain_check: frontier does not fit tree_size", -1);
+            s->init = 1;
+            s->failed = 1;
+            s->bad_id = INT64_MIN;
+            return;
+        }
+        if (fb) memcpy(s->frontier, sqlite3_value_blob(argv[0]), (size_t)fb);
+    }
+    if (s->tree) argv += 2;
     if (!s->init) {
         s->init = 1;
         if (sqlite3_value_type(argv[0]) != SQLITE_BLOB || sqlite3_value_bytes(argv[0]) != 32) {
@@ -365,6 +468,12 @@ static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
         s->failed = 1;
         return;
     }
+    if (s->tree) {
+        unsigned char leaf[32];
+        leaf_of_buffer(&s->b, leaf);
+        s->flen = merkle_fold(s->frontier, s->flen, s->tree_size, 1, leaf);
+        s->tree_size++;
+    }
     memcpy(s->link, ck, 32);
     s->last_ts = ts;
     s->has_last_ts = 1;
@@ -375,23 +484,34 @@ static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 static void check_final(sqlite3_context *ctx) {
     check_state *s = sqlite3_aggregate_context(ctx, 0);
     if (!s) { sqlite3_result_null(ctx); return; }
-    unsigned char out[65];
+    /* tree mode: followed by int64 tree_size (little-endian) and the frontier */
+    unsigned char out[65 + 8 + 32 * MERKLE_MAX_FRONTIER];
     put_le(out, s->n_good);
     put_le(out + 8, s->failed);
     put_le(out + 16, s->bad_id);
     put_le(out + 24, s->last_ts);
     out[32] = (unsigned char)s->has_last_ts;
     memcpy(out + 33, s->link, 32);
+    int n = 65;
+    if (s->tree) {
+        put_le(out + 65, s->tree_size);
+        memcpy(out + 73, s->frontier, (size_t)(32 * s->flen));
+        n = 73 + 32 * (int)s->flen;
+    }
     free(s->b.p);
     s->b.p = NULL;
-    sqlite3_result_blob(ctx, out, 65, SQLITE_TRANSIENT);
+    sqlite3_result_blob(ctx, out, n, SQLITE_TRANSIENT);
 }
 
 /* Registers heliosdb_chain_check on a connection (an apsw.Connection's sqlite3pointer()).
  * Returns 0, -1 when the extension was never loaded (no sqlite3_api), or a SQLite code. */
 int heliosdb_chain_register(void *db) {
     if (!sqlite3_api) return -1;
-    return sqlite3_create_function_v2((sqlite3 *)db, "heliosdb_chain_check", CHECK_NARGS,
+    int rc = sqlite3_create_function_v2((sqlite3 *)db, "heliosdb_chain_check", CHECK_NARGS,
+                                        SQLITE_UTF8 | SQLITE_DIRECTONLY, NULL, NULL, check_step,
+                                        check_final, NULL);
+    if (rc) return rc;
+    return sqlite3_create_function_v2((sqlite3 *)db, "heliosdb_chain_check", CHECK_NARGS + 2,
                                       SQLITE_UTF8 | SQLITE_DIRECTONLY, NULL, NULL, check_step,
                                       check_final, NULL);
 }
@@ -405,6 +525,22 @@ int64_t heliosdb_chain_one(const unsigned char *prev, int64_t id, int64_t ts, in
     const char *cur = texts;
     int64_t rc = encode_event(&b, prev, id, ts, rows, success, mask, 0, &cur, texts + texts_len, 1);
     if (rc == 0) sha256_once(b.p, b.n, out);
+    free(b.p);
+    return rc;
+}
+
+/* As heliosdb_chain_one, and also writes the event's leaf hash to leaf (32 bytes). */
+int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t ts,
+                                int64_t rows, int64_t success, int64_t mask,
+                                const char *texts, int64_t texts_len, unsigned char *out,
+                                unsigned char *leaf) {
+    buf_t b = {0};
+    const char *cur = texts;
+    int64_t rc = encode_event(&b, prev, id, ts, rows, success, mask, 0, &cur, texts + texts_len, 1);
+    if (rc == 0) {
+        sha256_once(b.p, b.n, out);
+        leaf_of_buffer(&b, leaf);
+    }
     free(b.p);
     return rc;
 }

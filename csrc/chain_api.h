@@ -29,4 +29,19 @@ int64_t heliosdb_chain_one(const unsigned char *prev, int64_t id, int64_t ts, in
                            int64_t success, int64_t mask, const char *texts,
                            int64_t texts_len, unsigned char *out);
 
+/* RFC 6962 Merkle tree (leaf = SHA-256(0x00 || encoding), node = SHA-256(0x01 || l || r)) */
+int64_t heliosdb_chain_append_leaves(unsigned char *prev, int64_t n,
+                                     const int64_t *ids, const int64_t *ts,
+                                     const int64_t *rows, const int64_t *success,
+                                     const char *text_nulls, const char *rows_nulls,
+                                     const char *texts, int64_t texts_len,
+                                     unsigned char *out, unsigned char *leaves);
+int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t ts,
+                                int64_t rows, int64_t success, int64_t mask,
+                                const char *texts, int64_t texts_len, unsigned char *out,
+                                unsigned char *leaf);
+int64_t heliosdb_merkle_fold(unsigned char *frontier, int64_t flen, int64_t size, int64_t n,
+                             const unsigned char *leaves);
+int64_t heliosdb_merkle_root(const unsigned char *frontier, int64_t flen, unsigned char *out);
+
 #endif

@@ -264,7 +264,7 @@ def test_checkpoint_round_trip_and_verify(log, tmp_path, keys):
     path = tmp_path / "cp.txt"
     cp.save(path)
     text = path.read_text()
-    assert text.splitlines()[1] == "format: heliosdb-audit-checkpoint/1"
+    assert text.splitlines()[1] == "format: heliosdb-audit-checkpoint/2"  # version 2: signs the Merkle tree
     cp2 = Checkpoint.load(path)
     assert cp2 == cp
     r = verify(log, checkpoint=cp2, **vk)

@@ -343,7 +343,7 @@ def test_dot_verify_and_checkpoint(tmp_path, audited_db):
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "audit log: OK" in proc.stdout and "written to" in proc.stdout
-    assert "format: heliosdb-audit-checkpoint/1" in cp.read_text()
+    assert "format: heliosdb-audit-checkpoint/2" in cp.read_text()
     proc = run_cli([str(audited_db), f".verify --checkpoint {cp} --verify-key {secret}"],
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

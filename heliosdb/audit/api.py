@@ -120,6 +120,41 @@ class AuditAPI:
                 "last_id": m.last_id, "count": m.count, "file": os.path.basename(m.path)})
         return m
 
+    # -- 2b. Merkle proofs (heliosdb/audit/merkle.py) ---------------------------------------
+    def prove_inclusion(self, event_id: int, checkpoint: Any, *,
+                        archives: Any = None) -> dict:
+        """RFC 6962 inclusion proof of event ``event_id`` in the tree signed by
+        ``checkpoint`` (version 2: a Checkpoint or its path), as a JSON-serialisable dict.
+        Purged events are read from the retention ``archives`` (default: next to the
+        database). Check it with :func:`heliosdb.audit.merkle.check_inclusion` or the
+        stdlib script of docs/EXPORT_FORMAT.md (see :func:`heliosdb.audit.merkle.prove_inclusion`)."""
+        from .merkle import prove_inclusion
+
+        self._require_autocommit("prove_inclusion()")
+        self._flush_for_read()  # type: ignore[attr-defined]
+        with self._internal():  # type: ignore[attr-defined]
+            return prove_inclusion(self._db, self.table, event_id, checkpoint,
+                                   archives=archives)
+
+    def prove_consistency(self, old_checkpoint: Any, new_checkpoint: Any, *,
+                          archives: Any = None) -> dict:
+        """RFC 6962 consistency proof that the tree signed by ``new_checkpoint`` extends the
+        one signed by ``old_checkpoint`` (see :func:`heliosdb.audit.merkle.prove_consistency`)."""
+        from .merkle import prove_consistency
+
+        self._require_autocommit("prove_consistency()")
+        self._flush_for_read()  # type: ignore[attr-defined]
+        with self._internal():  # type: ignore[attr-defined]
+            return prove_consistency(self._db, self.table, old_checkpoint, new_checkpoint,
+                                     archives=archives)
+
+    def verify_since(self, checkpoint: Any, **options: Any) -> Any:
+        """Incremental verification: the events after ``checkpoint`` (a verified signed
+        checkpoint, or its path) and the Merkle tree's consistency with it; the same as
+        ``verify(checkpoint=..., since_checkpoint=True)``."""
+        return self.verify(checkpoint=checkpoint,  # type: ignore[attr-defined]
+                           since_checkpoint=True, **options)
+
     # -- 3. forensics ----------------------------------------------------------------------
     def timeline(self, user: Any = None, table: Any = None, since: Any = None, *,
                  until: Any = None, session: Any = None, operation: Any = None,

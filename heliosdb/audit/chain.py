@@ -66,12 +66,15 @@ def event_checksum(prev: bytes, id: int, ts_us: int, affected_rows: Optional[int
 
 def chain_checksums(prev: bytes, ids: Sequence[int], ts: Sequence[int],
                     rows: Sequence[Optional[int]], success: Sequence[int],
-                    texts: Sequence[Optional[str]]) -> list[bytes]:
+                    texts: Sequence[Optional[str]],
+                    leaves: Optional[list] = None) -> list[bytes]:
     """Checksums of consecutive events, the first linked to ``prev``.
 
     ``texts`` holds the ten text fields of each event, event after event (``10 * n``
     items). Raises TypeError, OverflowError or UnicodeEncodeError for values the encoding
-    cannot represent, whichever implementation runs.
+    cannot represent, whichever implementation runs. With ``leaves`` (a list), each
+    event's RFC 6962 Merkle leaf hash, ``SHA-256(0x00 || encoding)``, is appended to it
+    (the same encoding, computed once; see :mod:`heliosdb.audit.merkle`).
     """
     n = len(ids)
     if not (len(ts) == len(rows) == len(success) == n and len(texts) == NTEXT * n):
@@ -81,21 +84,28 @@ def chain_checksums(prev: bytes, ids: Sequence[int], ts: Sequence[int],
     if prev.__class__ is not bytes or len(prev) != 32:
         raise ValueError("prev must be 32 bytes")
     if __impl__ == "c":
-        out = _c_chain(prev, n, ids, ts, rows, success, texts)
+        lv: Optional[list] = [] if leaves is not None else None
+        out = _c_chain(prev, n, ids, ts, rows, success, texts, lv)
         if out is not None:
+            if leaves is not None:
+                leaves.extend(lv)  # type: ignore[arg-type]
             return out
-    return _pure_chain(prev, n, ids, ts, rows, success, texts)
+    return _pure_chain(prev, n, ids, ts, rows, success, texts, leaves)
 
 
 def _pure_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],
                 rows: Sequence[Optional[int]], success: Sequence[int],
-                texts: Sequence[Optional[str]]) -> list[bytes]:
+                texts: Sequence[Optional[str]],
+                leaves: Optional[list] = None) -> list[bytes]:
     out = []
     sha = hashlib.sha256
     for i in range(n):
-        prev = sha(prev + encode_event(ids[i], ts[i], rows[i], success[i],
-                                       texts[NTEXT * i:NTEXT * i + NTEXT])).digest()
+        enc = encode_event(ids[i], ts[i], rows[i], success[i],
+                           texts[NTEXT * i:NTEXT * i + NTEXT])
+        prev = sha(prev + enc).digest()
         out.append(prev)
+        if leaves is not None:
+            leaves.append(sha(b"\x00" + enc).digest())
     return out
 
 
@@ -108,7 +118,8 @@ def _check_int_types(*cols: Sequence[Optional[int]]) -> None:
 
 
 def _c_one(prev: bytes, id: int, ts: int, rows: Optional[int], success: int,
-           texts: Sequence[Optional[str]]) -> Optional[list[bytes]]:
+           texts: Sequence[Optional[str]],
+           leaves: Optional[list] = None) -> Optional[list[bytes]]:
     # Scalar arguments: building four arrays costs more than hashing one event.
     mask = 0
     bit = 1
@@ -122,19 +133,27 @@ def _c_one(prev: bytes, id: int, ts: int, rows: Optional[int], success: int,
     _check_int_types((id, ts, rows, success))
     blob = "\x00".join(["" if t is None else t for t in texts]).encode("utf-8")
     out = _ffi.new("unsigned char[32]")
-    rc = _lib.heliosdb_chain_one(prev, id, ts, rows, success, mask, blob, len(blob), out)
+    if leaves is None:
+        rc = _lib.heliosdb_chain_one(prev, id, ts, rows, success, mask, blob, len(blob), out)
+    else:
+        leaf = _ffi.new("unsigned char[32]")
+        rc = _lib.heliosdb_chain_one_leaf(prev, id, ts, rows, success, mask, blob, len(blob),
+                                          out, leaf)
     if rc == _E_MALFORMED:
         return None
     if rc != 0:
         raise MemoryError(f"heliosdb_chain_one failed ({rc})")
+    if leaves is not None:
+        leaves.append(_ffi.buffer(leaf)[:])
     return [_ffi.buffer(out)[:]]
 
 
 def _c_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],
              rows: Sequence[Optional[int]], success: Sequence[int],
-             texts: Sequence[Optional[str]]) -> Optional[list[bytes]]:
+             texts: Sequence[Optional[str]],
+             leaves: Optional[list] = None) -> Optional[list[bytes]]:
     if n == 1:
-        return _c_one(prev, ids[0], ts[0], rows[0], success[0], texts)
+        return _c_one(prev, ids[0], ts[0], rows[0], success[0], texts, leaves)
     text_nulls = bytes(map(is_, texts, repeat(None)))
     rows_nulls = bytes(map(is_, rows, repeat(None)))
     rows_v = [0 if r is None else r for r in rows] if any(rows_nulls) else rows
@@ -143,12 +162,20 @@ def _c_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],
     blob = "\x00".join(["" if t is None else t for t in texts]).encode("utf-8")
     link = _ffi.new("unsigned char[32]", prev)
     out = _ffi.new("unsigned char[]", 32 * n)
-    rc = _lib.heliosdb_chain_append(link, n, ids, ts, rows_v, success, text_nulls,
-                                    rows_nulls, blob, len(blob), out)
+    if leaves is None:
+        rc = _lib.heliosdb_chain_append(link, n, ids, ts, rows_v, success, text_nulls,
+                                        rows_nulls, blob, len(blob), out)
+    else:
+        lv = _ffi.new("unsigned char[]", 32 * n)
+        rc = _lib.heliosdb_chain_append_leaves(link, n, ids, ts, rows_v, success, text_nulls,
+                                               rows_nulls, blob, len(blob), out, lv)
     if rc == _E_MALFORMED:
         return None  # a text holds U+0000: the pure encoder takes this batch
     if rc != 0:
         raise MemoryError(f"heliosdb_chain_append failed ({rc})")
+    if leaves is not None:
+        lb = _ffi.buffer(lv)[:]
+        leaves.extend(lb[i:i + 32] for i in range(0, 32 * n, 32))
     buf = _ffi.buffer(out)[:]
     return [buf[i:i + 32] for i in range(0, 32 * n, 32)]
 
@@ -298,5 +325,14 @@ def decode_check_result(blob: Optional[bytes]) -> tuple[int, bool, int, Optional
     """Unpack ``heliosdb_chain_check``'s result: (n_good, failed, bad_id, last_ts, link)."""
     if blob is None:
         return 0, False, 0, None, b""
-    n_good, failed, bad_id, last_ts, has_ts, link = _CHECK.unpack(blob)
+    n_good, failed, bad_id, last_ts, has_ts, link = _CHECK.unpack(blob[:_CHECK.size])
     return n_good, bool(failed), bad_id, (last_ts if has_ts else None), link
+
+
+def decode_check_tree(blob: Optional[bytes]) -> Optional[tuple[int, bytes]]:
+    """The Merkle part of a tree-mode ``heliosdb_chain_check`` result: (tree_size,
+    frontier bytes) after the last good row; None for a result without one."""
+    if blob is None or len(blob) < _CHECK.size + 8:
+        return None
+    size = struct.unpack("<q", blob[_CHECK.size:_CHECK.size + 8])[0]
+    return size, bytes(blob[_CHECK.size + 8:])

@@ -32,6 +32,10 @@ File format (UTF-8 text, one ``key: value`` per line, ``#`` lines are comments):
 The signed message is the UTF-8 bytes of the lines ``format`` .. ``public_key`` exactly as
 above (``key: value\\n`` each, in that order); the ``signature`` line signs them.
 
+Version 2 (``format: heliosdb-audit-checkpoint/2``, written when the log has a Merkle tree,
+see :mod:`.merkle`) adds ``tree_size``, ``root_hash`` and ``frontier`` (comma-separated hex
+hashes, or ``-``) after ``anchor_id``; version 1 files still parse and verify.
+
 The first checkpoint of a database pins its signer in ``__audit_meta``
 (``checkpoint_signer``: ``ed25519:<public key hex>`` or ``hmac-sha256:<key id>``).
 Verification without a key checks a checkpoint only against the pinned Ed25519 key
@@ -51,7 +55,7 @@ import apsw
 from ..errors import ProgrammingError, translate
 from .store import DEFAULT_TABLE, _head, anchor, check_table_name, get_meta
 
-__all__ = ["FORMAT", "Checkpoint", "create_checkpoint", "key_id", "SIGNER_META",
+__all__ = ["FORMAT", "FORMAT_V2", "Checkpoint", "create_checkpoint", "key_id", "SIGNER_META",
            "pinned_signer", "pinned_public_key"]
 
 #: ``__audit_meta`` key of the signer pinned by the first checkpoint: ``ed25519:<64 hex>``
@@ -59,10 +63,16 @@ __all__ = ["FORMAT", "Checkpoint", "create_checkpoint", "key_id", "SIGNER_META",
 SIGNER_META = "checkpoint_signer"
 
 FORMAT = "heliosdb-audit-checkpoint/1"
+#: Version 2 also signs the RFC 6962 Merkle tree over the log (see :mod:`.merkle`).
+FORMAT_V2 = "heliosdb-audit-checkpoint/2"
 _SIGNED = ("format", "table", "database_id", "seq", "event_id", "checksum", "count",
            "head_ts_us", "created_us", "anchor_id", "algorithm", "key_id", "public_key")
-_INTS = {"seq", "event_id", "count", "head_ts_us", "created_us", "anchor_id"}
-_HEX = {"checksum", "public_key", "signature"}
+_SIGNED_V2 = ("format", "table", "database_id", "seq", "event_id", "checksum", "count",
+              "head_ts_us", "created_us", "anchor_id", "tree_size", "root_hash",
+              "frontier", "algorithm", "key_id", "public_key")
+_FORMATS = {FORMAT: _SIGNED, FORMAT_V2: _SIGNED_V2}
+_INTS = {"seq", "event_id", "count", "head_ts_us", "created_us", "anchor_id", "tree_size"}
+_HEX = {"checksum", "public_key", "signature", "root_hash"}
 _MIN_HMAC_KEY = 16
 
 try:  # cryptography is a dependency; imported lazily-safe so the error names it
@@ -100,9 +110,28 @@ class Checkpoint:
     key_id: str
     public_key: Optional[bytes]
     signature: bytes = b""
+    #: Version 2: the Merkle tree at the head (size = event_id), its root, and its
+    #: frontier (the perfect subtrees' roots, concatenated; see :mod:`.merkle`).
+    tree_size: Optional[int] = None
+    root_hash: Optional[bytes] = None
+    frontier: Optional[bytes] = None
+
+    @property
+    def version(self) -> int:
+        return 1 if self.tree_size is None else 2
+
+    @property
+    def format(self) -> str:
+        return FORMAT if self.tree_size is None else FORMAT_V2
+
+    def frontier_bytes(self) -> bytes:
+        return self.frontier or b""
 
     def _value(self, name: str) -> str:
-        v = FORMAT if name == "format" else getattr(self, name)
+        if name == "frontier":
+            fr = self.frontier_bytes()
+            return ",".join(fr[i:i + 32].hex() for i in range(0, len(fr), 32)) or "-"
+        v = self.format if name == "format" else getattr(self, name)
         if v is None:
             return "-"
         if isinstance(v, bytes):
@@ -111,7 +140,8 @@ class Checkpoint:
 
     def payload(self) -> bytes:
         """The exact bytes the signature covers."""
-        return "".join(f"{k}: {self._value(k)}\n" for k in _SIGNED).encode("utf-8")
+        return "".join(f"{k}: {self._value(k)}\n"
+                       for k in _FORMATS[self.format]).encode("utf-8")
 
     def to_text(self) -> str:
         """The file contents: a comment line, the signed lines, the signature line."""
@@ -130,25 +160,43 @@ class Checkpoint:
     @classmethod
     def from_text(cls, text: str) -> "Checkpoint":
         """Parse checkpoint file contents; raises ProgrammingError naming the bad line."""
+        if not isinstance(text, str):
+            raise ProgrammingError("a checkpoint is text")
         values: dict[str, str] = {}
+        allowed = set(_SIGNED_V2) | {"signature"}
+        order: list[str] = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             key, sep, value = line.partition(": ")
-            if not sep or key in values or key not in _SIGNED + ("signature",):
+            if not sep or key in values or key not in allowed:
                 raise ProgrammingError(f"checkpoint line {n}: unexpected {line!r}")
             values[key] = value.strip()
-        missing = [k for k in _SIGNED + ("signature",) if k not in values]
+            order.append(key)
+        fmt = values.get("format")
+        if fmt not in _FORMATS:
+            raise ProgrammingError(f"not a {FORMAT} or {FORMAT_V2} file")
+        signed = _FORMATS[fmt]
+        missing = [k for k in signed + ("signature",) if k not in values]
         if missing:
             raise ProgrammingError(f"checkpoint file lacks {', '.join(missing)}")
-        if values.pop("format") != FORMAT:
-            raise ProgrammingError(f"not a {FORMAT} file")
+        extra = [k for k in values if k not in signed + ("signature",)]
+        if extra:
+            raise ProgrammingError(f"a {fmt} checkpoint has no {', '.join(extra)} line")
+        values.pop("format")
         kw: dict[str, Any] = {}
         try:
             for f in fields(cls):
+                if f.name not in values:
+                    continue
                 v = values[f.name]
                 if v == "-":
-                    kw[f.name] = None
+                    kw[f.name] = b"" if f.name == "frontier" else None
+                elif f.name == "frontier":
+                    parts = [bytes.fromhex(h) for h in v.split(",")]
+                    if any(len(h) != 32 for h in parts):
+                        raise ValueError("frontier hashes must be 32 bytes")
+                    kw[f.name] = b"".join(parts)
                 elif f.name in _INTS:
                     kw[f.name] = int(v)
                 elif f.name in _HEX:
@@ -157,7 +205,26 @@ class Checkpoint:
                     kw[f.name] = v
         except ValueError as exc:
             raise ProgrammingError(f"checkpoint field {f.name}: {exc}") from None
-        return cls(**kw)
+        return cls(**kw)  # the tree is checked after the signature: check_tree()
+
+    def check_tree(self) -> None:
+        """A version 2 checkpoint's tree must be self-consistent: ``tree_size`` is the head
+        ``event_id``, the frontier has ``popcount(tree_size)`` hashes and folds to
+        ``root_hash``. Raises ProgrammingError otherwise (a malformed checkpoint)."""
+        from . import merkle
+        if self.tree_size is None:
+            return
+        if self.root_hash is None or len(self.root_hash) != 32:
+            raise ProgrammingError("checkpoint root_hash must be 32 bytes")
+        if self.tree_size != self.event_id:
+            raise ProgrammingError(f"checkpoint tree_size {self.tree_size} is not its "
+                                   f"event_id {self.event_id}")
+        try:
+            merkle._check_frontier(self.tree_size, self.frontier_bytes())
+        except ValueError as exc:
+            raise ProgrammingError(f"checkpoint frontier: {exc}") from None
+        if merkle.root(self.frontier_bytes()) != self.root_hash:
+            raise ProgrammingError("checkpoint frontier does not fold to its root_hash")
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Checkpoint":
@@ -281,6 +348,8 @@ def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
                 raise ProgrammingError(f"no audit log {table!r} here: call ensure_schema first")
             last_id, last_ck, last_ts = _head(conn, table)
             anc = anchor(conn, table)
+            from . import merkle  # version 2 when the log has a Merkle tree
+            tree = merkle.current_tree(conn, table, last_id, bytes(last_ck))
             seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0) + 1
             if get_meta(conn, table, SIGNER_META) is None:
                 # The first checkpoint pins its signer: later verifications without a key
@@ -297,6 +366,9 @@ def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
                             created_us=time.time_ns() // 1000 if now_us is None else now_us,
                             anchor_id=anc.id, algorithm=algorithm, key_id=kid,
                             public_key=pub)
+            if tree is not None:
+                cp = replace(cp, tree_size=tree[0], root_hash=merkle.root(tree[1]),
+                             frontier=tree[1])
             cp = _sign(cp, signing_key)
             # The latest signed head, kept beside the log so reports can show it; it is
             # public (the signature, never the key) and verification never trusts it.

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import apsw
 
-from ..errors import OperationalError, ProgrammingError, translate
+from ..errors import AuditIntegrityError, OperationalError, ProgrammingError, translate
 from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event, format_ts
 from .store import _q, anchor, get_meta
 
@@ -138,10 +138,14 @@ def _checkpoint_dict(cp: Any) -> Optional[dict]:
     if not hasattr(cp, "to_text"):
         from .checkpoint import Checkpoint
         cp = Checkpoint.load(cp)
-    return {"seq": cp.seq, "event_id": cp.event_id, "checksum": cp.checksum.hex(),
-            "algorithm": cp.algorithm, "key_id": cp.key_id,
-            "public_key": cp.public_key.hex() if cp.public_key else None,
-            "text": cp.to_text()}
+    d = {"seq": cp.seq, "event_id": cp.event_id, "checksum": cp.checksum.hex(),
+         "algorithm": cp.algorithm, "key_id": cp.key_id,
+         "public_key": cp.public_key.hex() if cp.public_key else None,
+         "text": cp.to_text()}
+    if getattr(cp, "tree_size", None) is not None:  # version 2: the signed Merkle tree
+        d["tree_size"] = cp.tree_size
+        d["root_hash"] = cp.root_hash.hex()
+    return d
 
 
 @dataclass(frozen=True)
@@ -401,6 +405,18 @@ def _export(db: apsw.Connection, table: str, path: str, fmt: str, after_id: Opti
         "encoding_version": 1, "product": f"heliosdb {_product_version()}",
         "checkpoint": cp,
     }
+    if cp is not None and cp.get("tree_size") is not None:
+        # The Merkle frontier before the first exported event: with the exported events it
+        # reproduces the checkpoint's signed root, so a receiver checks from this file
+        # alone that each event up to the checkpoint is in the signed tree.
+        from . import merkle
+        at = merkle.tree_at_anchor(db, table)
+        if at is not None and at[0] <= start:
+            try:
+                size, fr = merkle.fold_stored(db, table, at[0], at[1], start)
+                header["tree_frontier"] = [h.hex() for h in merkle.split_frontier(fr)]
+            except AuditIntegrityError:
+                pass  # a broken log: the export says nothing about the tree
     if extra_header:
         header.update(extra_header)
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -626,10 +642,12 @@ class ExportReport:
         raise TypeError("an ExportReport has no truth value: test report.ok")
 
 
-def _rec_checksum(prev: bytes, rec: dict) -> bytes:
+def _rec_checksum(prev: bytes, rec: dict, leaves: Optional[list] = None) -> bytes:
     texts = tuple(rec.get(c) for c in TEXT_FIELDS)
     enc = encode_event(rec["id"], rec["ts_us"], rec.get("affected_rows"), rec["success"],
                        texts)
+    if leaves is not None:  # the RFC 6962 leaf hash too (see merkle.py)
+        leaves.append(hashlib.sha256(b"\x00" + enc).digest())
     return hashlib.sha256(prev + enc).digest()
 
 
@@ -705,7 +723,8 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
             return report("malformed", f"the header's checkpoint cannot be read: {exc}")
         copies = {"seq": signed.seq, "event_id": signed.event_id,
                   "checksum": signed.checksum.hex(), "algorithm": signed.algorithm,
-                  "key_id": signed.key_id}
+                  "key_id": signed.key_id, "tree_size": signed.tree_size,
+                  "root_hash": signed.root_hash.hex() if signed.root_hash else None}
         bad = [k for k, v in copies.items() if k in cp and cp[k] != v]
         if bad:
             return report("checkpoint_mismatch", f"the header's checkpoint fields "
@@ -716,6 +735,21 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
             return report("checkpoint_mismatch", f"the header's checkpoint was signed for "
                           f"table {signed.table} of database {signed.database_id}, not for "
                           "this export's log")
+    # The Merkle tree (version 2 checkpoints): the header's frontier before the first event
+    # (unsigned), extended by the exported events up to the signed event, must give the
+    # signed root; that proves each of those events is in the signed tree.
+    tree: Optional[list] = None
+    tree_leaves: list = []
+    if signed is not None and signed.tree_size is not None and "tree_frontier" in h:
+        from . import merkle
+        try:
+            fr0 = b"".join(bytes.fromhex(x) for x in h["tree_frontier"])
+            merkle._check_frontier(int(first_id) - 1, fr0)
+            signed.check_tree()
+        except (TypeError, ValueError, ProgrammingError) as exc:
+            return report("malformed", f"the header's tree_frontier or the checkpoint's tree "
+                          f"cannot be used: {exc}")
+        tree = [int(first_id) - 1, fr0]
     try:
         for lineno, rec in records:
             try:
@@ -724,7 +758,8 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
                     raise TypeError("id and ts_us must be integers")
                 prev_b = bytes.fromhex(rec["prev_hash"])
                 ck_b = bytes.fromhex(rec["checksum"])
-                calc = _rec_checksum(prev_b, rec)
+                want_leaf = tree is not None and tree[0] + len(tree_leaves) < signed.tree_size
+                calc = _rec_checksum(prev_b, rec, tree_leaves if want_leaf else None)
             except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
                 return report("malformed", f"line {lineno}: event fields cannot be encoded: "
                               f"{exc}", bad=rec.get("id") if isinstance(rec, dict) else None)
@@ -787,6 +822,14 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
             return report("header_mismatch", "the last event's checksum differs from the "
                           "header's last_checksum: the events or the header were rewritten",
                           bad=last_id, last=last_id, last_ck=last_ck)
+    if tree is not None and tree[0] <= signed.tree_size <= tree[0] + len(tree_leaves):
+        from . import merkle
+        _size, fr = merkle.fold(tree[0], tree[1], tree_leaves)
+        if merkle.root(fr) != signed.root_hash:
+            return report("checkpoint_mismatch", f"the exported events up to {signed.event_id} "
+                          f"with the header's tree_frontier do not reproduce the Merkle root "
+                          f"signed in checkpoint #{signed.seq}", bad=signed.event_id,
+                          last=last_id, last_ck=last_ck)
     cp_ok: Optional[bool] = None
     if signed is None and keyed:
         return report("no_checkpoint", "a checkpoint key was given but the export carries no "

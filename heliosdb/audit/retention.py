@@ -355,6 +355,13 @@ def purge(audit: Any, *, now: Any = None, archive: Any = None,
                                     "archive_days": cfg.archive_days,
                                     "retention_overrides": dict(cfg.retention_overrides)})
         digest = _sha256_file(path)
+        # The Merkle tree at the new anchor: the tree over the remaining log starts from it
+        # without the archive (recorded in the meta table and, proven by the chain, in the
+        # RETENTION_PURGE event). None for a log purged before trees existed.
+        from . import merkle
+        start = merkle.tree_at_anchor(db, audit.table)
+        tree = (merkle.fold_stored(db, audit.table, start[0], start[1], p["last"])
+                if start is not None else None)
         t = store._q(audit.table)
         db.execute(f"DELETE FROM {t} WHERE id > ? AND id <= ?", (anc.id, p["last"]))
         deleted = db.changes()
@@ -367,6 +374,9 @@ def purge(audit: Any, *, now: Any = None, archive: Any = None,
         details.update({"first_id": p["first"], "last_id": p["last"],
                         "anchor_checksum": bytes(p["last_ck"]).hex(),
                         "archive": os.path.basename(path), "archive_sha256": digest})
+        if tree is not None:
+            store.set_meta(db, audit.table, merkle.ANCHOR_TREE_META, merkle.pack_tree(*tree))
+            details["tree_frontier"] = [h.hex() for h in merkle.split_frontier(tree[1])]
         store.set_meta(db, audit.table, LAST_PURGE_META, json.dumps(details, sort_keys=True))
         _append(audit, db, audit._event("RETENTION_PURGE", target=audit.table, query=None,
                                         details=details, affected_rows=p["count"]))

@@ -294,8 +294,9 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
         try:
             ids = list(range(last_id + 1, last_id + 1 + n))
             tss = list(range(first_ts, first_ts + n))  # TypeError: a stored ts_us not int
+            leaves: list[bytes] = []  # RFC 6962 leaf hashes, for the Merkle frontier
             cks = chain.chain_checksums(last_ck, ids, tss, [f[5] for f in fields],
-                                        [f[6] for f in fields], texts)
+                                        [f[6] for f in fields], texts, leaves)
         except TypeError as exc:
             raise ProgrammingError(f"audit event field of the wrong type: {exc}") from None
         except (OverflowError, UnicodeError) as exc:
@@ -311,6 +312,9 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
                 f"the audit log {table} did not store the {n} event(s) appended (ids "
                 f"{ids[0]}..{ids[-1]}): a trigger or other schema object not created by "
                 "heliosdb interferes with it; run verify() to name it")
+        # -- Merkle frontier (heliosdb/audit/merkle.py), same transaction as the rows --
+        from . import merkle
+        merkle.after_append(c, table, last_id, last_ck, leaves, ids[-1], cks[-1])
         return ids
 
     return _run(conn, work)

@@ -312,6 +312,11 @@ class _State:
     link: bytes
     last_ts: Optional[int]
     checked: int = 0
+    #: The Merkle tree (size, frontier) over the events walked so far, when tracked by the
+    #: walk (the C aggregate in tree mode); its root at the checkpoint's event.
+    tree: Optional[tuple] = None
+    tree_start: Optional[tuple] = None
+    cp_root: Optional[bytes] = None
 
 
 def _report(fault: Optional[str], first_bad: Optional[int], msg: str, st: _State,
@@ -326,7 +331,8 @@ def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
                       hmac_key: Optional[bytes] = None, since_checkpoint: bool = False,
                       progress: Optional[Callable[[int], Any]] = None,
                       batch_size: int = _BATCH,
-                      archives: Optional[Iterable[Any]] = None) -> VerifyReport:
+                      archives: Optional[Iterable[Any]] = None,
+                      since: Any = None) -> VerifyReport:
     """Verify the audit chain in ``table`` of an open APSW connection.
 
     With ``checkpoint`` (a :class:`heliosdb.audit.checkpoint.Checkpoint`), its signature is
@@ -336,7 +342,14 @@ def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
     Without a key, the Ed25519 signer pinned in the database by its first checkpoint
     checks it (never the public key the checkpoint file carries); with no usable pin
     (none, or an HMAC signer) ProgrammingError asks for the key.
-    ``since_checkpoint=True`` checks only the events after the checkpoint (incremental).
+    ``since_checkpoint=True`` checks only the events after the checkpoint (incremental);
+    ``since=cp`` is the same as ``checkpoint=cp, since_checkpoint=True``.
+
+    The Merkle tree (:mod:`.merkle`) is checked too: the tree over the walked events,
+    started from the signed frontier of a version 2 checkpoint (incremental) or from the
+    anchor (the empty tree, or the frontier the proving RETENTION_PURGE event records),
+    must reproduce the signed root at the checkpoint's event and equal the tree recorded in
+    ``__audit_meta`` at the head; otherwise the fault is ``modified``.
     ``progress(events_checked)`` is called after each batch.
 
     Nothing read from the file is trusted as written: a trigger, view or index on the log
@@ -352,6 +365,10 @@ def verify_connection(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
     a checkpoint of another table).
     """
     check_table_name(table)
+    if since is not None:
+        if checkpoint is not None and checkpoint is not since:
+            raise ProgrammingError("give since= or checkpoint=, not both")
+        checkpoint, since_checkpoint = since, True
     if since_checkpoint and checkpoint is None:
         raise ProgrammingError("since_checkpoint=True needs checkpoint=")
     if checkpoint is not None:
@@ -401,6 +418,8 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
         if problem is not None:
             return _report("bad_signature", None, f"checkpoint #{cp.seq} (event {cp.event_id}) "
                            f"does not verify: {problem}", st, cp_id)
+        if getattr(cp, "tree_size", None) is not None:
+            cp.check_tree()  # signed but self-inconsistent: ProgrammingError
         db_id = get_meta(conn, table, "database_id")
         if exists and db_id is not None and db_id != cp.database_id:
             return _report("modified", None, f"checkpoint #{cp.seq} was taken of database "
@@ -425,6 +444,11 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
                            f"rewritten at or before event {cp.event_id}", st, cp_id)
         st = _State(cp.event_id + 1, cp.checksum, row.ts_us)
         where, args = "WHERE id > ?", (cp.event_id,)
+        if getattr(cp, "tree_size", None) is not None:
+            st.tree_start = (cp.tree_size, cp.frontier_bytes())  # signed
+    else:
+        st.tree_start = _anchor_tree(conn, table, anc)
+    st.tree = st.tree_start
 
     last_row_id: Optional[int] = cp.event_id if where else None
     slow = False  # set when the fast query cannot even be read (invalid UTF-8 in a text)
@@ -433,7 +457,8 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
         # (for progress reports). On a bad row, the row-by-row loop below takes over from
         # the last good row and names the fault.
         slow, last_row_id = _aggregate_walk(conn, table, st, last_row_id, progress,
-                                            batch_size * 8)
+                                            batch_size * 8,
+                                            cp.event_id if cp is not None else None)
         if not slow:
             if cp is not None and not where and anc.id < cp.event_id < st.expect_id:
                 row = ctx.at(cp.event_id)
@@ -520,12 +545,102 @@ def _finish(conn: apsw.Connection, table: str, cp: Any, st: _State,
         first_bad, msg = problem
         return _report("unproven_anchor", first_bad, msg, st, cp_id)
     head = st.expect_id - 1
+    tree_note, tproblem = _tree_problem(conn, table, cp, st, head)
+    if tproblem is not None:
+        first_bad, msg = tproblem
+        return _report("modified", first_bad, msg, st, cp_id)
     msg = f"{st.checked} event(s) verified, head is event {head}"
     if cp is not None:
         msg += f", consistent with signed checkpoint #{cp.seq} (event {cp.event_id})"
     else:
         msg += " (without a checkpoint, a truncated tail cannot be detected)"
+    if tree_note:
+        msg += f"; {tree_note}"
     return _report(None, None, msg, st, cp_id)
+
+
+def _anchor_tree(conn: apsw.Connection, table: str, anc: Any) -> Optional[tuple]:
+    """The Merkle tree at the anchor: empty for a log never purged; else the frontier the
+    RETENTION_PURGE event recording this anchor holds (the chain proves that event; the
+    meta copy is not used). None when no such record exists (purged before trees)."""
+    if anc.id == 0:
+        return (0, b"")
+    from . import merkle
+    for d in _purge_records(conn, table, anc.id):
+        if d.get("last_id") == anc.id and d.get("anchor_checksum") == anc.checksum.hex():
+            fr = d.get("tree_frontier")
+            if not isinstance(fr, list):
+                continue
+            try:
+                tree = (anc.id, b"".join(bytes.fromhex(h) for h in fr))
+                merkle._check_frontier(*tree)
+            except (TypeError, ValueError):
+                continue
+            return tree
+    return None
+
+
+def _tree_problem(conn: apsw.Connection, table: str, cp: Any, st: _State, head: int
+                  ) -> tuple[str, Optional[tuple[Optional[int], str]]]:
+    """(a note for the report, None) when the Merkle tree checks, else ("", (first bad id,
+    message)). The tree over the verified events must reproduce the root a version 2
+    checkpoint signs, and equal the tree recorded in ``__audit_meta`` (which the writer
+    extends and the next checkpoint signs)."""
+    from . import merkle
+
+    v2 = cp is not None and getattr(cp, "tree_size", None) is not None
+    if st.tree_start is None:
+        if cp is not None and not v2 and st.expect_id - 1 - st.checked == cp.event_id:
+            return (f"the Merkle tree is not checked: checkpoint #{cp.seq} is version 1 "
+                    "(it signs no tree)", None)
+        return ("the Merkle tree is not checked: the log was purged before it had one", None)
+    start_size = st.tree_start[0]
+    if st.tree is None or st.tree[0] != head:
+        # The walk did not track the tree (the batch or pure path): a pass of its own.
+        try:
+            if v2 and start_size < cp.tree_size <= head:
+                at_cp = merkle.fold_stored(conn, table, *st.tree_start, cp.tree_size)
+                st.cp_root = merkle.root(at_cp[1])
+                st.tree = merkle.fold_stored(conn, table, *at_cp, head)
+            else:
+                st.tree = merkle.fold_stored(conn, table, *st.tree_start, head)
+        except AuditIntegrityError as exc:
+            return ("", (None, f"the Merkle tree cannot be recomputed: {exc}"))
+    if v2:
+        if start_size == cp.tree_size and st.tree_start[1] != cp.frontier_bytes():
+            return ("", (cp.event_id, f"the Merkle tree at event {cp.event_id} is not the one "
+                         f"signed in checkpoint #{cp.seq}: the purge record's frontier was "
+                         "forged"))
+        if start_size < cp.tree_size <= head and st.cp_root != cp.root_hash:
+            return ("", (cp.event_id, f"the events up to {cp.event_id} do not reproduce the "
+                         f"Merkle root signed in checkpoint #{cp.seq}: the log (or the "
+                         "frontier it starts from) was rewritten"))
+    stored = merkle.stored_tree(conn, table)
+    if stored is None:
+        if head == start_size == 0 or (not v2 and merkle._meta(conn, table, merkle.TREE_META)
+                                       is None):
+            return ("no Merkle tree recorded yet (it is built at the next append)", None)
+        return ("", (None, "the Merkle tree record in __audit_meta (merkle_tree) is missing "
+                     "or malformed while the log has a tree: it was removed or altered"))
+    if stored[0] != head and not v2:
+        # Not at the head: stale (events appended by a release without trees) or the tail
+        # was cut, which without a checkpoint nothing proves; rebuilt at the next append.
+        return (f"the Merkle tree recorded in __audit_meta ends at event {stored[0]}, not at "
+                "the head: it is rebuilt from the events at the next append", None)
+    if stored != st.tree and not v2:
+        # Without a signed tree nothing vouches for either: someone who can write the file
+        # can recompute the record as easily as the chain (the documented limit).
+        return (f"WARNING: the Merkle tree recorded in __audit_meta is not the tree of the "
+                f"verified events; without a version 2 checkpoint nothing is signed, so this "
+                f"is reported, not a fault: take a checkpoint only after finding out why", None)
+    if stored != st.tree:
+        return ("", (None, f"the Merkle tree recorded in __audit_meta ({stored[0]} leaves) "
+                     f"is not the tree of the verified events ({st.tree[0]} leaves, root "
+                     f"{merkle.root(st.tree[1]).hex()[:16]}...): it was altered, and proofs or "
+                     "checkpoints taken from it would not hold"))
+    what = (f"Merkle tree of {head} events consistent with checkpoint #{cp.seq}'s signed "
+            f"root" if v2 else f"Merkle tree of {head} events matches the recorded one")
+    return (what, None)
 
 
 def _rewritten(cp: Any) -> str:
@@ -536,12 +651,17 @@ def _rewritten(cp: Any) -> str:
 
 def _aggregate_walk(conn: apsw.Connection, table: str, st: _State,
                     last_row_id: Optional[int], progress: Optional[Callable[[int], Any]],
-                    chunk: int) -> tuple[bool, Optional[int]]:
-    """Walk with the C aggregate. Returns (a bad row was met, id of the last good row)."""
+                    chunk: int, stop_at: Optional[int] = None) -> tuple[bool, Optional[int]]:
+    """Walk with the C aggregate. Returns (a bad row was met, id of the last good row).
+
+    With ``st.tree`` set, the aggregate's tree mode also folds each good row's Merkle leaf
+    into the frontier; a chunk ends at ``stop_at`` (the checkpoint's event), whose root is
+    kept in ``st.cp_root``."""
     t = _q(table)
     texts = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
-    sql = (f"SELECT heliosdb_chain_check(?, ?, ?, id, ts_us, affected_rows, success, {texts}, "
-           f"prev_hash, checksum) FROM {t} WHERE id > ? AND id <= ?")
+    tree_args = "?, ?, " if st.tree is not None else ""
+    sql = (f"SELECT heliosdb_chain_check({tree_args}?, ?, ?, id, ts_us, affected_rows, "
+           f"success, {texts}, prev_hash, checksum) FROM {t} WHERE id > ? AND id <= ?")
     lo = last_row_id
     if lo is None:
         (lo,) = next(conn.execute(f"SELECT min(id) FROM {t}"))
@@ -553,8 +673,19 @@ def _aggregate_walk(conn: apsw.Connection, table: str, st: _State,
         return False, last_row_id
     while lo < hi:
         end = min(hi, lo + chunk)
-        ((blob,),) = conn.execute(sql, (st.link, st.expect_id, st.last_ts, lo, end))
+        if stop_at is not None and lo < stop_at < end:
+            end = stop_at
+        tree_vals = (st.tree[1], st.tree[0]) if st.tree is not None else ()
+        ((blob,),) = conn.execute(sql, tree_vals + (st.link, st.expect_id, st.last_ts, lo,
+                                                    end))
         n_good, failed, _bad_id, last_ts, link = chain.decode_check_result(blob)
+        if st.tree is not None and blob is not None:
+            tr = chain.decode_check_tree(blob)
+            if tr is not None:
+                st.tree = tr
+                if tr[0] == stop_at:
+                    from .merkle import root
+                    st.cp_root = root(tr[1])
         if n_good:
             st.checked += n_good
             st.expect_id += n_good

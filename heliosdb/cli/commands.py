@@ -69,7 +69,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "run_subcommand"]
 
 #: The first arguments that select a subcommand instead of the shell.
 SUBCOMMANDS = ("info", "verify", "audit", "export", "encrypt", "decrypt", "rekey", "passwd",
-               "purge", "report", "demo")
+               "purge", "report", "demo", "prove")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -721,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a guided demonstration", add_help=False,
                        description="Run heliosdb.demo (its own options follow).")
     p.set_defaults(func=cmd_demo)
+    from .prove import add_parser as _add_prove  # heliosdb prove: cli/prove.py
+    _add_prove(sub, _common)
     return parser
 
 
