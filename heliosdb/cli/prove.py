@@ -70,13 +70,13 @@ def _write(proof: dict, out: Any) -> None:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from .audit import merkle
+    from ..audit import merkle
 
     if args.prove_what == "check":
         try:
             proof = merkle._load(args.proof)
             texts = [proof.get("checkpoint") or proof.get("new_checkpoint")]
-            from .audit.checkpoint import Checkpoint
+            from ..audit.checkpoint import Checkpoint
             cp = Checkpoint.from_text(texts[0])
         except Exception as exc:  # noqa: BLE001 - unreadable proof: input error
             raise CLIError(f"{args.proof}: not a HeliosDB proof ({exc})") from None
@@ -99,7 +99,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
                              f"#{res['seqs'][1]}) extends the tree of {res['first_size']} "
                              f"events (checkpoint #{res['seqs'][0]})\n")
         return EXIT_OK
-    from .cli_commands import _open_audited
+    from .commands import _open_audited
     conn = _open_audited(args)
     try:
         if args.prove_what == "inclusion":
