@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/python -m heliosdb demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
 stress: $(STAMP)

@@ -75,7 +75,7 @@ from .errors import (
     WrongKeyError,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 #: PEP 249 globals, with the values of the stdlib module.
 apilevel = "2.0"

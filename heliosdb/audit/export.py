@@ -64,7 +64,7 @@ _HASH_COLS = ("prev_hash", "checksum")
 @functools.lru_cache(maxsize=None)
 def _product_version() -> str:
     try:
-        from .. import __version__
+        from .._version import __version__
         return __version__
     except Exception:  # noqa: BLE001
         return "unknown"
