@@ -19,7 +19,7 @@ Databases are checked in parallel (processes) when ``jobs`` > 1.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
 from ..errors import ProgrammingError
@@ -174,6 +174,8 @@ def verify_database(database_id: str, paths: list, root: str = "") -> DatabaseRe
                 prev = {"last_id": r.last_id, "last_checksum": r.last_checksum}
             continue
         bad = r.first_bad_id
+        if r.message.startswith("line "):  # a part has rows, not lines
+            r = replace(r, message="row " + r.message[5:])
         if r.fault == "deleted":
             moved = _out_of_order(p, first, last)
             if moved is not None:  # every id is there, in the wrong order

@@ -63,7 +63,8 @@ def format_fleet_report(rep: Any) -> str:
             out.append(f"  {r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>{w[3]}}  "
                        f"{r[4]}".rstrip())
         gaps = ", ".join(_range(a, b) for a, b in d.gaps) or "none"
-        out.append(f"  events {d.events}, ids {_range(d.first_id, d.last_id)}, gaps {gaps}, "
+        out.append(f"  {d.events} event(s) verified, ids {_range(d.first_id, d.last_id)}, "
+                   f"gaps {gaps}, "
                    f"faults {len(d.faults) or 'none'}"
                    + (f", checkpoint {d.checkpoint}" if d.checkpoint else ""))
         for f in d.faults:
