@@ -176,6 +176,31 @@ def test_a_part_filed_under_another_database(fleet):
     assert kinds[a] == []  # a's last part went missing: only a later checkpoint could say
 
 
+def test_deleted_last_part_found_by_the_checkpoint_it_carries(tmp_path, monkeypatch):
+    from heliosdb.audit import parquet as hp
+
+    monkeypatch.setattr(hp, "ROWS_PER_PART", 3)
+    c = heliosdb.connect(str(tmp_path / "a.db"), config="default", audit_user="a")
+    try:
+        c.execute("CREATE TABLE t(x)")
+        for i in range(6):
+            c.execute("INSERT INTO t VALUES (?)", (i,))
+            c.commit()
+        cp = c.audit.checkpoint(b"k" * 32)
+        m = c.audit.export(tmp_path / "lake", format="parquet")
+    finally:
+        c.close()
+    assert len(m.header["parts"]) >= 3 and cp.event_id == m.last_id
+    (rep,) = verify_fleet(tmp_path / "lake").databases
+    assert rep.ok and rep.checkpoint == f"#{cp.seq} (event {cp.event_id})"
+    last = m.header["parts"][-1]
+    lost = ids_of(last)
+    os.unlink(last)
+    (rep,) = verify_fleet(tmp_path / "lake").databases
+    (f,) = rep.faults
+    assert f.kind == "gap" and f.event_id == lost[0] and rep.gaps == [(lost[0], lost[-1])]
+
+
 def test_not_a_dataset_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli(["fleet-verify", str(tmp_path / "empty")], cwd=tmp_path)
