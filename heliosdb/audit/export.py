@@ -16,6 +16,9 @@ Formats (``docs/EXPORT_FORMAT.md`` is the specification):
 ``syslog``
     RFC 5424 lines (facility 13, "log audit"), key fields as structured data, the stored
     event as compact JSON in MSG.
+``parquet``
+    A Hive-partitioned Parquet dataset (``path`` is its directory), the proof in each
+    part's key-value metadata; written by :mod:`heliosdb.audit.parquet` (pyarrow).
 
 Any of them may be gzip-compressed (``gzip=True``, or a path ending in ``.gz``).
 
@@ -51,7 +54,7 @@ __all__ = ["EXPORT_FORMAT", "FORMATS", "ExportManifest", "ExportReport", "export
            "syslog_line", "event_record"]
 
 EXPORT_FORMAT = "heliosdb-audit-export/1"
-FORMATS = ("jsonl", "csv", "ocsf", "syslog")
+FORMATS = ("jsonl", "csv", "ocsf", "syslog", "parquet")
 #: Structured-data id of the syslog lines. 32473 is the private enterprise number IANA
 #: reserves for documentation (RFC 5612); pass ``sd_id=`` to use your own.
 SYSLOG_SD_ID = "heliosdb@32473"
@@ -394,6 +397,11 @@ def _export(db: apsw.Connection, table: str, path: str, fmt: str, after_id: Opti
     count = max(0, end - start)
     created = time.time_ns() // 1000 if now_us is None else now_us
     export_id = uuid.uuid4().hex
+    if fmt == "parquet" and checkpoint is None:  # the latest signed head kept beside the log
+        text = get_meta(db, table, "last_checkpoint")
+        if text:
+            from .checkpoint import Checkpoint
+            checkpoint = Checkpoint.from_text(text)
     cp = _checkpoint_dict(checkpoint)
     header = {
         "record": "header", "format": EXPORT_FORMAT, "export_id": export_id,
@@ -419,6 +427,14 @@ def _export(db: apsw.Connection, table: str, path: str, fmt: str, after_id: Opti
                 pass  # a broken log: the export says nothing about the tree
     if extra_header:
         header.update(extra_header)
+    if fmt == "parquet":  # a dataset directory: heliosdb/audit/parquet.py lays it out
+        from .parquet import write_dataset
+        parts = write_dataset(db, t, path, header, start, end)
+        return ExportManifest(export_id=export_id, path=path, format=fmt, table=table,
+                              database_id=header["database_id"], first_id=start + 1,
+                              last_id=end, count=count, prev_checksum=header["prev_checksum"],
+                              last_checksum=header["last_checksum"], created_us=created,
+                              checkpoint=cp, header={**header, "parts": parts})
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
     sink = _Sink(path, compress)
     try:
@@ -500,6 +516,10 @@ def read_export(path: Union[str, os.PathLike]) -> tuple[Optional[dict], str,
     Records are dicts with the :data:`heliosdb.audit.events.COLUMNS` keys as exported
     (hashes in hex). Raises ProgrammingError for a file that is not an export.
     """
+    with open(path, "rb") as raw:
+        if raw.read(4) == b"PAR1":  # a part of a Parquet dataset (heliosdb/audit/parquet.py)
+            from .parquet import read_part
+            return read_part(path)
     f = _open_text(path)
     first = f.readline()
     if not first:

@@ -69,7 +69,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "run_subcommand"]
 
 #: The first arguments that select a subcommand instead of the shell.
 SUBCOMMANDS = ("info", "verify", "audit", "export", "encrypt", "decrypt", "rekey", "passwd",
-               "purge", "report", "demo", "prove")
+               "purge", "report", "demo", "prove", "fleet-verify")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -723,6 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     from .prove import add_parser as _add_prove  # heliosdb prove: cli/prove.py
     _add_prove(sub, _common)
+    from .fleet import add_parser as _add_fleet  # heliosdb fleet-verify: cli/fleet.py
+    _add_fleet(sub)
     return parser
 
 

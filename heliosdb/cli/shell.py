@@ -1431,8 +1431,8 @@ def shell_usage() -> str:
     return f"""\
 Usage: {PROG} [OPTIONS] FILE [SQL|CMD]...
        {PROG} [OPTIONS] COMMAND [ARGS]   (info, verify, audit, export, encrypt,
-                  decrypt, rekey, passwd, purge, report, prove, demo;
-                  '{PROG} COMMAND --help')
+                  decrypt, rekey, passwd, purge, report, prove, fleet-verify,
+                  demo; '{PROG} COMMAND --help')
 
 FILE is a HeliosDB (or plain SQLite) database, or a file: URI (file:app.db?mode=ro).
 A missing FILE is an error unless --create is given; if FILE is omitted, a
