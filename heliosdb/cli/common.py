@@ -1086,7 +1086,7 @@ def describe_export(manifest: Any, fmt: str, out: str) -> str:
 
 
 #: The formats ``conn.audit.export`` writes.
-EXPORT_FORMATS = ("jsonl", "csv", "ocsf", "syslog")
+EXPORT_FORMATS = ("jsonl", "csv", "ocsf", "syslog", "parquet")
 
 
 @needs("audit exports")
