@@ -65,12 +65,15 @@ _OPERATION_CATEGORY: dict[str, str] = {
         "CREATE_VIEW", "DROP_VIEW", "CREATE_TRIGGER", "DROP_TRIGGER")},
     **{op: "DML" for op in ("INSERT", "UPDATE", "DELETE")},
     "SELECT": "QUERY",
-    **{op: "TRANSACTION" for op in ("BEGIN", "COMMIT", "ROLLBACK")},
+    **{op: "TRANSACTION" for op in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE",
+                                    "ROLLBACK_TO")},
     **{op: "SECURITY" for op in (
         "LOGIN", "LOGOUT", "GRANT", "REVOKE", "KEY_CHANGE", "KEY_ROTATION",
         "AUDIT_CONFIG_CHANGE", "RETENTION_PURGE", "EXPORT", "VERIFY", "RESTORE",
-        "ACTOR_CHANGE")},
-    **{op: "ADMIN" for op in ("PRAGMA", "ATTACH", "DETACH")},
+        "ACTOR_CHANGE", "LEGAL_HOLD", "LEGAL_HOLD_RELEASE", "SHELL_COMMAND")},
+    # UNKNOWN: a statement whose first word is no SQL verb (it failed to compile).
+    **{op: "ADMIN" for op in ("PRAGMA", "ATTACH", "DETACH", "VACUUM", "ANALYZE", "REINDEX",
+                              "UNKNOWN")},
     **{op: "APPLICATION" for op in ("DATA_SUBJECT_REQUEST", "MODEL_TRAINING")},
 }
 #: Every operation name known to the audit log.

@@ -957,3 +957,20 @@ def test_foreign_sections_round_trip(raw, foreign):
     assert hc._thaw(cfg.extra) == foreign
     assert load_warned(cfg.to_dict())[0] == cfg
     assert load_warned(tomllib.loads(cfg.to_toml()))[0] == cfg
+
+
+def test_every_operation_capture_can_emit_has_its_category():
+    """Issue 22: one vocabulary. Each operation the capture layer, the product and the
+    shell write has a category other than the catch-all APPLICATION, and retention
+    overrides accept it by name."""
+    from heliosdb.audit import capture, events
+
+    emitted = set(capture._DDL_ACTIONS.values()) | set(capture._DML_ACTIONS.values()) \
+        | set(capture._OTHER_ACTIONS.values()) | set(capture._KEYWORD_OPS.values()) \
+        | {capture._UNKNOWN} | set(events.PRODUCT_OPERATIONS) | {"SHELL_COMMAND"}
+    for op in sorted(emitted):
+        assert hc.category_of(op) != "APPLICATION", op
+        cfg = hc.load_config({"audit": {"retention_overrides": {op: 400}}})
+        assert cfg.audit.retention_for(op) == 400
+    for op in events.APPLICATION_OPERATIONS:
+        hc.load_config({"audit": {"retention_overrides": {op: 400}}})

@@ -55,7 +55,7 @@ APPLICATION_OPERATIONS: tuple[str, ...] = ("LOGIN", "LOGOUT", "GRANT", "REVOKE")
 #: The product's own operations.
 PRODUCT_OPERATIONS: tuple[str, ...] = (
     "KEY_CHANGE", "KEY_ROTATION", "AUDIT_CONFIG_CHANGE", "RETENTION_PURGE", "EXPORT",
-    "VERIFY", "RESTORE", "ACTOR_CHANGE",
+    "VERIFY", "RESTORE", "ACTOR_CHANGE", "LEGAL_HOLD", "LEGAL_HOLD_RELEASE",
 )
 #: Every operation name the product itself emits. Applications may log others
 #: (``DATA_SUBJECT_REQUEST``, ``MODEL_TRAINING``...): any name matching
