@@ -30,6 +30,7 @@ from .dbapi import (
     complete_statement,
     connect,
     converters,
+    enable_callback_tracebacks,
     register_adapter,
     register_converter,
 )
@@ -116,15 +117,6 @@ def TimeFromTicks(ticks: float) -> _datetime.time:
 def TimestampFromTicks(ticks: float) -> _datetime.datetime:
     """PEP 249: a timestamp from seconds since the epoch (local time)."""
     return Timestamp(*_time.localtime(ticks)[:6])
-
-
-_callback_tracebacks = False
-
-
-def enable_callback_tracebacks(flag: bool, /) -> None:
-    """Print tracebacks of exceptions raised in user callbacks (as sqlite3 does)."""
-    global _callback_tracebacks
-    _callback_tracebacks = bool(flag)
 
 
 def enable_shared_cache(enable: bool, /) -> None:

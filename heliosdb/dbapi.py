@@ -267,74 +267,193 @@ class _StatementCache:
 
 # --- errors raised inside user callbacks ------------------------------------------------
 
+_callback_tracebacks = False
+_UnraisableHookArgs: Any = None
+
+
+def enable_callback_tracebacks(flag: bool, /) -> None:
+    """Report exceptions raised in user callbacks to ``sys.unraisablehook`` (whose default
+    prints the traceback), as sqlite3 does; off by default."""
+    global _callback_tracebacks
+    _callback_tracebacks = bool(flag)
+
+
+def _unraisable(obj: Any, exc: BaseException) -> None:
+    """What sqlite3's ``print_or_clear_traceback`` does: when tracebacks are enabled, pass
+    ``sys.unraisablehook`` the exception and the callable it came from."""
+    if not _callback_tracebacks:
+        return
+    import sys
+
+    global _UnraisableHookArgs
+    if _UnraisableHookArgs is None:
+        # The hook's argument type is not exposed: learn it from one unraisable exception.
+        seen: list = []
+        old = sys.unraisablehook
+
+        class _Probe:
+            def __del__(self) -> None:
+                raise RuntimeError
+
+        sys.unraisablehook = seen.append
+        try:
+            _Probe()
+        finally:
+            sys.unraisablehook = old
+        _UnraisableHookArgs = type(seen[0])
+    sys.unraisablehook(_UnraisableHookArgs(
+        (type(exc), exc, exc.__traceback__, None, obj)))
+
 
 class _CallbackFailed(Exception):
-    """Raised out of a user function/aggregate so that execute() reports it as sqlite3 does."""
+    """Raised out of a user callback so that execute() reports it as sqlite3 does: an
+    ``OperationalError`` with sqlite3's message, ``MemoryError`` for a MemoryError and
+    ``DataError`` ('string or blob too big') for an OverflowError."""
+
+    def __init__(self, message: str, error: Any = None) -> None:
+        super().__init__(message)
+        self.error = error or OperationalError
+
+
+def _callback_error(obj: Any, exc: BaseException, message: str) -> _CallbackFailed:
+    """Report ``exc`` (raised by the user callable ``obj``) and the error to raise."""
+    _unraisable(obj, exc)
+    if isinstance(exc, MemoryError):
+        return _CallbackFailed("", MemoryError)
+    if isinstance(exc, OverflowError):
+        return _CallbackFailed("string or blob too big", errors.DataError)
+    return _CallbackFailed(message)
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _sql_result(result: Any) -> Any:
+    """A user callable's result as SQLite takes it; raises what sqlite3 raises for a value
+    it cannot store (OverflowError, UnicodeEncodeError, BufferError), TypeError otherwise."""
+    if result is None or type(result) is float or type(result) is bytes:
+        return result
+    if isinstance(result, int):
+        if not _INT64_MIN <= result <= _INT64_MAX:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return int(result)
+    if isinstance(result, str):
+        if not result.isascii():
+            result.encode("utf-8")  # lone surrogates: UnicodeEncodeError, as sqlite3
+        return result
+    if isinstance(result, float):
+        return float(result)
+    if isinstance(result, (bytes, bytearray)):
+        return bytes(result)
+    if isinstance(result, memoryview):
+        if not result.c_contiguous:
+            raise BufferError("underlying buffer is not C-contiguous")
+        return result.tobytes()
+    raise _UnsupportedResult
+
+
+class _UnsupportedResult(Exception):
+    pass
+
+
+def _errstr(exc: BaseException) -> str:
+    """SQLite's generic text for an APSW error's result code (``sqlite3_errstr``)."""
+    code = getattr(exc, "result", None)
+    texts = {apsw.SQLITE_MISUSE: "bad parameter or other API misuse",
+             apsw.SQLITE_ERROR: "SQL logic error", apsw.SQLITE_RANGE: "column index out of range"}
+    return texts.get(code, str(exc))
 
 
 def _wrap_function(func: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         try:
-            result = func(*args)
+            return _sql_result(func(*args))
+        except _UnsupportedResult:
+            raise _CallbackFailed("user-defined function raised exception") from None
         except BaseException as exc:  # noqa: BLE001 - reported as sqlite3 reports it
-            raise _CallbackFailed("user-defined function raised exception") from exc
-        if result is not None and not isinstance(result, (int, float, str, bytes)):
-            if isinstance(result, (bytearray, memoryview)):
-                return bytes(result)
-            raise _CallbackFailed("user-defined function raised exception")
-        return result
+            raise _callback_error(func, exc, "user-defined function raised exception") \
+                from exc
 
     return call
 
 
-def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
-    """Adapt a sqlite3 aggregate class (step/finalize) to APSW's factory protocol.
+def _aggregate_factory(cls: Callable[[], Any], window: bool) -> Callable[[], Any]:
+    """Adapt a sqlite3 aggregate class (step/finalize, and value/inverse for a window
+    function) to APSW's factory protocol.
 
-    As in sqlite3, the class is instantiated on the first row only: with no rows the
-    result is NULL and neither ``__init__`` nor ``finalize`` runs.
+    As in sqlite3, the class is instantiated on the first call only: with no rows the
+    result is NULL and neither ``__init__`` nor ``finalize`` runs. Errors are reported as
+    sqlite3 reports them, except that SQLite drops a window function's finalize error.
     """
 
     def factory() -> Any:
         state: list = []  # [instance] once the first row arrived
 
-        def step(_ctx: Any, *args: Any) -> None:
+        def instance() -> Any:
             if not state:
                 try:
                     state.append(cls())
                 except BaseException as exc:  # noqa: BLE001
+                    raise _callback_error(
+                        cls, exc, "user-defined aggregate's '__init__' method raised error"
+                    ) from exc
+            return state[0]
+
+        def method(name: str) -> Callable[..., Any]:
+            def f(_ctx: Any, *args: Any) -> Any:
+                inst = instance()
+                try:
+                    fn = getattr(inst, name)
+                except AttributeError as exc:
+                    raise _callback_error(
+                        cls, exc, f"user-defined aggregate's '{name}' method not defined"
+                    ) from exc
+                try:
+                    result = fn(*args)
+                    return _sql_result(result) if name == "value" else None
+                except _UnsupportedResult:
                     raise _CallbackFailed(
-                        "user-defined aggregate's '__init__' method raised error") from exc
-            inst = state[0]
-            method = getattr(inst, "step", None)
-            if method is None:
-                raise _CallbackFailed("user-defined aggregate's 'step' method not defined")
-            try:
-                method(*args)
-            except BaseException as exc:  # noqa: BLE001
-                raise _CallbackFailed("user-defined aggregate's 'step' method raised error") from exc
+                        f"user-defined aggregate's '{name}' method raised error") from None
+                except BaseException as exc:  # noqa: BLE001
+                    raise _callback_error(
+                        cls, exc, f"user-defined aggregate's '{name}' method raised error"
+                    ) from exc
+            return f
 
         def final(_ctx: Any) -> Any:
             if not state:
                 return None
-            method = getattr(state[0], "finalize", None)
-            if method is None:
-                raise _CallbackFailed(
-                    "user-defined aggregate's 'finalize' method not defined")
             try:
-                result = method()
-            except BaseException as exc:  # noqa: BLE001
-                raise _CallbackFailed(
-                    "user-defined aggregate's 'finalize' method raised error") from exc
-            if isinstance(result, (bytearray, memoryview)):
-                return bytes(result)
-            if result is not None and not isinstance(result, (int, float, str, bytes)):
-                raise _CallbackFailed(
-                    "user-defined aggregate's 'finalize' method raised error")
-            return result
+                inst = instance()
+                try:
+                    fn = getattr(inst, "finalize")
+                except AttributeError as exc:
+                    raise _callback_error(
+                        cls, exc, "user-defined aggregate's 'finalize' method not defined"
+                    ) from exc
+                try:
+                    return _sql_result(fn())
+                except _UnsupportedResult:
+                    raise _CallbackFailed(
+                        "user-defined aggregate's 'finalize' method raised error") from None
+                except BaseException as exc:  # noqa: BLE001
+                    raise _callback_error(
+                        cls, exc, "user-defined aggregate's 'finalize' method raised error"
+                    ) from exc
+            except _CallbackFailed:
+                if window:
+                    return None  # SQLite does not report a window finalize error
+                raise
 
-        return (None, step, final)
+        if window:
+            return (None, method("step"), final, method("value"), method("inverse"))
+        return (None, method("step"), final)
 
     return factory
+
+
+def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
+    return _aggregate_factory(cls, window=False)
 
 
 _BINDING_NO_NAME = re.compile(r"Binding (\d+) has no name")
@@ -371,7 +490,9 @@ def _raise_translated(exc: BaseException, sql: Optional[str] = None, db: Any = N
         if new is not None:
             raise new from exc
     if isinstance(exc, _CallbackFailed):
-        raise OperationalError(str(exc)) from exc.__cause__
+        if exc.error is MemoryError:
+            raise MemoryError from exc.__cause__
+        raise exc.error(str(exc)) from exc.__cause__
     if isinstance(exc, KeyError) and sql is not None and exc.args \
             and isinstance(exc.args[0], str):
         # APSW looks named parameters up in the mapping; a missing one is a KeyError.
@@ -1143,7 +1264,9 @@ class Connection:
     def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
         # Installed as a cursor's exec tracer for one statement: runs after the statement
         # is prepared and bound, before it steps. Uninstalls itself (executemany).
-        cursor.exec_trace = None
+        # (executemany: APSW keeps calling the cursor's tracer for each row, so hand the
+        # following rows to the connection's tracer, as a cursor without one would.)
+        cursor.exec_trace = self._trace
         if self._apsw.get_autocommit():
             self._begin()
         # A cursor's exec tracer hides the connection's: pass the statement on to it.
@@ -1318,9 +1441,17 @@ class Connection:
             if user is not None:
                 try:
                     r = user(action, a1, a2, db, trig)
-                except Exception:  # noqa: BLE001 - sqlite3 denies when the callback raises
+                except Exception as exc:  # noqa: BLE001 - sqlite3 denies when it raises
+                    _unraisable(user, exc)
                     return apsw.SQLITE_DENY
-                if not isinstance(r, int) or r not in (0, 1, 2):
+                if not isinstance(r, int):
+                    return apsw.SQLITE_DENY  # sqlite3: a non-integer result denies
+                if r not in (0, 1, 2):
+                    if not -(1 << 31) <= r < (1 << 31):
+                        # sqlite3 cannot convert it to a C int: reported, and denied.
+                        _unraisable(user, OverflowError(
+                            "Python int too large to convert to C int"))
+                        return apsw.SQLITE_DENY
                     # SQLite itself reports "authorizer malfunction" for such a value.
                     return 99
                 result = r
@@ -1338,7 +1469,8 @@ class Connection:
         def handler() -> bool:
             try:
                 return bool(progress_handler())
-            except Exception:  # noqa: BLE001 - an exception aborts, as in sqlite3
+            except Exception as exc:  # noqa: BLE001 - an exception aborts, as in sqlite3
+                _unraisable(progress_handler, exc)
                 return True
 
         self._apsw.set_progress_handler(handler, n)
@@ -1359,13 +1491,20 @@ class Connection:
                 return
             try:
                 trace_callback(sql)
-            except Exception:  # noqa: BLE001 - sqlite3 ignores errors in the trace callback
-                pass
+            except Exception as exc:  # noqa: BLE001 - sqlite3 reports it and goes on
+                _unraisable(trace_callback, exc)
 
         def on_exec(cursor: Any, sql: str, bindings: Any) -> bool:
             try:
-                text = cursor.expanded_sql or sql
+                text = cursor.expanded_sql
             except apsw.Error:
+                text = None
+            if text is None:
+                # Longer than SQLITE_LIMIT_LENGTH once expanded: the unexpanded text, as
+                # sqlite3 falls back to, with the error it reports.
+                if bindings:
+                    _unraisable(trace_callback, errors.DataError(
+                        "Expanded SQL string exceeds the maximum string length"))
                 text = sql
             last[0] = text
             emit(text)
@@ -1505,33 +1644,11 @@ class Connection:
                 self._apsw.create_window_function(name, None, num_params)
                 return
 
-            def factory() -> Any:
-                try:
-                    inst = aggregate_class()
-                except BaseException as exc:  # noqa: BLE001
-                    raise _CallbackFailed(
-                        "user-defined aggregate's '__init__' method raised error") from exc
-
-                def call(method: str) -> Callable[..., Any]:
-                    def f(_ctx: Any, *args: Any) -> Any:
-                        fn = getattr(inst, method, None)
-                        if fn is None:
-                            raise _CallbackFailed(
-                                f"user-defined aggregate's '{method}' method not defined")
-                        try:
-                            return fn(*args)
-                        except BaseException as exc:  # noqa: BLE001
-                            raise _CallbackFailed(
-                                f"user-defined aggregate's '{method}' method raised error"
-                            ) from exc
-                    return f
-
-                return (None, call("step"), call("finalize"), call("value"),
-                        call("inverse"))
-
-            self._apsw.create_window_function(name, factory, num_params)
+            self._apsw.create_window_function(
+                name, _aggregate_factory(aggregate_class, window=True), num_params)
         except apsw.Error as exc:
-            raise _translate(self._apsw, exc) from exc
+            # sqlite3: ProgrammingError with SQLite's text for the result code.
+            raise ProgrammingError(_errstr(exc)) from exc
 
     def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
         """Replace a database with the serialized bytes ``data`` (sqlite3 3.11+).
