@@ -21,6 +21,7 @@ no work that its statement does not need.
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 import threading
 from threading import get_ident as _get_ident
@@ -532,7 +533,7 @@ class Row:
     __slots__ = ("_description", "_values")
 
     def __init__(self, cursor: "Cursor", data: tuple, /) -> None:
-        if not isinstance(cursor, Cursor):
+        if not issubclass(type(cursor), Cursor):
             raise TypeError("Row() argument 1 must be heliosdb.Cursor")
         if not isinstance(data, tuple):
             raise TypeError("Row() argument 2 must be tuple")
@@ -605,6 +606,8 @@ class Cursor:
     _desc_known = True
     _converters: Optional[list] = None
     _count_at_end = False
+
+    _connection: Any = None  # set below: _UNINIT_CONNECTION
 
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
@@ -718,7 +721,7 @@ class Cursor:
         try:
             self._cur.execute(sql, params, can_cache=True)
         except BaseException as exc:  # noqa: BLE001
-            _raise_translated(exc, sql, db)
+            _raise_sql_error(conn, exc, sql)
         finally:
             if begin:
                 self._cur.exec_trace = None
@@ -781,7 +784,7 @@ class Cursor:
                 for _ in self._cur.executemany(sql, params_iter, can_cache=True):
                     pass
             except BaseException as exc:  # noqa: BLE001
-                _raise_translated(exc, sql, db)
+                _raise_sql_error(conn, exc, sql)
             finally:
                 if begin:
                     self._cur.exec_trace = None
@@ -822,6 +825,11 @@ class Cursor:
         if "\x00" in sql_script:
             raise ValueError("the query contains a null character")
         conn = self._connection
+        if len(sql_script) * 4 > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
+            # sqlite3 measures the whole script against SQLITE_LIMIT_SQL_LENGTH.
+            if len(sql_script.encode("utf-8")) > conn._apsw.limit(
+                    apsw.SQLITE_LIMIT_SQL_LENGTH):
+                raise errors.DataError("query string is too large")
         conn.commit()
         self._reset()
         self.rowcount = -1
@@ -1035,6 +1043,22 @@ class Cursor:
         """Required by PEP 249; does nothing."""
 
 
+class _UninitialisedCursorConnection:
+    """The connection of a Cursor whose __init__ was never called: every use raises
+    sqlite3's error (and costs nothing on the hot path, which reads ``_closed``)."""
+
+    _closed = True
+    _check_same_thread = False
+
+    def _check(self) -> None:
+        raise ProgrammingError("Base Cursor.__init__ not called.")
+
+    _check_open = _check
+
+
+Cursor._connection = _UninitialisedCursorConnection()
+
+
 def _strip_colname(name: str) -> str:
     # With PARSE_COLNAMES the stdlib cuts 'name [type]' at the first ' ['.
     i = name.find(" [")
@@ -1083,12 +1107,27 @@ class Connection:
 
     row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
     text_factory: Callable[[bytes], Any] = str
+    # Until __init__ succeeds (a subclass that never calls it, Connection.__new__, a failed
+    # re-__init__), every operation raises "Base Connection.__init__ not called."
+    _initialized = False
+    _closed = True
+    _apsw: Any = None
+    _audit: Any = None
+    _check_same_thread = False
+    _thread_id = 0
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
                  factory: Any = None, cached_statements: int = 128, uri: bool = False,
                  *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
                  audit_context: Optional[Mapping[str, Any]] = None) -> None:
+        if self._initialized:
+            # sqlite3: __init__ on an open connection lets go of the old database (closed
+            # once its last cursor is gone: a cursor still reads its rows) and, if the new
+            # open fails, leaves the object uninitialised. An audited one closes now.
+            if self._audit is not None:
+                self.close()
+            self._initialized = False
         self._apsw: Any = None
         self._closed = True
         self._audit: Any = None
@@ -1142,6 +1181,7 @@ class Connection:
             except Exception:  # noqa: BLE001 - the original error is what matters
                 pass
             raise
+        self._initialized = True
 
     def _finish_open(self, timeout: float, detect_types: int, isolation_level: Any,
                      cached_statements: int, audit_user: Optional[str],
@@ -1227,13 +1267,18 @@ class Connection:
         if self._check_same_thread and threading.get_ident() != self._thread_id:
             self._check_thread()
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        if not self._initialized:
+            raise ProgrammingError("Base Connection.__init__ not called.")
+        raise ProgrammingError("Cannot operate on a closed database.")
 
     # -- transactions --
     def _check_open(self) -> None:
         # Attributes sqlite3 lets any thread read: only a closed connection is refused.
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            self._raise_closed()
 
     @property
     def isolation_level(self) -> Optional[str]:
@@ -1322,12 +1367,42 @@ class Connection:
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
 
+    def __call__(self, *args: Any) -> "Statement":
+        """Compile ``sql`` (as sqlite3's undocumented ``con(sql)`` does) and return the
+        prepared statement; errors are those ``execute`` would raise."""
+        self._check()
+        if len(args) != 1:
+            raise TypeError(f"Connection() takes exactly 1 argument ({len(args)} given)")
+        sql = args[0]
+        if not isinstance(sql, str):
+            raise TypeError(f"argument must be str, not {type(sql).__name__}")
+        _check_sql(self, sql)
+        probe = self._apsw.cursor()
+
+        def stop(_cursor: Any, _sql: str, _bindings: Any) -> bool:
+            return False
+
+        probe.exec_trace = stop
+        try:
+            probe.execute(sql, None, can_cache=True, prepare_flags=0)
+        except apsw.ExecTraceAbort:
+            pass
+        except apsw.BindingsError:
+            pass  # compiled; it has parameters, bound when it runs
+        except BaseException as exc:  # noqa: BLE001
+            _raise_sql_error(self, exc, sql)
+        finally:
+            probe.close(True)
+        stmt = object.__new__(Statement)
+        stmt._sql = sql
+        return stmt
+
     # -- cursors and shortcuts --
     def cursor(self, factory: Callable[["Connection"], Cursor] = Cursor) -> Cursor:
         """A new cursor (``factory`` must build a heliosdb Cursor)."""
         self._check()
         cur = factory(self)
-        if not isinstance(cur, Cursor):
+        if not issubclass(type(cur), Cursor):  # type(), not a __class__ that lies
             raise TypeError("factory must return a cursor, not " + type(cur).__name__)
         return cur
 
@@ -1526,7 +1601,7 @@ class Connection:
     def interrupt(self) -> None:
         """Abort any running statement (callable from another thread)."""
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            self._raise_closed()
         self._apsw.interrupt()
 
     def iterdump(self) -> Iterator[str]:
@@ -1613,7 +1688,7 @@ class Connection:
                 self._begin_for_blob()
                 owns_tx = True
         try:
-            blob = Blob(self, self._apsw.blob_open(name, table, column, row, not readonly))
+            blob = Blob._open(self, self._apsw.blob_open(name, table, column, row, not readonly))
         except apsw.Error as exc:
             if owns_tx:
                 self.rollback()
@@ -1715,6 +1790,8 @@ class Connection:
 
     def close(self) -> None:
         """Close the connection, rolling back any uncommitted transaction."""
+        if not self._initialized:
+            self._raise_closed()
         self._check_thread()
         if self._closed:
             return
@@ -1764,10 +1841,46 @@ class Connection:
         return f"<heliosdb.Connection {state} database={getattr(self, '_database', '?')!r}>"
 
 
+class Statement:
+    """A compiled statement, as returned by calling a connection (``sqlite3.Statement``);
+    it cannot be created directly."""
+
+    __slots__ = ("_sql",)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Statement":
+        raise TypeError(f"cannot create '{cls.__module__}.{cls.__qualname__}' instances")
+
+
+def _check_sql(conn: "Connection", sql: str) -> None:
+    """sqlite3's checks of SQL text before it is compiled (off the hot path: callers run
+    them when SQLite refused the text, to raise what sqlite3 raises)."""
+    if "\x00" in sql:
+        raise ProgrammingError("the query contains a null character")
+    size = len(sql.encode("utf-8"))  # lone surrogates: UnicodeEncodeError, as sqlite3
+    if size > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
+        raise errors.DataError("query string is too large")
+
+
+def _raise_sql_error(conn: "Connection", exc: BaseException, sql: Optional[str]) -> None:
+    """Raise ``exc`` as sqlite3 would, after the SQL-text checks sqlite3 runs first."""
+    if sql is not None and isinstance(exc, (apsw.Error, ValueError)):
+        _check_sql(conn, sql)
+    _raise_translated(exc, sql, conn._apsw)
+
+
 class Blob:
     """Incremental I/O on one BLOB, as ``sqlite3.Blob``: file-like and indexable."""
 
-    def __init__(self, connection: "Connection", blob: Any) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Blob":
+        raise TypeError(f"cannot create '{cls.__module__}.{cls.__qualname__}' instances")
+
+    @classmethod
+    def _open(cls, connection: "Connection", blob: Any) -> "Blob":
+        self = object.__new__(cls)
+        self._init(connection, blob)
+        return self
+
+    def _init(self, connection: "Connection", blob: Any) -> None:
         self._connection = connection
         self._blob = blob
         self._closed = False
@@ -1830,7 +1943,7 @@ class Blob:
     def write(self, data: Any, /) -> None:
         """Write ``data`` at the current offset; a BLOB cannot grow."""
         self._check()
-        data = bytes(data)
+        data = _contiguous_bytes(data)
         if self._blob.tell() + len(data) > self._blob.length():
             raise ValueError("data longer than blob length")
         self._write_raw(data)
@@ -1843,15 +1956,25 @@ class Blob:
     def seek(self, offset: int, origin: int = 0, /) -> None:
         """Move the offset (origin 0: start, 1: current, 2: end)."""
         self._check()
+        offset = _c_int(offset)
+        origin = _c_int(origin)
         base = {0: 0, 1: self._blob.tell(), 2: self._blob.length()}.get(origin)
         if base is None:
             raise ValueError("'origin' should be os.SEEK_SET, os.SEEK_CUR, or os.SEEK_END")
         pos = base + offset
+        if pos > _INT_MAX:
+            raise OverflowError("seek offset results in overflow")
         if pos < 0 or pos > self._blob.length():
             raise ValueError("offset out of blob range")
         self._call(self._blob.seek, pos)
 
-    def _index(self, i: int) -> int:
+    def _index(self, key: Any) -> int:
+        """A position from an index, as sqlite3 reads one (``__index__``, bounds)."""
+        if not hasattr(type(key), "__index__"):
+            raise TypeError("Blob indices must be integers")
+        i = operator.index(key)
+        if not -_SSIZE_MAX - 1 <= i <= _SSIZE_MAX:
+            raise IndexError(f"cannot fit '{type(key).__name__}' into an index-sized integer")
         n = self._blob.length()
         if i < 0:
             i += n
@@ -1865,11 +1988,12 @@ class Blob:
         try:
             if isinstance(key, slice):
                 start, stop, step = key.indices(self._blob.length())
-                if stop <= start:
+                if stop <= start if step > 0 else stop >= start:
                     return b""
-                self._call(self._blob.seek, start)
-                data = self._read_raw(stop - start)
-                return data[::step]
+                lo, hi = (start, stop) if step > 0 else (stop + 1, start + 1)
+                self._call(self._blob.seek, lo)
+                data = self._read_raw(hi - lo)
+                return data[::step] if step > 0 else data[::-1][::-step]
             i = self._index(key)
             self._call(self._blob.seek, i)
             return self._read_raw(1)[0]
@@ -1882,38 +2006,79 @@ class Blob:
         try:
             if isinstance(key, slice):
                 start, stop, step = key.indices(self._blob.length())
-                data = bytes(value)
-                current = bytearray(self[start:stop]) if step != 1 else None
+                data = _contiguous_bytes(value)
+                idx = range(start, stop, step)
+                if len(data) != len(idx):
+                    raise IndexError("Blob slice assignment is wrong size")
+                if not idx:
+                    return
                 if step == 1:
-                    if len(data) != stop - start:
-                        raise IndexError("Blob slice assignment is wrong size")
                     self._call(self._blob.seek, start)
                     self._write_raw(data)
                 else:
-                    current = bytearray(self[start:stop])
-                    idx = range(0, stop - start, step)
-                    if len(data) != len(idx):
-                        raise IndexError("Blob slice assignment is wrong size")
+                    lo, hi = min(idx), max(idx) + 1
+                    current = bytearray(self[lo:hi])
                     for j, b in zip(idx, data):
-                        current[j] = b
-                    self._call(self._blob.seek, start)
+                        current[j - lo] = b
+                    self._call(self._blob.seek, lo)
                     self._write_raw(bytes(current))
                 return
-            if not isinstance(value, int) or not 0 <= value <= 255:
-                raise ValueError("byte must be in range(0, 256)")
             i = self._index(key)
+            try:
+                byte = operator.index(value)
+            except TypeError:
+                raise TypeError(f"'{type(value).__name__}' object cannot be interpreted "
+                                "as an integer") from None
+            if not 0 <= byte <= 255:
+                raise ValueError("byte must be in range(0, 256)")
             self._call(self._blob.seek, i)
-            self._write_raw(bytes([value]))
+            self._write_raw(bytes([byte]))
         finally:
             self._blob.seek(here)
+
+    def __delitem__(self, key: Any) -> None:
+        self._check()
+        if isinstance(key, slice):
+            raise TypeError("Blob doesn't support slice deletion")
+        raise TypeError("Blob doesn't support item deletion")
+
+    # A mapping of positions, as sqlite3.Blob: not a sequence (no iteration, no `in`).
+    __iter__ = None  # type: ignore[assignment]
 
     def __enter__(self) -> "Blob":
         self._check()
         return self
 
     def __exit__(self, *exc: Any) -> bool:
+        self._check()
         self.close()
         return False
+
+
+_INT_MAX = (1 << 31) - 1
+_SSIZE_MAX = (1 << 63) - 1
+
+
+def _c_int(value: Any) -> int:
+    value = operator.index(value)
+    if not -_INT_MAX - 1 <= value <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return value
+
+
+def _contiguous_bytes(data: Any) -> bytes:
+    """``data`` (a bytes-like object) as bytes; a non-contiguous buffer is refused with
+    BufferError, as sqlite3 refuses it."""
+    if type(data) is bytes:
+        return data
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") \
+            from None
+    if not view.c_contiguous:
+        raise BufferError("underlying buffer is not C-contiguous")
+    return view.tobytes()
 
 
 def _shared_memory_uri(uri: str) -> str:
@@ -1964,5 +2129,15 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
     extra = {name: value for name, value in (("key", key), ("config", config),
              ("audit_user", audit_user), ("audit_context", audit_context))
              if value is not None}
-    return cls(database, timeout, detect_types, isolation_level, check_same_thread,
-               None, cached_statements, uri, **extra)
+    # As sqlite3 (gh-95132), the factory gets keyword arguments, not positional ones:
+    # only those that differ from the defaults, as a caller would have given them.
+    for name, value, default in (("timeout", timeout, 5.0), ("detect_types", detect_types, 0),
+                                 ("isolation_level", isolation_level, ""),
+                                 ("check_same_thread", check_same_thread, True),
+                                 ("cached_statements", cached_statements, 128),
+                                 ("uri", uri, False)):
+        if value is not default and (type(value) is not type(default) or value != default):
+            extra[name] = value
+    if factory is not Connection:
+        extra["factory"] = factory
+    return cls(database, **extra)
