@@ -26,8 +26,8 @@ import re
 import threading
 from threading import get_ident as _get_ident
 import time
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import apsw
 
@@ -179,6 +179,7 @@ _DML = 1  # INSERT / UPDATE / DELETE / REPLACE: implicit BEGIN, rowcount counted
 _MULTI = 2  # more than one statement in the text
 _EMPTY = 4  # only whitespace and comments
 _RETURNING = 8  # DML with a RETURNING clause: yields rows
+_TRAILING = 16  # only space and comments after the statement's ';': run without them
 
 
 def _skip_space_and_comments(sql: str, i: int = 0) -> int:
@@ -198,9 +199,17 @@ def _skip_space_and_comments(sql: str, i: int = 0) -> int:
     return i
 
 
+def _skip_empty_statements(sql: str, i: int = 0) -> int:
+    # SQLite's parser skips empty statements (';' alone): "; begin" is BEGIN.
+    i = _skip_space_and_comments(sql, i)
+    while i < len(sql) and sql[i] == ";":
+        i = _skip_space_and_comments(sql, i + 1)
+    return i
+
+
 def _classify(sql: str) -> int:
     flags = 0
-    start = _skip_space_and_comments(sql, 0)
+    start = _skip_empty_statements(sql, 0)
     if start >= len(sql):
         return _EMPTY
     head = sql[start:start + 7].upper()
@@ -213,11 +222,23 @@ def _classify(sql: str) -> int:
     pos = sql.find(";", start)
     while pos >= 0:
         if apsw.complete(sql[: pos + 1]):
+            # After it, sqlite3 allows only space and comments (not another ';').
             if _skip_space_and_comments(sql, pos + 1) < len(sql):
                 flags |= _MULTI
+            elif pos + 1 < len(sql):
+                flags |= _TRAILING
             break
         pos = sql.find(";", pos + 1)
     return flags
+
+
+def _first_statement(sql: str) -> str:
+    """``sql`` up to the ';' that completes its one statement (the rest is space and
+    comments, which sqlite3 ignores; an unclosed '/*' there would not compile)."""
+    pos = sql.find(";", _skip_empty_statements(sql, 0))
+    while not apsw.complete(sql[: pos + 1]):
+        pos = sql.find(";", pos + 1)
+    return sql[: pos + 1]
 
 
 def split_statements(script: str) -> list[str]:
@@ -553,12 +574,13 @@ class Row:
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             if self._description:
+                # sqlite3: the first column whose name is equal, or equal ignoring ASCII
+                # case when both names are ASCII.
+                lowered = key.lower() if key.isascii() else None
                 for i, d in enumerate(self._description):
-                    if d[0] == key:
-                        return self._values[i]
-                lowered = key.lower()
-                for i, d in enumerate(self._description):
-                    if d[0].lower() == lowered:
+                    name = d[0]
+                    if name == key or (lowered is not None and name.isascii()
+                                       and name.lower() == lowered):
                         return self._values[i]
             raise IndexError("No item with that key")
         if isinstance(key, slice):
@@ -584,6 +606,9 @@ class Row:
         return f"<heliosdb.Row object at {hex(id(self))}>"
 
 
+Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
+
+
 # --- Cursor -------------------------------------------------------------------------------
 
 
@@ -606,12 +631,16 @@ class Cursor:
     _desc_known = True
     _converters: Optional[list] = None
     _count_at_end = False
+    _peek: Optional[tuple] = None  # DML ... RETURNING: the row read ahead (see _next_raw)
+    _locked = False  # converters / row factory running: the cursor may not be re-entered
 
     _connection: Any = None  # set below: _UNINIT_CONNECTION
 
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
             raise TypeError("Cursor() argument must be a heliosdb.Connection")
+        if self._locked:
+            raise ProgrammingError("Recursive use of cursors not allowed.")
         connection._check()
         self._connection = connection
         # APSW applies the connection's convert_binding (adapters) to every cursor.
@@ -637,6 +666,8 @@ class Cursor:
         return self._connection
 
     def _check(self) -> None:
+        if self._locked:
+            raise ProgrammingError("Recursive use of cursors not allowed.")
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
         self._connection._check()
@@ -678,7 +709,11 @@ class Cursor:
                 raise exc
         if not hasattr(parameters, "__len__") or not hasattr(parameters, "__getitem__"):
             raise ProgrammingError("parameters are of unsupported type")
-        return tuple(self._connection._adapt_value(v) for v in parameters)
+        # As sqlite3 reads a sequence: len(), then each item by index (copied first, so
+        # that nothing the adapters do to the sequence reaches what is being bound).
+        n = len(parameters)
+        adapt_value = self._connection._adapt_value
+        return tuple([adapt_value(parameters[i]) for i in range(n)])
 
     # -- execution --
     def execute(self, sql: str, parameters: Any = (), /) -> "Cursor":
@@ -693,8 +728,10 @@ class Cursor:
             if not isinstance(sql, str):
                 raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
             flags = conn._stmt_cache.flags(sql)
-        if flags & _MULTI:
-            raise ProgrammingError("You can only execute one statement at a time.")
+        if flags & (_MULTI | _TRAILING):
+            if flags & _MULTI:
+                raise ProgrammingError("You can only execute one statement at a time.")
+            sql = _first_statement(sql)
         if type(parameters) is tuple and not _base_type_adapted:
             params = parameters
             conn._binding_source = None
@@ -743,6 +780,7 @@ class Cursor:
         else:
             self._rows_kind = not (flags & _EMPTY)
         # DML ... RETURNING yields rows too: keep the statement's rows available.
+        self._peek = None
         self._active = True
         self._desc_known = False
         self.lastrowid = db.last_insert_rowid()
@@ -754,8 +792,10 @@ class Cursor:
             raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
         conn = self._connection
         flags = conn._stmt_cache.flags(sql)
-        if flags & _MULTI:
-            raise ProgrammingError("You can only execute one statement at a time.")
+        if flags & (_MULTI | _TRAILING):
+            if flags & _MULTI:
+                raise ProgrammingError("You can only execute one statement at a time.")
+            sql = _first_statement(sql)
         if not flags & _DML:
             # sqlite3 refuses read-only statements here (sqlite3_stmt_readonly); anything
             # else (DDL, PRAGMA with a value ...) runs.
@@ -932,7 +972,7 @@ class Cursor:
                 self._setup_converters()
             if self._converters:
                 row = tuple(
-                    v if (c is None or v is None) else c(_as_bytes(v))
+                    v if (c is None or v is None) else _apply_converter(c, v)
                     for v, c in zip(row, self._converters)
                 )
         tf = conn.text_factory
@@ -952,6 +992,8 @@ class Cursor:
         if (conn._detect_types or self.row_factory is not None) and not self._desc_known:
             self._build_description()
         try:
+            if self._count_at_end or self._peek is not None:
+                return self._next_returning()
             return next(self._cur)
         except StopIteration:
             self._active = False
@@ -964,6 +1006,22 @@ class Cursor:
             _raise_translated(exc, None, conn._apsw)
             raise  # unreachable
 
+    def _next_returning(self) -> tuple:
+        """The next row of DML ... RETURNING. sqlite3 steps one row ahead, so its
+        rowcount is counted as soon as the last row has been read: do the same."""
+        row = self._peek
+        if row is None:
+            row = next(self._cur)
+        else:
+            self._peek = None
+        if self._count_at_end:
+            try:
+                self._peek = next(self._cur)
+            except StopIteration:
+                self._count_at_end = False
+                self.rowcount = self._connection._apsw.changes()
+        return row
+
     def fetchone(self) -> Any:
         """The next row, or None when there are no more."""
         self._check()
@@ -973,7 +1031,13 @@ class Cursor:
         conn = self._connection
         if self.row_factory is None and conn.text_factory is str and not conn._detect_types:
             return row
-        return self._convert(row)
+        # Converters and row factories are user code: sqlite3 refuses their re-entering
+        # this cursor (CPython gh-80254).
+        self._locked = True
+        try:
+            return self._convert(row)
+        finally:
+            self._locked = False
 
     def fetchmany(self, size: Optional[int] = None) -> list:
         """Up to ``size`` (default ``arraysize``) next rows."""
@@ -996,7 +1060,8 @@ class Cursor:
         if not self._active:
             return []
         conn = self._connection
-        if self.row_factory is None and conn.text_factory is str and not conn._detect_types:
+        if self.row_factory is None and conn.text_factory is str and not conn._detect_types \
+                and not self._count_at_end and self._peek is None:
             try:
                 rows = list(self._cur)
             except BaseException as exc:  # noqa: BLE001
@@ -1026,6 +1091,8 @@ class Cursor:
     def close(self) -> None:
         """Close the cursor; further use raises ProgrammingError."""
         self._connection._check()
+        if self._locked:
+            raise ProgrammingError("Recursive use of cursors not allowed.")
         if not self._closed:
             if not self._desc_known and self._active:
                 self._build_description()
@@ -1063,6 +1130,12 @@ def _strip_colname(name: str) -> str:
     # With PARSE_COLNAMES the stdlib cuts 'name [type]' at the first ' ['.
     i = name.find(" [")
     return name[:i] if i >= 0 else name
+
+
+def _apply_converter(conv: Callable[[bytes], Any], value: Any) -> Any:
+    data = _as_bytes(value)
+    # sqlite3 reads the value with sqlite3_column_blob, NULL for zero bytes: None.
+    return conv(data) if data else None
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -1232,7 +1305,11 @@ class Connection:
             out = adapter(value)
         else:
             conform = getattr(value, "__conform__", None)
-            out = conform(PrepareProtocol) if conform is not None else None
+            try:
+                out = conform(PrepareProtocol) if conform is not None else None
+            except TypeError:
+                out = None  # sqlite3: a TypeError in __conform__ means "cannot adapt"
+
             if out is None:
                 raise ProgrammingError(
                     f"Error binding parameter {num}: type '{type(value).__name__}' "
@@ -1300,11 +1377,12 @@ class Connection:
             return
         if not isinstance(value, str):
             raise TypeError("isolation_level must be str or None")
-        if value.upper() not in _VALID_ISOLATION_LEVELS:
+        level = str.upper(value)  # not a subclass's upper() (CPython issue 27881)
+        if level not in _VALID_ISOLATION_LEVELS:
             raise ValueError(
                 "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'")
-        self._isolation_level = value.upper()
-        self._begin_sql = "BEGIN " + value.upper()
+        self._isolation_level = level
+        self._begin_sql = "BEGIN " + level
 
     def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
         # Installed as a cursor's exec tracer for one statement: runs after the statement
@@ -1731,13 +1809,14 @@ class Connection:
         Refused on an audited database: it would replace the data and the log unrecorded
         (deserialize into a plain connection, then ``backup(..., restore=True)``)."""
         self._check()
+        data = _contiguous_bytes(data)  # sqlite3's argument errors: TypeError, BufferError
         if self._audit is not None or self._internal_authorizer is not None:
             raise errors.AuditPolicyError(
                 "deserialize() is refused on an audited database: it would replace its data "
                 "and its audit log without an event; deserialize into another connection "
                 "and restore from it with backup(target, restore=True)")
         try:
-            self._apsw.deserialize(name, bytes(data))
+            self._apsw.deserialize(name, data)
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
 
@@ -2079,6 +2158,19 @@ def _contiguous_bytes(data: Any) -> bytes:
     if not view.c_contiguous:
         raise BufferError("underlying buffer is not C-contiguous")
     return view.tobytes()
+
+
+def _module_getattr(name: str) -> Any:
+    """heliosdb's module ``__getattr__``: names sqlite3 still answers with a warning."""
+    import sys
+    import warnings
+
+    if name == "OptimizedUnicode" and sys.version_info < (3, 12):
+        # Deprecated in 3.10, removed in 3.12, as in sqlite3.
+        warnings.warn("OptimizedUnicode is deprecated. Instead, use 'str'.",
+                      DeprecationWarning, stacklevel=2)
+        return str
+    raise AttributeError(f"module 'heliosdb' has no attribute '{name}'")
 
 
 def _shared_memory_uri(uri: str) -> str:
