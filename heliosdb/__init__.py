@@ -12,10 +12,12 @@ tree, ``Row``, adapters and converters are those of ``sqlite3``.
 from __future__ import annotations
 
 import datetime as _datetime
+import sys as _sys
 import time as _time
 
 import apsw as _apsw
 
+from . import dbapi as _dbapi_mod
 from . import native as _native_mod
 from .dbapi import (
     Blob,
@@ -146,6 +148,10 @@ for _name in dir(_apsw):
             continue
         globals()[_name] = getattr(_apsw, _name)
 del _name
+if _sys.version_info >= (3, 12):
+    # Python 3.12's transaction control and getconfig/setconfig verbs.
+    from .dbapi import LEGACY_TRANSACTION_CONTROL  # noqa: E402,F401
+    globals().update(_dbapi_mod.DBCONFIG_CONSTANTS)
 
 
 __all__ = [

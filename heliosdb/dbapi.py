@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import operator
 import re
+import sys
 import threading
 from threading import get_ident as _get_ident
 import time
@@ -50,6 +51,47 @@ PARSE_DECLTYPES = 1
 PARSE_COLNAMES = 2
 
 _VALID_ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+# Python 3.12's transaction control (PEP 249 autocommit): LEGACY_TRANSACTION_CONTROL keeps
+# the isolation_level rules; True is SQLite's autocommit; False keeps a transaction open.
+LEGACY_TRANSACTION_CONTROL = -1
+_HAS_AUTOCOMMIT = sys.version_info >= (3, 12)
+_HAS_DBCONFIG = sys.version_info >= (3, 12)
+# The SQLITE_DBCONFIG_* verbs sqlite3 (3.12+) exports for getconfig/setconfig.
+DBCONFIG_NAMES = (
+    "SQLITE_DBCONFIG_DEFENSIVE", "SQLITE_DBCONFIG_DQS_DDL", "SQLITE_DBCONFIG_DQS_DML",
+    "SQLITE_DBCONFIG_ENABLE_FKEY", "SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER",
+    "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION", "SQLITE_DBCONFIG_ENABLE_QPSG",
+    "SQLITE_DBCONFIG_ENABLE_TRIGGER", "SQLITE_DBCONFIG_ENABLE_VIEW",
+    "SQLITE_DBCONFIG_LEGACY_ALTER_TABLE", "SQLITE_DBCONFIG_LEGACY_FILE_FORMAT",
+    "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", "SQLITE_DBCONFIG_RESET_DATABASE",
+    "SQLITE_DBCONFIG_TRIGGER_EQP", "SQLITE_DBCONFIG_TRUSTED_SCHEMA",
+    "SQLITE_DBCONFIG_WRITABLE_SCHEMA",
+)
+DBCONFIG_CONSTANTS = {n: getattr(apsw, n) for n in DBCONFIG_NAMES if hasattr(apsw, n)}
+_DBCONFIG_OPS = frozenset(DBCONFIG_CONSTANTS.values())
+# On an audited connection, the settings that would weaken the log (docs/THREAT_MODEL.md
+# section 3), with the value that weakens it: setting that value (when it is not already
+# in effect) is refused with AuditPolicyError. DEFENSIVE off re-allows writable_schema and
+# sqlite_dbpage writes; WRITABLE_SCHEMA lets SQL rewrite the schema; an extension or an
+# FTS3 tokenizer pointer runs arbitrary code; TRUSTED_SCHEMA lets schema objects call
+# side-effecting functions; RESET_DATABASE empties the database (and its log).
+_DBCONFIG_WEAKENS = {
+    DBCONFIG_CONSTANTS[n]: weak for n, weak in (
+        ("SQLITE_DBCONFIG_DEFENSIVE", False), ("SQLITE_DBCONFIG_WRITABLE_SCHEMA", True),
+        ("SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION", True),
+        ("SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER", True),
+        ("SQLITE_DBCONFIG_TRUSTED_SCHEMA", True), ("SQLITE_DBCONFIG_RESET_DATABASE", True),
+    ) if n in DBCONFIG_CONSTANTS
+}
+
+
+def _autocommit_mode(value: Any) -> Any:
+    if value is True or value is False:
+        return value
+    if type(value) is int and value == LEGACY_TRANSACTION_CONTROL:
+        return LEGACY_TRANSACTION_CONTROL
+    raise ValueError("autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL")
 _NATIVE_TYPES = (int, float, str, bytes, type(None))
 
 
@@ -132,17 +174,35 @@ def adapt(obj: Any, proto: type = PrepareProtocol, alt: Any = None, /) -> Any:
 
 
 def _register_default_adapters() -> None:
-    # The stdlib registers these (deprecated from 3.12 on, still present).
+    # The stdlib registers these (deprecated from 3.12 on, still present, with a warning).
+    import sys
+    import warnings
+
+    deprecated = sys.version_info >= (3, 12)
+    msg = ("The default {what} is deprecated as of Python 3.12; see the sqlite3 "
+           "documentation for suggested replacement recipes")
+
     def adapt_date(val: datetime.date) -> str:
+        if deprecated:
+            warnings.warn(msg.format(what="date adapter"), DeprecationWarning, stacklevel=2)
         return val.isoformat()
 
     def adapt_datetime(val: datetime.datetime) -> str:
+        if deprecated:
+            warnings.warn(msg.format(what="datetime adapter"), DeprecationWarning,
+                          stacklevel=2)
         return val.isoformat(" ")
 
     def convert_date(val: bytes) -> datetime.date:
+        if deprecated:
+            warnings.warn(msg.format(what="date converter"), DeprecationWarning,
+                          stacklevel=2)
         return datetime.date(*map(int, val.split(b"-")))
 
     def convert_timestamp(val: bytes) -> datetime.datetime:
+        if deprecated:
+            warnings.warn(msg.format(what="timestamp converter"), DeprecationWarning,
+                          stacklevel=2)
         datepart, timepart = val.split(b" ")
         year, month, day = map(int, datepart.split(b"-"))
         timepart_full = timepart.split(b".")
@@ -865,12 +925,14 @@ class Cursor:
         if "\x00" in sql_script:
             raise ValueError("the query contains a null character")
         conn = self._connection
+        legacy = conn._autocommit is not True and conn._autocommit is not False
         if len(sql_script) * 4 > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
             # sqlite3 measures the whole script against SQLITE_LIMIT_SQL_LENGTH.
             if len(sql_script.encode("utf-8")) > conn._apsw.limit(
                     apsw.SQLITE_LIMIT_SQL_LENGTH):
                 raise errors.DataError("query string is too large")
-        conn.commit()
+        if legacy:
+            conn.commit()  # legacy transaction control: sqlite3 commits first
         self._reset()
         self.rowcount = -1
         self._sql = None
@@ -1188,12 +1250,18 @@ class Connection:
     _audit: Any = None
     _check_same_thread = False
     _thread_id = 0
+    _autocommit: Any = LEGACY_TRANSACTION_CONTROL
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
                  factory: Any = None, cached_statements: int = 128, uri: bool = False,
                  *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
-                 audit_context: Optional[Mapping[str, Any]] = None) -> None:
+                 audit_context: Optional[Mapping[str, Any]] = None,
+                 autocommit: Any = LEGACY_TRANSACTION_CONTROL) -> None:
+        if autocommit is not LEGACY_TRANSACTION_CONTROL and not _HAS_AUTOCOMMIT:
+            raise TypeError("Connection() got an unexpected keyword argument 'autocommit' "
+                            "(Python 3.12+)")
+        autocommit = _autocommit_mode(autocommit)
         if self._initialized:
             # sqlite3: __init__ on an open connection lets go of the old database (closed
             # once its last cursor is gone: a cursor still reads its rows) and, if the new
@@ -1243,8 +1311,11 @@ class Connection:
         self._closed = False
         self._database = database
         try:
+            self._autocommit = autocommit
             self._finish_open(timeout, detect_types, isolation_level, cached_statements,
                               audit_user, audit_context)
+            if autocommit is False:
+                self._begin_explicit()  # autocommit=False: a transaction is always open
         except BaseException:
             # Never leave a half-open connection behind: it would keep the file, and an
             # encrypted file's key, registered until a garbage collection.
@@ -1382,7 +1453,9 @@ class Connection:
             raise ValueError(
                 "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'")
         self._isolation_level = level
-        self._begin_sql = "BEGIN " + level
+        # Implicit BEGIN only under the legacy transaction control (3.12's autocommit).
+        legacy = self._autocommit is not True and self._autocommit is not False
+        self._begin_sql = "BEGIN " + level if legacy else None
 
     def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
         # Installed as a cursor's exec tracer for one statement: runs after the statement
@@ -1422,28 +1495,131 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction, if any."""
         self._check()
+        mode = self._autocommit
+        if mode is True:
+            return  # 3.12 autocommit=True: sqlite3's commit() does nothing
         if self._audit is not None:
             self._audit.commit()  # checks for an open transaction under its lock
-            return
-        if self._apsw.get_autocommit():
-            return
-        try:
-            self._apsw.execute("COMMIT")
-        except apsw.Error as exc:
-            raise _translate(self._apsw, exc) from exc
+        elif not self._apsw.get_autocommit():
+            try:
+                self._apsw.execute("COMMIT")
+            except apsw.Error as exc:
+                raise _translate(self._apsw, exc) from exc
+        if mode is False:
+            self._begin_explicit()  # autocommit=False: the next transaction opens now
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
         self._check()
+        mode = self._autocommit
+        if mode is True:
+            return  # 3.12 autocommit=True: sqlite3's rollback() does nothing
         if self._audit is not None:
             self._audit.rollback()  # checks for an open transaction under its lock
-            return
-        if self._apsw.get_autocommit():
+        elif not self._apsw.get_autocommit():
+            try:
+                self._apsw.execute("ROLLBACK")
+            except apsw.Error as exc:
+                raise _translate(self._apsw, exc) from exc
+        if mode is False:
+            self._begin_explicit()  # autocommit=False: the next transaction opens now
+
+    def _begin_explicit(self) -> None:
+        """BEGIN, as 3.12's autocommit=False issues it (not an implicit one)."""
+        if not self._apsw.get_autocommit():
             return
         try:
-            self._apsw.execute("ROLLBACK")
+            self._apsw.execute("BEGIN")
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
+        if self._audit is not None:
+            self._audit.on_begin()
+
+    def _get_autocommit(self) -> Any:
+        """True, False or LEGACY_TRANSACTION_CONTROL (Python 3.12+)."""
+        self._check()
+        return self._autocommit
+
+    def _set_autocommit(self, value: Any) -> None:
+        self._check()
+        mode = _autocommit_mode(value)
+        self._autocommit = mode
+        self._set_isolation_level(self._isolation_level, commit=False)
+        if mode is True and not self._apsw.get_autocommit():
+            if self._audit is not None:
+                self._audit.commit()
+            else:
+                try:
+                    self._apsw.execute("COMMIT")
+                except apsw.Error as exc:
+                    raise _translate(self._apsw, exc) from exc
+        elif mode is False:
+            self._begin_explicit()
+
+    # -- connection configuration (3.12+) --
+    def _dbconfig_op(self, op: Any) -> int:
+        op = operator.index(op)
+        if op not in _DBCONFIG_OPS:
+            raise ValueError(f"unknown config 'op': {op}")
+        return op
+
+    def _getconfig(self, op: int, /) -> bool:
+        """Query a boolean connection configuration option (SQLITE_DBCONFIG_*)."""
+        self._check()
+        op = self._dbconfig_op(op)
+        try:
+            return bool(self._apsw.config(op, -1))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+    def _setconfig(self, op: int, enable: bool = True, /) -> None:
+        """Set a boolean connection configuration option (SQLITE_DBCONFIG_*). On an
+        audited connection, a setting that would weaken the log is refused."""
+        self._check()
+        op = self._dbconfig_op(op)
+        enable = bool(enable)
+        if (self._audit is not None or self._internal_authorizer is not None) \
+                and op in _DBCONFIG_WEAKENS and enable is _DBCONFIG_WEAKENS[op] \
+                and bool(self._apsw.config(op, -1)) is not enable:
+            name = next(n for n, v in DBCONFIG_CONSTANTS.items() if v == op)
+            raise errors.AuditPolicyError(
+                f"setconfig({name}, {enable}) is refused on an audited database: it "
+                "would let the audit log be rewritten or bypassed")
+        try:
+            self._apsw.config(op, int(enable))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+    # -- loadable extensions --
+    def enable_load_extension(self, enable: bool, /) -> None:
+        """Allow or forbid loading SQLite extensions; enabling is refused on an audited
+        database, where an extension could write around the audit log."""
+        self._check()
+        if enable and (self._audit is not None or self._internal_authorizer is not None):
+            raise errors.AuditPolicyError(
+                "enable_load_extension(True) is refused on an audited database: an "
+                "extension's code could change the database and its log unrecorded")
+        try:
+            self._apsw.enable_load_extension(bool(enable))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+    def load_extension(self, name: str, /, *, entrypoint: Optional[str] = None) -> None:
+        """Load a SQLite extension (after ``enable_load_extension(True)``); refused on an
+        audited database."""
+        self._check()
+        if self._audit is not None or self._internal_authorizer is not None:
+            raise errors.AuditPolicyError(
+                "load_extension() is refused on an audited database: an extension's code "
+                "could change the database and its log unrecorded")
+        try:
+            if entrypoint is None:
+                self._apsw.load_extension(name)
+            else:
+                self._apsw.load_extension(name, entrypoint)
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
 
     def __call__(self, *args: Any) -> "Statement":
         """Compile ``sql`` (as sqlite3's undocumented ``con(sql)`` does) and return the
@@ -1920,6 +2096,15 @@ class Connection:
         return f"<heliosdb.Connection {state} database={getattr(self, '_database', '?')!r}>"
 
 
+if _HAS_AUTOCOMMIT:
+    Connection.autocommit = property(  # type: ignore[attr-defined]
+        Connection._get_autocommit, Connection._set_autocommit,
+        doc="True, False or LEGACY_TRANSACTION_CONTROL: how transactions are opened.")
+if _HAS_DBCONFIG:
+    Connection.getconfig = Connection._getconfig  # type: ignore[attr-defined]
+    Connection.setconfig = Connection._setconfig  # type: ignore[attr-defined]
+
+
 class Statement:
     """A compiled statement, as returned by calling a connection (``sqlite3.Statement``);
     it cannot be created directly."""
@@ -2208,7 +2393,8 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
             isolation_level: Optional[str] = "", check_same_thread: bool = True,
             factory: type = Connection, cached_statements: int = 128, uri: bool = False,
             *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
-            audit_context: Optional[Mapping[str, Any]] = None) -> Connection:
+            audit_context: Optional[Mapping[str, Any]] = None,
+            autocommit: Any = LEGACY_TRANSACTION_CONTROL) -> Connection:
     """Open a connection, like ``sqlite3.connect``, optionally encrypted and audited.
 
     ``key`` opens (or creates) an encrypted database: a passphrase ``str``, 32 raw
@@ -2232,4 +2418,9 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
             extra[name] = value
     if factory is not Connection:
         extra["factory"] = factory
+    if autocommit is not LEGACY_TRANSACTION_CONTROL:
+        if not _HAS_AUTOCOMMIT:
+            raise TypeError("connect() got an unexpected keyword argument 'autocommit' "
+                            "(Python 3.12+)")
+        extra["autocommit"] = autocommit
     return cls(database, **extra)
