@@ -152,6 +152,9 @@ if _sys.version_info >= (3, 12):
     # Python 3.12's transaction control and getconfig/setconfig verbs.
     from .dbapi import LEGACY_TRANSACTION_CONTROL  # noqa: E402,F401
     globals().update(_dbapi_mod.DBCONFIG_CONSTANTS)
+    # sqlite3 3.12 deprecates version / version_info: served with a warning by __getattr__.
+    _dbapi_mod.DEPRECATED_MODULE_ATTRS.update(version=version, version_info=version_info)
+    del version, version_info
 
 
 __all__ = [
@@ -169,5 +172,7 @@ __all__ = [
     "rotation_due", "encrypt", "decrypt", "verify_encryption", "new_recovery_key",
     "recovery_key", "Config", "load_config", "enable_callback_tracebacks", "enable_shared_cache", "Blob",
 ]
+if _sys.version_info >= (3, 12):
+    __all__ = [n for n in __all__ if n not in ("version", "version_info")]
 
 from . import dbapi2  # noqa: E402,F401  - `from sqlite3 import dbapi2` style code

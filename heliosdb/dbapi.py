@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import operator
+import os
 import re
 import sys
 import threading
@@ -50,6 +51,8 @@ __all__ = [
 PARSE_DECLTYPES = 1
 PARSE_COLNAMES = 2
 
+# Warnings (3.12+ deprecations) skip heliosdb's own frames, to name the caller's line.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _VALID_ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 
 # Python 3.12's transaction control (PEP 249 autocommit): LEGACY_TRANSACTION_CONTROL keeps
@@ -179,30 +182,28 @@ def _register_default_adapters() -> None:
     import warnings
 
     deprecated = sys.version_info >= (3, 12)
+    kw: dict = {"skip_file_prefixes": (_PACKAGE_DIR,)} if deprecated else {}
     msg = ("The default {what} is deprecated as of Python 3.12; see the sqlite3 "
            "documentation for suggested replacement recipes")
 
     def adapt_date(val: datetime.date) -> str:
         if deprecated:
-            warnings.warn(msg.format(what="date adapter"), DeprecationWarning, stacklevel=2)
+            warnings.warn(msg.format(what="date adapter"), DeprecationWarning, **kw)
         return val.isoformat()
 
     def adapt_datetime(val: datetime.datetime) -> str:
         if deprecated:
-            warnings.warn(msg.format(what="datetime adapter"), DeprecationWarning,
-                          stacklevel=2)
+            warnings.warn(msg.format(what="datetime adapter"), DeprecationWarning, **kw)
         return val.isoformat(" ")
 
     def convert_date(val: bytes) -> datetime.date:
         if deprecated:
-            warnings.warn(msg.format(what="date converter"), DeprecationWarning,
-                          stacklevel=2)
+            warnings.warn(msg.format(what="date converter"), DeprecationWarning, **kw)
         return datetime.date(*map(int, val.split(b"-")))
 
     def convert_timestamp(val: bytes) -> datetime.datetime:
         if deprecated:
-            warnings.warn(msg.format(what="timestamp converter"), DeprecationWarning,
-                          stacklevel=2)
+            warnings.warn(msg.format(what="timestamp converter"), DeprecationWarning, **kw)
         datepart, timepart = val.split(b" ")
         year, month, day = map(int, datepart.split(b"-"))
         timepart_full = timepart.split(b".")
@@ -240,6 +241,59 @@ _MULTI = 2  # more than one statement in the text
 _EMPTY = 4  # only whitespace and comments
 _RETURNING = 8  # DML with a RETURNING clause: yields rows
 _TRAILING = 16  # only space and comments after the statement's ';': run without them
+_NAMED = 32  # 3.12+: has named parameters (bound from a sequence: a DeprecationWarning)
+_WARN_NAMED_SEQUENCE = sys.version_info >= (3, 12)
+_IDENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
+
+def _named_parameters(sql: str) -> list:
+    """[(index, name)] of the named parameters (:a, @a, $a) in ``sql``, numbered as
+    SQLite numbers parameters; quotes, identifiers and comments are skipped."""
+    out: list = []
+    seen: dict = {}
+    top = 0
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"`[":
+            close = "]" if ch == "[" else ch
+            j = sql.find(close, i + 1)
+            while j >= 0 and close != "]" and sql.startswith(close * 2, j):
+                j = sql.find(close, j + 2)  # a doubled quote is part of the text
+            i = n if j < 0 else j + 1
+        elif sql.startswith("--", i) or sql.startswith("/*", i):
+            i = _skip_space_and_comments(sql, i)
+        elif ch == "?":
+            j = i + 1
+            while j < n and sql[j].isdigit():
+                j += 1
+            top = max(top, int(sql[i + 1:j])) if j > i + 1 else top + 1
+            i = j
+        elif ch in ":@$" and i + 1 < n and sql[i + 1] in _IDENT and \
+                (i == 0 or sql[i - 1] not in _IDENT):
+            j = i + 1
+            while j < n and (sql[j] in _IDENT or ord(sql[j]) > 127):
+                j += 1
+            name = sql[i:j]
+            if name not in seen:
+                top += 1
+                seen[name] = top
+                out.append((top, name))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _warn_named_sequence(sql: str) -> None:
+    import warnings
+
+    for index, name in _named_parameters(sql):
+        warnings.warn(
+            f"Binding {index} (\"{name}\") is a named parameter, but you supplied a "
+            "sequence which requires nameless (qmark) placeholders. Starting with Python "
+            "3.14 an sqlite3.ProgrammingError will be raised.",
+            DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
 
 
 def _skip_space_and_comments(sql: str, i: int = 0) -> int:
@@ -289,6 +343,9 @@ def _classify(sql: str) -> int:
                 flags |= _TRAILING
             break
         pos = sql.find(";", pos + 1)
+    if _WARN_NAMED_SEQUENCE and (":" in sql or "@" in sql or "$" in sql) \
+            and _named_parameters(sql):
+        flags |= _NAMED
     return flags
 
 
@@ -788,10 +845,13 @@ class Cursor:
             if not isinstance(sql, str):
                 raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
             flags = conn._stmt_cache.flags(sql)
-        if flags & (_MULTI | _TRAILING):
+        if flags & (_MULTI | _TRAILING | _NAMED):
             if flags & _MULTI:
                 raise ProgrammingError("You can only execute one statement at a time.")
-            sql = _first_statement(sql)
+            if flags & _NAMED and not isinstance(parameters, dict):
+                _warn_named_sequence(sql)
+            if flags & _TRAILING:
+                sql = _first_statement(sql)
         if type(parameters) is tuple and not _base_type_adapted:
             params = parameters
             conn._binding_source = None
@@ -2345,9 +2405,13 @@ def _contiguous_bytes(data: Any) -> bytes:
     return view.tobytes()
 
 
+#: Module attributes sqlite3 deprecates on this Python: served with a DeprecationWarning.
+DEPRECATED_MODULE_ATTRS: dict = {}
+
+
 def _module_getattr(name: str) -> Any:
-    """heliosdb's module ``__getattr__``: names sqlite3 still answers with a warning."""
-    import sys
+    """heliosdb's (and heliosdb.dbapi2's) module ``__getattr__``: names sqlite3 still
+    answers with a warning."""
     import warnings
 
     if name == "OptimizedUnicode" and sys.version_info < (3, 12):
@@ -2355,6 +2419,10 @@ def _module_getattr(name: str) -> Any:
         warnings.warn("OptimizedUnicode is deprecated. Instead, use 'str'.",
                       DeprecationWarning, stacklevel=2)
         return str
+    if name in DEPRECATED_MODULE_ATTRS:
+        warnings.warn(f"{name} is deprecated and will be removed in Python 3.14",
+                      DeprecationWarning, stacklevel=2)
+        return DEPRECATED_MODULE_ATTRS[name]
     raise AttributeError(f"module 'heliosdb' has no attribute '{name}'")
 
 
