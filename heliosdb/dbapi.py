@@ -1681,7 +1681,7 @@ class Connection:
             raise _translate(self._apsw, exc) from exc
 
 
-    def __call__(self, *args: Any) -> "Statement":
+    def __call__(self, *args: Any) -> "Statement":  # shown as (sql, /): see below
         """Compile ``sql`` (as sqlite3's undocumented ``con(sql)`` does) and return the
         prepared statement; errors are those ``execute`` would raise."""
         self._check()
@@ -1918,12 +1918,16 @@ class Connection:
             self._raise_closed()
         self._apsw.interrupt()
 
-    def iterdump(self) -> Iterator[str]:
-        """The database as SQL text, one statement per item (like ``sqlite3.iterdump``)."""
+    def iterdump(self, *, filter: Optional[str] = None) -> Iterator[str]:  # noqa: A002
+        """The database as SQL text, one statement per item (like ``sqlite3.iterdump``);
+        ``filter`` (Python 3.13+) keeps the objects whose name is LIKE it."""
         self._check()
+        if filter is not None:
+            if sys.version_info < (3, 13):
+                raise TypeError("iterdump() got an unexpected keyword argument 'filter'")
         from .dump import iterdump
 
-        return iterdump(self)
+        return iterdump(self, filter)
 
     def backup(self, target: "Connection", *, pages: int = -1,
                progress: Optional[Callable[[int, int, int], Any]] = None,
@@ -2138,6 +2142,11 @@ class Connection:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True) and self._apsw is not None:
+            if sys.version_info >= (3, 13):
+                import warnings
+
+                warnings.warn(f"unclosed database in {self!r}", ResourceWarning,
+                              source=self)
             audit = getattr(self, "_audit", None)
             if audit is not None:
                 # Dropped without close(): roll back as close() would, so that denied and
@@ -2155,6 +2164,55 @@ class Connection:
         state = "closed" if self._closed else "open"
         return f"<heliosdb.Connection {state} database={getattr(self, '_database', '?')!r}>"
 
+
+def _call_signature() -> Any:
+    import inspect
+
+    p = inspect.Parameter
+    return inspect.Signature([p("self", p.POSITIONAL_ONLY), p("sql", p.POSITIONAL_ONLY)])
+
+
+# sqlite3's signature: Connection(sql, /). (heliosdb checks for a closed connection before
+# the argument count, as sqlite3 does, so the function itself takes *args.)
+Connection.__call__.__signature__ = _call_signature()  # type: ignore[attr-defined]
+
+
+def _keywords_deprecated(method: str, names: tuple) -> Callable[[Any], Any]:
+    """Python 3.13: passing these parameters by keyword is deprecated (positional-only in
+    3.15); sqlite3's warning, naming the caller's line."""
+    import functools
+
+    if len(names) == 1:
+        msg = (f"Passing keyword argument {names[0]!r} to _sqlite3.Connection.{method}() "
+               f"is deprecated. Parameter {names[0]!r} will become positional-only in "
+               "Python 3.15.")
+    else:
+        listed = ", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
+        msg = (f"Passing keyword arguments {listed} to _sqlite3.Connection.{method}() is "
+               f"deprecated. Parameters {listed} will become positional-only in Python 3.15.")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if kwargs and any(n in kwargs for n in names):
+                import warnings
+
+                warnings.warn(msg, DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    return decorate
+
+
+if sys.version_info >= (3, 13):
+    for _method, _names in (("create_function", ("name", "narg", "func")),
+                            ("create_aggregate", ("name", "n_arg", "aggregate_class")),
+                            ("set_authorizer", ("authorizer_callback",)),
+                            ("set_progress_handler", ("progress_handler",)),
+                            ("set_trace_callback", ("trace_callback",))):
+        setattr(Connection, _method,
+                _keywords_deprecated(_method, _names)(getattr(Connection, _method)))
+    del _method, _names
 
 if _HAS_AUTOCOMMIT:
     Connection.autocommit = property(  # type: ignore[attr-defined]
@@ -2492,3 +2550,48 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
                             "(Python 3.12+)")
         extra["autocommit"] = autocommit
     return cls(database, **extra)
+
+
+if sys.version_info >= (3, 13):
+    def _deprecate_positional_connect(fn: Callable[..., Connection]) -> Callable[..., Connection]:
+        import functools
+
+        @functools.wraps(fn)
+        def connect(database: Any, *args: Any, **kwargs: Any) -> Connection:
+            if args:
+                import warnings
+
+                warnings.warn(
+                    "Passing more than 1 positional argument to sqlite3.connect() is "
+                    "deprecated. Parameters 'timeout', 'detect_types', 'isolation_level', "
+                    "'check_same_thread', 'factory', 'cached_statements' and 'uri' will "
+                    "become keyword-only parameters in Python 3.15.",
+                    DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+                # As sqlite3, the factory gets the arguments as they were given.
+                factory = args[4] if len(args) > 4 else kwargs.get("factory", Connection)
+                return (factory or Connection)(database, *args, **kwargs)
+            return fn(database, **kwargs)
+
+        return connect
+
+    connect = _deprecate_positional_connect(connect)  # noqa: F811
+
+    def _deprecate_positional_init(fn: Callable[..., None]) -> Callable[..., None]:
+        import functools
+
+        @functools.wraps(fn)
+        def __init__(self: Connection, database: Any, *args: Any, **kwargs: Any) -> None:
+            if args:
+                import warnings
+
+                warnings.warn(
+                    "Passing more than 1 positional argument to _sqlite3.Connection() is "
+                    "deprecated. Parameters 'timeout', 'detect_types', 'isolation_level', "
+                    "'check_same_thread', 'factory', 'cached_statements' and 'uri' will "
+                    "become keyword-only parameters in Python 3.15.",
+                    DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+            fn(self, database, *args, **kwargs)
+
+        return __init__
+
+    Connection.__init__ = _deprecate_positional_init(Connection.__init__)  # type: ignore

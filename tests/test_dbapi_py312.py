@@ -125,3 +125,34 @@ def test_no_autocommit_before_312(tmp_path):
     assert not hasattr(heliosdb, "LEGACY_TRANSACTION_CONTROL")
     with pytest.raises(TypeError):
         heliosdb.connect(":memory:", autocommit=True)
+
+
+py313 = pytest.mark.skipif(sys.version_info < (3, 13), reason="sqlite3 3.13+ API")
+
+
+def _py313(mod, path):
+    import warnings
+
+    con = mod.connect(":memory:")
+    con.executescript("""
+        create table some_table_2(id_1 integer); insert into some_table_2 values (3);
+        create table test_table_1(id_2 integer); insert into test_table_1 values (1);
+        create view view_1 as select * from some_table_2;
+        create table p(id integer primary key); create table c(pid references p(id));
+        insert into c values (7);
+        """)
+    out = [list(con.iterdump(filter="%_1")), list(con.iterdump())[:2]]
+    out.append(attempt(mod, lambda: list(con.iterdump(filter=1)), message=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        con.create_function("f", 0, func=lambda: 1)
+        con.set_trace_callback(trace_callback=None)
+        mod.connect(":memory:", 1.0).close()
+    out.append([(w.category.__name__, str(w.message).split(" is deprecated")[0],
+                 w.filename == __file__) for w in caught])
+    return out
+
+
+@py313
+def test_python_313_changes(mod, tmp_path):
+    same(_py313, mod, tmp_path)
