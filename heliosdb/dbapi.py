@@ -874,7 +874,7 @@ class Cursor:
         if begin:
             # Like sqlite3, BEGIN only once the statement is prepared: a statement that
             # fails to compile (syntax, missing table, locked schema) opens no transaction.
-            self._cur.exec_trace = conn._begin_trace
+            self._cur.exec_trace = conn._begin_tracer
         try:
             self._cur.execute(sql, params, can_cache=True)
         except BaseException as exc:  # noqa: BLE001
@@ -939,7 +939,7 @@ class Cursor:
                                                    begin=conn._begin_sql is not None)
         else:
             if begin:
-                self._cur.exec_trace = conn._begin_trace
+                self._cur.exec_trace = conn._begin_tracer
             try:
                 for _ in self._cur.executemany(sql, params_iter, can_cache=True):
                     pass
@@ -1398,6 +1398,10 @@ class Connection:
         self._begin_sql: Optional[str] = None
         self._isolation_level: Optional[str] = None
         self._set_isolation_level(isolation_level, commit=False)
+        # One bound method, held here: the tracer replaces itself while APSW runs it, and
+        # APSW (3.54) frees a tracer replaced during its own call that then raises (a BEGIN
+        # interrupted by the progress handler crashed the process): keep it alive.
+        self._begin_tracer = self._begin_trace
         self._stmt_cache = _StatementCache(int(cached_statements))
         self._stmt_flags = self._stmt_cache.data
         self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
