@@ -2493,20 +2493,31 @@ def _shared_memory_uri(uri: str) -> str:
 
     APSW's SQLite is built without shared cache, so ``file:x?mode=memory&cache=shared``
     would give each connection its own empty database; ``memdb`` gives the sharing
-    sqlite3 users rely on (several connections, one in-memory database).
+    sqlite3 users rely on (several connections, one in-memory database). The URI is read
+    by SQLite's own rules (:func:`heliosdb.crypto.uri.parse_filename`: percent-decoding,
+    the last ``mode``/``cache`` wins, ``#`` ends it), so this agrees with what SQLite
+    would have opened; a URI SQLite refuses is left for SQLite to refuse.
     """
-    if not uri.startswith("file:") or "?" not in uri:
-        return uri
-    from urllib.parse import parse_qsl, urlencode
+    from urllib.parse import quote
 
-    path, _, query = uri[5:].partition("?")
-    params = parse_qsl(query, keep_blank_values=True)
-    keys = {k: v for k, v in params}
-    if keys.get("mode") != "memory" or keys.get("cache") != "shared":
+    from .crypto import uri as sqlite_uri
+
+    flags = sqlite_uri.OPEN_READWRITE | sqlite_uri.OPEN_CREATE | sqlite_uri.OPEN_URI
+    try:
+        target = sqlite_uri.parse_filename(uri, flags)
+    except sqlite_uri.UriError:
         return uri
-    rest = [(k, v) for k, v in params if k not in ("mode", "cache", "vfs")]
+    if not target.is_uri or not target.flags & sqlite_uri.OPEN_MEMORY \
+            or not target.flags & sqlite_uri.OPEN_SHAREDCACHE:
+        return uri
+    # The decoded path: the same parser on the part before the query.
+    end = min((i for i in (uri.find("?"), uri.find("#")) if i >= 0), default=len(uri))
+    path = sqlite_uri.parse_filename(uri[:end], flags).path or ""
     name = path.lstrip("/") or "memdb"
-    return f"file:/{name}?" + urlencode(rest + [("vfs", "memdb")])
+    rest = [(k, v) for k, v in target.params if k not in ("mode", "cache", "vfs")]
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
+                     for k, v in rest + [("vfs", "memdb")])
+    return f"file:/{quote(name, safe='/')}?{query}"
 
 
 def _fspath(database: Any) -> str:

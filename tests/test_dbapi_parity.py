@@ -117,3 +117,36 @@ def _blob_protocol(mod, path):
 
 def test_blob_protocol(mod, tmp_path):
     same(_blob_protocol, mod, tmp_path)
+
+
+def test_shared_memory_uri_reads_uris_as_sqlite_does():
+    # heliosdb maps shared-cache memory URIs onto the memdb VFS; it must read the URI by
+    # SQLite's rules (heliosdb.crypto.uri), not by a web form's (parse_qsl).
+    from heliosdb.dbapi import _shared_memory_uri as mapped
+
+    assert mapped("file:m1?mode=memory&cache=shared") == "file:/m1?vfs=memdb"
+    # the last mode / cache wins, as in SQLite
+    assert mapped("file:m1?mode=memory&cache=shared&mode=rwc") == \
+        "file:m1?mode=memory&cache=shared&mode=rwc"
+    assert mapped("file:m1?mode=rwc&cache=shared&mode=memory") == "file:/m1?vfs=memdb"
+    assert mapped("file:m1?cache=shared&mode=memory&cache=private").endswith("cache=private")
+    # '+' is not a space in SQLite; '#' ends the URI; %HH is decoded in the path
+    assert mapped("file:m%20x?mode=memory&cache=shared&k=1+2#f=1") == \
+        "file:/m%20x?k=1%2B2&vfs=memdb"
+    # a URI SQLite itself refuses is left for SQLite to refuse
+    assert mapped("file://host/m?mode=memory&cache=shared") == \
+        "file://host/m?mode=memory&cache=shared"
+
+
+def test_shared_memory_uri_shares_one_database():
+    import heliosdb
+
+    uri = "file:shared%20one?cache=shared&mode=memory#fragment"
+    a = heliosdb.connect(uri, uri=True)
+    b = heliosdb.connect(uri, uri=True)
+    a.execute("create table t(x)")
+    a.execute("insert into t values (1)")
+    a.commit()
+    assert b.execute("select x from t").fetchall() == [(1,)]
+    a.close()
+    b.close()
