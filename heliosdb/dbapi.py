@@ -857,33 +857,70 @@ class Cursor:
             conn._binding_source = None
         else:
             params = self._prepare_params(parameters)
-        self._active = False
-        self._desc = None
-        self._converters = None
-        self._count_at_end = False
-        self.rowcount = -1
         self._sql = sql
         self._params = params
         db = conn._apsw
         if conn._audit is not None:
+            self._active = False
+            self._desc = None
+            self._converters = None
+            self._count_at_end = False
+            self.rowcount = -1
             # The audit session decides on BEGIN under its lock (threads sharing the
             # connection).
             return conn._audit.execute(self, sql, params, flags,
                                        begin=bool(flags & _DML) and conn._begin_sql is not None)
-        begin = flags & _DML and conn._begin_sql is not None and db.get_autocommit()
-        if begin:
+        # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
+        # after the statement ran, or reset by _failed() when it did not.)
+        if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
             # Like sqlite3, BEGIN only once the statement is prepared: a statement that
             # fails to compile (syntax, missing table, locked schema) opens no transaction.
-            self._cur.exec_trace = conn._begin_tracer
-        try:
-            self._cur.execute(sql, params, can_cache=True)
-        except BaseException as exc:  # noqa: BLE001
-            _raise_sql_error(conn, exc, sql)
-        finally:
-            if begin:
-                self._cur.exec_trace = None
-        self._after_execute(flags)
+            cur = self._cur
+            cur.exec_trace = conn._begin_tracer
+            try:
+                cur.execute(sql, params)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed()
+                _raise_sql_error(conn, exc, sql)
+            finally:
+                cur.exec_trace = None
+        else:
+            try:
+                self._cur.execute(sql, params)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed()
+                _raise_sql_error(conn, exc, sql)
+        # _after_execute(flags), inlined.
+        if flags & _DML:
+            if flags & _RETURNING:
+                self.rowcount = 0
+                self._count_at_end = True
+                self._rows_kind = True
+            else:
+                self.rowcount = db.changes()
+                self._count_at_end = False
+                self._rows_kind = False
+        else:
+            self.rowcount = -1
+            self._count_at_end = False
+            self._rows_kind = not (flags & _EMPTY)
+        self._desc = None
+        self._converters = None
+        self._peek = None
+        self._active = True
+        self._desc_known = False
+        self.lastrowid = db.last_insert_rowid()
         return self
+
+    def _failed(self) -> None:
+        """The state after a statement that did not run (or failed while running)."""
+        self._active = False
+        self._desc = None
+        self._desc_known = True
+        self._converters = None
+        self._count_at_end = False
+        self._peek = None
+        self.rowcount = -1
 
     def _after_execute(self, flags: int) -> None:
         """Record rowcount, lastrowid and result state after a statement ran (used by
@@ -1146,7 +1183,26 @@ class Cursor:
 
     def fetchone(self) -> Any:
         """The next row, or None when there are no more."""
-        self._check()
+        conn = self._connection
+        # The hot path (plain rows): _check() and _next_raw() inlined.
+        if self._locked or self._closed or conn._closed or (
+                conn._check_same_thread and _get_ident() != conn._thread_id):
+            self._check()
+        if not self._active:
+            return None
+        if self.row_factory is None and not conn._detect_types and conn.text_factory is str \
+                and not self._count_at_end and self._peek is None:
+            try:
+                return next(self._cur)
+            except StopIteration:
+                self._active = False
+                return None
+            except BaseException as exc:  # noqa: BLE001
+                self._active = False
+                _raise_translated(exc, None, conn._apsw)
+        return self._fetchone()
+
+    def _fetchone(self) -> Any:
         row = self._next_raw()
         if row is None:
             return None
@@ -1230,6 +1286,9 @@ class Cursor:
 
     def setoutputsize(self, size: Any, column: Any = None, /) -> None:
         """Required by PEP 249; does nothing."""
+
+
+_new_cursor = object.__new__
 
 
 class _UninitialisedCursorConnection:
@@ -1726,7 +1785,15 @@ class Connection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        return Cursor(self).execute(sql, parameters)
+        if self._closed:
+            self._raise_closed()
+        # Cursor(self) without its __init__ frame (DESIGN.md 1: per-statement cost).
+        cur = _new_cursor(Cursor)
+        cur._connection = self
+        cur._cur = self._apsw.cursor()
+        if self.row_factory is not None:
+            cur.row_factory = self.row_factory
+        return cur.execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""
