@@ -799,6 +799,8 @@ class Cursor:
         """Validate parameters the way sqlite3 does and apply base-type adapters."""
         conn = self._connection
         conn._binding_source = None
+        if type(parameters) is tuple and not _base_type_adapted:
+            return parameters  # the common case first (executemany calls this per row)
         if parameters is None or parameters == ():
             return parameters
         if isinstance(parameters, (tuple, list)):
@@ -969,7 +971,14 @@ class Cursor:
         self._sql = sql
         db = conn._apsw
         begin = conn._begin_sql is not None and db.get_autocommit()
-        params_iter = (self._prepare_params(p) for p in seq_of_parameters)
+        if type(seq_of_parameters) in (list, tuple) and not _base_type_adapted \
+                and set(map(type, seq_of_parameters)) <= {tuple}:
+            # Tuples of parameters need no preparation: APSW binds them as they are, with no
+            # Python frame per row (DESIGN.md 1). (A list iterator tolerates mutation.)
+            conn._binding_source = None
+            params_iter: Any = seq_of_parameters
+        else:
+            params_iter = map(self._prepare_params, seq_of_parameters)
         before = db.total_changes()
         if conn._audit is not None:
             audited_rows = conn._audit.executemany(self, sql, params_iter, flags,
