@@ -21,6 +21,7 @@ no work that its statement does not need.
 from __future__ import annotations
 
 import datetime
+import functools
 import operator
 import os
 import re
@@ -349,6 +350,7 @@ def _classify(sql: str) -> int:
     return flags
 
 
+@functools.lru_cache(maxsize=256)  # SQL written as '...;\n' takes this path every time
 def _first_statement(sql: str) -> str:
     """``sql`` up to the ';' that completes its one statement (the rest is space and
     comments, which sqlite3 ignores; an unclosed '/*' there would not compile)."""

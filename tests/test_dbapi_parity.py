@@ -6,7 +6,14 @@ from __future__ import annotations
 import collections.abc
 import sys
 
+import pytest
+
 from dbapi_helpers import attempt, mod, same  # noqa: F401 - `mod` is a fixture
+
+# These observations follow sqlite3 3.11+ (Blob, messages, Statement); heliosdb does not
+# model 3.10's sqlite3 yet (issue 17: 3.10 parity is open, `make test-pythons` shows it).
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 11),
+                                reason="sqlite3 3.11+ behaviour; 3.10 parity not done")
 
 
 def _statements(mod, path):
