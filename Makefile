@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/*.py)
 
-.PHONY: demo test stress bench bench-quick install check-headers clean
+.PHONY: demo test stress bench bench-quick install check-headers clean test-pythons
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	@$(MAKE) --no-print-directory check-headers
@@ -48,3 +48,26 @@ clean:
 # HELIOSDB_REQUIRE_NATIVE=1 makes a compile error fail loudly instead of being skipped.
 native: $(STAMP)
 	HELIOSDB_REQUIRE_NATIVE=1 $(BIN)/python setup.py -q build_ext --inplace
+
+# The suite on every supported interpreter pyenv holds (3.10-3.13), each in its own venv
+# under build/pythons/ (CPython's own test_sqlite3 runs in each: tests/cpython). Says which
+# ran and which were not found; fails if any that ran failed. Not part of `make test`.
+PYENV_ROOT ?= $(HOME)/.pyenv
+SUPPORTED_PYTHONS ?= 3.10 3.11 3.12 3.13
+test-pythons:
+	@ran=""; missing=""; failed=""; \
+	for minor in $(SUPPORTED_PYTHONS); do \
+	  py=$$(ls -d $(PYENV_ROOT)/versions/$$minor.* 2>/dev/null | sort -V | tail -1); \
+	  if [ -z "$$py" ] || [ ! -x "$$py/bin/python" ]; then missing="$$missing $$minor"; continue; fi; \
+	  venv=build/pythons/$$minor; \
+	  echo "=== Python $$minor ($$py)"; \
+	  if [ ! -x $$venv/bin/python ] || [ pyproject.toml -nt $$venv/.installed ] || [ setup.py -nt $$venv/.installed ]; then \
+	    $$py/bin/python -m venv $$venv && $$venv/bin/python -m pip install -q --upgrade pip \
+	      && $$venv/bin/python -m pip install -q -e '.[test]' && touch $$venv/.installed \
+	      || { failed="$$failed $$minor(install)"; continue; }; \
+	  fi; \
+	  $$venv/bin/python -m pytest -q -m "not slow" -p no:cacheprovider \
+	    && ran="$$ran $$minor" || failed="$$failed $$minor"; \
+	done; \
+	echo "test-pythons: passed:$${ran:- none}; failed:$${failed:- none}; not installed:$${missing:- none}"; \
+	test -z "$$failed"

@@ -12,10 +12,12 @@ tree, ``Row``, adapters and converters are those of ``sqlite3``.
 from __future__ import annotations
 
 import datetime as _datetime
+import sys as _sys
 import time as _time
 
 import apsw as _apsw
 
+from . import dbapi as _dbapi_mod
 from . import native as _native_mod
 from .dbapi import (
     Blob,
@@ -30,6 +32,8 @@ from .dbapi import (
     complete_statement,
     connect,
     converters,
+    enable_callback_tracebacks,
+    _module_getattr as __getattr__,
     register_adapter,
     register_converter,
 )
@@ -120,15 +124,6 @@ def TimestampFromTicks(ticks: float) -> _datetime.datetime:
     return Timestamp(*_time.localtime(ticks)[:6])
 
 
-_callback_tracebacks = False
-
-
-def enable_callback_tracebacks(flag: bool, /) -> None:
-    """Print tracebacks of exceptions raised in user callbacks (as sqlite3 does)."""
-    global _callback_tracebacks
-    _callback_tracebacks = bool(flag)
-
-
 def enable_shared_cache(enable: bool, /) -> None:
     """Deprecated in sqlite3; APSW's SQLite is built without shared cache, so this is
     refused rather than silently ignored."""
@@ -155,6 +150,13 @@ for _name in dir(_apsw):
             continue
         globals()[_name] = getattr(_apsw, _name)
 del _name
+if _sys.version_info >= (3, 12):
+    # Python 3.12's transaction control and getconfig/setconfig verbs.
+    from .dbapi import LEGACY_TRANSACTION_CONTROL  # noqa: E402,F401
+    globals().update(_dbapi_mod.DBCONFIG_CONSTANTS)
+    # sqlite3 3.12 deprecates version / version_info: served with a warning by __getattr__.
+    _dbapi_mod.DEPRECATED_MODULE_ATTRS.update(version=version, version_info=version_info)
+    del version, version_info
 
 
 __all__ = [
@@ -172,6 +174,8 @@ __all__ = [
     "rotation_due", "encrypt", "decrypt", "verify_encryption", "new_recovery_key",
     "recovery_key", "Config", "load_config", "enable_callback_tracebacks", "enable_shared_cache", "Blob",
 ]
+if _sys.version_info >= (3, 12):
+    __all__ = [n for n in __all__ if n not in ("version", "version_info")]
 
 from . import dbapi2  # noqa: E402,F401  - `from sqlite3 import dbapi2` style code
 

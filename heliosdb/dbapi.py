@@ -21,12 +21,16 @@ no work that its statement does not need.
 from __future__ import annotations
 
 import datetime
+import functools
+import operator
+import os
 import re
+import sys
 import threading
 from threading import get_ident as _get_ident
 import time
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import apsw
 
@@ -48,7 +52,50 @@ __all__ = [
 PARSE_DECLTYPES = 1
 PARSE_COLNAMES = 2
 
+# Warnings (3.12+ deprecations) skip heliosdb's own frames, to name the caller's line.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _VALID_ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+# Python 3.12's transaction control (PEP 249 autocommit): LEGACY_TRANSACTION_CONTROL keeps
+# the isolation_level rules; True is SQLite's autocommit; False keeps a transaction open.
+LEGACY_TRANSACTION_CONTROL = -1
+_HAS_AUTOCOMMIT = sys.version_info >= (3, 12)
+_HAS_DBCONFIG = sys.version_info >= (3, 12)
+# The SQLITE_DBCONFIG_* verbs sqlite3 (3.12+) exports for getconfig/setconfig.
+DBCONFIG_NAMES = (
+    "SQLITE_DBCONFIG_DEFENSIVE", "SQLITE_DBCONFIG_DQS_DDL", "SQLITE_DBCONFIG_DQS_DML",
+    "SQLITE_DBCONFIG_ENABLE_FKEY", "SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER",
+    "SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION", "SQLITE_DBCONFIG_ENABLE_QPSG",
+    "SQLITE_DBCONFIG_ENABLE_TRIGGER", "SQLITE_DBCONFIG_ENABLE_VIEW",
+    "SQLITE_DBCONFIG_LEGACY_ALTER_TABLE", "SQLITE_DBCONFIG_LEGACY_FILE_FORMAT",
+    "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", "SQLITE_DBCONFIG_RESET_DATABASE",
+    "SQLITE_DBCONFIG_TRIGGER_EQP", "SQLITE_DBCONFIG_TRUSTED_SCHEMA",
+    "SQLITE_DBCONFIG_WRITABLE_SCHEMA",
+)
+DBCONFIG_CONSTANTS = {n: getattr(apsw, n) for n in DBCONFIG_NAMES if hasattr(apsw, n)}
+_DBCONFIG_OPS = frozenset(DBCONFIG_CONSTANTS.values())
+# On an audited connection, the settings that would weaken the log (docs/THREAT_MODEL.md
+# section 3), with the value that weakens it: setting that value (when it is not already
+# in effect) is refused with AuditPolicyError. DEFENSIVE off re-allows writable_schema and
+# sqlite_dbpage writes; WRITABLE_SCHEMA lets SQL rewrite the schema; an extension or an
+# FTS3 tokenizer pointer runs arbitrary code; TRUSTED_SCHEMA lets schema objects call
+# side-effecting functions; RESET_DATABASE empties the database (and its log).
+_DBCONFIG_WEAKENS = {
+    DBCONFIG_CONSTANTS[n]: weak for n, weak in (
+        ("SQLITE_DBCONFIG_DEFENSIVE", False), ("SQLITE_DBCONFIG_WRITABLE_SCHEMA", True),
+        ("SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION", True),
+        ("SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER", True),
+        ("SQLITE_DBCONFIG_TRUSTED_SCHEMA", True), ("SQLITE_DBCONFIG_RESET_DATABASE", True),
+    ) if n in DBCONFIG_CONSTANTS
+}
+
+
+def _autocommit_mode(value: Any) -> Any:
+    if value is True or value is False:
+        return value
+    if type(value) is int and value == LEGACY_TRANSACTION_CONTROL:
+        return LEGACY_TRANSACTION_CONTROL
+    raise ValueError("autocommit must be True, False, or sqlite3.LEGACY_TRANSACTION_CONTROL")
 _NATIVE_TYPES = (int, float, str, bytes, type(None))
 
 
@@ -131,17 +178,33 @@ def adapt(obj: Any, proto: type = PrepareProtocol, alt: Any = None, /) -> Any:
 
 
 def _register_default_adapters() -> None:
-    # The stdlib registers these (deprecated from 3.12 on, still present).
+    # The stdlib registers these (deprecated from 3.12 on, still present, with a warning).
+    import sys
+    import warnings
+
+    deprecated = sys.version_info >= (3, 12)
+    kw: dict = {"skip_file_prefixes": (_PACKAGE_DIR,)} if deprecated else {}
+    msg = ("The default {what} is deprecated as of Python 3.12; see the sqlite3 "
+           "documentation for suggested replacement recipes")
+
     def adapt_date(val: datetime.date) -> str:
+        if deprecated:
+            warnings.warn(msg.format(what="date adapter"), DeprecationWarning, **kw)
         return val.isoformat()
 
     def adapt_datetime(val: datetime.datetime) -> str:
+        if deprecated:
+            warnings.warn(msg.format(what="datetime adapter"), DeprecationWarning, **kw)
         return val.isoformat(" ")
 
     def convert_date(val: bytes) -> datetime.date:
+        if deprecated:
+            warnings.warn(msg.format(what="date converter"), DeprecationWarning, **kw)
         return datetime.date(*map(int, val.split(b"-")))
 
     def convert_timestamp(val: bytes) -> datetime.datetime:
+        if deprecated:
+            warnings.warn(msg.format(what="timestamp converter"), DeprecationWarning, **kw)
         datepart, timepart = val.split(b" ")
         year, month, day = map(int, datepart.split(b"-"))
         timepart_full = timepart.split(b".")
@@ -178,6 +241,60 @@ _DML = 1  # INSERT / UPDATE / DELETE / REPLACE: implicit BEGIN, rowcount counted
 _MULTI = 2  # more than one statement in the text
 _EMPTY = 4  # only whitespace and comments
 _RETURNING = 8  # DML with a RETURNING clause: yields rows
+_TRAILING = 16  # only space and comments after the statement's ';': run without them
+_NAMED = 32  # 3.12+: has named parameters (bound from a sequence: a DeprecationWarning)
+_WARN_NAMED_SEQUENCE = sys.version_info >= (3, 12)
+_IDENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
+
+def _named_parameters(sql: str) -> list:
+    """[(index, name)] of the named parameters (:a, @a, $a) in ``sql``, numbered as
+    SQLite numbers parameters; quotes, identifiers and comments are skipped."""
+    out: list = []
+    seen: dict = {}
+    top = 0
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"`[":
+            close = "]" if ch == "[" else ch
+            j = sql.find(close, i + 1)
+            while j >= 0 and close != "]" and sql.startswith(close * 2, j):
+                j = sql.find(close, j + 2)  # a doubled quote is part of the text
+            i = n if j < 0 else j + 1
+        elif sql.startswith("--", i) or sql.startswith("/*", i):
+            i = _skip_space_and_comments(sql, i)
+        elif ch == "?":
+            j = i + 1
+            while j < n and sql[j].isdigit():
+                j += 1
+            top = max(top, int(sql[i + 1:j])) if j > i + 1 else top + 1
+            i = j
+        elif ch in ":@$" and i + 1 < n and sql[i + 1] in _IDENT and \
+                (i == 0 or sql[i - 1] not in _IDENT):
+            j = i + 1
+            while j < n and (sql[j] in _IDENT or ord(sql[j]) > 127):
+                j += 1
+            name = sql[i:j]
+            if name not in seen:
+                top += 1
+                seen[name] = top
+                out.append((top, name))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def _warn_named_sequence(sql: str) -> None:
+    import warnings
+
+    for index, name in _named_parameters(sql):
+        warnings.warn(
+            f"Binding {index} (\"{name}\") is a named parameter, but you supplied a "
+            "sequence which requires nameless (qmark) placeholders. Starting with Python "
+            "3.14 an sqlite3.ProgrammingError will be raised.",
+            DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
 
 
 def _skip_space_and_comments(sql: str, i: int = 0) -> int:
@@ -197,9 +314,17 @@ def _skip_space_and_comments(sql: str, i: int = 0) -> int:
     return i
 
 
+def _skip_empty_statements(sql: str, i: int = 0) -> int:
+    # SQLite's parser skips empty statements (';' alone): "; begin" is BEGIN.
+    i = _skip_space_and_comments(sql, i)
+    while i < len(sql) and sql[i] == ";":
+        i = _skip_space_and_comments(sql, i + 1)
+    return i
+
+
 def _classify(sql: str) -> int:
     flags = 0
-    start = _skip_space_and_comments(sql, 0)
+    start = _skip_empty_statements(sql, 0)
     if start >= len(sql):
         return _EMPTY
     head = sql[start:start + 7].upper()
@@ -212,11 +337,27 @@ def _classify(sql: str) -> int:
     pos = sql.find(";", start)
     while pos >= 0:
         if apsw.complete(sql[: pos + 1]):
+            # After it, sqlite3 allows only space and comments (not another ';').
             if _skip_space_and_comments(sql, pos + 1) < len(sql):
                 flags |= _MULTI
+            elif pos + 1 < len(sql):
+                flags |= _TRAILING
             break
         pos = sql.find(";", pos + 1)
+    if _WARN_NAMED_SEQUENCE and (":" in sql or "@" in sql or "$" in sql) \
+            and _named_parameters(sql):
+        flags |= _NAMED
     return flags
+
+
+@functools.lru_cache(maxsize=256)  # SQL written as '...;\n' takes this path every time
+def _first_statement(sql: str) -> str:
+    """``sql`` up to the ';' that completes its one statement (the rest is space and
+    comments, which sqlite3 ignores; an unclosed '/*' there would not compile)."""
+    pos = sql.find(";", _skip_empty_statements(sql, 0))
+    while not apsw.complete(sql[: pos + 1]):
+        pos = sql.find(";", pos + 1)
+    return sql[: pos + 1]
 
 
 def split_statements(script: str) -> list[str]:
@@ -267,74 +408,193 @@ class _StatementCache:
 
 # --- errors raised inside user callbacks ------------------------------------------------
 
+_callback_tracebacks = False
+_UnraisableHookArgs: Any = None
+
+
+def enable_callback_tracebacks(flag: bool, /) -> None:
+    """Report exceptions raised in user callbacks to ``sys.unraisablehook`` (whose default
+    prints the traceback), as sqlite3 does; off by default."""
+    global _callback_tracebacks
+    _callback_tracebacks = bool(flag)
+
+
+def _unraisable(obj: Any, exc: BaseException) -> None:
+    """What sqlite3's ``print_or_clear_traceback`` does: when tracebacks are enabled, pass
+    ``sys.unraisablehook`` the exception and the callable it came from."""
+    if not _callback_tracebacks:
+        return
+    import sys
+
+    global _UnraisableHookArgs
+    if _UnraisableHookArgs is None:
+        # The hook's argument type is not exposed: learn it from one unraisable exception.
+        seen: list = []
+        old = sys.unraisablehook
+
+        class _Probe:
+            def __del__(self) -> None:
+                raise RuntimeError
+
+        sys.unraisablehook = seen.append
+        try:
+            _Probe()
+        finally:
+            sys.unraisablehook = old
+        _UnraisableHookArgs = type(seen[0])
+    sys.unraisablehook(_UnraisableHookArgs(
+        (type(exc), exc, exc.__traceback__, None, obj)))
+
 
 class _CallbackFailed(Exception):
-    """Raised out of a user function/aggregate so that execute() reports it as sqlite3 does."""
+    """Raised out of a user callback so that execute() reports it as sqlite3 does: an
+    ``OperationalError`` with sqlite3's message, ``MemoryError`` for a MemoryError and
+    ``DataError`` ('string or blob too big') for an OverflowError."""
+
+    def __init__(self, message: str, error: Any = None) -> None:
+        super().__init__(message)
+        self.error = error or OperationalError
+
+
+def _callback_error(obj: Any, exc: BaseException, message: str) -> _CallbackFailed:
+    """Report ``exc`` (raised by the user callable ``obj``) and the error to raise."""
+    _unraisable(obj, exc)
+    if isinstance(exc, MemoryError):
+        return _CallbackFailed("", MemoryError)
+    if isinstance(exc, OverflowError):
+        return _CallbackFailed("string or blob too big", errors.DataError)
+    return _CallbackFailed(message)
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _sql_result(result: Any) -> Any:
+    """A user callable's result as SQLite takes it; raises what sqlite3 raises for a value
+    it cannot store (OverflowError, UnicodeEncodeError, BufferError), TypeError otherwise."""
+    if result is None or type(result) is float or type(result) is bytes:
+        return result
+    if isinstance(result, int):
+        if not _INT64_MIN <= result <= _INT64_MAX:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return int(result)
+    if isinstance(result, str):
+        if not result.isascii():
+            result.encode("utf-8")  # lone surrogates: UnicodeEncodeError, as sqlite3
+        return result
+    if isinstance(result, float):
+        return float(result)
+    if isinstance(result, (bytes, bytearray)):
+        return bytes(result)
+    if isinstance(result, memoryview):
+        if not result.c_contiguous:
+            raise BufferError("underlying buffer is not C-contiguous")
+        return result.tobytes()
+    raise _UnsupportedResult
+
+
+class _UnsupportedResult(Exception):
+    pass
+
+
+def _errstr(exc: BaseException) -> str:
+    """SQLite's generic text for an APSW error's result code (``sqlite3_errstr``)."""
+    code = getattr(exc, "result", None)
+    texts = {apsw.SQLITE_MISUSE: "bad parameter or other API misuse",
+             apsw.SQLITE_ERROR: "SQL logic error", apsw.SQLITE_RANGE: "column index out of range"}
+    return texts.get(code, str(exc))
 
 
 def _wrap_function(func: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         try:
-            result = func(*args)
+            return _sql_result(func(*args))
+        except _UnsupportedResult:
+            raise _CallbackFailed("user-defined function raised exception") from None
         except BaseException as exc:  # noqa: BLE001 - reported as sqlite3 reports it
-            raise _CallbackFailed("user-defined function raised exception") from exc
-        if result is not None and not isinstance(result, (int, float, str, bytes)):
-            if isinstance(result, (bytearray, memoryview)):
-                return bytes(result)
-            raise _CallbackFailed("user-defined function raised exception")
-        return result
+            raise _callback_error(func, exc, "user-defined function raised exception") \
+                from exc
 
     return call
 
 
-def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
-    """Adapt a sqlite3 aggregate class (step/finalize) to APSW's factory protocol.
+def _aggregate_factory(cls: Callable[[], Any], window: bool) -> Callable[[], Any]:
+    """Adapt a sqlite3 aggregate class (step/finalize, and value/inverse for a window
+    function) to APSW's factory protocol.
 
-    As in sqlite3, the class is instantiated on the first row only: with no rows the
-    result is NULL and neither ``__init__`` nor ``finalize`` runs.
+    As in sqlite3, the class is instantiated on the first call only: with no rows the
+    result is NULL and neither ``__init__`` nor ``finalize`` runs. Errors are reported as
+    sqlite3 reports them, except that SQLite drops a window function's finalize error.
     """
 
     def factory() -> Any:
         state: list = []  # [instance] once the first row arrived
 
-        def step(_ctx: Any, *args: Any) -> None:
+        def instance() -> Any:
             if not state:
                 try:
                     state.append(cls())
                 except BaseException as exc:  # noqa: BLE001
+                    raise _callback_error(
+                        cls, exc, "user-defined aggregate's '__init__' method raised error"
+                    ) from exc
+            return state[0]
+
+        def method(name: str) -> Callable[..., Any]:
+            def f(_ctx: Any, *args: Any) -> Any:
+                inst = instance()
+                try:
+                    fn = getattr(inst, name)
+                except AttributeError as exc:
+                    raise _callback_error(
+                        cls, exc, f"user-defined aggregate's '{name}' method not defined"
+                    ) from exc
+                try:
+                    result = fn(*args)
+                    return _sql_result(result) if name == "value" else None
+                except _UnsupportedResult:
                     raise _CallbackFailed(
-                        "user-defined aggregate's '__init__' method raised error") from exc
-            inst = state[0]
-            method = getattr(inst, "step", None)
-            if method is None:
-                raise _CallbackFailed("user-defined aggregate's 'step' method not defined")
-            try:
-                method(*args)
-            except BaseException as exc:  # noqa: BLE001
-                raise _CallbackFailed("user-defined aggregate's 'step' method raised error") from exc
+                        f"user-defined aggregate's '{name}' method raised error") from None
+                except BaseException as exc:  # noqa: BLE001
+                    raise _callback_error(
+                        cls, exc, f"user-defined aggregate's '{name}' method raised error"
+                    ) from exc
+            return f
 
         def final(_ctx: Any) -> Any:
             if not state:
                 return None
-            method = getattr(state[0], "finalize", None)
-            if method is None:
-                raise _CallbackFailed(
-                    "user-defined aggregate's 'finalize' method not defined")
             try:
-                result = method()
-            except BaseException as exc:  # noqa: BLE001
-                raise _CallbackFailed(
-                    "user-defined aggregate's 'finalize' method raised error") from exc
-            if isinstance(result, (bytearray, memoryview)):
-                return bytes(result)
-            if result is not None and not isinstance(result, (int, float, str, bytes)):
-                raise _CallbackFailed(
-                    "user-defined aggregate's 'finalize' method raised error")
-            return result
+                inst = instance()
+                try:
+                    fn = getattr(inst, "finalize")
+                except AttributeError as exc:
+                    raise _callback_error(
+                        cls, exc, "user-defined aggregate's 'finalize' method not defined"
+                    ) from exc
+                try:
+                    return _sql_result(fn())
+                except _UnsupportedResult:
+                    raise _CallbackFailed(
+                        "user-defined aggregate's 'finalize' method raised error") from None
+                except BaseException as exc:  # noqa: BLE001
+                    raise _callback_error(
+                        cls, exc, "user-defined aggregate's 'finalize' method raised error"
+                    ) from exc
+            except _CallbackFailed:
+                if window:
+                    return None  # SQLite does not report a window finalize error
+                raise
 
-        return (None, step, final)
+        if window:
+            return (None, method("step"), final, method("value"), method("inverse"))
+        return (None, method("step"), final)
 
     return factory
+
+
+def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
+    return _aggregate_factory(cls, window=False)
 
 
 _BINDING_NO_NAME = re.compile(r"Binding (\d+) has no name")
@@ -371,7 +631,9 @@ def _raise_translated(exc: BaseException, sql: Optional[str] = None, db: Any = N
         if new is not None:
             raise new from exc
     if isinstance(exc, _CallbackFailed):
-        raise OperationalError(str(exc)) from exc.__cause__
+        if exc.error is MemoryError:
+            raise MemoryError from exc.__cause__
+        raise exc.error(str(exc)) from exc.__cause__
     if isinstance(exc, KeyError) and sql is not None and exc.args \
             and isinstance(exc.args[0], str):
         # APSW looks named parameters up in the mapping; a missing one is a KeyError.
@@ -411,7 +673,7 @@ class Row:
     __slots__ = ("_description", "_values")
 
     def __init__(self, cursor: "Cursor", data: tuple, /) -> None:
-        if not isinstance(cursor, Cursor):
+        if not issubclass(type(cursor), Cursor):
             raise TypeError("Row() argument 1 must be heliosdb.Cursor")
         if not isinstance(data, tuple):
             raise TypeError("Row() argument 2 must be tuple")
@@ -431,12 +693,13 @@ class Row:
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             if self._description:
+                # sqlite3: the first column whose name is equal, or equal ignoring ASCII
+                # case when both names are ASCII.
+                lowered = key.lower() if key.isascii() else None
                 for i, d in enumerate(self._description):
-                    if d[0] == key:
-                        return self._values[i]
-                lowered = key.lower()
-                for i, d in enumerate(self._description):
-                    if d[0].lower() == lowered:
+                    name = d[0]
+                    if name == key or (lowered is not None and name.isascii()
+                                       and name.lower() == lowered):
                         return self._values[i]
             raise IndexError("No item with that key")
         if isinstance(key, slice):
@@ -462,6 +725,9 @@ class Row:
         return f"<heliosdb.Row object at {hex(id(self))}>"
 
 
+Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
+
+
 # --- Cursor -------------------------------------------------------------------------------
 
 
@@ -484,10 +750,16 @@ class Cursor:
     _desc_known = True
     _converters: Optional[list] = None
     _count_at_end = False
+    _peek: Optional[tuple] = None  # DML ... RETURNING: the row read ahead (see _next_raw)
+    _locked = False  # converters / row factory running: the cursor may not be re-entered
+
+    _connection: Any = None  # set below: _UNINIT_CONNECTION
 
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
             raise TypeError("Cursor() argument must be a heliosdb.Connection")
+        if self._locked:
+            raise ProgrammingError("Recursive use of cursors not allowed.")
         connection._check()
         self._connection = connection
         # APSW applies the connection's convert_binding (adapters) to every cursor.
@@ -513,6 +785,8 @@ class Cursor:
         return self._connection
 
     def _check(self) -> None:
+        if self._locked:
+            raise ProgrammingError("Recursive use of cursors not allowed.")
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
         self._connection._check()
@@ -527,6 +801,8 @@ class Cursor:
         """Validate parameters the way sqlite3 does and apply base-type adapters."""
         conn = self._connection
         conn._binding_source = None
+        if type(parameters) is tuple and not _base_type_adapted:
+            return parameters  # the common case first (executemany calls this per row)
         if parameters is None or parameters == ():
             return parameters
         if isinstance(parameters, (tuple, list)):
@@ -554,7 +830,11 @@ class Cursor:
                 raise exc
         if not hasattr(parameters, "__len__") or not hasattr(parameters, "__getitem__"):
             raise ProgrammingError("parameters are of unsupported type")
-        return tuple(self._connection._adapt_value(v) for v in parameters)
+        # As sqlite3 reads a sequence: len(), then each item by index (copied first, so
+        # that nothing the adapters do to the sequence reaches what is being bound).
+        n = len(parameters)
+        adapt_value = self._connection._adapt_value
+        return tuple([adapt_value(parameters[i]) for i in range(n)])
 
     # -- execution --
     def execute(self, sql: str, parameters: Any = (), /) -> "Cursor":
@@ -569,40 +849,82 @@ class Cursor:
             if not isinstance(sql, str):
                 raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
             flags = conn._stmt_cache.flags(sql)
-        if flags & _MULTI:
-            raise ProgrammingError("You can only execute one statement at a time.")
+        if flags & (_MULTI | _TRAILING | _NAMED):
+            if flags & _MULTI:
+                raise ProgrammingError("You can only execute one statement at a time.")
+            if flags & _NAMED and not isinstance(parameters, dict):
+                _warn_named_sequence(sql)
+            if flags & _TRAILING:
+                sql = _first_statement(sql)
         if type(parameters) is tuple and not _base_type_adapted:
             params = parameters
             conn._binding_source = None
         else:
             params = self._prepare_params(parameters)
-        self._active = False
-        self._desc = None
-        self._converters = None
-        self._count_at_end = False
-        self.rowcount = -1
         self._sql = sql
         self._params = params
         db = conn._apsw
         if conn._audit is not None:
+            self._active = False
+            self._desc = None
+            self._converters = None
+            self._count_at_end = False
+            self.rowcount = -1
             # The audit session decides on BEGIN under its lock (threads sharing the
             # connection).
             return conn._audit.execute(self, sql, params, flags,
                                        begin=bool(flags & _DML) and conn._begin_sql is not None)
-        begin = flags & _DML and conn._begin_sql is not None and db.get_autocommit()
-        if begin:
+        # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
+        # after the statement ran, or reset by _failed() when it did not.)
+        if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
             # Like sqlite3, BEGIN only once the statement is prepared: a statement that
             # fails to compile (syntax, missing table, locked schema) opens no transaction.
-            self._cur.exec_trace = conn._begin_trace
-        try:
-            self._cur.execute(sql, params, can_cache=True)
-        except BaseException as exc:  # noqa: BLE001
-            _raise_translated(exc, sql, db)
-        finally:
-            if begin:
-                self._cur.exec_trace = None
-        self._after_execute(flags)
+            cur = self._cur
+            cur.exec_trace = conn._begin_tracer
+            try:
+                cur.execute(sql, params)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed()
+                _raise_sql_error(conn, exc, sql)
+            finally:
+                cur.exec_trace = None
+        else:
+            try:
+                self._cur.execute(sql, params)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed()
+                _raise_sql_error(conn, exc, sql)
+        # _after_execute(flags), inlined.
+        if flags & _DML:
+            if flags & _RETURNING:
+                self.rowcount = 0
+                self._count_at_end = True
+                self._rows_kind = True
+            else:
+                self.rowcount = db.changes()
+                self._count_at_end = False
+                self._rows_kind = False
+        else:
+            self.rowcount = -1
+            self._count_at_end = False
+            self._rows_kind = not (flags & _EMPTY)
+        self._desc = None
+        self._converters = None
+        self._peek = None
+        self._active = True
+        self._desc_known = False
+        self.lastrowid = db.last_insert_rowid()
         return self
+
+    def _failed(self) -> None:
+        """The state after a statement that did not run (or failed while running)."""
+        self._active = False
+        self._desc = None
+        self._desc_known = True
+        self._converters = None
+        self._count_at_end = False
+        self._peek = None
+        self.rowcount = -1
 
     def _after_execute(self, flags: int) -> None:
         """Record rowcount, lastrowid and result state after a statement ran (used by
@@ -619,6 +941,7 @@ class Cursor:
         else:
             self._rows_kind = not (flags & _EMPTY)
         # DML ... RETURNING yields rows too: keep the statement's rows available.
+        self._peek = None
         self._active = True
         self._desc_known = False
         self.lastrowid = db.last_insert_rowid()
@@ -630,8 +953,10 @@ class Cursor:
             raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
         conn = self._connection
         flags = conn._stmt_cache.flags(sql)
-        if flags & _MULTI:
-            raise ProgrammingError("You can only execute one statement at a time.")
+        if flags & (_MULTI | _TRAILING):
+            if flags & _MULTI:
+                raise ProgrammingError("You can only execute one statement at a time.")
+            sql = _first_statement(sql)
         if not flags & _DML:
             # sqlite3 refuses read-only statements here (sqlite3_stmt_readonly); anything
             # else (DDL, PRAGMA with a value ...) runs.
@@ -648,19 +973,26 @@ class Cursor:
         self._sql = sql
         db = conn._apsw
         begin = conn._begin_sql is not None and db.get_autocommit()
-        params_iter = (self._prepare_params(p) for p in seq_of_parameters)
+        if type(seq_of_parameters) in (list, tuple) and not _base_type_adapted \
+                and set(map(type, seq_of_parameters)) <= {tuple}:
+            # Tuples of parameters need no preparation: APSW binds them as they are, with no
+            # Python frame per row (DESIGN.md 1). (A list iterator tolerates mutation.)
+            conn._binding_source = None
+            params_iter: Any = seq_of_parameters
+        else:
+            params_iter = map(self._prepare_params, seq_of_parameters)
         before = db.total_changes()
         if conn._audit is not None:
             audited_rows = conn._audit.executemany(self, sql, params_iter, flags,
                                                    begin=conn._begin_sql is not None)
         else:
             if begin:
-                self._cur.exec_trace = conn._begin_trace
+                self._cur.exec_trace = conn._begin_tracer
             try:
                 for _ in self._cur.executemany(sql, params_iter, can_cache=True):
                     pass
             except BaseException as exc:  # noqa: BLE001
-                _raise_translated(exc, sql, db)
+                _raise_sql_error(conn, exc, sql)
             finally:
                 if begin:
                     self._cur.exec_trace = None
@@ -701,7 +1033,14 @@ class Cursor:
         if "\x00" in sql_script:
             raise ValueError("the query contains a null character")
         conn = self._connection
-        conn.commit()
+        legacy = conn._autocommit is not True and conn._autocommit is not False
+        if len(sql_script) * 4 > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
+            # sqlite3 measures the whole script against SQLITE_LIMIT_SQL_LENGTH.
+            if len(sql_script.encode("utf-8")) > conn._apsw.limit(
+                    apsw.SQLITE_LIMIT_SQL_LENGTH):
+                raise errors.DataError("query string is too large")
+        if legacy:
+            conn.commit()  # legacy transaction control: sqlite3 commits first
         self._reset()
         self.rowcount = -1
         self._sql = None
@@ -803,7 +1142,7 @@ class Cursor:
                 self._setup_converters()
             if self._converters:
                 row = tuple(
-                    v if (c is None or v is None) else c(_as_bytes(v))
+                    v if (c is None or v is None) else _apply_converter(c, v)
                     for v, c in zip(row, self._converters)
                 )
         tf = conn.text_factory
@@ -823,6 +1162,8 @@ class Cursor:
         if (conn._detect_types or self.row_factory is not None) and not self._desc_known:
             self._build_description()
         try:
+            if self._count_at_end or self._peek is not None:
+                return self._next_returning()
             return next(self._cur)
         except StopIteration:
             self._active = False
@@ -835,16 +1176,57 @@ class Cursor:
             _raise_translated(exc, None, conn._apsw)
             raise  # unreachable
 
+    def _next_returning(self) -> tuple:
+        """The next row of DML ... RETURNING. sqlite3 steps one row ahead, so its
+        rowcount is counted as soon as the last row has been read: do the same."""
+        row = self._peek
+        if row is None:
+            row = next(self._cur)
+        else:
+            self._peek = None
+        if self._count_at_end:
+            try:
+                self._peek = next(self._cur)
+            except StopIteration:
+                self._count_at_end = False
+                self.rowcount = self._connection._apsw.changes()
+        return row
+
     def fetchone(self) -> Any:
         """The next row, or None when there are no more."""
-        self._check()
+        conn = self._connection
+        # The hot path (plain rows): _check() and _next_raw() inlined.
+        if self._locked or self._closed or conn._closed or (
+                conn._check_same_thread and _get_ident() != conn._thread_id):
+            self._check()
+        if not self._active:
+            return None
+        if self.row_factory is None and not conn._detect_types and conn.text_factory is str \
+                and not self._count_at_end and self._peek is None:
+            try:
+                return next(self._cur)
+            except StopIteration:
+                self._active = False
+                return None
+            except BaseException as exc:  # noqa: BLE001
+                self._active = False
+                _raise_translated(exc, None, conn._apsw)
+        return self._fetchone()
+
+    def _fetchone(self) -> Any:
         row = self._next_raw()
         if row is None:
             return None
         conn = self._connection
         if self.row_factory is None and conn.text_factory is str and not conn._detect_types:
             return row
-        return self._convert(row)
+        # Converters and row factories are user code: sqlite3 refuses their re-entering
+        # this cursor (CPython gh-80254).
+        self._locked = True
+        try:
+            return self._convert(row)
+        finally:
+            self._locked = False
 
     def fetchmany(self, size: Optional[int] = None) -> list:
         """Up to ``size`` (default ``arraysize``) next rows."""
@@ -867,7 +1249,8 @@ class Cursor:
         if not self._active:
             return []
         conn = self._connection
-        if self.row_factory is None and conn.text_factory is str and not conn._detect_types:
+        if self.row_factory is None and conn.text_factory is str and not conn._detect_types \
+                and not self._count_at_end and self._peek is None:
             try:
                 rows = list(self._cur)
             except BaseException as exc:  # noqa: BLE001
@@ -897,6 +1280,8 @@ class Cursor:
     def close(self) -> None:
         """Close the cursor; further use raises ProgrammingError."""
         self._connection._check()
+        if self._locked:
+            raise ProgrammingError("Recursive use of cursors not allowed.")
         if not self._closed:
             if not self._desc_known and self._active:
                 self._build_description()
@@ -914,10 +1299,35 @@ class Cursor:
         """Required by PEP 249; does nothing."""
 
 
+_new_cursor = object.__new__
+
+
+class _UninitialisedCursorConnection:
+    """The connection of a Cursor whose __init__ was never called: every use raises
+    sqlite3's error (and costs nothing on the hot path, which reads ``_closed``)."""
+
+    _closed = True
+    _check_same_thread = False
+
+    def _check(self) -> None:
+        raise ProgrammingError("Base Cursor.__init__ not called.")
+
+    _check_open = _check
+
+
+Cursor._connection = _UninitialisedCursorConnection()
+
+
 def _strip_colname(name: str) -> str:
     # With PARSE_COLNAMES the stdlib cuts 'name [type]' at the first ' ['.
     i = name.find(" [")
     return name[:i] if i >= 0 else name
+
+
+def _apply_converter(conv: Callable[[bytes], Any], value: Any) -> Any:
+    data = _as_bytes(value)
+    # sqlite3 reads the value with sqlite3_column_blob, NULL for zero bytes: None.
+    return conv(data) if data else None
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -962,12 +1372,33 @@ class Connection:
 
     row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
     text_factory: Callable[[bytes], Any] = str
+    # Until __init__ succeeds (a subclass that never calls it, Connection.__new__, a failed
+    # re-__init__), every operation raises "Base Connection.__init__ not called."
+    _initialized = False
+    _closed = True
+    _apsw: Any = None
+    _audit: Any = None
+    _check_same_thread = False
+    _thread_id = 0
+    _autocommit: Any = LEGACY_TRANSACTION_CONTROL
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
                  factory: Any = None, cached_statements: int = 128, uri: bool = False,
                  *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
-                 audit_context: Optional[Mapping[str, Any]] = None) -> None:
+                 audit_context: Optional[Mapping[str, Any]] = None,
+                 autocommit: Any = LEGACY_TRANSACTION_CONTROL) -> None:
+        if autocommit is not LEGACY_TRANSACTION_CONTROL and not _HAS_AUTOCOMMIT:
+            raise TypeError("Connection() got an unexpected keyword argument 'autocommit' "
+                            "(Python 3.12+)")
+        autocommit = _autocommit_mode(autocommit)
+        if self._initialized:
+            # sqlite3: __init__ on an open connection lets go of the old database (closed
+            # once its last cursor is gone: a cursor still reads its rows) and, if the new
+            # open fails, leaves the object uninitialised. An audited one closes now.
+            if self._audit is not None:
+                self.close()
+            self._initialized = False
         self._apsw: Any = None
         self._closed = True
         self._audit: Any = None
@@ -1010,8 +1441,11 @@ class Connection:
         self._closed = False
         self._database = database
         try:
+            self._autocommit = autocommit
             self._finish_open(timeout, detect_types, isolation_level, cached_statements,
                               audit_user, audit_context)
+            if autocommit is False:
+                self._begin_explicit()  # autocommit=False: a transaction is always open
         except BaseException:
             # Never leave a half-open connection behind: it would keep the file, and an
             # encrypted file's key, registered until a garbage collection.
@@ -1021,6 +1455,7 @@ class Connection:
             except Exception:  # noqa: BLE001 - the original error is what matters
                 pass
             raise
+        self._initialized = True
 
     def _finish_open(self, timeout: float, detect_types: int, isolation_level: Any,
                      cached_statements: int, audit_user: Optional[str],
@@ -1033,6 +1468,10 @@ class Connection:
         self._begin_sql: Optional[str] = None
         self._isolation_level: Optional[str] = None
         self._set_isolation_level(isolation_level, commit=False)
+        # One bound method, held here: the tracer replaces itself while APSW runs it, and
+        # APSW (3.54) frees a tracer replaced during its own call that then raises (a BEGIN
+        # interrupted by the progress handler crashed the process): keep it alive.
+        self._begin_tracer = self._begin_trace
         self._stmt_cache = _StatementCache(int(cached_statements))
         self._stmt_flags = self._stmt_cache.data
         self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
@@ -1071,7 +1510,11 @@ class Connection:
             out = adapter(value)
         else:
             conform = getattr(value, "__conform__", None)
-            out = conform(PrepareProtocol) if conform is not None else None
+            try:
+                out = conform(PrepareProtocol) if conform is not None else None
+            except TypeError:
+                out = None  # sqlite3: a TypeError in __conform__ means "cannot adapt"
+
             if out is None:
                 raise ProgrammingError(
                     f"Error binding parameter {num}: type '{type(value).__name__}' "
@@ -1106,13 +1549,18 @@ class Connection:
         if self._check_same_thread and threading.get_ident() != self._thread_id:
             self._check_thread()
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        if not self._initialized:
+            raise ProgrammingError("Base Connection.__init__ not called.")
+        raise ProgrammingError("Cannot operate on a closed database.")
 
     # -- transactions --
     def _check_open(self) -> None:
         # Attributes sqlite3 lets any thread read: only a closed connection is refused.
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            self._raise_closed()
 
     @property
     def isolation_level(self) -> Optional[str]:
@@ -1134,16 +1582,21 @@ class Connection:
             return
         if not isinstance(value, str):
             raise TypeError("isolation_level must be str or None")
-        if value.upper() not in _VALID_ISOLATION_LEVELS:
+        level = str.upper(value)  # not a subclass's upper() (CPython issue 27881)
+        if level not in _VALID_ISOLATION_LEVELS:
             raise ValueError(
                 "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'")
-        self._isolation_level = value.upper()
-        self._begin_sql = "BEGIN " + value.upper()
+        self._isolation_level = level
+        # Implicit BEGIN only under the legacy transaction control (3.12's autocommit).
+        legacy = self._autocommit is not True and self._autocommit is not False
+        self._begin_sql = "BEGIN " + level if legacy else None
 
     def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
         # Installed as a cursor's exec tracer for one statement: runs after the statement
         # is prepared and bound, before it steps. Uninstalls itself (executemany).
-        cursor.exec_trace = None
+        # (executemany: APSW keeps calling the cursor's tracer for each row, so hand the
+        # following rows to the connection's tracer, as a cursor without one would.)
+        cursor.exec_trace = self._trace
         if self._apsw.get_autocommit():
             self._begin()
         # A cursor's exec tracer hides the connection's: pass the statement on to it.
@@ -1176,41 +1629,182 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction, if any."""
         self._check()
+        mode = self._autocommit
+        if mode is True:
+            return  # 3.12 autocommit=True: sqlite3's commit() does nothing
         if self._audit is not None:
             self._audit.commit()  # checks for an open transaction under its lock
-            return
-        if self._apsw.get_autocommit():
-            return
-        try:
-            self._apsw.execute("COMMIT")
-        except apsw.Error as exc:
-            raise _translate(self._apsw, exc) from exc
+        elif not self._apsw.get_autocommit():
+            try:
+                self._apsw.execute("COMMIT")
+            except apsw.Error as exc:
+                raise _translate(self._apsw, exc) from exc
+        if mode is False:
+            self._begin_explicit()  # autocommit=False: the next transaction opens now
 
     def rollback(self) -> None:
         """Roll back the open transaction, if any."""
         self._check()
+        mode = self._autocommit
+        if mode is True:
+            return  # 3.12 autocommit=True: sqlite3's rollback() does nothing
         if self._audit is not None:
             self._audit.rollback()  # checks for an open transaction under its lock
-            return
-        if self._apsw.get_autocommit():
+        elif not self._apsw.get_autocommit():
+            try:
+                self._apsw.execute("ROLLBACK")
+            except apsw.Error as exc:
+                raise _translate(self._apsw, exc) from exc
+        if mode is False:
+            self._begin_explicit()  # autocommit=False: the next transaction opens now
+
+    def _begin_explicit(self) -> None:
+        """BEGIN, as 3.12's autocommit=False issues it (not an implicit one)."""
+        if not self._apsw.get_autocommit():
             return
         try:
-            self._apsw.execute("ROLLBACK")
+            self._apsw.execute("BEGIN")
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
+        if self._audit is not None:
+            self._audit.on_begin()
+
+    def _get_autocommit(self) -> Any:
+        """True, False or LEGACY_TRANSACTION_CONTROL (Python 3.12+)."""
+        self._check()
+        return self._autocommit
+
+    def _set_autocommit(self, value: Any) -> None:
+        self._check()
+        mode = _autocommit_mode(value)
+        self._autocommit = mode
+        self._set_isolation_level(self._isolation_level, commit=False)
+        if mode is True and not self._apsw.get_autocommit():
+            if self._audit is not None:
+                self._audit.commit()
+            else:
+                try:
+                    self._apsw.execute("COMMIT")
+                except apsw.Error as exc:
+                    raise _translate(self._apsw, exc) from exc
+        elif mode is False:
+            self._begin_explicit()
+
+    # -- connection configuration (3.12+) --
+    def _dbconfig_op(self, op: Any) -> int:
+        op = operator.index(op)
+        if op not in _DBCONFIG_OPS:
+            raise ValueError(f"unknown config 'op': {op}")
+        return op
+
+    def _getconfig(self, op: int, /) -> bool:
+        """Query a boolean connection configuration option (SQLITE_DBCONFIG_*)."""
+        self._check()
+        op = self._dbconfig_op(op)
+        try:
+            return bool(self._apsw.config(op, -1))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+    def _setconfig(self, op: int, enable: bool = True, /) -> None:
+        """Set a boolean connection configuration option (SQLITE_DBCONFIG_*). On an
+        audited connection, a setting that would weaken the log is refused."""
+        self._check()
+        op = self._dbconfig_op(op)
+        enable = bool(enable)
+        if (self._audit is not None or self._internal_authorizer is not None) \
+                and op in _DBCONFIG_WEAKENS and enable is _DBCONFIG_WEAKENS[op] \
+                and bool(self._apsw.config(op, -1)) is not enable:
+            name = next(n for n, v in DBCONFIG_CONSTANTS.items() if v == op)
+            raise errors.AuditPolicyError(
+                f"setconfig({name}, {enable}) is refused on an audited database: it "
+                "would let the audit log be rewritten or bypassed")
+        try:
+            self._apsw.config(op, int(enable))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+    # -- loadable extensions --
+    def enable_load_extension(self, enable: bool, /) -> None:
+        """Allow or forbid loading SQLite extensions; enabling is refused on an audited
+        database, where an extension could write around the audit log."""
+        self._check()
+        if enable and (self._audit is not None or self._internal_authorizer is not None):
+            raise errors.AuditPolicyError(
+                "enable_load_extension(True) is refused on an audited database: an "
+                "extension's code could change the database and its log unrecorded")
+        try:
+            self._apsw.enable_load_extension(bool(enable))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+    def load_extension(self, name: str, /, *, entrypoint: Optional[str] = None) -> None:
+        """Load a SQLite extension (after ``enable_load_extension(True)``); refused on an
+        audited database."""
+        self._check()
+        if self._audit is not None or self._internal_authorizer is not None:
+            raise errors.AuditPolicyError(
+                "load_extension() is refused on an audited database: an extension's code "
+                "could change the database and its log unrecorded")
+        try:
+            if entrypoint is None:
+                self._apsw.load_extension(name)
+            else:
+                self._apsw.load_extension(name, entrypoint)
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
+
+
+    def __call__(self, *args: Any) -> "Statement":  # shown as (sql, /): see below
+        """Compile ``sql`` (as sqlite3's undocumented ``con(sql)`` does) and return the
+        prepared statement; errors are those ``execute`` would raise."""
+        self._check()
+        if len(args) != 1:
+            raise TypeError(f"Connection() takes exactly 1 argument ({len(args)} given)")
+        sql = args[0]
+        if not isinstance(sql, str):
+            raise TypeError(f"argument must be str, not {type(sql).__name__}")
+        _check_sql(self, sql)
+        probe = self._apsw.cursor()
+
+        def stop(_cursor: Any, _sql: str, _bindings: Any) -> bool:
+            return False
+
+        probe.exec_trace = stop
+        try:
+            probe.execute(sql, None, can_cache=True, prepare_flags=0)
+        except apsw.ExecTraceAbort:
+            pass
+        except apsw.BindingsError:
+            pass  # compiled; it has parameters, bound when it runs
+        except BaseException as exc:  # noqa: BLE001
+            _raise_sql_error(self, exc, sql)
+        finally:
+            probe.close(True)
+        stmt = object.__new__(Statement)
+        stmt._sql = sql
+        return stmt
 
     # -- cursors and shortcuts --
     def cursor(self, factory: Callable[["Connection"], Cursor] = Cursor) -> Cursor:
         """A new cursor (``factory`` must build a heliosdb Cursor)."""
         self._check()
         cur = factory(self)
-        if not isinstance(cur, Cursor):
+        if not issubclass(type(cur), Cursor):  # type(), not a __class__ that lies
             raise TypeError("factory must return a cursor, not " + type(cur).__name__)
         return cur
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        return Cursor(self).execute(sql, parameters)
+        if self._closed:
+            self._raise_closed()
+        # Cursor(self) without its __init__ frame (DESIGN.md 1: per-statement cost).
+        cur = _new_cursor(Cursor)
+        cur._connection = self
+        cur._cur = self._apsw.cursor()
+        if self.row_factory is not None:
+            cur.row_factory = self.row_factory
+        return cur.execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""
@@ -1318,9 +1912,17 @@ class Connection:
             if user is not None:
                 try:
                     r = user(action, a1, a2, db, trig)
-                except Exception:  # noqa: BLE001 - sqlite3 denies when the callback raises
+                except Exception as exc:  # noqa: BLE001 - sqlite3 denies when it raises
+                    _unraisable(user, exc)
                     return apsw.SQLITE_DENY
-                if not isinstance(r, int) or r not in (0, 1, 2):
+                if not isinstance(r, int):
+                    return apsw.SQLITE_DENY  # sqlite3: a non-integer result denies
+                if r not in (0, 1, 2):
+                    if not -(1 << 31) <= r < (1 << 31):
+                        # sqlite3 cannot convert it to a C int: reported, and denied.
+                        _unraisable(user, OverflowError(
+                            "Python int too large to convert to C int"))
+                        return apsw.SQLITE_DENY
                     # SQLite itself reports "authorizer malfunction" for such a value.
                     return 99
                 result = r
@@ -1338,7 +1940,8 @@ class Connection:
         def handler() -> bool:
             try:
                 return bool(progress_handler())
-            except Exception:  # noqa: BLE001 - an exception aborts, as in sqlite3
+            except Exception as exc:  # noqa: BLE001 - an exception aborts, as in sqlite3
+                _unraisable(progress_handler, exc)
                 return True
 
         self._apsw.set_progress_handler(handler, n)
@@ -1359,13 +1962,20 @@ class Connection:
                 return
             try:
                 trace_callback(sql)
-            except Exception:  # noqa: BLE001 - sqlite3 ignores errors in the trace callback
-                pass
+            except Exception as exc:  # noqa: BLE001 - sqlite3 reports it and goes on
+                _unraisable(trace_callback, exc)
 
         def on_exec(cursor: Any, sql: str, bindings: Any) -> bool:
             try:
-                text = cursor.expanded_sql or sql
+                text = cursor.expanded_sql
             except apsw.Error:
+                text = None
+            if text is None:
+                # Longer than SQLITE_LIMIT_LENGTH once expanded: the unexpanded text, as
+                # sqlite3 falls back to, with the error it reports.
+                if bindings:
+                    _unraisable(trace_callback, errors.DataError(
+                        "Expanded SQL string exceeds the maximum string length"))
                 text = sql
             last[0] = text
             emit(text)
@@ -1387,15 +1997,19 @@ class Connection:
     def interrupt(self) -> None:
         """Abort any running statement (callable from another thread)."""
         if self._closed:
-            raise ProgrammingError("Cannot operate on a closed database.")
+            self._raise_closed()
         self._apsw.interrupt()
 
-    def iterdump(self) -> Iterator[str]:
-        """The database as SQL text, one statement per item (like ``sqlite3.iterdump``)."""
+    def iterdump(self, *, filter: Optional[str] = None) -> Iterator[str]:  # noqa: A002
+        """The database as SQL text, one statement per item (like ``sqlite3.iterdump``);
+        ``filter`` (Python 3.13+) keeps the objects whose name is LIKE it."""
         self._check()
+        if filter is not None:
+            if sys.version_info < (3, 13):
+                raise TypeError("iterdump() got an unexpected keyword argument 'filter'")
         from .dump import iterdump
 
-        return iterdump(self)
+        return iterdump(self, filter)
 
     def backup(self, target: "Connection", *, pages: int = -1,
                progress: Optional[Callable[[int, int, int], Any]] = None,
@@ -1474,7 +2088,7 @@ class Connection:
                 self._begin_for_blob()
                 owns_tx = True
         try:
-            blob = Blob(self, self._apsw.blob_open(name, table, column, row, not readonly))
+            blob = Blob._open(self, self._apsw.blob_open(name, table, column, row, not readonly))
         except apsw.Error as exc:
             if owns_tx:
                 self.rollback()
@@ -1505,33 +2119,11 @@ class Connection:
                 self._apsw.create_window_function(name, None, num_params)
                 return
 
-            def factory() -> Any:
-                try:
-                    inst = aggregate_class()
-                except BaseException as exc:  # noqa: BLE001
-                    raise _CallbackFailed(
-                        "user-defined aggregate's '__init__' method raised error") from exc
-
-                def call(method: str) -> Callable[..., Any]:
-                    def f(_ctx: Any, *args: Any) -> Any:
-                        fn = getattr(inst, method, None)
-                        if fn is None:
-                            raise _CallbackFailed(
-                                f"user-defined aggregate's '{method}' method not defined")
-                        try:
-                            return fn(*args)
-                        except BaseException as exc:  # noqa: BLE001
-                            raise _CallbackFailed(
-                                f"user-defined aggregate's '{method}' method raised error"
-                            ) from exc
-                    return f
-
-                return (None, call("step"), call("finalize"), call("value"),
-                        call("inverse"))
-
-            self._apsw.create_window_function(name, factory, num_params)
+            self._apsw.create_window_function(
+                name, _aggregate_factory(aggregate_class, window=True), num_params)
         except apsw.Error as exc:
-            raise _translate(self._apsw, exc) from exc
+            # sqlite3: ProgrammingError with SQLite's text for the result code.
+            raise ProgrammingError(_errstr(exc)) from exc
 
     def deserialize(self, data: bytes, /, *, name: str = "main") -> None:
         """Replace a database with the serialized bytes ``data`` (sqlite3 3.11+).
@@ -1539,13 +2131,14 @@ class Connection:
         Refused on an audited database: it would replace the data and the log unrecorded
         (deserialize into a plain connection, then ``backup(..., restore=True)``)."""
         self._check()
+        data = _contiguous_bytes(data)  # sqlite3's argument errors: TypeError, BufferError
         if self._audit is not None or self._internal_authorizer is not None:
             raise errors.AuditPolicyError(
                 "deserialize() is refused on an audited database: it would replace its data "
                 "and its audit log without an event; deserialize into another connection "
                 "and restore from it with backup(target, restore=True)")
         try:
-            self._apsw.deserialize(name, bytes(data))
+            self._apsw.deserialize(name, data)
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
 
@@ -1598,6 +2191,8 @@ class Connection:
 
     def close(self) -> None:
         """Close the connection, rolling back any uncommitted transaction."""
+        if not self._initialized:
+            self._raise_closed()
         self._check_thread()
         if self._closed:
             return
@@ -1629,6 +2224,11 @@ class Connection:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True) and self._apsw is not None:
+            if sys.version_info >= (3, 13):
+                import warnings
+
+                warnings.warn(f"unclosed database in {self!r}", ResourceWarning,
+                              source=self)
             audit = getattr(self, "_audit", None)
             if audit is not None:
                 # Dropped without close(): roll back as close() would, so that denied and
@@ -1647,10 +2247,104 @@ class Connection:
         return f"<heliosdb.Connection {state} database={getattr(self, '_database', '?')!r}>"
 
 
+def _call_signature() -> Any:
+    import inspect
+
+    p = inspect.Parameter
+    return inspect.Signature([p("self", p.POSITIONAL_ONLY), p("sql", p.POSITIONAL_ONLY)])
+
+
+# sqlite3's signature: Connection(sql, /). (heliosdb checks for a closed connection before
+# the argument count, as sqlite3 does, so the function itself takes *args.)
+Connection.__call__.__signature__ = _call_signature()  # type: ignore[attr-defined]
+
+
+def _keywords_deprecated(method: str, names: tuple) -> Callable[[Any], Any]:
+    """Python 3.13: passing these parameters by keyword is deprecated (positional-only in
+    3.15); sqlite3's warning, naming the caller's line."""
+    import functools
+
+    if len(names) == 1:
+        msg = (f"Passing keyword argument {names[0]!r} to _sqlite3.Connection.{method}() "
+               f"is deprecated. Parameter {names[0]!r} will become positional-only in "
+               "Python 3.15.")
+    else:
+        listed = ", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
+        msg = (f"Passing keyword arguments {listed} to _sqlite3.Connection.{method}() is "
+               f"deprecated. Parameters {listed} will become positional-only in Python 3.15.")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if kwargs and any(n in kwargs for n in names):
+                import warnings
+
+                warnings.warn(msg, DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    return decorate
+
+
+if sys.version_info >= (3, 13):
+    for _method, _names in (("create_function", ("name", "narg", "func")),
+                            ("create_aggregate", ("name", "n_arg", "aggregate_class")),
+                            ("set_authorizer", ("authorizer_callback",)),
+                            ("set_progress_handler", ("progress_handler",)),
+                            ("set_trace_callback", ("trace_callback",))):
+        setattr(Connection, _method,
+                _keywords_deprecated(_method, _names)(getattr(Connection, _method)))
+    del _method, _names
+
+if _HAS_AUTOCOMMIT:
+    Connection.autocommit = property(  # type: ignore[attr-defined]
+        Connection._get_autocommit, Connection._set_autocommit,
+        doc="True, False or LEGACY_TRANSACTION_CONTROL: how transactions are opened.")
+if _HAS_DBCONFIG:
+    Connection.getconfig = Connection._getconfig  # type: ignore[attr-defined]
+    Connection.setconfig = Connection._setconfig  # type: ignore[attr-defined]
+
+
+class Statement:
+    """A compiled statement, as returned by calling a connection (``sqlite3.Statement``);
+    it cannot be created directly."""
+
+    __slots__ = ("_sql",)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Statement":
+        raise TypeError(f"cannot create '{cls.__module__}.{cls.__qualname__}' instances")
+
+
+def _check_sql(conn: "Connection", sql: str) -> None:
+    """sqlite3's checks of SQL text before it is compiled (off the hot path: callers run
+    them when SQLite refused the text, to raise what sqlite3 raises)."""
+    if "\x00" in sql:
+        raise ProgrammingError("the query contains a null character")
+    size = len(sql.encode("utf-8"))  # lone surrogates: UnicodeEncodeError, as sqlite3
+    if size > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
+        raise errors.DataError("query string is too large")
+
+
+def _raise_sql_error(conn: "Connection", exc: BaseException, sql: Optional[str]) -> None:
+    """Raise ``exc`` as sqlite3 would, after the SQL-text checks sqlite3 runs first."""
+    if sql is not None and isinstance(exc, (apsw.Error, ValueError)):
+        _check_sql(conn, sql)
+    _raise_translated(exc, sql, conn._apsw)
+
+
 class Blob:
     """Incremental I/O on one BLOB, as ``sqlite3.Blob``: file-like and indexable."""
 
-    def __init__(self, connection: "Connection", blob: Any) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Blob":
+        raise TypeError(f"cannot create '{cls.__module__}.{cls.__qualname__}' instances")
+
+    @classmethod
+    def _open(cls, connection: "Connection", blob: Any) -> "Blob":
+        self = object.__new__(cls)
+        self._init(connection, blob)
+        return self
+
+    def _init(self, connection: "Connection", blob: Any) -> None:
         self._connection = connection
         self._blob = blob
         self._closed = False
@@ -1713,7 +2407,7 @@ class Blob:
     def write(self, data: Any, /) -> None:
         """Write ``data`` at the current offset; a BLOB cannot grow."""
         self._check()
-        data = bytes(data)
+        data = _contiguous_bytes(data)
         if self._blob.tell() + len(data) > self._blob.length():
             raise ValueError("data longer than blob length")
         self._write_raw(data)
@@ -1726,15 +2420,25 @@ class Blob:
     def seek(self, offset: int, origin: int = 0, /) -> None:
         """Move the offset (origin 0: start, 1: current, 2: end)."""
         self._check()
+        offset = _c_int(offset)
+        origin = _c_int(origin)
         base = {0: 0, 1: self._blob.tell(), 2: self._blob.length()}.get(origin)
         if base is None:
             raise ValueError("'origin' should be os.SEEK_SET, os.SEEK_CUR, or os.SEEK_END")
         pos = base + offset
+        if pos > _INT_MAX:
+            raise OverflowError("seek offset results in overflow")
         if pos < 0 or pos > self._blob.length():
             raise ValueError("offset out of blob range")
         self._call(self._blob.seek, pos)
 
-    def _index(self, i: int) -> int:
+    def _index(self, key: Any) -> int:
+        """A position from an index, as sqlite3 reads one (``__index__``, bounds)."""
+        if not hasattr(type(key), "__index__"):
+            raise TypeError("Blob indices must be integers")
+        i = operator.index(key)
+        if not -_SSIZE_MAX - 1 <= i <= _SSIZE_MAX:
+            raise IndexError(f"cannot fit '{type(key).__name__}' into an index-sized integer")
         n = self._blob.length()
         if i < 0:
             i += n
@@ -1748,11 +2452,12 @@ class Blob:
         try:
             if isinstance(key, slice):
                 start, stop, step = key.indices(self._blob.length())
-                if stop <= start:
+                if stop <= start if step > 0 else stop >= start:
                     return b""
-                self._call(self._blob.seek, start)
-                data = self._read_raw(stop - start)
-                return data[::step]
+                lo, hi = (start, stop) if step > 0 else (stop + 1, start + 1)
+                self._call(self._blob.seek, lo)
+                data = self._read_raw(hi - lo)
+                return data[::step] if step > 0 else data[::-1][::-step]
             i = self._index(key)
             self._call(self._blob.seek, i)
             return self._read_raw(1)[0]
@@ -1765,38 +2470,100 @@ class Blob:
         try:
             if isinstance(key, slice):
                 start, stop, step = key.indices(self._blob.length())
-                data = bytes(value)
-                current = bytearray(self[start:stop]) if step != 1 else None
+                data = _contiguous_bytes(value)
+                idx = range(start, stop, step)
+                if len(data) != len(idx):
+                    raise IndexError("Blob slice assignment is wrong size")
+                if not idx:
+                    return
                 if step == 1:
-                    if len(data) != stop - start:
-                        raise IndexError("Blob slice assignment is wrong size")
                     self._call(self._blob.seek, start)
                     self._write_raw(data)
                 else:
-                    current = bytearray(self[start:stop])
-                    idx = range(0, stop - start, step)
-                    if len(data) != len(idx):
-                        raise IndexError("Blob slice assignment is wrong size")
+                    lo, hi = min(idx), max(idx) + 1
+                    current = bytearray(self[lo:hi])
                     for j, b in zip(idx, data):
-                        current[j] = b
-                    self._call(self._blob.seek, start)
+                        current[j - lo] = b
+                    self._call(self._blob.seek, lo)
                     self._write_raw(bytes(current))
                 return
-            if not isinstance(value, int) or not 0 <= value <= 255:
-                raise ValueError("byte must be in range(0, 256)")
             i = self._index(key)
+            try:
+                byte = operator.index(value)
+            except TypeError:
+                raise TypeError(f"'{type(value).__name__}' object cannot be interpreted "
+                                "as an integer") from None
+            if not 0 <= byte <= 255:
+                raise ValueError("byte must be in range(0, 256)")
             self._call(self._blob.seek, i)
-            self._write_raw(bytes([value]))
+            self._write_raw(bytes([byte]))
         finally:
             self._blob.seek(here)
+
+    def __delitem__(self, key: Any) -> None:
+        self._check()
+        if isinstance(key, slice):
+            raise TypeError("Blob doesn't support slice deletion")
+        raise TypeError("Blob doesn't support item deletion")
+
+    # A mapping of positions, as sqlite3.Blob: not a sequence (no iteration, no `in`).
+    __iter__ = None  # type: ignore[assignment]
 
     def __enter__(self) -> "Blob":
         self._check()
         return self
 
     def __exit__(self, *exc: Any) -> bool:
+        self._check()
         self.close()
         return False
+
+
+_INT_MAX = (1 << 31) - 1
+_SSIZE_MAX = (1 << 63) - 1
+
+
+def _c_int(value: Any) -> int:
+    value = operator.index(value)
+    if not -_INT_MAX - 1 <= value <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return value
+
+
+def _contiguous_bytes(data: Any) -> bytes:
+    """``data`` (a bytes-like object) as bytes; a non-contiguous buffer is refused with
+    BufferError, as sqlite3 refuses it."""
+    if type(data) is bytes:
+        return data
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") \
+            from None
+    if not view.c_contiguous:
+        raise BufferError("underlying buffer is not C-contiguous")
+    return view.tobytes()
+
+
+#: Module attributes sqlite3 deprecates on this Python: served with a DeprecationWarning.
+DEPRECATED_MODULE_ATTRS: dict = {}
+
+
+def _module_getattr(name: str) -> Any:
+    """heliosdb's (and heliosdb.dbapi2's) module ``__getattr__``: names sqlite3 still
+    answers with a warning."""
+    import warnings
+
+    if name == "OptimizedUnicode" and sys.version_info < (3, 12):
+        # Deprecated in 3.10, removed in 3.12, as in sqlite3.
+        warnings.warn("OptimizedUnicode is deprecated. Instead, use 'str'.",
+                      DeprecationWarning, stacklevel=2)
+        return str
+    if name in DEPRECATED_MODULE_ATTRS:
+        warnings.warn(f"{name} is deprecated and will be removed in Python 3.14",
+                      DeprecationWarning, stacklevel=2)
+        return DEPRECATED_MODULE_ATTRS[name]
+    raise AttributeError(f"module 'heliosdb' has no attribute '{name}'")
 
 
 def _shared_memory_uri(uri: str) -> str:
@@ -1804,20 +2571,31 @@ def _shared_memory_uri(uri: str) -> str:
 
     APSW's SQLite is built without shared cache, so ``file:x?mode=memory&cache=shared``
     would give each connection its own empty database; ``memdb`` gives the sharing
-    sqlite3 users rely on (several connections, one in-memory database).
+    sqlite3 users rely on (several connections, one in-memory database). The URI is read
+    by SQLite's own rules (:func:`heliosdb.crypto.uri.parse_filename`: percent-decoding,
+    the last ``mode``/``cache`` wins, ``#`` ends it), so this agrees with what SQLite
+    would have opened; a URI SQLite refuses is left for SQLite to refuse.
     """
-    if not uri.startswith("file:") or "?" not in uri:
-        return uri
-    from urllib.parse import parse_qsl, urlencode
+    from urllib.parse import quote
 
-    path, _, query = uri[5:].partition("?")
-    params = parse_qsl(query, keep_blank_values=True)
-    keys = {k: v for k, v in params}
-    if keys.get("mode") != "memory" or keys.get("cache") != "shared":
+    from .crypto import uri as sqlite_uri
+
+    flags = sqlite_uri.OPEN_READWRITE | sqlite_uri.OPEN_CREATE | sqlite_uri.OPEN_URI
+    try:
+        target = sqlite_uri.parse_filename(uri, flags)
+    except sqlite_uri.UriError:
         return uri
-    rest = [(k, v) for k, v in params if k not in ("mode", "cache", "vfs")]
+    if not target.is_uri or not target.flags & sqlite_uri.OPEN_MEMORY \
+            or not target.flags & sqlite_uri.OPEN_SHAREDCACHE:
+        return uri
+    # The decoded path: the same parser on the part before the query.
+    end = min((i for i in (uri.find("?"), uri.find("#")) if i >= 0), default=len(uri))
+    path = sqlite_uri.parse_filename(uri[:end], flags).path or ""
     name = path.lstrip("/") or "memdb"
-    return f"file:/{name}?" + urlencode(rest + [("vfs", "memdb")])
+    rest = [(k, v) for k, v in target.params if k not in ("mode", "cache", "vfs")]
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
+                     for k, v in rest + [("vfs", "memdb")])
+    return f"file:/{quote(name, safe='/')}?{query}"
 
 
 def _fspath(database: Any) -> str:
@@ -1834,7 +2612,8 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
             isolation_level: Optional[str] = "", check_same_thread: bool = True,
             factory: type = Connection, cached_statements: int = 128, uri: bool = False,
             *, key: Any = None, config: Any = None, audit_user: Optional[str] = None,
-            audit_context: Optional[Mapping[str, Any]] = None) -> Connection:
+            audit_context: Optional[Mapping[str, Any]] = None,
+            autocommit: Any = LEGACY_TRANSACTION_CONTROL) -> Connection:
     """Open a connection, like ``sqlite3.connect``, optionally encrypted and audited.
 
     ``key`` opens (or creates) an encrypted database: a passphrase ``str``, 32 raw
@@ -1847,5 +2626,65 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
     extra = {name: value for name, value in (("key", key), ("config", config),
              ("audit_user", audit_user), ("audit_context", audit_context))
              if value is not None}
-    return cls(database, timeout, detect_types, isolation_level, check_same_thread,
-               None, cached_statements, uri, **extra)
+    # As sqlite3 (gh-95132), the factory gets keyword arguments, not positional ones:
+    # only those that differ from the defaults, as a caller would have given them.
+    for name, value, default in (("timeout", timeout, 5.0), ("detect_types", detect_types, 0),
+                                 ("isolation_level", isolation_level, ""),
+                                 ("check_same_thread", check_same_thread, True),
+                                 ("cached_statements", cached_statements, 128),
+                                 ("uri", uri, False)):
+        if value is not default and (type(value) is not type(default) or value != default):
+            extra[name] = value
+    if factory is not Connection:
+        extra["factory"] = factory
+    if autocommit is not LEGACY_TRANSACTION_CONTROL:
+        if not _HAS_AUTOCOMMIT:
+            raise TypeError("connect() got an unexpected keyword argument 'autocommit' "
+                            "(Python 3.12+)")
+        extra["autocommit"] = autocommit
+    return cls(database, **extra)
+
+
+if sys.version_info >= (3, 13):
+    def _deprecate_positional_connect(fn: Callable[..., Connection]) -> Callable[..., Connection]:
+        import functools
+
+        @functools.wraps(fn)
+        def connect(database: Any, *args: Any, **kwargs: Any) -> Connection:
+            if args:
+                import warnings
+
+                warnings.warn(
+                    "Passing more than 1 positional argument to sqlite3.connect() is "
+                    "deprecated. Parameters 'timeout', 'detect_types', 'isolation_level', "
+                    "'check_same_thread', 'factory', 'cached_statements' and 'uri' will "
+                    "become keyword-only parameters in Python 3.15.",
+                    DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+                # As sqlite3, the factory gets the arguments as they were given.
+                factory = args[4] if len(args) > 4 else kwargs.get("factory", Connection)
+                return (factory or Connection)(database, *args, **kwargs)
+            return fn(database, **kwargs)
+
+        return connect
+
+    connect = _deprecate_positional_connect(connect)  # noqa: F811
+
+    def _deprecate_positional_init(fn: Callable[..., None]) -> Callable[..., None]:
+        import functools
+
+        @functools.wraps(fn)
+        def __init__(self: Connection, database: Any, *args: Any, **kwargs: Any) -> None:
+            if args:
+                import warnings
+
+                warnings.warn(
+                    "Passing more than 1 positional argument to _sqlite3.Connection() is "
+                    "deprecated. Parameters 'timeout', 'detect_types', 'isolation_level', "
+                    "'check_same_thread', 'factory', 'cached_statements' and 'uri' will "
+                    "become keyword-only parameters in Python 3.15.",
+                    DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+            fn(self, database, *args, **kwargs)
+
+        return __init__
+
+    Connection.__init__ = _deprecate_positional_init(Connection.__init__)  # type: ignore

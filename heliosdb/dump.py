@@ -6,7 +6,8 @@ plaintext SQL, which is what a user asking for a dump wants; keep it safe accord
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+import sys
+from typing import TYPE_CHECKING, Iterator, Optional
 
 if TYPE_CHECKING:
     from .dbapi import Connection
@@ -28,8 +29,9 @@ def _on_skipped_table(connection: "Connection", name: str, kind: str, skip: set)
     return bool(row and row[0] in skip)
 
 
-def iterdump(connection: "Connection") -> Iterator[str]:
-    """Yield the SQL statements that recreate the database of ``connection``."""
+def iterdump(connection: "Connection", filter: Optional[str] = None) -> Iterator[str]:  # noqa: A002
+    """Yield the SQL statements that recreate the database of ``connection``; with
+    ``filter`` (3.13+), only the objects whose name matches that LIKE pattern."""
     writeable_schema = False
     # The audit log of an audited connection is not data: it travels with its proofs
     # through conn.audit.export(), and could not be replayed into an audited database
@@ -39,16 +41,27 @@ def iterdump(connection: "Connection") -> Iterator[str]:
         skip = {connection.audit.table, "__audit_meta"}
     cu = connection.cursor()
     cu.row_factory = None  # the dump reads plain tuples whatever the connection uses
+    if sys.version_info >= (3, 13):
+        # As sqlite3 3.13: foreign keys off when the data violates them, so that it loads.
+        if cu.execute("PRAGMA foreign_key_check").fetchall():
+            yield "PRAGMA foreign_keys=OFF;"
     yield "BEGIN TRANSACTION;"
 
-    q = """
+    if filter:
+        filter_name_clause = 'AND "name" LIKE ?'
+        params: list = [filter]
+    else:
+        filter_name_clause = ""
+        params = []
+    q = f"""
         SELECT "name", "type", "sql"
         FROM "sqlite_master"
             WHERE "sql" NOT NULL AND
             "type" == 'table'
+            {filter_name_clause}
             ORDER BY "name"
         """
-    schema_res = cu.execute(q).fetchall()
+    schema_res = cu.execute(q, params).fetchall()
     sqlite_sequence = []
     for table_name, _type, sql in schema_res:
         if table_name == "sqlite_sequence":
@@ -88,13 +101,14 @@ def iterdump(connection: "Connection") -> Iterator[str]:
             yield f"{row[0]};"
 
     # Now when the type is 'index', 'trigger', or 'view'
-    q = """
+    q = f"""
         SELECT "name", "type", "sql"
         FROM "sqlite_master"
             WHERE "sql" NOT NULL AND
             "type" IN ('index', 'trigger', 'view')
+            {filter_name_clause}
         """
-    schema_res = cu.execute(q)
+    schema_res = cu.execute(q, params)
     for _name, _type, sql in schema_res.fetchall():
         if skip and _on_skipped_table(connection, _name, _type, skip):
             continue

@@ -41,7 +41,30 @@ print(con.execute("select count(*) from foo").fetchone())
 '''
 
 
-@pytest.mark.parametrize("case", [MUTATING_CONFORM], ids=["bpo-41662"])
+# Found by tests/test_dbapi_fuzz.py: the progress handler interrupts the implicit BEGIN.
+INTERRUPTED_BEGIN = r'''
+import sys
+mod = __import__(sys.argv[1])
+con = mod.connect(":memory:")
+con.execute("create table t(a)")
+con.set_progress_handler(lambda: True, 1)
+for sql in ("delete from t where a = ?", "insert into t values (?)"):
+    for many in (False, True):
+        try:
+            if many:
+                con.executemany(sql, [(1,), (2,)])
+            else:
+                con.execute(sql, (1,))
+            print(sql, many, "ok", con.in_transaction)
+        except Exception as e:
+            print(sql, many, type(e).__name__, e, con.in_transaction)
+con.set_progress_handler(None, 1)
+print(con.execute("select count(*) from t").fetchone())
+'''
+
+
+@pytest.mark.parametrize("case", [MUTATING_CONFORM, INTERRUPTED_BEGIN],
+                         ids=["bpo-41662", "interrupted-implicit-begin"])
 def test_no_crash_where_sqlite3_raises(case):
     want = run_python(case, "sqlite3")
     got = run_python(case, "heliosdb")
