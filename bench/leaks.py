@@ -38,8 +38,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from array import array
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,30 +64,10 @@ RESERVE = {"plain": 0, "heliosdb-v1": 32, "heliosdb": 32, "sqlcipher": 80, "sqli
 
 
 # ------------------------------------------------------------------ SQLite's checksums
-# Copied from tests/test_encryption_checksum_leak.py (wal_cksum, journal_cksum), unchanged.
+# SQLite's two checksums, from heliosdb.crypto.seal (the one copy).
 
-def wal_cksum(data: bytes, big: bool, s1: int, s2: int) -> Tuple[int, int]:
-    """SQLite's walChecksumBytes, continued from (s1, s2)."""
-    words = array("I")
-    words.frombytes(data)
-    if big != (sys.byteorder == "big"):
-        words.byteswap()
-    m = 0xFFFFFFFF
-    it = iter(words)
-    for a in it:
-        b = next(it)
-        s1 = (s1 + a + s2) & m
-        s2 = (s2 + b + s1) & m
-    return s1, s2
-
-
-def journal_cksum(init: int, page: bytes) -> int:
-    """SQLite's pager_cksum: the nonce plus every 200th byte from the end."""
-    c, i = init, len(page) - 200
-    while i > 0:
-        c += page[i]
-        i -= 200
-    return c & 0xFFFFFFFF
+from heliosdb.crypto.seal import journal_checksum as journal_cksum  # noqa: E402
+from heliosdb.crypto.seal import wal_checksum as wal_cksum  # noqa: E402
 
 
 # ------------------------------------------------------------------------ the victim

@@ -17,7 +17,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from array import array
 from typing import Optional, Tuple
 
 import apsw
@@ -36,28 +35,8 @@ sys.path.insert(0, VECTORS)
 from make_pins import make_pins  # noqa: E402  (the victim, shared with the v1 fixture)
 
 
-def wal_cksum(data: bytes, big: bool, s1: int, s2: int) -> Tuple[int, int]:
-    """SQLite's walChecksumBytes, continued from (s1, s2)."""
-    words = array("I")
-    words.frombytes(data)
-    if big != (sys.byteorder == "big"):
-        words.byteswap()
-    m = 0xFFFFFFFF
-    it = iter(words)
-    for a in it:
-        b = next(it)
-        s1 = (s1 + a + s2) & m
-        s2 = (s2 + b + s1) & m
-    return s1, s2
-
-
-def journal_cksum(init: int, page: bytes) -> int:
-    """SQLite's pager_cksum: the nonce plus every 200th byte from the end."""
-    c, i = init, len(page) - 200
-    while i > 0:
-        c += page[i]
-        i -= 200
-    return c & 0xFFFFFFFF
+from heliosdb.crypto.seal import journal_checksum as journal_cksum  # noqa: E402
+from heliosdb.crypto.seal import wal_checksum as wal_cksum  # noqa: E402
 
 
 @pytest.fixture(scope="module")

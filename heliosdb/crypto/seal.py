@@ -17,10 +17,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import sys
+from array import array
+from typing import Tuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["wal_keystream", "journal_keystream", "WAL_LABEL", "JOURNAL_LABEL"]
+__all__ = ["wal_keystream", "journal_keystream", "WAL_LABEL", "JOURNAL_LABEL",
+           "wal_checksum", "journal_checksum"]
 
 WAL_LABEL = b"HeliosDB WAL checksum seal v2"
 JOURNAL_LABEL = b"HeliosDB journal checksum seal v2"
@@ -43,3 +47,31 @@ def journal_keystream(dek: bytes, file_id: bytes, cksum_offset: int, nonce: byte
     is the 12-byte GCM nonce of the record's page image."""
     return _block(dek, file_id, JOURNAL_LABEL,
                   struct.pack(">I", cksum_offset & 0xFFFFFFFF) + bytes(nonce))[:4]
+
+
+# SQLite's own checksums, for the offline verifier and for tests and bench/leaks.py that
+# recompute them over candidate plaintext pages (one copy of each).
+def wal_checksum(data: bytes, big: bool, s1: int, s2: int) -> Tuple[int, int]:
+    """SQLite's WAL checksum (``walChecksumBytes``) over ``data``, continued from
+    ``(s1, s2)``; ``big``: the WAL header's big-endian flag."""
+    words = array("I")
+    words.frombytes(data)
+    if big != (sys.byteorder == "big"):
+        words.byteswap()
+    m = 0xFFFFFFFF
+    it = iter(words)
+    for a in it:
+        b = next(it)
+        s1 = (s1 + a + s2) & m
+        s2 = (s2 + b + s1) & m
+    return s1, s2
+
+
+def journal_checksum(init: int, page: bytes) -> int:
+    """SQLite's rollback-journal record checksum (``pager_cksum``): the header's nonce plus
+    every 200th byte of the page, counted from its end."""
+    c, i = init, len(page) - 200
+    while i > 0:
+        c += page[i]
+        i -= 200
+    return c & 0xFFFFFFFF

@@ -21,7 +21,6 @@ import dataclasses
 import os
 import struct
 import sys
-from array import array
 from typing import Any, Callable, List, Optional, Tuple
 
 from . import _files, seal
@@ -158,21 +157,6 @@ def _wal_frame_count(wal_path: str, ps: int) -> int:
     return (size - WAL_HEADER) // (FRAME_HEADER + ps)
 
 
-def _cksum(data: bytes, big: bool, s1: int, s2: int) -> Tuple[int, int]:
-    """SQLite's WAL checksum (walChecksumBytes) continued from (s1, s2)."""
-    words = array("I")
-    words.frombytes(data)
-    if big != (sys.byteorder == "big"):
-        words.byteswap()
-    m = 0xFFFFFFFF
-    it = iter(words)
-    for a in it:
-        b = next(it)
-        s1 = (s1 + a + s2) & m
-        s2 = (s2 + b + s1) & m
-    return s1, s2
-
-
 def _verify_wal(wal_path: str, dek: bytes, fid: bytes, ps: int, rep: VerifyReport,
                 done: int, total: int, progress: Optional[Callable[[int, int], Any]],
                 sealed: bool = False) -> int:
@@ -207,8 +191,8 @@ def _verify_wal(wal_path: str, dek: bytes, fid: bytes, ps: int, rep: VerifyRepor
                 plain, auth = None, False
             ck = False
             if auth:
-                s = _cksum(fh[:8], big, *prev)
-                ck = _cksum(plain, big, *s) == (fc1, fc2)
+                s = seal.wal_checksum(fh[:8], big, *prev)
+                ck = seal.wal_checksum(plain, big, *s) == (fc1, fc2)
             frames.append((i, pgno, auth, ck))
             prev = (fc1, fc2)
             rep.wal_frames_checked += 1
