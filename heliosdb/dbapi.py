@@ -2075,12 +2075,15 @@ class Connection:
         audit = self._audit
         owns_tx = False
         if not readonly and (audit is not None or self._internal_authorizer is not None):
-            from .audit.policy import audit_tables
+            from .audit.neighbourhood import find_audit_tables
             from .audit.store import META_TABLE
 
             low = str(table).lower()
-            if low.startswith("sqlite_") or low == META_TABLE.lower() \
-                    or low in (t.lower() for t in audit_tables(self._apsw)):
+            if audit is not None:
+                protected = audit.protects(low)
+            else:  # capture switched off by the stored policy: the logs stay guarded
+                protected = low in (t.lower() for t in find_audit_tables(self._apsw))
+            if low.startswith("sqlite_") or low == META_TABLE.lower() or protected:
                 raise errors.AuditPolicyError(
                     f"refusing to open {table}.{column} for writing: the audit tables and "
                     "the schema are written by heliosdb only")

@@ -32,6 +32,7 @@ Transaction rules (docs/AUDIT_CAPTURE.md, "Capture semantics", says it for users
 """
 from __future__ import annotations
 
+import base64
 import getpass
 import json
 import os
@@ -534,13 +535,11 @@ class AuditSession(AuditAPI):
             self._refresh_protected()
             self._check_neighbourhood()
             self._check_log_present()
-            if self.readonly:
-                self._check_readonly_log()
-            elif not self._foreign:
+            if not self.readonly and not self._foreign:
+                # (creates nothing _protected does not already name: this table, the meta)
                 store.ensure_schema(self._db, self.table)
                 self._record_config_change()
                 self._point_policy()
-                self._refresh_protected()
         conn._set_internal_authorizer(self._authorize)
         self._db.set_rollback_hook(self._on_rollback)
         if self._cfg.capture_row_values:
@@ -797,7 +796,7 @@ class AuditSession(AuditAPI):
             if redact:
                 return self.keyed_hash(v)
             if isinstance(v, (bytes, bytearray, memoryview)):
-                return {"$base64": __import__("base64").b64encode(bytes(v)).decode()}
+                return {"$base64": base64.b64encode(bytes(v)).decode()}
             return v
 
         if isinstance(params, dict):
@@ -894,6 +893,10 @@ class AuditSession(AuditAPI):
             return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
 
+    def protects(self, table: str) -> bool:
+        """Whether ``table`` is one of the audit tables this session keeps append-only."""
+        return str(table).lower() in self._protected
+
     def _refresh_protected(self) -> None:
         """Protect every audit table the file holds, not only this session's."""
         from .neighbourhood import find_audit_tables
@@ -970,24 +973,20 @@ class AuditSession(AuditAPI):
 
     def _check_log_present(self) -> None:
         """A log that ``__audit_meta`` records must still be there: never start a fresh,
-        empty chain in its place (it would verify, and hide that the log was dropped)."""
-        if store.get_meta(self._db, self.table, "database_id") is None:
-            return  # a new log
+        empty chain in its place (it would verify, and hide that the log was dropped). A
+        read-only connection cannot create a new one either."""
         found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
                                  "AND name = ?", (self.table,)).fetchall()[0][0]
-        if not found:
+        if found:
+            return
+        if store.get_meta(self._db, self.table, "database_id") is not None:
             raise AuditIntegrityError(
                 f"the audit log {self.table} that this database records in "
                 f"{store.META_TABLE} is missing: it was dropped outside heliosdb. Restore the "
                 "database from a backup; heliosdb will not start a new, empty log in its place")
+        if self.readonly:
+            from ..errors import OperationalError
 
-    def _check_readonly_log(self) -> None:
-        """A read-only connection cannot create the log: it must be there already."""
-        from ..errors import OperationalError
-
-        found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
-                                 "AND name = ?", (self.table,)).fetchall()[0][0]
-        if not found:
             raise OperationalError(
                 f"the audit log {self.table} of this database is missing and a read-only "
                 "connection cannot create it: open the database read-write")
@@ -2028,7 +2027,8 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
     neither the config nor the file asks for audit; a file whose stored policy switched
     capture off still gets its audit tables protected.
     """
-    from .policy import audit_tables, enforce, read_stored_policy
+    from .neighbourhood import find_audit_tables
+    from .policy import enforce, read_stored_policy
 
     db = conn._apsw
     try:
@@ -2040,7 +2040,7 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
         if stored is not None:
             # Capture switched off by an audited call: the log stays append-only.
             try:
-                tables = audit_tables(db)
+                tables = find_audit_tables(db)
             except apsw.Error as exc:
                 raise translate(exc) from exc
             conn._set_internal_authorizer(guard_authorizer(tables))

@@ -39,7 +39,8 @@ from ..errors import translate
 from .events import COLUMNS
 from .store import DEFAULT_TABLE, META_TABLE, _NAME_RE, _schema_sql
 
-__all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables"]
+__all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables",
+           "recorded_audit_tables"]
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def find_audit_tables(db: apsw.Connection) -> list[str]:
     """Audit tables in the file (see the module docstring), sorted, without the meta
     table. Names from ``__audit_meta`` are included only when they are plain identifiers
     (anything else could not be an audit table HeliosDB made)."""
-    found: set[str] = set()
+    found: set[str] = set(recorded_audit_tables(db))
     want = {c.lower() for c in COLUMNS}
     for schema in _schemas(db):
         for typ, name, _tbl, _sql in _rows(db, schema):
@@ -201,13 +202,18 @@ def find_audit_tables(db: apsw.Connection) -> list[str]:
                 continue  # e.g. a virtual table whose module is not loaded: not a log
             if want <= cols:  # a copy made with SELECT * also has the generated columns
                 found.add(name)
-    try:
-        for (t,) in db.execute(f"SELECT DISTINCT tbl FROM {META_TABLE}"):
-            if isinstance(t, str) and _NAME_RE.match(t):
-                found.add(t)
-    except apsw.Error:
-        pass  # no meta table
     return sorted(found)
+
+
+def recorded_audit_tables(db: apsw.Connection) -> list[str]:
+    """The audit tables ``__audit_meta`` keeps rows for (whether or not they still exist),
+    sorted; plain identifiers only (its file-wide rows, such as ``*``, are not tables).
+    One query: what a connection reads at open, before any schema scan."""
+    try:
+        rows = db.execute(f"SELECT DISTINCT tbl FROM {META_TABLE}").fetchall()
+    except apsw.SQLError:
+        return []  # no meta table
+    return sorted(t for (t,) in rows if isinstance(t, str) and _NAME_RE.match(t))
 
 
 def _expected_indexes(table: str) -> dict[str, str]:

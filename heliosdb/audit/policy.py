@@ -27,9 +27,10 @@ import apsw
 
 from ..config import Config
 from ..errors import ConfigError
+from .neighbourhood import recorded_audit_tables
 from .store import DEFAULT_TABLE, META_TABLE
 
-__all__ = ["POLICY_ROW", "StoredPolicy", "read_stored_policy", "audit_tables", "enforce",
+__all__ = ["POLICY_ROW", "StoredPolicy", "read_stored_policy", "enforce",
            "relaxations"]
 
 #: ``__audit_meta`` row (tbl, key) naming the audit table whose config is in force.
@@ -62,13 +63,6 @@ def _meta_rows(db: apsw.Connection, sql: str, args: tuple = ()) -> list[tuple]:
         return []  # no meta table: not an audited database (or not yet)
 
 
-def audit_tables(db: apsw.Connection) -> list[str]:
-    """Every audit table this file records (the tables named in ``__audit_meta``)."""
-    rows = _meta_rows(db, f"SELECT DISTINCT tbl FROM {META_TABLE} WHERE tbl != ?",
-                      (POLICY_ROW[0],))
-    return sorted(r[0] for r in rows if isinstance(r[0], str))
-
-
 def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
     """The policy stored in the file, or ``None`` for a database never audited.
 
@@ -82,7 +76,7 @@ def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
         db, f"SELECT tbl, value FROM {META_TABLE} WHERE key = 'config' AND tbl != ?",
         (POLICY_ROW[0],)))
     if table is None:
-        tables = audit_tables(db)
+        tables = recorded_audit_tables(db)
         if not tables:
             return None
         with_config = sorted(t for t in tables if t in configs)

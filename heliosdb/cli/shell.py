@@ -166,21 +166,16 @@ _DBCONFIG_DEFAULT = "it changes how SQLite treats the schema and data the audit 
 
 
 def _audit_tables(db: apsw.Connection) -> set[str]:
-    """Names of the audit logs ``db``'s main database holds: ``__audit_log`` and every
-    table its meta table (``__audit_meta``) keeps meta rows for, even one since dropped.
-    An unreadable schema counts as holding one (fail closed)."""
-    try:
-        present = {r[0] for r in db.execute(
-            "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND "
-            "name IN ('__audit_log', '__audit_meta')")}
-        names = {"__audit_log"} & present
-        if "__audit_meta" in present:
-            from ..audit.policy import audit_tables
+    """Names of the audit logs ``db`` holds (heliosdb.audit.neighbourhood's
+    ``find_audit_tables``: every table with the log's columns and every table the meta
+    table keeps rows for, even one since dropped). An unreadable schema counts as holding
+    one (fail closed)."""
+    from ..audit.neighbourhood import find_audit_tables
 
-            names |= set(audit_tables(db))
-    except apsw.Error:
+    try:
+        return set(find_audit_tables(db))
+    except (apsw.Error, heliosdb.DatabaseError):
         return {"?"}
-    return names
 
 
 def _uncovered_audit_log(conn: heliosdb.Connection) -> Optional[str]:
