@@ -56,25 +56,21 @@ class StoredPolicy:
     config: dict = dataclasses.field(default_factory=dict)
 
 
-def _meta_rows(db: apsw.Connection, sql: str, args: tuple = ()) -> list[tuple]:
-    try:
-        return list(db.execute(sql, args))
-    except apsw.SQLError:
-        return []  # no meta table: not an audited database (or not yet)
-
-
 def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
     """The policy stored in the file, or ``None`` for a database never audited.
 
     Files written before the policy row existed: the table whose config was recorded
-    (``__audit_log`` first when several were).
+    (``__audit_log`` first when several were). One query for a database without a meta
+    table (every plain connection asks).
     """
-    rows = _meta_rows(db, f"SELECT value FROM {META_TABLE} WHERE tbl = ? AND key = ?",
-                      POLICY_ROW)
-    table = rows[0][0] if rows and isinstance(rows[0][0], str) else None
-    configs = dict(_meta_rows(
-        db, f"SELECT tbl, value FROM {META_TABLE} WHERE key = 'config' AND tbl != ?",
-        (POLICY_ROW[0],)))
+    try:
+        rows = db.execute(f"SELECT tbl, key, value FROM {META_TABLE} WHERE "
+                          "(tbl = ? AND key = ?) OR key = 'config'", POLICY_ROW).fetchall()
+    except apsw.SQLError:
+        return None  # no meta table: not an audited database (or not yet)
+    table = next((v for t, k, v in rows if (t, k) == POLICY_ROW and isinstance(v, str)),
+                 None)
+    configs = {t: v for t, k, v in rows if k == "config" and t != POLICY_ROW[0]}
     if table is None:
         tables = recorded_audit_tables(db)
         if not tables:
