@@ -1604,9 +1604,10 @@ class Connection:
             self._trace(cursor, sql, bindings)
         return True
 
-    def _begin(self) -> None:
+    def _begin(self, sql: Optional[str] = None) -> None:
+        """BEGIN (the isolation level's, or ``sql``), telling the audit session."""
         try:
-            self._apsw.execute(self._begin_sql)
+            self._apsw.execute(sql or self._begin_sql)
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
         if self._audit is not None:
@@ -2088,7 +2089,8 @@ class Connection:
                     f"refusing to open {table}.{column} for writing: the audit tables and "
                     "the schema are written by heliosdb only")
             if audit is not None and self._apsw.get_autocommit():
-                self._begin_for_blob()
+                # the transaction an audited blob's writes and their events share
+                self._begin(self._begin_sql or "BEGIN")
                 owns_tx = True
         try:
             blob = Blob._open(self, self._apsw.blob_open(name, table, column, row, not readonly))
@@ -2099,18 +2101,6 @@ class Connection:
         if audit is not None:
             blob._audited = (audit, str(table), str(column), int(row), owns_tx)
         return blob
-
-    def _begin_for_blob(self) -> None:
-        """The transaction an audited blob's writes and their events share."""
-        if self._begin_sql is not None:
-            self._begin()
-            return
-        try:
-            self._apsw.execute("BEGIN")
-        except apsw.Error as exc:
-            raise _translate(self._apsw, exc) from exc
-        if self._audit is not None:
-            self._audit.on_begin()
 
     def create_window_function(self, name: str, num_params: int,
                                aggregate_class: Optional[Any], /) -> None:
