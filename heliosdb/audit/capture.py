@@ -928,6 +928,19 @@ class AuditSession(AuditAPI):
             return True
         return bool(self._context.get("reason"))
 
+    def _recheck_neighbourhood(self) -> None:
+        """:meth:`_check_neighbourhood` on a path that is already reporting an error (or
+        has just run a statement): if the schema cannot be read now (the I/O error being
+        reported), keep what is known rather than replace the error; the next connection
+        checks again, fail-closed."""
+        from ..errors import DatabaseError
+
+        try:
+            with self._internal():
+                self._check_neighbourhood()
+        except (DatabaseError, apsw.Error):
+            pass
+
     def _foreign_refusal(self, code: int, a1: Any) -> Optional[str]:
         names = {f[1].lower(): f for f in self._foreign}
         if code in (apsw.SQLITE_DROP_TRIGGER, apsw.SQLITE_DROP_TEMP_TRIGGER,
@@ -1253,8 +1266,7 @@ class AuditSession(AuditAPI):
         except BaseException as exc:
             self._deferred[:0] = carried
             if isinstance(exc, AuditIntegrityError):
-                with self._internal():
-                    self._check_neighbourhood()
+                self._recheck_neighbourhood()
             if isinstance(exc, apsw.Error):
                 raise translate(exc) from exc
             raise
@@ -1334,9 +1346,9 @@ class AuditSession(AuditAPI):
                     db.execute("ROLLBACK")
                 except apsw.Error:
                     pass
-            # The write may have failed because of a schema object planted on the log
-            # since connect: from now on only its removal is accepted.
-            self._check_neighbourhood()
+        # The write may have failed because of a schema object planted on the log since
+        # connect: from now on only its removal is accepted.
+        self._recheck_neighbourhood()
         self._after_rollback(reason)
 
     # -- the execution paths the DB-API calls ----------------------------------------
@@ -1352,15 +1364,13 @@ class AuditSession(AuditAPI):
                 try:
                     return self._execute(cursor, sql, params, flags, query)
                 finally:
-                    with self._internal():
-                        self._check_neighbourhood()
+                    self._recheck_neighbourhood()
             try:
                 return self._execute(cursor, sql, params, flags, query)
             except AuditIntegrityError:
                 # The log did not take an append (a trigger planted since connect):
                 # refuse everything but its removal from now on.
-                with self._internal():
-                    self._check_neighbourhood()
+                self._recheck_neighbourhood()
                 raise
 
     def _execute(self, cursor: Any, sql: str, params: Any, flags: int,

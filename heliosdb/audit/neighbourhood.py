@@ -213,6 +213,8 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
         rows = db.execute(f"SELECT DISTINCT tbl FROM {META_TABLE}").fetchall()
     except apsw.SQLError:
         return []  # no meta table
+    except apsw.Error as exc:  # unreadable: fail closed, as a heliosdb error
+        raise translate(exc) from None
     return sorted(t for (t,) in rows if isinstance(t, str) and _NAME_RE.match(t))
 
 
