@@ -24,7 +24,6 @@ import datetime
 import functools
 import operator
 import os
-import re
 import sys
 import threading
 from threading import get_ident as _get_ident
@@ -35,13 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import apsw
 
 from . import errors
-from .errors import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-    translate,
-)
+from .errors import OperationalError, ProgrammingError, translate
 
 __all__ = [
     "Connection", "Cursor", "Row", "Blob", "PrepareProtocol", "connect",
@@ -235,55 +228,14 @@ def complete_statement(statement: str) -> bool:
     return "--" in statement and bool(apsw.complete(statement + "\n"))
 
 
-# --- statement classification (once per distinct SQL text) ---------------------------------
+# --- statement classification: heliosdb.statements (shared with the audit) ---------------
 
-_DML = 1  # INSERT / UPDATE / DELETE / REPLACE: implicit BEGIN, rowcount counted
-_MULTI = 2  # more than one statement in the text
-_EMPTY = 4  # only whitespace and comments
-_RETURNING = 8  # DML with a RETURNING clause: yields rows
-_TRAILING = 16  # only space and comments after the statement's ';': run without them
-_NAMED = 32  # 3.12+: has named parameters (bound from a sequence: a DeprecationWarning)
-_WARN_NAMED_SEQUENCE = sys.version_info >= (3, 12)
-_IDENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
-
-
-def _named_parameters(sql: str) -> list:
-    """[(index, name)] of the named parameters (:a, @a, $a) in ``sql``, numbered as
-    SQLite numbers parameters; quotes, identifiers and comments are skipped."""
-    out: list = []
-    seen: dict = {}
-    top = 0
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch in "'\"`[":
-            close = "]" if ch == "[" else ch
-            j = sql.find(close, i + 1)
-            while j >= 0 and close != "]" and sql.startswith(close * 2, j):
-                j = sql.find(close, j + 2)  # a doubled quote is part of the text
-            i = n if j < 0 else j + 1
-        elif sql.startswith("--", i) or sql.startswith("/*", i):
-            i = _skip_space_and_comments(sql, i)
-        elif ch == "?":
-            j = i + 1
-            while j < n and sql[j].isdigit():
-                j += 1
-            top = max(top, int(sql[i + 1:j])) if j > i + 1 else top + 1
-            i = j
-        elif ch in ":@$" and i + 1 < n and sql[i + 1] in _IDENT and \
-                (i == 0 or sql[i - 1] not in _IDENT):
-            j = i + 1
-            while j < n and (sql[j] in _IDENT or ord(sql[j]) > 127):
-                j += 1
-            name = sql[i:j]
-            if name not in seen:
-                top += 1
-                seen[name] = top
-                out.append((top, name))
-            i = j
-        else:
-            i += 1
-    return out
+from .statements import (  # noqa: E402 - the short private names keep the hot path's text
+    DML as _DML, EMPTY as _EMPTY, MULTI as _MULTI, NAMED as _NAMED, RETURNING as _RETURNING,
+    TRAILING as _TRAILING, StatementCache as _StatementCache,
+    first_statement as _first_statement, named_parameters as _named_parameters,
+    split_statements,
+)
 
 
 def _warn_named_sequence(sql: str) -> None:
@@ -297,116 +249,9 @@ def _warn_named_sequence(sql: str) -> None:
             DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
 
 
-def _skip_space_and_comments(sql: str, i: int = 0) -> int:
-    n = len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch in " \t\n\r\f\v":
-            i += 1
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        else:
-            break
-    return i
-
-
-def _skip_empty_statements(sql: str, i: int = 0) -> int:
-    # SQLite's parser skips empty statements (';' alone): "; begin" is BEGIN.
-    i = _skip_space_and_comments(sql, i)
-    while i < len(sql) and sql[i] == ";":
-        i = _skip_space_and_comments(sql, i + 1)
-    return i
-
-
-def _classify(sql: str) -> int:
-    flags = 0
-    start = _skip_empty_statements(sql, 0)
-    if start >= len(sql):
-        return _EMPTY
-    head = sql[start:start + 7].upper()
-    if head.startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
-        flags |= _DML
-        if "RETURNING" in sql.upper():
-            flags |= _RETURNING
-    # Find the end of the first statement: the first ';' at which the prefix is complete
-    # (sqlite3_complete understands quotes, comments and trigger bodies).
-    pos = sql.find(";", start)
-    while pos >= 0:
-        if apsw.complete(sql[: pos + 1]):
-            # After it, sqlite3 allows only space and comments (not another ';').
-            if _skip_space_and_comments(sql, pos + 1) < len(sql):
-                flags |= _MULTI
-            elif pos + 1 < len(sql):
-                flags |= _TRAILING
-            break
-        pos = sql.find(";", pos + 1)
-    if _WARN_NAMED_SEQUENCE and (":" in sql or "@" in sql or "$" in sql) \
-            and _named_parameters(sql):
-        flags |= _NAMED
-    return flags
-
-
-@functools.lru_cache(maxsize=256)  # SQL written as '...;\n' takes this path every time
-def _first_statement(sql: str) -> str:
-    """``sql`` up to the ';' that completes its one statement (the rest is space and
-    comments, which sqlite3 ignores; an unclosed '/*' there would not compile)."""
-    pos = sql.find(";", _skip_empty_statements(sql, 0))
-    while not apsw.complete(sql[: pos + 1]):
-        pos = sql.find(";", pos + 1)
-    return sql[: pos + 1]
-
-
-def split_statements(script: str) -> list[str]:
-    """Split SQL text into complete statements without preparing them.
-
-    Semicolons inside strings, identifiers, comments and trigger bodies do not split
-    (``sqlite3_complete`` decides); an incomplete tail is kept as the last piece; pieces
-    holding only space, comments and semicolons are dropped. Each piece keeps its own
-    leading whitespace (sqlite3's trace callback shows it).
-    """
-    out = []
-    start = 0
-    pos = script.find(";")
-    while pos >= 0:
-        if apsw.complete(script[start:pos + 1]):
-            out.append(script[start:pos + 1])
-            start = pos + 1
-        pos = script.find(";", pos + 1)
-    out.append(script[start:])
-    return [s for s in out if s[_skip_space_and_comments(s, 0):].strip(" \t\r\n;")]
-
-
-class _StatementCache:
-    """Classification results per SQL text, bounded (cleared wholesale when full).
-
-    ``data`` is read directly on the hot path; ``flags`` fills it on a miss.
-    """
-
-    __slots__ = ("_data", "_max")
-
-    def __init__(self, size: int) -> None:
-        self._data: dict[str, int] = {}
-        self._max = max(64, size * 4)
-
-    @property
-    def data(self) -> dict[str, int]:
-        return self._data
-
-    def flags(self, sql: str) -> int:
-        f = self._data.get(sql)
-        if f is None:
-            f = _classify(sql)
-            if len(self._data) >= self._max:
-                self._data.clear()
-            self._data[sql] = f
-        return f
-
-
 # --- errors raised inside user callbacks ------------------------------------------------
+
+from .apsw_errors import CallbackFailed as _CallbackFailed  # noqa: E402
 
 _callback_tracebacks = False
 _UnraisableHookArgs: Any = None
@@ -444,16 +289,6 @@ def _unraisable(obj: Any, exc: BaseException) -> None:
         _UnraisableHookArgs = type(seen[0])
     sys.unraisablehook(_UnraisableHookArgs(
         (type(exc), exc, exc.__traceback__, None, obj)))
-
-
-class _CallbackFailed(Exception):
-    """Raised out of a user callback so that execute() reports it as sqlite3 does: an
-    ``OperationalError`` with sqlite3's message, ``MemoryError`` for a MemoryError and
-    ``DataError`` ('string or blob too big') for an OverflowError."""
-
-    def __init__(self, message: str, error: Any = None) -> None:
-        super().__init__(message)
-        self.error = error or OperationalError
 
 
 def _callback_error(obj: Any, exc: BaseException, message: str) -> _CallbackFailed:
@@ -597,71 +432,8 @@ def _wrap_aggregate(cls: Callable[[], Any]) -> Callable[[], Any]:
     return _aggregate_factory(cls, window=False)
 
 
-_BINDING_NO_NAME = re.compile(r"Binding (\d+) has no name")
-_BINDINGS_COUNT = re.compile(r"statement uses (\d+) and there are (\d+) supplied")
-
-
-def _explain(db: Any, exc: BaseException) -> Optional[BaseException]:
-    """The encryption layer's reading of an APSW error (a tampered page -> CorruptPageError
-    naming file and page), or None."""
-    from .crypto import explain
-
-    try:
-        return explain(db, exc)
-    except Exception:  # noqa: BLE001 - explaining must never hide the original error
-        return None
-
-
-def _translate(db: Any, exc: BaseException) -> BaseException:
-    """``translate``, after asking the encryption layer what the error means."""
-    if isinstance(exc, apsw.Error):
-        new = _explain(db, exc)
-        if new is not None:
-            return new
-    return translate(exc)
-
-
-def _raise_translated(exc: BaseException, sql: Optional[str] = None, db: Any = None) -> None:
-    """Re-raise an exception from APSW (or a user callback) as sqlite3 would raise it."""
-    # The shim's per-thread record of a failed page needs no connection; only the
-    # truncated-file diagnosis does (``db`` may be None on some paths).
-    if isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.NotADBError,
-                        apsw.CantOpenError)):
-        new = _explain(db, exc)
-        if new is not None:
-            raise new from exc
-    if isinstance(exc, _CallbackFailed):
-        if exc.error is MemoryError:
-            raise MemoryError from exc.__cause__
-        raise exc.error(str(exc)) from exc.__cause__
-    if isinstance(exc, KeyError) and sql is not None and exc.args \
-            and isinstance(exc.args[0], str):
-        # APSW looks named parameters up in the mapping; a missing one is a KeyError.
-        name = exc.args[0]
-        for prefix in ":@$":
-            if prefix + name in sql:
-                name = prefix + name
-                break
-        raise ProgrammingError(
-            f"You did not supply a value for binding parameter {name}.") from exc
-    if isinstance(exc, UnicodeDecodeError):
-        raise OperationalError(f"Could not decode to UTF-8: {exc}") from exc
-    if type(exc) is OverflowError:
-        raise OverflowError("Python int too large to convert to SQLite INTEGER") from exc
-    if isinstance(exc, apsw.BindingsError):
-        m = _BINDING_NO_NAME.search(str(exc))
-        if m:
-            raise ProgrammingError(
-                f"Binding {int(m.group(1)) + 1} has no name, but you supplied a dictionary "
-                "(which has only names).") from exc
-        m = _BINDINGS_COUNT.search(str(exc))
-        if m:
-            raise ProgrammingError(
-                "Incorrect number of bindings supplied. The current statement uses "
-                f"{m.group(1)}, and there are {m.group(2)} supplied.") from exc
-    if isinstance(exc, apsw.Error):
-        raise translate(exc) from exc
-    raise exc
+from .apsw_errors import raise_translated as _raise_translated  # noqa: E402
+from .apsw_errors import translate_error as _translate  # noqa: E402
 
 
 # --- Row --------------------------------------------------------------------------------
@@ -2255,7 +2027,6 @@ Connection.__call__.__signature__ = _call_signature()  # type: ignore[attr-defin
 def _keywords_deprecated(method: str, names: tuple) -> Callable[[Any], Any]:
     """Python 3.13: passing these parameters by keyword is deprecated (positional-only in
     3.15); sqlite3's warning, naming the caller's line."""
-    import functools
 
     if len(names) == 1:
         msg = (f"Passing keyword argument {names[0]!r} to _sqlite3.Connection.{method}() "
@@ -2640,7 +2411,6 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
 
 if sys.version_info >= (3, 13):
     def _deprecate_positional_connect(fn: Callable[..., Connection]) -> Callable[..., Connection]:
-        import functools
 
         @functools.wraps(fn)
         def connect(database: Any, *args: Any, **kwargs: Any) -> Connection:
@@ -2663,7 +2433,6 @@ if sys.version_info >= (3, 13):
     connect = _deprecate_positional_connect(connect)  # noqa: F811
 
     def _deprecate_positional_init(fn: Callable[..., None]) -> Callable[..., None]:
-        import functools
 
         @functools.wraps(fn)
         def __init__(self: Connection, database: Any, *args: Any, **kwargs: Any) -> None:

@@ -44,6 +44,8 @@ from typing import Any, Iterable, Optional
 
 import apsw
 
+from .. import statements
+from ..apsw_errors import explain_error, raise_translated
 from ..errors import AuditIntegrityError, ProgrammingError, translate
 from . import store
 from .api import AuditAPI
@@ -249,9 +251,7 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
 
 
 def _first_words(sql: str) -> list:
-    from ..dbapi import _skip_space_and_comments
-
-    i = _skip_space_and_comments(sql, 0)
+    i = statements.skip_space_and_comments(sql, 0)
     return sql[i:i + 40].upper().replace("(", " ").replace(";", " ").split()
 
 
@@ -281,9 +281,7 @@ def _explain_now(db: Any, exc: BaseException) -> Optional[BaseException]:
     """CorruptPageError (file, page) for a page that failed authentication, else None."""
     if not isinstance(exc, (apsw.IOError, apsw.CorruptError, apsw.NotADBError)):
         return None
-    from ..dbapi import _explain
-
-    return _explain(db, exc)
+    return explain_error(db, exc)
 
 
 def _classify_by_keyword(sql: str) -> _Classification:
@@ -303,7 +301,7 @@ def _needs_wrap(sql: str) -> bool:
     return False
 
 
-_DBAPI_DML, _DBAPI_RETURNING = 1, 8  # heliosdb.dbapi._DML / _RETURNING
+_DBAPI_DML, _DBAPI_RETURNING = statements.DML, statements.RETURNING
 _DML_OPS = frozenset(("INSERT", "UPDATE", "DELETE"))
 _perf_ns = time.perf_counter_ns
 _new_event = tuple.__new__  # EventFields from a positional tuple, without its __new__
@@ -1506,7 +1504,6 @@ class AuditSession(AuditAPI):
 
     def _raise(self, exc: BaseException, sql: str) -> None:
         """Raise what the DB-API raises; a denial by the audit layer says why."""
-        from ..dbapi import _raise_translated
         from ..errors import DatabaseError
 
         if isinstance(exc, apsw.AuthError) and self._denied:
@@ -1519,7 +1516,7 @@ class AuditSession(AuditAPI):
             err.sqlite_errorcode = apsw.SQLITE_AUTH
             err.sqlite_errorname = "SQLITE_AUTH"
             raise err from exc
-        _raise_translated(exc, sql)
+        raise_translated(exc, sql)
 
     def _take_row_values(self) -> tuple:
         if not self._row_values:
@@ -1736,16 +1733,13 @@ class AuditSession(AuditAPI):
     @_locked
     def executescript(self, cursor: Any, script: str) -> None:
         """Run a script statement by statement, each captured like ``execute``."""
-        from ..dbapi import _DML, _EMPTY, _RETURNING, _classify
-
         # sqlite3's executescript leaves rowcount and lastrowid as they were.
         rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
         try:
-            from ..dbapi import split_statements
-
-            for stmt in split_statements(script):
-                flags = _classify(stmt) & (_DML | _EMPTY | _RETURNING)
-                if flags & _EMPTY:
+            for stmt in statements.split_statements(script):
+                flags = statements.classify(stmt) & (
+                    statements.DML | statements.EMPTY | statements.RETURNING)
+                if flags & statements.EMPTY:
                     continue
                 self.execute(cursor, stmt, None, flags, query=stmt.strip())
                 for _ in cursor._cur:

@@ -99,8 +99,8 @@ def _close_quietly(conn: Any) -> None:
 
 
 # One statement splitter and one comment skipper for the whole package: the DB-API's.
-from ..dbapi import _skip_space_and_comments as _skip_comments  # noqa: E402
-from ..dbapi import split_statements as split_sql  # noqa: E402
+from ..statements import skip_space_and_comments as _skip_comments  # noqa: E402
+from ..statements import split_statements as split_sql  # noqa: E402
 
 
 # -- dot-commands on an audited database -----------------------------------------------------
