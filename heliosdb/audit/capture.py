@@ -530,8 +530,7 @@ class AuditSession(AuditAPI):
         self.readonly = bool(self._db.readonly("main"))
         self._foreign: list = []
         with self._internal():
-            self._refresh_protected()
-            self._check_neighbourhood()
+            self._check_neighbourhood(self._refresh_protected())
             self._check_log_present()
             if not self.readonly and not self._foreign:
                 # (creates nothing _protected does not already name: this table, the meta)
@@ -717,8 +716,7 @@ class AuditSession(AuditAPI):
         with self._internal():
             store.ensure_schema(self._db, self.table)
             self._point_policy()
-            self._refresh_protected()
-            self._check_neighbourhood()
+            self._check_neighbourhood(self._refresh_protected())
             new_head = store.head(self._db, self.table)
         self._sql_info = {}
         self._class_cache = {}
@@ -895,13 +893,15 @@ class AuditSession(AuditAPI):
         """Whether ``table`` is one of the audit tables this session keeps append-only."""
         return str(table).lower() in self._protected
 
-    def _refresh_protected(self) -> None:
+    def _refresh_protected(self) -> list[str]:
         """Protect every audit table the file holds, not only this session's."""
         from .neighbourhood import find_audit_tables
 
         names = {self.table.lower(), store.META_TABLE.lower()}
-        names.update(t.lower() for t in find_audit_tables(self._db))
+        tables = find_audit_tables(self._db)
+        names.update(t.lower() for t in tables)
         self._protected = frozenset(names)
+        return tables
 
     def _point_policy(self) -> None:
         """Record this session's table as the one whose config is the policy in force."""
@@ -910,14 +910,16 @@ class AuditSession(AuditAPI):
         if store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) != self.table:
             store.set_meta(self._db, POLICY_ROW[0], POLICY_ROW[1], self.table)
 
-    def _check_neighbourhood(self) -> None:
+    def _check_neighbourhood(self, audit_tables: Optional[list[str]] = None) -> None:
         """Triggers, views and indexes on (or writing to) an audit table that heliosdb
         did not create: while any is there, this connection refuses every statement but
-        the DROP that removes it (recorded like any DROP)."""
+        the DROP that removes it (recorded like any DROP). ``audit_tables``: what
+        :meth:`_refresh_protected` just found (else the file is scanned again)."""
         from .neighbourhood import find_foreign_schema
 
         self._foreign = [(f.type, f.name, f.table) for f in find_foreign_schema(
-            self._db, sorted(self._protected - {store.META_TABLE.lower()}))]
+            self._db, sorted(self._protected - {store.META_TABLE.lower()}),
+            audit_tables=audit_tables)]
 
     def _reason_in_force(self) -> bool:
         """A reason for the change: this thread's acting_as() frame, else the context."""

@@ -192,8 +192,13 @@ def find_audit_tables(db: apsw.Connection) -> list[str]:
     found: set[str] = set(recorded_audit_tables(db))
     want = {c.lower() for c in COLUMNS}
     for schema in _schemas(db):
-        for typ, name, _tbl, _sql in _rows(db, schema):
+        for typ, name, _tbl, sql in _rows(db, schema):
             if typ != "table" or name.lower() == META_TABLE or name.startswith("sqlite_"):
+                continue
+            if sql is not None and not all(c in sql.lower() for c in want):
+                # Every column a table has is named in its stored CREATE TABLE text (ALTER
+                # TABLE ADD COLUMN rewrites it): a table whose text lacks one is not a log,
+                # and needs no PRAGMA (an open would otherwise run one per user table).
                 continue
             try:
                 cols = {r[1].lower() for r in db.execute(
@@ -229,7 +234,8 @@ def _expected_indexes(table: str) -> dict[str, str]:
 
 
 def find_foreign_schema(db: apsw.Connection,
-                        tables: Optional[Iterable[str]] = None) -> list[ForeignObject]:
+                        tables: Optional[Iterable[str]] = None, *,
+                        audit_tables: Optional[Iterable[str]] = None) -> list[ForeignObject]:
     """Schema objects HeliosDB did not create that act on an audit table.
 
     ``tables``: the audit tables to protect (default ``["__audit_log"]``); the meta table
@@ -237,10 +243,13 @@ def find_foreign_schema(db: apsw.Connection,
     :class:`ForeignObject` (empty when the neighbourhood is clean), in schema order.
     Reads only ``sqlite_schema`` of each attached schema (no table data). A schema that
     cannot be read raises (as its :mod:`heliosdb.errors` class): it cannot be declared
-    clean.
+    clean. ``audit_tables``: what :func:`find_audit_tables` returned, when the caller has
+    just asked it (the scan is not repeated).
     """
     protected = {DEFAULT_TABLE.lower()} if tables is None else {t.lower() for t in tables}
-    protected |= {t.lower() for t in find_audit_tables(db)}
+    if audit_tables is None:
+        audit_tables = find_audit_tables(db)
+    protected |= {t.lower() for t in audit_tables}
     protected.add(META_TABLE.lower())
     # what HeliosDB creates for each audit table
     expected: dict[str, str] = {}

@@ -19,7 +19,9 @@ relaxed at all. This module is data only: it reads meta rows and merges configur
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 from typing import Any, Optional
 
@@ -132,7 +134,7 @@ def enforce(requested: Config, stored: Optional[StoredPolicy]) -> tuple[Config, 
     """
     if stored is None or not stored.enabled:
         return requested, {}
-    defaults = _audit_dict(Config())
+    defaults = _default_audit_dict()
     want = _audit_dict(requested) if requested.audit.enabled else dict(defaults)
     have = {**defaults, **stored.audit}
     merged: dict = {}
@@ -158,6 +160,10 @@ def enforce(requested: Config, stored: Optional[StoredPolicy]) -> tuple[Config, 
     else:
         overridden["audit.enabled"] = {"requested": False, "enforced": True}
     base = requested
+    if requested.audit.enabled and not overridden and _norm(merged) == _norm(want):
+        # What most connections see: the file's policy is what was asked for. (Building
+        # the config again would validate every section for nothing.)
+        return requested, overridden
     if not requested.audit.enabled and stored.config:
         # No audit asked for: the session runs as the stored config says (its name and
         # encryption section too, so that it records no spurious config change).
@@ -167,6 +173,16 @@ def enforce(requested: Config, stored: Optional[StoredPolicy]) -> tuple[Config, 
         except ConfigError:  # a stored section this release cannot read
             base = requested
     return base.replace(audit=merged), overridden
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+    return _audit_dict(Config())
+
+
+def _default_audit_dict() -> dict:
+    """The default ``[audit]`` section as plain JSON types (a fresh copy each call)."""
+    return copy.deepcopy(_defaults())
 
 
 def _audit_dict(config: Config) -> dict:
@@ -193,7 +209,7 @@ def relaxations(old: Config, new: Config) -> list[str]:
         return ["audit.enabled"]
     if a["table_name"] != b["table_name"]:
         out.append("audit.table_name")
-    defaults = _audit_dict(Config())
+    defaults = _default_audit_dict()
     for key, dv in defaults.items():
         if key in ("enabled", "table_name", "after_hours"):
             continue
