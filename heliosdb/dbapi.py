@@ -436,6 +436,31 @@ from .apsw_errors import raise_translated as _raise_translated  # noqa: E402
 from .apsw_errors import translate_error as _translate  # noqa: E402
 
 
+class _Drained:
+    """Stands in for the APSW cursor of a statement the audit ran to its end (see
+    :class:`heliosdb.audit.capture.StatementRun`): serves its rows and description as APSW
+    would; anything else goes to the real cursor."""
+
+    __slots__ = ("real", "_rows", "_desc")
+
+    def __init__(self, real: Any, rows: list, desc: Any) -> None:
+        self.real = real
+        self._rows = iter(rows)
+        self._desc = desc
+
+    def __iter__(self) -> "_Drained":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._rows)
+
+    def get_description(self) -> Any:
+        return self._desc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 # --- Row --------------------------------------------------------------------------------
 
 
@@ -522,6 +547,7 @@ class Cursor:
     _desc_known = True
     _converters: Optional[list] = None
     _count_at_end = False
+    _end_count: Optional[int] = None  # the RETURNING count to report at the end (audited)
     _peek: Optional[tuple] = None  # DML ... RETURNING: the row read ahead (see _next_raw)
     _locked = False  # converters / row factory running: the cursor may not be re-entered
 
@@ -642,10 +668,14 @@ class Cursor:
             self._converters = None
             self._count_at_end = False
             self.rowcount = -1
-            # The audit session decides on BEGIN under its lock (threads sharing the
-            # connection).
-            return conn._audit.execute(self, sql, params, flags,
-                                       begin=bool(flags & _DML) and conn._begin_sql is not None)
+            cur = self._cur
+            if cur.__class__ is _Drained:
+                cur = self._cur = cur.real
+            # The hook: the audit session runs the statement and records it, and decides
+            # on BEGIN under its lock (threads sharing the connection).
+            self._after_audited(flags, conn._audit.execute(
+                cur, sql, params, begin=bool(flags & _DML) and conn._begin_sql is not None))
+            return self
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
         # after the statement ran, or reset by _failed() when it did not.)
         if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
@@ -671,6 +701,7 @@ class Cursor:
             if flags & _RETURNING:
                 self.rowcount = 0
                 self._count_at_end = True
+                self._end_count = None
                 self._rows_kind = True
             else:
                 self.rowcount = db.changes()
@@ -698,25 +729,31 @@ class Cursor:
         self._peek = None
         self.rowcount = -1
 
-    def _after_execute(self, flags: int) -> None:
-        """Record rowcount, lastrowid and result state after a statement ran (used by
-        the audit layer, which runs the statement itself)."""
-        db = self._connection._apsw
+    def _after_audited(self, flags: int, run: Any) -> None:
+        """Record rowcount, lastrowid and result state after an audited statement ran:
+        ``run`` (a :class:`heliosdb.audit.capture.StatementRun`) holds the counts read
+        before its event was written, and its rows when the audit ran it to its end."""
+        changes, self.lastrowid, rows, description = run
+        if rows is not None:
+            self._cur = _Drained(self._cur, rows, description)
         if flags & _DML:
-            if flags & _RETURNING:
-                self.rowcount = 0
-                self._count_at_end = True
-                self._rows_kind = True
-            else:
-                self.rowcount = db.changes()
+            if not flags & _RETURNING:
+                self.rowcount = changes
                 self._rows_kind = False
+            else:
+                self._rows_kind = True
+                if rows is None or rows:
+                    # sqlite3 counts RETURNING changes once the last row has been read.
+                    self.rowcount = 0
+                    self._count_at_end = True
+                    self._end_count = None if rows is None else changes
+                else:
+                    self.rowcount = changes
         else:
             self._rows_kind = not (flags & _EMPTY)
-        # DML ... RETURNING yields rows too: keep the statement's rows available.
         self._peek = None
         self._active = True
         self._desc_known = False
-        self.lastrowid = db.last_insert_rowid()
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> "Cursor":
         """Execute a DML statement once for each parameter set of an iterable."""
@@ -755,7 +792,10 @@ class Cursor:
             params_iter = map(self._prepare_params, seq_of_parameters)
         before = db.total_changes()
         if conn._audit is not None:
-            audited_rows = conn._audit.executemany(self, sql, params_iter, flags,
+            cur = self._cur
+            if cur.__class__ is _Drained:
+                cur = self._cur = cur.real
+            audited_rows = conn._audit.executemany(cur, sql, params_iter,
                                                    begin=conn._begin_sql is not None)
         else:
             if begin:
@@ -817,7 +857,10 @@ class Cursor:
         self.rowcount = -1
         self._sql = None
         if conn._audit is not None:
-            conn._audit.executescript(self, sql_script)
+            cur = self._cur
+            if cur.__class__ is _Drained:
+                cur = self._cur = cur.real
+            conn._audit.executescript(cur, sql_script)
         else:
             db = conn._apsw
             try:
@@ -927,6 +970,14 @@ class Cursor:
             return rf(self, row)
         return row
 
+    def _returning_count(self) -> int:
+        """rowcount of DML ... RETURNING once its last row is read: SQLite's count, or
+        the one an audited statement run to its end left (the audit wrote since)."""
+        if self._end_count is not None:
+            count, self._end_count = self._end_count, None
+            return count
+        return self._connection._apsw.changes()
+
     def _next_raw(self) -> Optional[tuple]:
         if not self._active:
             return None
@@ -941,7 +992,7 @@ class Cursor:
             self._active = False
             if self._count_at_end:
                 self._count_at_end = False
-                self.rowcount = self._connection._apsw.changes()
+                self.rowcount = self._returning_count()
             return None
         except BaseException as exc:  # noqa: BLE001
             self._active = False
@@ -961,7 +1012,7 @@ class Cursor:
                 self._peek = next(self._cur)
             except StopIteration:
                 self._count_at_end = False
-                self.rowcount = self._connection._apsw.changes()
+                self.rowcount = self._returning_count()
         return row
 
     def fetchone(self) -> Any:
@@ -1031,7 +1082,7 @@ class Cursor:
             self._active = False
             if self._count_at_end:
                 self._count_at_end = False
-                self.rowcount = conn._apsw.changes()
+                self.rowcount = self._returning_count()
             return rows
         out = []
         while True:

@@ -40,7 +40,7 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 
 import apsw
 
@@ -301,7 +301,6 @@ def _needs_wrap(sql: str) -> bool:
     return False
 
 
-_DBAPI_DML, _DBAPI_RETURNING = statements.DML, statements.RETURNING
 _DML_OPS = frozenset(("INSERT", "UPDATE", "DELETE"))
 _perf_ns = time.perf_counter_ns
 _new_event = tuple.__new__  # EventFields from a positional tuple, without its __new__
@@ -311,39 +310,22 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class _Drained:
-    """Stands in for an APSW cursor whose statement (DML ... RETURNING) the audit layer ran
-    to completion: SQLite makes every change at the first step, but counts them only when
-    the statement ends, and a wrapping COMMIT cannot run while it is active. The rows are
-    kept here and served to the DB-API cursor as APSW would serve them."""
+class StatementRun(NamedTuple):
+    """What an audited statement leaves for the cursor that asked for it, read right after
+    the statement ran and before its event was written (the event's own INSERT changes
+    ``changes()`` and ``last_insert_rowid()``).
 
-    __slots__ = ("_real", "_rows", "_desc", "_owner", "_count")
+    ``rows`` is None when the statement's rows are still to be read from the APSW cursor;
+    a list when the audit ran it to its end first (DML ... RETURNING: SQLite makes every
+    change at the first step but counts them only at the end, and a wrapping COMMIT cannot
+    run while it is active; a PRAGMA in autocommit mode, whose event needs a transaction
+    of its own), with ``description`` as APSW's ``get_description()`` gave it.
+    """
 
-    def __init__(self, real: Any, rows: list, desc: Any, owner: Any, count: int) -> None:
-        self._real = real
-        self._rows = iter(rows)
-        self._desc = desc
-        self._owner = owner  # the DB-API cursor: its rowcount is set once rows run out,
-        self._count = count  # as sqlite3 counts RETURNING changes when the statement ends
-
-    def __iter__(self) -> "_Drained":
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._rows)
-        except StopIteration:
-            if self._owner is not None:
-                self._owner.rowcount = self._count
-                self._owner._count_at_end = False
-                self._owner = None
-            raise
-
-    def get_description(self) -> Any:
-        return self._desc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
+    changes: int
+    lastrowid: int
+    rows: Optional[list]
+    description: Any
 
 
 def _collect(params_iter: Iterable[Any], into: list) -> Iterable[Any]:
@@ -1352,29 +1334,30 @@ class AuditSession(AuditAPI):
         self._after_rollback(reason)
 
     # -- the execution paths the DB-API calls ----------------------------------------
-    def execute(self, cursor: Any, sql: str, params: Any, flags: int, *,
-                query: Optional[str] = None, begin: bool = False) -> Any:
-        """Run one statement for ``cursor`` and record it (as ``query`` if given: the
-        statement of a script without its surrounding white space). ``begin``: open the
-        DB-API's implicit transaction first if none is open (decided under the lock)."""
+    def execute(self, cur: apsw.Cursor, sql: str, params: Any, *,
+                query: Optional[str] = None, begin: bool = False) -> StatementRun:
+        """Run one statement on the APSW cursor ``cur`` and record it (as ``query`` if
+        given: the statement of a script without its surrounding white space). ``begin``:
+        open the DB-API's implicit transaction first if none is open (decided under the
+        lock). Returns what the DB-API cursor reports of the statement."""
         with self._lock:
             if begin and self._db.get_autocommit():
                 self._conn._begin()
             if self._foreign:
                 try:
-                    return self._execute(cursor, sql, params, flags, query)
+                    return self._execute(cur, sql, params, query)
                 finally:
                     self._recheck_neighbourhood()
             try:
-                return self._execute(cursor, sql, params, flags, query)
+                return self._execute(cur, sql, params, query)
             except AuditIntegrityError:
                 # The log did not take an append (a trigger planted since connect):
                 # refuse everything but its removal from now on.
                 self._recheck_neighbourhood()
                 raise
 
-    def _execute(self, cursor: Any, sql: str, params: Any, flags: int,
-                 query: Optional[str]) -> Any:
+    def _execute(self, cur: apsw.Cursor, sql: str, params: Any,
+                 query: Optional[str]) -> StatementRun:
         db = self._db
         if self._actions:
             self._actions = []
@@ -1385,9 +1368,6 @@ class AuditSession(AuditAPI):
         info = self._sql_info.get(sql)
         if info is None:
             info = self._info(sql)
-        cur = cursor._cur
-        if cur.__class__ is _Drained:
-            cur = cursor._cur = cur._real
         if self._unstored and info[4]:
             # COMMIT / SAVEPOINT / RELEASE / ROLLBACK TO, or SQL naming the log: queued
             # events of the transaction are stored first (a savepoint must be set after
@@ -1419,7 +1399,7 @@ class AuditSession(AuditAPI):
             else:
                 cur.execute(sql, params, can_cache=info[1])
             rows = None
-            if info[2]:  # DML ... RETURNING: run it to its end (see _Drained)
+            if info[2]:  # DML ... RETURNING: run it to its end (see StatementRun)
                 try:
                     desc = cur.get_description()
                     rows = list(cur)
@@ -1457,22 +1437,11 @@ class AuditSession(AuditAPI):
                 rows = list(cur)
             except apsw.ExecutionCompleteError:
                 pass
-        if rows is not None:
-            returning = info[2] and flags & _DBAPI_RETURNING
-            count = db.changes() if info[2] else -1
-            cursor._cur = _Drained(cur, rows, desc, cursor if returning and rows else None,
-                                   count)
-            cursor._after_execute(flags)
-            cursor._count_at_end = False
-            if returning:  # sqlite3: counted once the statement ends (at once if no row)
-                cursor.rowcount = 0 if rows else count
-            elif flags & _DBAPI_DML:
-                cursor.rowcount = count
-        else:
-            cursor._after_execute(flags)
+        run = StatementRun(db.changes(), db.last_insert_rowid(), rows,
+                           desc if rows is not None else None)
         if op in _TX_OPS:
             self._on_tx_statement(c, sql, was_autocommit=autocommit)
-            return cursor
+            return run
         if self._rolled_back:  # e.g. a trigger's RAISE(ROLLBACK) that did not raise
             self._after_rollback("rolled back by SQLite")
         if wanted:
@@ -1502,7 +1471,7 @@ class AuditSession(AuditAPI):
                 self._record_change(ev, wrapped=wrap)
         elif wrap:
             self._commit_wrapper()
-        return cursor
+        return run
 
     def _raise(self, exc: BaseException, sql: str) -> None:
         """Raise what the DB-API raises; a denial by the audit layer says why."""
@@ -1676,18 +1645,19 @@ class AuditSession(AuditAPI):
             cur.exec_trace = self._mark_prepared
         return just_begun
 
-    def executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any], flags: int, *,
+    def executemany(self, cur: apsw.Cursor, sql: str, params_iter: Iterable[Any], *,
                     begin: bool = False) -> int:
-        """Run a DML statement over many parameter sets; one event for the batch.
+        """Run a DML statement over many parameter sets on the APSW cursor ``cur``; one
+        event for the batch.
 
         Returns the number of rows changed by the batch (``total_changes`` also counts
         the audit rows)."""
         with self._lock:
             if begin and self._db.get_autocommit():
                 self._conn._begin()
-            return self._executemany(cursor, sql, params_iter)
+            return self._executemany(cur, sql, params_iter)
 
-    def _executemany(self, cursor: Any, sql: str, params_iter: Iterable[Any]) -> int:
+    def _executemany(self, cur: apsw.Cursor, sql: str, params_iter: Iterable[Any]) -> int:
         db = self._db
         collected: Optional[list] = None
         if self._capture_params:
@@ -1697,9 +1667,6 @@ class AuditSession(AuditAPI):
         self._denied = None
         self._row_values = []
         info = self._info(sql)
-        cur = cursor._cur
-        if cur.__class__ is _Drained:
-            cur = cursor._cur = cur._real
         wrap = db.get_autocommit()
         just_begun = self._open_statement(cur, wrap)
         before = db.total_changes()
@@ -1733,21 +1700,15 @@ class AuditSession(AuditAPI):
         return count
 
     @_locked
-    def executescript(self, cursor: Any, script: str) -> None:
-        """Run a script statement by statement, each captured like ``execute``."""
-        # sqlite3's executescript leaves rowcount and lastrowid as they were.
-        rowcount, lastrowid = cursor.rowcount, cursor.lastrowid
-        try:
-            for stmt in statements.split_statements(script):
-                flags = statements.classify(stmt) & (
-                    statements.DML | statements.EMPTY | statements.RETURNING)
-                if flags & statements.EMPTY:
-                    continue
-                self.execute(cursor, stmt, None, flags, query=stmt.strip())
-                for _ in cursor._cur:
+    def executescript(self, cur: apsw.Cursor, script: str) -> None:
+        """Run a script statement by statement on the APSW cursor ``cur``, each captured
+        like ``execute`` and run to its end."""
+        for stmt in statements.split_statements(script):
+            if statements.classify(stmt) & statements.EMPTY:
+                continue
+            if self.execute(cur, stmt, None, query=stmt.strip()).rows is None:
+                for _ in cur:
                     pass
-        finally:
-            cursor.rowcount, cursor.lastrowid = rowcount, lastrowid
 
     def on_begin(self) -> None:
         """The DB-API opened an implicit transaction."""
