@@ -98,3 +98,11 @@ def test_the_finder_finds_a_circle() -> None:
     edges = {"a": ["b"], "b": ["c"], "c": ["a", "d"], "d": [], "e": ["f"], "f": ["e"],
              "g": ["d"]}
     assert _circles(edges) == {frozenset("abc"), frozenset("ef")}
+
+
+def test_the_positional_event_builder_matches_the_event_fields() -> None:
+    """capture's hot path builds EventFields by position: its order is the class's."""
+    from heliosdb.audit import capture
+    from heliosdb.audit.events import EventFields
+
+    assert capture._STMT_EVENT_ORDER == EventFields._fields

@@ -47,6 +47,7 @@ import apsw
 from .. import statements
 from ..apsw_errors import explain_error, raise_translated
 from ..errors import AuditIntegrityError, ProgrammingError, translate
+from ..errors import Error as HeliosError
 from . import store
 from .api import AuditAPI
 from .events import EventFields, canonical_json
@@ -302,8 +303,20 @@ def _needs_wrap(sql: str) -> bool:
 
 
 _DML_OPS = frozenset(("INSERT", "UPDATE", "DELETE"))
+#: What writing an event can fail with that the capture records or retries (a locked or
+#: full database, a log that refused the append); anything else is not swallowed.
+_WRITE_ERRORS = (apsw.Error, HeliosError)
 _perf_ns = time.perf_counter_ns
 _new_event = tuple.__new__  # EventFields from a positional tuple, without its __new__
+#: The field order in which :meth:`AuditSession._stmt_event` (the hot path) builds
+#: EventFields positionally. Checked against the class at import: a reordered or added
+#: field stops the import instead of silently moving values into other columns (and into
+#: what is hashed). Every other event is built by name.
+_STMT_EVENT_ORDER = ("operation", "target", "user", "session_id", "query", "affected_rows",
+                     "success", "error", "metadata", "old_values", "new_values", "reason")
+if EventFields._fields != _STMT_EVENT_ORDER:  # pragma: no cover - a developer's error
+    raise ImportError(f"heliosdb.audit.capture builds EventFields as {_STMT_EVENT_ORDER}, "
+                      f"but events.py declares {EventFields._fields}: update _stmt_event")
 
 
 def _now_us() -> int:
@@ -1260,7 +1273,7 @@ class AuditSession(AuditAPI):
         is full), keep them for the next write rather than hide the user's error."""
         try:
             self._write_now(events)
-        except Exception:  # noqa: BLE001
+        except _WRITE_ERRORS:
             self._deferred.extend(events)
 
     def _failed_copies(self, events: list[EventFields], reason: str) -> list[EventFields]:
@@ -1595,6 +1608,7 @@ class AuditSession(AuditAPI):
                                                     new_values=None)])
             return
         if wrapped or unprepared_begin:
+            interrupted: Optional[BaseException] = None
             if partial > 0:
                 # Rows changed before the failure stay (INSERT OR FAIL, executemany), as
                 # in sqlite3's autocommit mode: commit them with this event.
@@ -1603,8 +1617,10 @@ class AuditSession(AuditAPI):
                     if wrapped:
                         self._commit_wrapper()
                     return
-                except BaseException:  # noqa: BLE001
-                    pass
+                except _WRITE_ERRORS:
+                    pass  # the attempt is recorded below, without the rows
+                except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt, SystemExit
+                    interrupted = exc  # the transaction ends as below first, then it goes on
             # Nothing to keep: end the transaction (the wrapper's, or the one the DB-API
             # opened for a statement that never compiled, as sqlite3 opens none then).
             with self._internal():
@@ -1617,6 +1633,8 @@ class AuditSession(AuditAPI):
             self._unstored = 0
             self._write_or_defer([ev._replace(affected_rows=0, old_values=None,
                                               new_values=None)])
+            if interrupted is not None:
+                raise interrupted
         elif db.get_autocommit():
             self._write_or_defer([ev])
         elif partial > 0:
@@ -1624,8 +1642,10 @@ class AuditSession(AuditAPI):
             # event goes with them (and becomes a rolled-back attempt if it rolls back).
             try:
                 self._queue([ev])
-            except BaseException:  # noqa: BLE001
+            except BaseException as exc:  # noqa: BLE001 - ends the transaction, then ...
                 self._abort_transaction("rolled back: audit write failed")
+                if not isinstance(exc, _WRITE_ERRORS):
+                    raise  # ... KeyboardInterrupt or a bug goes on; a write failure is recorded
         else:
             # Inside a user transaction: the event must outlive a later rollback, so it
             # is written after the transaction ends, whichever way it ends.
@@ -1769,7 +1789,7 @@ class AuditSession(AuditAPI):
             else:
                 try:
                     self._queue([ev])
-                except BaseException:  # noqa: BLE001
+                except _WRITE_ERRORS:
                     pass  # queued; stored with the next batch, or the transaction aborts
 
     # -- transaction control from the DB-API -------------------------------------------
