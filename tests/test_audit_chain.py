@@ -1,8 +1,9 @@
 """The audit chain: canonical encoding, C/pure equality, the store (ids, time, head).
 
 Every test that touches the chain runs twice, with the C writer and with the pure-Python
-fallback (fixture ``chain_impl``, tests/conftest.py). ``python tests/test_audit_chain.py --write-vectors``
-regenerates tests/vectors/audit_chain.json (only when the format version changes).
+fallback (fixture ``chain_impl``, tests/conftest.py).
+``python tests/test_audit_chain.py --write-vectors`` regenerates
+tests/vectors/audit_chain.json (only when the format version changes).
 """
 from __future__ import annotations
 
