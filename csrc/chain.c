@@ -174,45 +174,68 @@ static int valid_utf8(const unsigned char *s, size_t n) {
 
 #define E_BADTEXT (-5) /* internal: a stored text is not valid UTF-8 (the row is bad) */
 
-/* Appends prev || encoding(event) to b (b->n reset first). A text slot is NULL when its
- * bit is set in mask (its slot must then be empty). With `check_utf8` set (the verifier),
- * a non-NULL slot that is not valid UTF-8 returns E_BADTEXT. */
-static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t ts,
-                        int64_t rows, int64_t success, int64_t mask, int check_utf8,
-                        const char **cur, const char *end, int last_event) {
+/* ---- The encoding, written once: every path (writer, batch verifier, SQL aggregate)
+ * builds prev || encoding(event) with these two helpers, so they cannot drift apart. */
+
+/* Starts b with prev (32 bytes; left as is when NULL) || the format version || id, ts_us,
+ * affected_rows (NULL when rows_null), success. */
+static int encode_head(buf_t *b, const unsigned char *prev, int64_t id, int64_t ts,
+                       int rows_null, int64_t rows, int64_t success) {
     b->n = 0;
-    if (buf_reserve(b, 32 + 1 + 4 * 9 + HELIOSDB_CHAIN_NTEXT * 5)) return E_NOMEM;
+    if (buf_reserve(b, 32 + 1 + 4 * 9)) return E_NOMEM;
     unsigned char *q = b->p;
     if (prev) memcpy(q, prev, 32);
     q += 32;
     *q++ = FORMAT_VERSION;
     put_int(q, id); q += 9;
     put_int(q, ts); q += 9;
-    if (mask & MASK_ROWS_NULL) *q++ = TAG_NULL; else { put_int(q, rows); q += 9; }
+    if (rows_null) *q++ = TAG_NULL; else { put_int(q, rows); q += 9; }
     put_int(q, success); q += 9;
     b->n = (size_t)(q - b->p);
+    return 0;
+}
+
+/* Appends one text field: TAG_NULL when s is NULL, else TAG_TEXT + u32 BE length + bytes.
+ * With check_utf8 (the verifiers: stored bytes), text that is not valid UTF-8 returns
+ * E_BADTEXT: no event encodes to it. */
+static int encode_text(buf_t *b, const unsigned char *s, size_t len, int check_utf8) {
+    if (!s) {
+        if (buf_reserve(b, 1)) return E_NOMEM;
+        b->p[b->n++] = TAG_NULL;
+        return 0;
+    }
+    if (len > 0xffffffffu) return E_TOOLONG;
+    if (check_utf8 && !valid_utf8(s, len)) return E_BADTEXT;
+    if (buf_reserve(b, 5 + len)) return E_NOMEM;
+    unsigned char *q = b->p + b->n;
+    q[0] = TAG_TEXT;
+    q[1] = (unsigned char)(len >> 24);
+    q[2] = (unsigned char)(len >> 16);
+    q[3] = (unsigned char)(len >> 8);
+    q[4] = (unsigned char)len;
+    if (len) memcpy(q + 5, s, len);
+    b->n += 5 + len;
+    return 0;
+}
+
+/* Appends prev || encoding(event) to b (b->n reset first), the texts taken from the
+ * NUL-joined slots at *cur. A text slot is NULL when its bit is set in mask (its slot must
+ * then be empty). With `check_utf8` set (the verifier), a non-NULL slot that is not valid
+ * UTF-8 returns E_BADTEXT. */
+static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t ts,
+                        int64_t rows, int64_t success, int64_t mask, int check_utf8,
+                        const char **cur, const char *end, int last_event) {
+    int rc = encode_head(b, prev, id, ts, (mask & MASK_ROWS_NULL) != 0, rows, success);
+    if (rc) return rc;
     for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++) {
         const char *s;
         size_t len;
-        int rc = next_slot(cur, end, last_event && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
+        rc = next_slot(cur, end, last_event && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
         if (rc) return rc;
-        if (mask & (1LL << f)) {
-            if (len) return E_MALFORMED; /* a NULL field must have an empty slot */
-            b->p[b->n++] = TAG_NULL;
-            if (buf_reserve(b, 5 * (HELIOSDB_CHAIN_NTEXT - f))) return E_NOMEM;
-            continue;
-        }
-        if (len > 0xffffffffu) return E_TOOLONG;
-        if (check_utf8 && !valid_utf8((const unsigned char *)s, len)) return E_BADTEXT;
-        if (buf_reserve(b, 5 + len + 5 * (HELIOSDB_CHAIN_NTEXT - f))) return E_NOMEM;
-        q = b->p + b->n;
-        q[0] = TAG_TEXT;
-        q[1] = (unsigned char)(len >> 24);
-        q[2] = (unsigned char)(len >> 16);
-        q[3] = (unsigned char)(len >> 8);
-        q[4] = (unsigned char)len;
-        memcpy(q + 5, s, len);
-        b->n += 5 + len;
+        int is_null = (mask & (1LL << f)) != 0;
+        if (is_null && len) return E_MALFORMED; /* a NULL field must have an empty slot */
+        rc = encode_text(b, is_null ? NULL : (const unsigned char *)s, len, check_utf8);
+        if (rc) return rc;
     }
     return 0;
 }
@@ -329,11 +352,11 @@ int64_t heliosdb_chain_encode(int64_t id, int64_t ts, int64_t rows, int64_t succ
  * heliosdb_chain_check(expect_prev, first_id, last_ts,
  *                      id, ts_us, affected_rows, success, <10 texts>, prev_hash, checksum)
  * walks rows in the order SQLite feeds them (a rowid range scan: id order) with the same
- * rules as heliosdb_chain_verify, reading values with their storage class (a BLOB in a text
- * column or text in an integer column fails the row). It returns a 65-byte blob:
- *   int64 n_good | int64 failed (0/1) | int64 bad_id | int64 last_ts | 1 byte has_last_ts |
- *   32 bytes checksum of the last good row      (integers little-endian)
- * or NULL when it saw no row. It stops checking at the first bad row; Python then names
+ * rules as heliosdb_chain_verify and the same encoding (encode_head, encode_text), reading
+ * values with their storage class (a BLOB in a text column or text in an integer column
+ * fails the row). It returns the HELIOSDB_CHECK_SIZE-byte blob whose layout chain_api.h
+ * defines (rows good, the failing id, the last good row's ts_us and checksum), or NULL when
+ * it saw no row. It stops checking at the first bad row; Python then names
  * the fault. SQLite API calls go through the sqlite3_api table that vfs.c's extension
  * entry point stores (SQLITE_EXTENSION_INIT1 there): registration needs the extension to
  * have been loaded into APSW's SQLite once. */
@@ -341,6 +364,12 @@ int64_t heliosdb_chain_encode(int64_t id, int64_t ts, int64_t rows, int64_t succ
 SQLITE_EXTENSION_INIT3
 
 #define CHECK_NARGS (3 + 4 + HELIOSDB_CHAIN_NTEXT + 2)
+
+/* The layout in chain_api.h has no gaps and no overlaps (its fields are 8, 1 and 32 bytes). */
+_Static_assert(HELIOSDB_CHECK_HAS_LAST_TS == HELIOSDB_CHECK_LAST_TS + 8 &&
+               HELIOSDB_CHECK_LINK == HELIOSDB_CHECK_HAS_LAST_TS + 1 &&
+               HELIOSDB_CHECK_SIZE == HELIOSDB_CHECK_LINK + 32,
+               "heliosdb_chain_check result layout");
 
 typedef struct {
     int init, failed, has_last_ts, tree;
@@ -416,47 +445,27 @@ static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
                     memcmp(prev, s->link, 32) != 0;
     if (!bad) {
         buf_t *b = &s->b;
-        b->n = 0;
-        if (buf_reserve(b, 32 + 1 + 4 * 9 + HELIOSDB_CHAIN_NTEXT * 5)) {
-            sqlite3_result_error_nomem(ctx);
-            s->failed = 1;
-            return;
-        }
-        unsigned char *q = b->p;
-        memcpy(q, prev, 32);
-        q += 32;
-        *q++ = FORMAT_VERSION;
-        put_int(q, id); q += 9;
-        put_int(q, ts); q += 9;
-        if (sqlite3_value_type(v[2]) == SQLITE_NULL) *q++ = TAG_NULL;
-        else { put_int(q, sqlite3_value_int64(v[2])); q += 9; }
-        put_int(q, sqlite3_value_int64(v[3])); q += 9;
-        b->n = (size_t)(q - b->p);
-        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT && !bad; f++) {
+        int rc = encode_head(b, prev, id, ts, sqlite3_value_type(v[2]) == SQLITE_NULL,
+                             sqlite3_value_int64(v[2]), sqlite3_value_int64(v[3]));
+        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT && !rc; f++) {
             sqlite3_value *t = v[4 + f];
             int ty = sqlite3_value_type(t);
             if (ty == SQLITE_NULL) {
-                b->p[b->n++] = TAG_NULL;
+                rc = encode_text(b, NULL, 0, 0);
                 continue;
             }
-            if (ty != SQLITE_TEXT) { bad = 1; break; }
+            if (ty != SQLITE_TEXT) { bad = 1; break; } /* a BLOB or number is no event text */
             const unsigned char *z = sqlite3_value_text(t); /* UTF-8 whatever the db encoding */
             size_t len = (size_t)sqlite3_value_bytes(t);
-            if (len && !z) { sqlite3_result_error_nomem(ctx); s->failed = 1; return; }
-            if (!valid_utf8(z, len)) { bad = 1; break; } /* not text any event can hold */
-            if (buf_reserve(b, 5 + len + 5 * (HELIOSDB_CHAIN_NTEXT - f))) {
-                sqlite3_result_error_nomem(ctx);
-                s->failed = 1;
-                return;
-            }
-            q = b->p + b->n;
-            q[0] = TAG_TEXT;
-            q[1] = (unsigned char)(len >> 24);
-            q[2] = (unsigned char)(len >> 16);
-            q[3] = (unsigned char)(len >> 8);
-            q[4] = (unsigned char)len;
-            if (len) memcpy(q + 5, z, len);
-            b->n += 5 + len;
+            if (!z && len) { rc = E_NOMEM; break; }
+            rc = encode_text(b, z ? z : (const unsigned char *)"", len, 1);
+        }
+        if (rc == E_BADTEXT) {
+            bad = 1; /* not text any event can hold */
+        } else if (rc) {
+            sqlite3_result_error_nomem(ctx);
+            s->failed = 1;
+            return;
         }
         if (!bad) {
             unsigned char md[32];
@@ -484,19 +493,19 @@ static void check_step(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 static void check_final(sqlite3_context *ctx) {
     check_state *s = sqlite3_aggregate_context(ctx, 0);
     if (!s) { sqlite3_result_null(ctx); return; }
-    /* tree mode: followed by int64 tree_size (little-endian) and the frontier */
-    unsigned char out[65 + 8 + 32 * MERKLE_MAX_FRONTIER];
-    put_le(out, s->n_good);
-    put_le(out + 8, s->failed);
-    put_le(out + 16, s->bad_id);
-    put_le(out + 24, s->last_ts);
-    out[32] = (unsigned char)s->has_last_ts;
-    memcpy(out + 33, s->link, 32);
-    int n = 65;
+    /* the layout is HELIOSDB_CHECK_* in chain_api.h (heliosdb/audit/chain.py decodes it) */
+    unsigned char out[HELIOSDB_CHECK_FRONTIER + 32 * MERKLE_MAX_FRONTIER];
+    put_le(out + HELIOSDB_CHECK_N_GOOD, s->n_good);
+    put_le(out + HELIOSDB_CHECK_FAILED, s->failed);
+    put_le(out + HELIOSDB_CHECK_BAD_ID, s->bad_id);
+    put_le(out + HELIOSDB_CHECK_LAST_TS, s->last_ts);
+    out[HELIOSDB_CHECK_HAS_LAST_TS] = (unsigned char)s->has_last_ts;
+    memcpy(out + HELIOSDB_CHECK_LINK, s->link, 32);
+    int n = HELIOSDB_CHECK_SIZE;
     if (s->tree) {
-        put_le(out + 65, s->tree_size);
-        memcpy(out + 73, s->frontier, (size_t)(32 * s->flen));
-        n = 73 + 32 * (int)s->flen;
+        put_le(out + HELIOSDB_CHECK_TREE_SIZE, s->tree_size);
+        memcpy(out + HELIOSDB_CHECK_FRONTIER, s->frontier, (size_t)(32 * s->flen));
+        n = HELIOSDB_CHECK_FRONTIER + 32 * (int)s->flen;
     }
     free(s->b.p);
     s->b.p = NULL;

@@ -6,6 +6,29 @@
 
 #define HELIOSDB_CHAIN_NTEXT 10
 
+/* The result of the SQL aggregate heliosdb_chain_check (csrc/chain.c), byte offsets.
+ * Integers are int64 little-endian; heliosdb/audit/chain.py reads these constants through
+ * cffi and refuses to import when its decoder disagrees, so a layout change is made here.
+ *   n_good        rows that passed, in order
+ *   failed        0 or 1: a row failed (bad_id names it)
+ *   bad_id        the id of the row that failed (INT64_MIN: no readable id)
+ *   last_ts       ts_us of the last good row, meaningful when has_last_ts is 1
+ *   has_last_ts   one byte
+ *   link          the checksum of the last good row (32 bytes)
+ * In tree mode the result continues with tree_size (int64) and the frontier after the
+ * last good row (32 bytes per hash, popcount(tree_size) hashes). */
+enum heliosdb_chain_check_layout {
+    HELIOSDB_CHECK_N_GOOD = 0,
+    HELIOSDB_CHECK_FAILED = 8,
+    HELIOSDB_CHECK_BAD_ID = 16,
+    HELIOSDB_CHECK_LAST_TS = 24,
+    HELIOSDB_CHECK_HAS_LAST_TS = 32,
+    HELIOSDB_CHECK_LINK = 33,
+    HELIOSDB_CHECK_SIZE = 65, /* the result without the tree part */
+    HELIOSDB_CHECK_TREE_SIZE = HELIOSDB_CHECK_SIZE,
+    HELIOSDB_CHECK_FRONTIER = HELIOSDB_CHECK_TREE_SIZE + 8
+};
+
 int heliosdb_chain_format_version(void);
 int64_t heliosdb_chain_append(unsigned char *prev, int64_t n,
                               const int64_t *ids, const int64_t *ts,

@@ -1,10 +1,20 @@
-"""Shared fixtures. Each suite keeps its own specialised fixtures in its own file."""
+"""Shared fixtures. Each suite keeps its own specialised fixtures in its own file; code
+the suites share lives in the ``helpers`` package (tests/helpers/)."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
+
+from helpers import TESTS_DIR, chain_impl as _impl
+
+
+def pytest_configure(config):
+    """Child interpreters started by tests import ``helpers`` as the tests do: put tests/
+    on their PYTHONPATH (the pytest config's ``pythonpath`` reaches this process only)."""
+    path = os.environ.get("PYTHONPATH", "")
+    if TESTS_DIR not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, path) if p)
 
 
 @pytest.fixture
@@ -19,15 +29,13 @@ def raw_key():
     return bytes(range(32))
 
 
-def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 60):
-    """Run a Python snippet in a fresh interpreter of this venv; return CompletedProcess."""
-    import subprocess
-
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
+@pytest.fixture(params=_impl.modes(["c", "pure"]))
+def chain_impl(request, monkeypatch):
+    """Run the test with each chain implementation, "c" and "pure" (only "pure" when the
+    run asked for HELIOSDB_IMPL=pure), patched in for this test only. "c" skips, visibly,
+    when the native module is not built, and fails instead under HELIOSDB_IMPL=c."""
+    _impl.select(monkeypatch, request.param)
+    return request.param
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,8 +1,9 @@
 """Statement capture (heliosdb/audit/capture.py): what each operation records, and when.
 
 Every test runs twice, with the C chain writer and with the pure-Python fallback (the
-autouse fixture ``chain_impl``); the subprocess tests (several processes, crashes) pass
-``HELIOSDB_PURE`` to the child for the same effect. DESIGN.md sections 3 and 3a.
+fixture ``chain_impl`` of tests/conftest.py, used by every test here); the subprocess
+tests (several processes, crashes) pass ``HELIOSDB_IMPL`` to the child for the same
+effect. DESIGN.md sections 3 and 3a.
 """
 from __future__ import annotations
 
@@ -14,24 +15,11 @@ import apsw
 import pytest
 
 import heliosdb
-from heliosdb.audit import chain, store
+from heliosdb.audit import store
 
-sys.path.insert(0, os.path.dirname(__file__))
-from conftest import run_python  # noqa: E402
+from helpers.processes import run_python
 
-IMPLS = ["c", "pure"]
-
-
-@pytest.fixture(autouse=True, params=IMPLS)
-def chain_impl(request):
-    """Run each test with each chain implementation ("c" skipped visibly if not built)."""
-    if request.param not in chain.available_impls():
-        from heliosdb import native
-        pytest.skip(f"native chain not available: {native.unavailable_reason()}")
-    saved = chain.__impl__
-    chain._set_impl(request.param)
-    yield request.param
-    chain._set_impl(saved)
+pytestmark = pytest.mark.usefixtures("chain_impl")
 
 
 def cfg(base="verbose", **audit):
@@ -630,11 +618,8 @@ def test_two_processes_one_linear_chain(db_path, chain_impl):
     conn.execute("CREATE TABLE t(who, i)")
     conn.close()
     import subprocess
-    env = dict(os.environ)
-    if chain_impl == "pure":
-        env["HELIOSDB_PURE"] = "1"
-    else:
-        env.pop("HELIOSDB_PURE", None)
+    env = dict(os.environ, HELIOSDB_IMPL=chain_impl)
+    env.pop("HELIOSDB_PURE", None)
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, db_path, f"p{k}", "60"],
                               env=env, stderr=subprocess.PIPE, text=True) for k in range(3)]
     for p in procs:
@@ -1018,7 +1003,7 @@ def test_chain_written_under_heliosdb_pure_verifies_here(db_path, chain_impl):
     conn.execute("INSERT INTO t VALUES (0)")
     conn.commit()
     conn.close()
-    r = run_python(_PURE_CHILD, db_path, env={"HELIOSDB_PURE": "1"})
+    r = run_python(_PURE_CHILD, db_path, env={"HELIOSDB_PURE": "1", "HELIOSDB_IMPL": None})
     assert r.returncode == 0, r.stderr
     conn = connect(db_path)
     conn.execute("INSERT INTO t VALUES (9)")
@@ -1119,8 +1104,8 @@ def test_total_changes_like_sqlite3(db_path):
 
 # --- property: the committed events replay to the table ------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 _OPS = ["insert", "replace", "upsert", "update", "delete", "many", "commit", "rollback",
         "savepoint", "rollback_to", "release", "select", "autocommit", "deferred"]

@@ -1,8 +1,9 @@
 """The audit chain: canonical encoding, C/pure equality, the store (ids, time, head).
 
 Every test that touches the chain runs twice, with the C writer and with the pure-Python
-fallback (fixture ``impl``). ``python tests/test_audit_chain.py --write-vectors``
-regenerates tests/vectors/audit_chain.json (only when the format version changes).
+fallback (fixture ``chain_impl``, tests/conftest.py).
+``python tests/test_audit_chain.py --write-vectors`` regenerates
+tests/vectors/audit_chain.json (only when the format version changes).
 """
 from __future__ import annotations
 
@@ -24,17 +25,9 @@ from heliosdb.audit.events import (GENESIS, OPERATIONS, PRODUCT_OPERATIONS, Even
                                    format_ts)
 from heliosdb.errors import DataError, OperationalError, ProgrammingError
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_audit_chain_helpers import (TABLE, activate, make_log, open_db,  # noqa: E402
-                                      sample_events)
-
-
-@pytest.fixture(params=["c", "pure"])
-def impl(request):
-    """The writer's two implementations (the verifier's modes are in test_audit_verify)."""
-    restore = activate(request.param)
-    yield request.param
-    restore()
+from helpers.audit_log import TABLE, make_log, open_db, sample_events
+from helpers.chain_impl import select
+from helpers.processes import run_python
 
 VECTORS = pathlib.Path(__file__).parent / "vectors" / "audit_chain.json"
 
@@ -125,7 +118,7 @@ def test_vectors_every_checksum_with_hashlib():
         assert got.hexdigest() == v["checksum"]
 
 
-def test_vectors_both_impls_agree(impl):
+def test_vectors_both_impls_agree(chain_impl):
     doc = _load_vectors()["vectors"]
     ids = [v["id"] for v in doc]
     ts = [v["ts_us"] for v in doc]
@@ -170,7 +163,7 @@ def _doc_script() -> str:
     return block.split("```python")[1].split("```")[0]
 
 
-def test_doc_script_verifies_a_log_without_heliosdb(tmp_path, impl):
+def test_doc_script_verifies_a_log_without_heliosdb(tmp_path, chain_impl):
     """The stdlib-only script of docs/AUDIT_FORMAT.md agrees with the writer."""
     script = _doc_script()
     assert len(script.strip().splitlines()) <= 50
@@ -211,14 +204,11 @@ def test_c_and_pure_chains_agree(events):
     """Random batches (NULLs, U+0000, astral characters, int64 extremes): same checksums."""
     args = ([e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
             [e[3] for e in events], [t for e in events for t in e[4]])
-    saved = chain.__impl__
-    try:
-        results = []
-        for name in chain.available_impls():
-            chain._set_impl(name)
+    results = []
+    for name in chain.available_impls():
+        with pytest.MonkeyPatch.context() as mp:
+            select(mp, name)
             results.append(chain.chain_checksums(GENESIS, *args))
-    finally:
-        chain._set_impl(saved)
     assert all(r == results[-1] for r in results)
     prev = GENESIS
     for e, ck in zip(events, results[-1]):
@@ -226,7 +216,7 @@ def test_c_and_pure_chains_agree(events):
         assert ck == prev
 
 
-def test_type_errors_are_the_same_in_both(impl):
+def test_type_errors_are_the_same_in_both(chain_impl):
     for bad in ([1] + [None] * 9, [b"x"] + [None] * 9):
         with pytest.raises(TypeError):
             chain.chain_checksums(GENESIS, [1], [1], [None], [1], bad)
@@ -276,17 +266,76 @@ def test_format_ts():
     assert format_ts(1_700_000_000_123_456) == "2023-11-14T22:13:20.123456Z"
 
 
-def test_impl_follows_heliosdb_pure():
-    from conftest import run_python
-    code = "import heliosdb.audit.chain as c; print(c.__impl__)"
-    r = run_python(code, env={"HELIOSDB_PURE": "1"})
+_PRINT_IMPL = ("import heliosdb.native as n, heliosdb.audit.chain as c; "
+               "print(c.__impl__, n.available())")
+
+# A child in which heliosdb._native cannot load, as after a failed or stale build.
+_BROKEN_NATIVE = """
+import sys
+class BrokenBuild:
+    def find_spec(self, name, path=None, target=None):
+        if name == "heliosdb._native":
+            raise ImportError("undefined symbol: heliosdb_chain_one (simulated)")
+sys.meta_path.insert(0, BrokenBuild())
+try:
+    import heliosdb.audit.chain as c
+except ImportError as exc:
+    print("ImportError:", exc)
+else:
+    print("imported", c.__impl__)
+"""
+
+
+def _impl_in_child(**env: str | None) -> str:
+    env = {"HELIOSDB_IMPL": None, "HELIOSDB_PURE": None, **env}
+    r = run_python(_PRINT_IMPL, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "pure"
+    return r.stdout.strip()
+
+
+def test_impl_is_chosen_by_the_environment_at_import():
+    """HELIOSDB_IMPL=pure keeps the extension (the VFS needs it); HELIOSDB_PURE=1 is its
+    alias that hides the extension too; unset picks C when the extension loads."""
+    assert _impl_in_child(HELIOSDB_PURE="1") == "pure False"
     if not _native_builds():
         pytest.skip("native module not built: only the pure chain exists here")
-    r = run_python(code, env={"HELIOSDB_PURE": ""})
+    assert _impl_in_child() == "c True"
+    assert _impl_in_child(HELIOSDB_IMPL="c") == "c True"
+    assert _impl_in_child(HELIOSDB_IMPL="pure") == "pure True"
+    assert _impl_in_child(HELIOSDB_IMPL=" Pure ") == "pure True"
+
+
+def test_asking_for_c_without_the_extension_is_an_import_error_naming_why():
+    r = run_python(_BROKEN_NATIVE, env={"HELIOSDB_IMPL": "c", "HELIOSDB_PURE": None})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "c"
+    assert r.stdout.startswith("ImportError: HELIOSDB_IMPL=c"), r.stdout
+    assert "undefined symbol: heliosdb_chain_one (simulated)" in r.stdout
+    r = run_python(_BROKEN_NATIVE, env={"HELIOSDB_IMPL": None, "HELIOSDB_PURE": None})
+    assert r.stdout.strip() == "imported pure", (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"HELIOSDB_IMPL": "rust"}, "HELIOSDB_IMPL='rust' is not an implementation"),
+    ({"HELIOSDB_IMPL": "c", "HELIOSDB_PURE": "1"}, "contradict"),
+])
+def test_a_choice_heliosdb_cannot_honour_is_an_import_error(env, says):
+    r = run_python("import heliosdb", env=env)
+    assert r.returncode != 0
+    assert "ImportError: " in r.stderr and says in r.stderr, r.stderr
+
+
+def test_check_result_layout_is_the_headers():
+    """The offsets of heliosdb_chain_check's result come from csrc/chain_api.h: the
+    decoder agrees with the built extension, and refuses one that disagrees."""
+    if not _native_builds():
+        pytest.skip("native module not built")
+    from heliosdb import native
+    chain._check_layout_agrees(native.lib)
+    assert native.lib.HELIOSDB_CHECK_SIZE == chain._CHECK.size
+    shifted = {f"HELIOSDB_CHECK_{k}": v for k, v in chain._CHECK_OFFSETS.items()}
+    shifted["HELIOSDB_CHECK_LINK"] += 1
+    with pytest.raises(ImportError, match="HELIOSDB_CHECK_LINK is 34"):
+        chain._check_layout_agrees(type("Lib", (), shifted))
 
 
 def _native_builds() -> bool:
@@ -299,7 +348,7 @@ def _native_builds() -> bool:
 
 # --- the store ----------------------------------------------------------------------------
 
-def test_schema_columns_indexes_and_meta(tmp_path, impl):
+def test_schema_columns_indexes_and_meta(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 0)
     cols = [r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")]
     assert cols == ["id", "ts_us", "session_id", "user", "operation", "target", "query",
@@ -313,7 +362,7 @@ def test_schema_columns_indexes_and_meta(tmp_path, impl):
     assert store.get_meta(conn, TABLE, "database_id") == db_id and len(db_id) == 32
 
 
-def test_append_assigns_ids_time_and_links(tmp_path, impl):
+def test_append_assigns_ids_time_and_links(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 0)
     ids = store.append(conn, TABLE, sample_events(20), now_us=1000)
     assert ids == list(range(1, 21))
@@ -333,7 +382,7 @@ def test_append_assigns_ids_time_and_links(tmp_path, impl):
     assert ids3 == [24] and store.head(conn, TABLE).last_ts_us > 1_600_000_000_000_000
 
 
-def test_append_normalises_fields(tmp_path, impl):
+def test_append_normalises_fields(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 0)
     store.append(conn, TABLE, [EventFields("INSERT", query="x" * 50, success=False,
                                            metadata={"b": 2, "a": 1}, new_values=[1, b"\x01"])],
@@ -347,7 +396,7 @@ def test_append_normalises_fields(tmp_path, impl):
     assert e2.success == 1 and e2.metadata == '{"k":1}'
 
 
-def test_append_rejects_bad_values_and_writes_nothing(tmp_path, impl):
+def test_append_rejects_bad_values_and_writes_nothing(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 2)
     bad = [EventFields("insert"), EventFields("INSERT", target=5),
            EventFields("INSERT", affected_rows=1 << 64), EventFields("INSERT", user="\ud800"),
@@ -361,7 +410,7 @@ def test_append_rejects_bad_values_and_writes_nothing(tmp_path, impl):
         assert not conn.in_transaction
 
 
-def test_text_with_nul_round_trips(tmp_path, impl):
+def test_text_with_nul_round_trips(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 1)
     store.append(conn, TABLE, [EventFields("INSERT", query="a\x00b", target="t\x00")])
     e = list(store.read_events(conn, TABLE))[-1]
@@ -370,7 +419,7 @@ def test_text_with_nul_round_trips(tmp_path, impl):
     assert verify_connection(conn, TABLE).ok
 
 
-def test_caller_owns_transaction_and_rollback_leaves_no_trace(tmp_path, impl):
+def test_caller_owns_transaction_and_rollback_leaves_no_trace(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 3)
     h = store.head(conn, TABLE)
     conn.execute("BEGIN IMMEDIATE")
@@ -382,7 +431,7 @@ def test_caller_owns_transaction_and_rollback_leaves_no_trace(tmp_path, impl):
     assert ids == [4, 5]
 
 
-def test_errors_are_heliosdb_errors(tmp_path, impl):
+def test_errors_are_heliosdb_errors(tmp_path, chain_impl):
     conn = open_db(str(tmp_path / "a.db"))
     with pytest.raises(OperationalError):  # no schema: apsw.SQLError translated
         store.append(conn, TABLE, sample_events(1))
@@ -391,7 +440,7 @@ def test_errors_are_heliosdb_errors(tmp_path, impl):
             store.ensure_schema(conn, bad)
 
 
-def test_custom_table_name_and_two_logs(tmp_path, impl):
+def test_custom_table_name_and_two_logs(tmp_path, chain_impl):
     conn = make_log(str(tmp_path / "a.db"), 2)
     store.ensure_schema(conn, "app_audit")
     store.append(conn, "app_audit", sample_events(4))
@@ -399,7 +448,7 @@ def test_custom_table_name_and_two_logs(tmp_path, impl):
     assert store.head(conn, TABLE).count == 2
 
 
-def test_threads_on_separate_connections_make_one_chain(tmp_path, impl):
+def test_threads_on_separate_connections_make_one_chain(tmp_path, chain_impl):
     path = str(tmp_path / "a.db")
     make_log(path, 0).close()
 
@@ -421,13 +470,12 @@ def test_threads_on_separate_connections_make_one_chain(tmp_path, impl):
 
 
 def test_processes_append_to_one_linear_chain(tmp_path):
-    from conftest import run_python
     path = str(tmp_path / "a.db")
     make_log(path, 0).close()
     code = (
-        "import sys, apsw; sys.path.insert(0, sys.argv[2])\n"
+        "import sys\n"
         "from heliosdb.audit import store\n"
-        "from test_audit_chain_helpers import sample_events, open_db\n"
+        "from helpers.audit_log import sample_events, open_db\n"
         "c = open_db(sys.argv[1])\n"
         "for i in range(40):\n"
         "    c.execute('BEGIN IMMEDIATE')\n"
@@ -435,7 +483,7 @@ def test_processes_append_to_one_linear_chain(tmp_path):
         "    c.execute('COMMIT')\n")
     import subprocess
     env = dict(os.environ)
-    procs = [subprocess.Popen([sys.executable, "-c", code, path, os.path.dirname(__file__)],
+    procs = [subprocess.Popen([sys.executable, "-c", code, path],
                               env=env, stderr=subprocess.PIPE) for _ in range(3)]
     for p in procs:
         _, err = p.communicate(timeout=60)

@@ -15,7 +15,7 @@ from heliosdb import native
 from heliosdb.crypto import Key, rekey
 from heliosdb.errors import EncryptionError
 
-from enc_helpers import KEY, OTHER_KEY, open_enc, q
+from helpers.enc import KEY, OTHER_KEY, open_enc, q
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -299,7 +299,7 @@ def test_rotation_killed_at_every_step_has_the_event_exactly_when_rotated(tmp_pa
     import random
     import shutil
 
-    from keyops_helpers import rotate_and_kill
+    from helpers.keyops import rotate_and_kill
 
     template = str(tmp_path / "template.db")
     make_audited(template, wal=wal, rows=400)

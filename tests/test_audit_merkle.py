@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 
 import pytest
 
@@ -23,8 +21,7 @@ from heliosdb.audit.events import encode_event
 from heliosdb.audit.verify import verify_connection
 from heliosdb.errors import ProgrammingError
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_audit_chain_helpers import (TABLE, activate, impl, make_log,  # noqa: E402,F401
+from helpers.audit_log import (TABLE, activate, impl, make_log,  # noqa: F401
                                       open_db, sample_events)
 
 HMAC_KEY = b"m" * 32

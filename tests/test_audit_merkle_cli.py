@@ -10,8 +10,7 @@ import pytest
 
 import heliosdb
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_cli_helpers import run_cli  # noqa: E402
+from helpers.cli import run_cli
 
 
 @pytest.fixture

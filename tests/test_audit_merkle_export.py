@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,9 +16,8 @@ from heliosdb.audit import merkle, store
 from heliosdb.audit.checkpoint import create_checkpoint
 from heliosdb.audit.export import export_events, verify_export
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_audit_chain_helpers import TABLE, make_log, sample_events  # noqa: E402
-from test_audit_merkle import (_leaves_of, ref_mth, ref_path, ref_proof,  # noqa: E402
+from helpers.audit_log import TABLE, make_log, sample_events
+from test_audit_merkle import (_leaves_of, ref_mth, ref_path, ref_proof,
                                ref_verify_consistency, ref_verify_inclusion)
 
 KEY = b"e" * 32

@@ -4,9 +4,7 @@ working (purged events stay provable from their archives)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import sys
 from dataclasses import replace
 
 import pytest
@@ -22,9 +20,8 @@ from heliosdb.audit.query import to_us
 from heliosdb.audit.verify import verify_connection
 from heliosdb.errors import AuditIntegrityError
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_audit_chain_helpers import TABLE, make_log, rehash, sample_events  # noqa: E402
-from test_audit_merkle import ref_mth, ref_verify_consistency, ref_verify_inclusion  # noqa: E402
+from helpers.audit_log import TABLE, make_log, rehash, sample_events
+from test_audit_merkle import ref_mth, ref_verify_consistency, ref_verify_inclusion
 
 KEY = b"p" * 32
 def _SET(n: int):
@@ -152,7 +149,7 @@ def test_tampering_an_event_of_a_log_is_caught_by_the_proofs(big_log, tmp_path_f
     n = data.draw(st.integers(1, 10_000), label="log size")
     d = tmp_path_factory.mktemp("t")
     shutil.copy(src, d / "a.db")
-    from test_audit_chain_helpers import open_db
+    from helpers.audit_log import open_db
     conn = open_db(str(d / "a.db"))
     if n < 10_000:  # a shorter log: cut it and checkpoint that
         conn.execute(f"DELETE FROM {TABLE} WHERE id > ?", (n,))

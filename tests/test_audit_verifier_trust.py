@@ -21,7 +21,6 @@ import os
 import shutil
 import sqlite3
 import struct
-import sys
 
 import apsw
 import pytest
@@ -41,10 +40,9 @@ from heliosdb.audit.query import to_us
 from heliosdb.audit.verify import FAULTS, verify_connection
 from heliosdb.errors import ProgrammingError
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_audit_chain_helpers import (TABLE, activate, impl, make_log,  # noqa: E402,F401
+from helpers.audit_log import (TABLE, activate, impl, make_log,  # noqa: F401
                                       rehash, sample_events)
-from test_cli_helpers import cli_env, run_cli  # noqa: E402
+from helpers.cli import cli_env, run_cli
 
 N = 10
 HMAC_KEY = b"h" * 32

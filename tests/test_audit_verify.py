@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,8 +18,7 @@ from heliosdb.audit.verify import (FAULTS, AuditIntegrityError, VerifyReport,
                                    verify_connection)
 from heliosdb.errors import DatabaseError, OperationalError, ProgrammingError
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_audit_chain_helpers import (TABLE, activate, impl, make_log,  # noqa: E402,F401
+from helpers.audit_log import (TABLE, activate, impl, make_log,  # noqa: F401
                                       open_db, rehash, sample_events, shift_ids)
 
 N = 10

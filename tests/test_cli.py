@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import heliosdb
-from test_cli_helpers import assert_one_line_error, cli_env, run_cli, run_many
+from helpers.cli import assert_one_line_error, cli_env, run_cli, run_many
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 

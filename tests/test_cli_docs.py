@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import heliosdb
-from test_cli_helpers import cli_env
+from helpers.cli import cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")

@@ -11,7 +11,7 @@ import pytest
 import heliosdb
 import heliosdb.config
 from heliosdb.cli.common import EXIT_FAILED, EXIT_OK
-from test_cli_helpers import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 KEY = bytes(range(32))
 NEW_KEY = bytes(range(100, 132))

@@ -17,7 +17,7 @@ import pytest
 
 import heliosdb
 from heliosdb.cli import common as cli_common
-from test_cli_helpers import HELIOSDB, assert_one_line_error, cli_env, run_cli
+from helpers.cli import HELIOSDB, assert_one_line_error, cli_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = bytes(range(32))

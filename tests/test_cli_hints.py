@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import heliosdb
-from test_cli_helpers import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 KEY = bytes(range(32))
 NEW_KEY = bytes(range(100, 132))

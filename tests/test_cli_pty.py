@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import heliosdb
-from test_cli_helpers import HELIOSDB, Pty, cli_env
+from helpers.cli import HELIOSDB, Pty, cli_env
 
 PASSPHRASE = "correct horse battery staple"
 

@@ -24,7 +24,7 @@ import pytest
 
 import heliosdb
 import heliosdb.config
-from test_cli_helpers import run_cli
+from helpers.cli import run_cli
 
 DAY_US = 86_400 * 1_000_000
 HOUR_US = 3_600 * 1_000_000

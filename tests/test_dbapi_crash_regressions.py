@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_python
+from helpers.processes import run_python
 
 # bpo-41662: a parameter whose __conform__ mutates the parameters while they are bound.
 MUTATING_CONFORM = r'''

@@ -26,7 +26,7 @@ import types
 
 import pytest
 
-from dbapi_helpers import (  # noqa: F401 - `mod` is a fixture
+from helpers.dbapi import (  # noqa: F401 - `mod` is a fixture
     PEP249, attempt, db, load, mod, outcome, plain, same, signature)
 
 

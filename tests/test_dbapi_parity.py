@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dbapi_helpers import attempt, mod, same  # noqa: F401 - `mod` is a fixture
+from helpers.dbapi import attempt, mod, same  # noqa: F401 - `mod` is a fixture
 
 # These observations follow sqlite3 3.11+ (Blob, messages, Statement); heliosdb does not
 # model 3.10's sqlite3 yet (issue 17: 3.10 parity is open, `make test-pythons` shows it).

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import heliosdb
-from dbapi_helpers import attempt, mod, same  # noqa: F401 - `mod` is a fixture
+from helpers.dbapi import attempt, mod, same  # noqa: F401 - `mod` is a fixture
 
 py312 = pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3 3.12+ API")
 

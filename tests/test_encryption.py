@@ -14,8 +14,8 @@ from heliosdb.errors import (
     DatabaseError, EncryptionError, KeyRequiredError, NotEncryptedError, WrongKeyError,
 )
 
-from conftest import run_python
-from enc_helpers import FLAGS, KEY, OTHER_KEY, files_under, hits, open_enc, open_fd_files, q
+from helpers.processes import run_python
+from helpers.enc import FLAGS, KEY, OTHER_KEY, files_under, hits, open_enc, open_fd_files, q
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -424,8 +424,7 @@ def test_vacuum_into_refused_without_key_and_encrypted_with_one(tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys, apsw
-    sys.path.insert(0, sys.argv[3])
-    from enc_helpers import open_enc, q, KEY
+    from helpers.enc import open_enc, q, KEY
     c = open_enc(sys.argv[1])
     c.setbusytimeout(10000)
     for i in range(20):
@@ -448,7 +447,7 @@ def test_two_connections_and_a_second_process(tmp_path, mode):
     assert q(c2, "select a from t") == [("one",)]
     q(c2, "insert into t(a) values('two')")
     assert q(c1, "select count(*) from t") == [(2,)]
-    r = run_python(CHILD, str(p), "child", os.path.dirname(__file__))
+    r = run_python(CHILD, str(p), "child")
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.strip()) == 22
     assert q(c1, "select count(*) from t") == [(22,)]
@@ -475,15 +474,14 @@ def test_unavailable_native_refuses_encrypted(tmp_path, monkeypatch):
     p = tmp_path / "a.db"
     open_enc(p).close()
     code = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from enc_helpers import open_enc
+        from helpers.enc import open_enc
         from heliosdb.errors import EncryptionUnavailableError
         try:
             open_enc({str(p)!r})
         except EncryptionUnavailableError as e:
             print("refused:", e)
     """)
-    r = run_python(code, env={"HELIOSDB_PURE": "1"})
+    r = run_python(code, env={"HELIOSDB_PURE": "1", "HELIOSDB_IMPL": None})
     assert "refused:" in r.stdout and "HELIOSDB_PURE" in r.stdout, r.stderr
 
 
@@ -680,12 +678,11 @@ def test_passphrase_stretched_once_while_open(tmp_path, monkeypatch):
 
 CREATOR = textwrap.dedent("""
     import sys
-    sys.path.insert(0, sys.argv[2])
-    from enc_helpers import open_enc, q
+    from helpers.enc import open_enc, q
     c = open_enc(sys.argv[1])
     c.setbusytimeout(20000)
     q(c, "create table if not exists t(who)")
-    q(c, "insert into t values(?)", (sys.argv[3],))
+    q(c, "insert into t values(?)", (sys.argv[2],))
     c.close()
 """)
 
@@ -694,8 +691,7 @@ def test_two_processes_create_the_same_file(tmp_path):
     import subprocess
 
     p = tmp_path / "race.db"
-    here = os.path.dirname(os.path.abspath(__file__))
-    procs = [subprocess.Popen([__import__("sys").executable, "-c", CREATOR, str(p), here, str(i)],
+    procs = [subprocess.Popen([__import__("sys").executable, "-c", CREATOR, str(p), str(i)],
                               stderr=subprocess.PIPE, text=True) for i in range(3)]
     for pr in procs:
         _out, err = pr.communicate(timeout=60)

@@ -102,12 +102,9 @@ def test_key_check_value_catches_a_foreign_dek():
 @pytest.mark.skipif(not native.available(), reason="native extension not built")
 def test_python_decrypts_what_c_wrote(tmp_path):
     """Decrypt a whole database written by the C shim with the pure-Python transform."""
-    import sys
-
     import apsw
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from enc_helpers import KEY, open_enc, q
+    from helpers.enc import KEY, open_enc, q
     from heliosdb.crypto.offline import decrypt_copy
 
     for ps in (512, 4096, 65536):
@@ -129,10 +126,7 @@ def test_python_decrypts_what_c_wrote(tmp_path):
 
 @pytest.mark.skipif(not native.available(), reason="native extension not built")
 def test_offline_reader_names_a_corrupt_page(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from enc_helpers import KEY, open_enc, q
+    from helpers.enc import KEY, open_enc, q
     from heliosdb.crypto.offline import iter_pages
     from heliosdb.errors import CorruptPageError
 

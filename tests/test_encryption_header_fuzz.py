@@ -30,7 +30,7 @@ import pytest
 import heliosdb
 from heliosdb.crypto import format as fmt
 
-from enc_helpers import KEY
+from helpers.enc import KEY
 
 pytestmark = pytest.mark.skipif(not heliosdb.native_available(), reason="needs the C extension")
 

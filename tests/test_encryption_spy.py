@@ -9,21 +9,19 @@ proves that no write carried a marker, that every page-sized write looks like ci
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import pytest
 
 from heliosdb import native
 
-from conftest import run_python
+from helpers.processes import run_python
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
 SPY = textwrap.dedent("""
     import json, sys
     import apsw
-    sys.path.insert(0, sys.argv[2])
     writes = []
 
     class SpyFile(apsw.VFSFile):
@@ -43,11 +41,11 @@ SPY = textwrap.dedent("""
             return SpyFile(name, flags)
 
     spy = Spy()
-    from enc_helpers import KEY, open_enc, q
+    from helpers.enc import KEY, open_enc, q
     db = sys.argv[1]
     for mode in ("delete", "wal"):
         path = db + "." + mode
-        c = open_enc(path, None if sys.argv[3] == "control" else KEY)
+        c = open_enc(path, None if sys.argv[2] == "control" else KEY)
         q(c, "pragma journal_mode=" + mode)
         q(c, "pragma cache_size=5")
         q(c, "pragma temp_store=FILE")
@@ -89,7 +87,7 @@ SPY = textwrap.dedent("""
 
 
 def _spy(tmp_path, mode):
-    r = run_python(SPY, str(tmp_path / "spy.db"), os.path.dirname(os.path.abspath(__file__)), mode)
+    r = run_python(SPY, str(tmp_path / "spy.db"), mode)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -112,8 +110,7 @@ def test_every_write_reaching_disk_is_ciphertext(tmp_path):
 TORN = textwrap.dedent("""
     import json, sys
     import apsw
-    sys.path.insert(0, sys.argv[2])
-    torn = {"left": int(sys.argv[3]), "served": 0}
+    torn = {"left": int(sys.argv[2]), "served": 0}
 
     class TearingFile(apsw.VFSFile):
         # Serves a torn page 1 (as if another process were writing it) a set number of
@@ -139,7 +136,7 @@ TORN = textwrap.dedent("""
             return TearingFile(name, flags)
 
     vfs = Tearing()
-    from enc_helpers import KEY, open_enc, q
+    from helpers.enc import KEY, open_enc, q
     from heliosdb.crypto import vfs as hvfs
     path = sys.argv[1]
     saved = torn["left"]
@@ -165,8 +162,7 @@ TORN = textwrap.dedent("""
 
 @pytest.mark.parametrize("tears", [2, 50])
 def test_torn_page1_read_is_retried(tmp_path, tears):
-    r = run_python(TORN, str(tmp_path / "torn.db"), os.path.dirname(os.path.abspath(__file__)),
-                   str(tears))
+    r = run_python(TORN, str(tmp_path / "torn.db"), str(tears))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     if tears == 2:

@@ -13,7 +13,7 @@ from heliosdb import crypto, native
 from heliosdb.crypto import Key, format as fmt, pages
 from heliosdb.errors import CorruptPageError
 
-from enc_helpers import KEY, files_under, hits, open_enc, q
+from helpers.enc import KEY, files_under, hits, open_enc, q
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -183,8 +183,7 @@ def test_python_pages_decrypt_the_file(tmp_path):
 
 CRASH_CHILD = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, sys.argv[3])
-    from enc_helpers import open_enc, q
+    from helpers.enc import open_enc, q
     c = open_enc(sys.argv[1])
     q(c, "pragma journal_mode=" + sys.argv[2])
     q(c, "pragma cache_size=5")
@@ -201,7 +200,7 @@ CRASH_CHILD = textwrap.dedent("""
 
 
 def _crash(path, mode):
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, str(path), mode, HERE],
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_CHILD, str(path), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -242,8 +241,7 @@ def test_tampered_hot_journal_record(tmp_path):
 
 TORN_WRITER = textwrap.dedent("""
     import sys
-    sys.path.insert(0, sys.argv[2])
-    from enc_helpers import open_enc, q
+    from helpers.enc import open_enc, q
     c = open_enc(sys.argv[1])
     c.setbusytimeout(20000)
     q(c, "pragma synchronous=off")  # fast commits; each still rewrites page 1
@@ -258,7 +256,7 @@ def test_readers_during_page1_writes_never_see_a_wrong_key(tmp_path):
     c = open_enc(p)
     q(c, "create table t(a)")
     c.close()
-    proc = subprocess.Popen([sys.executable, "-c", TORN_WRITER, str(p), HERE],
+    proc = subprocess.Popen([sys.executable, "-c", TORN_WRITER, str(p)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "go"

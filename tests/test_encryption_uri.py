@@ -16,7 +16,7 @@ from heliosdb import errors
 from heliosdb.crypto import format as fmt
 from heliosdb.crypto.uri import OPEN_CREATE, OPEN_READWRITE, OPEN_URI, UriError, parse_filename
 
-from enc_helpers import KEY
+from helpers.enc import KEY
 
 pytestmark = pytest.mark.skipif(not heliosdb.native_available(), reason="needs the C extension")
 

@@ -9,7 +9,7 @@ import pytest
 
 import heliosdb
 from heliosdb.audit.fleet import verify_fleet
-from test_cli_helpers import run_cli
+from helpers.cli import run_cli
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

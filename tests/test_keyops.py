@@ -20,9 +20,9 @@ from heliosdb.errors import (
     EncryptionError, KeyRequiredError, NotEncryptedError, WrongKeyError,
 )
 
-from enc_helpers import KEY, OTHER_KEY, open_enc, q
-from keyops_helpers import (
-    HERE, dek_of, digest, dump, header, make_db, monotonic_ending_at_total, open_any,
+from helpers.enc import KEY, OTHER_KEY, open_enc, q
+from helpers.keyops import (
+    dek_of, digest, dump, header, make_db, monotonic_ending_at_total, open_any,
     rotate_and_kill,
 )
 
@@ -97,8 +97,7 @@ def test_change_passphrase_with_a_write_lock_held_in_this_process(tmp_path):
     rekey.change_passphrase(p, pp("one"), pp("two"))
     crypto.storage_info(c)
     r = subprocess.run([sys.executable, "-c", f"""
-import sys; sys.path.insert(0, {HERE!r})
-from enc_helpers import open_enc
+from helpers.enc import open_enc
 from heliosdb.crypto import Key
 c = open_enc({p!r}, Key.passphrase("two", "test"))
 try:
@@ -275,8 +274,7 @@ def test_rotate_refuses_while_this_process_has_the_file_open(tmp_path):
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, {here!r})
-from enc_helpers import open_enc
+from helpers.enc import open_enc
 c = open_enc({p!r})
 print(c.execute("select count(*) from t").fetchall(), flush=True)
 sys.stdin.readline()
@@ -289,7 +287,7 @@ except Exception as e:
 
 
 def _holder(p: str) -> subprocess.Popen:
-    h = subprocess.Popen([sys.executable, "-c", HOLDER.format(here=HERE, p=p)],
+    h = subprocess.Popen([sys.executable, "-c", HOLDER.format(p=p)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert h.stdout is not None and h.stdout.readline().startswith("[(")
     return h

@@ -20,14 +20,14 @@ import pytest
 import heliosdb
 from heliosdb import native
 
-from reliability_helpers import KEY, child_env
+from helpers.reliability import KEY, child_env
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
 WRITER = r"""
 import json, os, sys, time
 import heliosdb
-from reliability_helpers import KEY, payload
+from helpers.reliability import KEY, payload
 path, wid, ntx, go, iso = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 conn = heliosdb.connect(path, key=KEY, config="default", audit_user="w%d" % wid, timeout=30,
                         isolation_level=None if iso == "none" else iso)
@@ -59,8 +59,8 @@ print(json.dumps(stats))
 READER = r"""
 import json, os, sys, time
 import heliosdb
-from reliability_helpers import payload
-from reliability_helpers import KEY
+from helpers.reliability import payload
+from helpers.reliability import KEY
 path, rid, go, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 conn = heliosdb.connect(path, key=KEY, config="default", audit_user="r%d" % rid, timeout=30)
 while not os.path.exists(go):

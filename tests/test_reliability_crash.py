@@ -38,14 +38,14 @@ import pytest
 import heliosdb
 from heliosdb import native
 
-from reliability_helpers import KEY, TAG_RE, child_env, payload, read_state
+from helpers.reliability import KEY, TAG_RE, child_env, payload, read_state
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
 CHILD = r"""
 import json, os, random, sys
 import heliosdb
-from reliability_helpers import KEY, payload
+from helpers.reliability import KEY, payload
 path, side, jmode, cfg, start, seed, small = sys.argv[1:8]
 start, seed, small = int(start), int(seed), small == "1"
 rng = random.Random(seed)

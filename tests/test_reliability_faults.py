@@ -26,7 +26,7 @@ import pytest
 import heliosdb
 from heliosdb import native
 
-from reliability_helpers import KEY, died_of_signal, read_state, run_child
+from helpers.reliability import KEY, died_of_signal, read_state, run_child
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -84,7 +84,7 @@ class FaultVFS(apsw.VFS):
 
 vfs = FaultVFS()
 import heliosdb
-from reliability_helpers import KEY, payload, read_state
+from helpers.reliability import KEY, payload, read_state
 
 path, jmode, op, code, persistent, maxn = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1", int(sys.argv[6])
 conn = heliosdb.connect(path, key=KEY, config="default", audit_user="faults", timeout=5)
@@ -249,7 +249,7 @@ def test_injected_io_faults_every_position(tmp_path, jmode, op, code, persistent
 FSIZE_CHILD = r"""
 import json, os, resource, signal, sys
 import heliosdb
-from reliability_helpers import KEY, payload, read_state
+from helpers.reliability import KEY, payload, read_state
 path, jmode = sys.argv[1], sys.argv[2]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 conn = heliosdb.connect(path, key=KEY, config="default", audit_user="fsize", timeout=5)

@@ -12,7 +12,7 @@ import pytest
 
 from heliosdb import native
 
-from reliability_helpers import died_of_signal, run_child
+from helpers.reliability import died_of_signal, run_child
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -22,7 +22,7 @@ DAMAGE = r"""
 import gc, json, os, shutil, sys
 import heliosdb
 from heliosdb.crypto import vfs as _vfs
-from reliability_helpers import KEY, payload
+from helpers.reliability import KEY, payload
 d = sys.argv[1]
 path = os.path.join(d, "x.db")
 c = heliosdb.connect(path, key=KEY, config="default", audit_user="u")
@@ -98,7 +98,7 @@ def test_failed_connect_releases_the_key(tmp_path):
 MAGIC = r"""
 import json, os, sys
 import heliosdb
-from reliability_helpers import KEY
+from helpers.reliability import KEY
 p = os.path.join(sys.argv[1], "m.db")
 c = heliosdb.connect(p, key=KEY)
 c.execute("CREATE TABLE t(x)")

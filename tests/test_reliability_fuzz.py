@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import heliosdb
 from heliosdb import native
 
-from reliability_helpers import KEY, child_env, payload, run_child
+from helpers.reliability import KEY, child_env, payload, run_child
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -63,7 +63,7 @@ def wal_states():
 MAKE = textwrap.dedent(r"""
     import json, os, shutil, sys
     import heliosdb
-    from reliability_helpers import KEY, payload
+    from helpers.reliability import KEY, payload
     kind, d = sys.argv[1], sys.argv[2]
     rows0 = {k: payload(k) for k in range(1, 41)}
     if kind == "main":
@@ -138,7 +138,7 @@ TARGET_FILE = {"main": "m.db", "header": "m.db", "wal": "w.db-wal", "walmain": "
 WORKER = textwrap.dedent(r"""
     import json, math, os, shutil, sys, traceback
     import heliosdb
-    from reliability_helpers import KEY, payload
+    from helpers.reliability import KEY, payload
     pristine, scratch = sys.argv[1], sys.argv[2]
 
     def classify(exc):

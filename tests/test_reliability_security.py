@@ -29,7 +29,7 @@ import pytest
 import heliosdb
 from heliosdb import native
 
-from reliability_helpers import (HDR, died_of_signal, files_under, main_pages,
+from helpers.reliability import (HDR, died_of_signal, files_under, main_pages,
                                  nonce_of, run_child, scan, wal_frames)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
@@ -39,7 +39,7 @@ MARK = "HXR-secret"
 WORKLOAD = r"""
 import json, os, sys
 import heliosdb
-from reliability_helpers import KEY
+from helpers.reliability import KEY
 d, enc = sys.argv[1], sys.argv[2] == "1"
 MARK = b"HXR-secret"
 seen_temp = set()

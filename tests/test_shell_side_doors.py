@@ -30,7 +30,7 @@ from heliosdb.cli.shell import (
     _connect_checked,
     _run_one,
 )
-from test_cli_helpers import run_cli
+from helpers.cli import run_cli
 
 CUSTOM_TABLE = "shell_log"
 KEY = bytes(range(32))

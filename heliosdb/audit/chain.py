@@ -5,11 +5,12 @@ Two implementations give the same bytes:
 * ``"c"``: ``csrc/chain.c`` through the cffi module :mod:`heliosdb._native`; one call per
   batch encodes and hashes every event of the batch (writer) or re-checks every row of a
   batch (verifier).
-* ``"pure"``: :func:`heliosdb.audit.events.encode_event` and :mod:`hashlib`; used when the
-  native module is not built or ``HELIOSDB_PURE=1`` hides it.
+* ``"pure"``: :func:`heliosdb.audit.events.encode_event` and :mod:`hashlib`.
 
-``__impl__`` says which one runs. The encoding itself is specified in
-:mod:`heliosdb.audit.events` and ``docs/AUDIT_FORMAT.md``.
+``__impl__`` says which one runs. It is chosen once, at import, by ``HELIOSDB_IMPL=c|pure``
+(``HELIOSDB_PURE=1`` is an alias of ``pure``; unset: ``c`` when the native module loads);
+see :mod:`heliosdb.native`. There is no switch at run time. The encoding itself is
+specified in :mod:`heliosdb.audit.events` and ``docs/AUDIT_FORMAT.md``.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ __all__ = ["__impl__", "GENESIS", "checksum", "event_checksum", "chain_checksums
 
 _lib = native.lib if native.available() else None
 _ffi = native.ffi if native.available() else None
-#: ``"c"`` when the native writer is in use, ``"pure"`` otherwise.
-__impl__ = "c" if _lib is not None else "pure"
+#: ``"c"`` when the native writer is in use, ``"pure"`` otherwise (see :data:`native.IMPL`).
+__impl__ = native.IMPL
 
 _MASK_ROWS_NULL = 1 << NTEXT
 _INT64_MIN = -(1 << 63)
@@ -41,16 +42,9 @@ class MalformedBatch(Exception):
 
 
 def available_impls() -> tuple[str, ...]:
-    """The implementations usable in this process (``"pure"`` always)."""
+    """The implementations whose code is loaded in this process (``"pure"`` always):
+    ``"c"`` too when the native module is, whichever :data:`__impl__` selected."""
     return ("c", "pure") if native.available() else ("pure",)
-
-
-def _set_impl(name: str) -> None:
-    """Switch implementation (tests run the suite against both)."""
-    global __impl__
-    if name not in available_impls():
-        raise ValueError(f"chain implementation {name!r} is not available here")
-    __impl__ = name
 
 
 def checksum(prev: bytes, encoding: bytes) -> bytes:
@@ -299,7 +293,33 @@ def _pure_verify(expect_prev: bytes, first_id: int, last_ts: Optional[int], n: i
     return -1, link
 
 
-_CHECK = struct.Struct("<qqqqB32s")
+#: The result of ``heliosdb_chain_check`` as this module decodes it, field by field
+#: (little-endian); tree mode appends tree_size (int64) and the frontier. The layout is
+#: defined in csrc/chain_api.h (HELIOSDB_CHECK_*) and checked against this at import.
+_CHECK_FIELDS = (("N_GOOD", "q"), ("FAILED", "q"), ("BAD_ID", "q"), ("LAST_TS", "q"),
+                 ("HAS_LAST_TS", "B"), ("LINK", "32s"))
+_CHECK = struct.Struct("<" + "".join(code for _, code in _CHECK_FIELDS))
+_CHECK_OFFSETS = {name: struct.calcsize("<" + "".join(c for _, c in _CHECK_FIELDS[:i]))
+                  for i, (name, _) in enumerate(_CHECK_FIELDS)}
+_CHECK_OFFSETS.update(SIZE=_CHECK.size, TREE_SIZE=_CHECK.size, FRONTIER=_CHECK.size + 8)
+
+
+def _check_layout_agrees(lib: object) -> None:
+    """Raise ImportError when the loaded native module lays out heliosdb_chain_check's
+    result otherwise than :data:`_CHECK` decodes it (a module built from another
+    csrc/chain_api.h, or a header changed without this decoder)."""
+    for name, offset in _CHECK_OFFSETS.items():
+        got = getattr(lib, f"HELIOSDB_CHECK_{name}", None)
+        if got != offset:
+            raise ImportError(
+                f"heliosdb._native lays out heliosdb_chain_check's result otherwise than "
+                f"heliosdb.audit.chain reads it: HELIOSDB_CHECK_{name} is {got} in the "
+                f"extension, {offset} here; rebuild the extension (make native) or update "
+                "_CHECK_FIELDS with csrc/chain_api.h")
+
+
+if _lib is not None:
+    _check_layout_agrees(_lib)
 
 
 def register_sql_check(conn: object) -> bool:
@@ -332,7 +352,8 @@ def decode_check_result(blob: Optional[bytes]) -> tuple[int, bool, int, Optional
 def decode_check_tree(blob: Optional[bytes]) -> Optional[tuple[int, bytes]]:
     """The Merkle part of a tree-mode ``heliosdb_chain_check`` result: (tree_size,
     frontier bytes) after the last good row; None for a result without one."""
-    if blob is None or len(blob) < _CHECK.size + 8:
+    tree_at, frontier_at = _CHECK_OFFSETS["TREE_SIZE"], _CHECK_OFFSETS["FRONTIER"]
+    if blob is None or len(blob) < frontier_at:
         return None
-    size = struct.unpack("<q", blob[_CHECK.size:_CHECK.size + 8])[0]
-    return size, bytes(blob[_CHECK.size + 8:])
+    size = struct.unpack("<q", blob[tree_at:frontier_at])[0]
+    return size, bytes(blob[frontier_at:])

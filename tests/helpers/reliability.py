@@ -14,10 +14,11 @@ import subprocess
 import sys
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
+from helpers import TESTS_DIR
+
 KEY = bytes(range(32))
 HDR = 4096          # HeliosDB header in front of SQLite's page 1 (docs/FORMAT.md)
 OVERHEAD = 28       # nonce (12) + tag (16) at the end of every stored page
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 TAG_RE = re.compile(r"'tx(\d+)'")
 
 

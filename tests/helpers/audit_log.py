@@ -1,7 +1,8 @@
 """Helpers shared by the audit chain and verification tests (no tests here).
 
-``impl`` runs a test once per chain implementation available ("c" and "pure"); the tamper
-helpers act as an attacker with write access to the file would, with plain SQL.
+``impl`` runs a test once per verifier mode ("c", "c-batch", "pure"; see
+:mod:`helpers.chain_impl`); the tamper helpers act as an attacker with write access to
+the file would, with plain SQL.
 """
 from __future__ import annotations
 
@@ -10,40 +11,23 @@ import hashlib
 import apsw
 import pytest
 
-from heliosdb.audit import chain, store
+from heliosdb.audit import store
 from heliosdb.audit.events import EventFields, encode_event
+
+from helpers.chain_impl import activate, modes, select
+
+__all__ = ["TABLE", "activate", "impl", "open_db", "sample_events", "make_log", "rehash",
+           "shift_ids"]
 
 TABLE = "__audit_log"
 
 
-def activate(mode: str):
-    """Select a mode; returns a function that restores the previous one.
-
-    "c" verifies with the C aggregate inside SQLite, "c-batch" with rows fed to C from
-    Python (the path used when the aggregate cannot be registered), "pure" without C.
-    """
-    import importlib
-    verify_mod = importlib.import_module("heliosdb.audit.verify")  # not the package's verify()
-    name = "c" if mode.startswith("c") else "pure"
-    if name not in chain.available_impls():
-        from heliosdb import native
-        pytest.skip(f"native chain not available: {native.unavailable_reason()}")
-    saved = chain.__impl__, verify_mod._USE_SQL_AGGREGATE
-    chain._set_impl(name)
-    verify_mod._USE_SQL_AGGREGATE = mode == "c"
-
-    def restore() -> None:
-        chain._set_impl(saved[0])
-        verify_mod._USE_SQL_AGGREGATE = saved[1]
-    return restore
-
-
-@pytest.fixture(params=["c", "c-batch", "pure"])
-def impl(request):
-    """Run the test in each mode (see :func:`activate`); C is skipped, visibly, if not built."""
-    restore = activate(request.param)
-    yield request.param
-    restore()
+@pytest.fixture(params=modes(["c", "c-batch", "pure"]))
+def impl(request, monkeypatch):
+    """Run the test in each verifier mode (see :mod:`helpers.chain_impl`); C is skipped,
+    visibly, if not built (and fails under HELIOSDB_IMPL=c)."""
+    select(monkeypatch, request.param)
+    return request.param
 
 
 def open_db(path: str) -> apsw.Connection:

@@ -16,9 +16,8 @@ import apsw
 from heliosdb import crypto
 from heliosdb.crypto import format as fmt
 
-from enc_helpers import KEY, OTHER_KEY, open_enc, q
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import TESTS_DIR
+from helpers.enc import KEY, OTHER_KEY, open_enc, q
 
 
 def make_db(path: Any, key: Any = KEY, *, mode: str = "delete", rows: int = 2000,
@@ -65,9 +64,8 @@ def open_any(path: Any, keys: Tuple[Any, ...] = (KEY, OTHER_KEY)) -> Tuple[apsw.
 
 CHILD = textwrap.dedent(r"""
     import os, sys, time
-    sys.path.insert(0, {here!r})
     from heliosdb.crypto import rekey
-    from enc_helpers import KEY, OTHER_KEY
+    from helpers.enc import KEY, OTHER_KEY
     path, stop_at, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rekey._STEP_PAGES = step
     n = [0]
@@ -78,9 +76,9 @@ CHILD = textwrap.dedent(r"""
             print("WAIT", flush=True)
             sys.stdin.readline()        # the parent kills us here
     rekey._phase_hook = event
-    rekey.rotate_key(path, KEY, OTHER_KEY, progress=lambda d, t: event(f"progress {{d}}/{{t}}"))
+    rekey.rotate_key(path, KEY, OTHER_KEY, progress=lambda d, t: event(f"progress {d}/{t}"))
     print("DONE", flush=True)
-""").format(here=HERE)
+""")
 
 
 def rotate_and_kill(path: str, stop_at: int, rng: random.Random, step: int = 64) -> List[str]:
@@ -91,7 +89,8 @@ def rotate_and_kill(path: str, stop_at: int, rng: random.Random, step: int = 64)
     (somewhere in its run, or after it finished). Returns the events it printed.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(TESTS_DIR), TESTS_DIR,
+                                         env.get("PYTHONPATH", "")])
     p = subprocess.Popen([sys.executable, "-c", CHILD, path, str(stop_at), str(step)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env)
