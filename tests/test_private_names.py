@@ -16,17 +16,13 @@ PACKAGE = pathlib.Path(heliosdb.__file__).parent
 #: The list may only shrink: a new import fails, and so does a listed one that is gone.
 KNOWN: set[tuple[str, str, str]] = {
     ('heliosdb', 'heliosdb.dbapi', '_module_getattr'),
-    ('heliosdb.audit.api', 'heliosdb.audit.export', '_as_head'),
     ('heliosdb.audit.checkpoint', 'heliosdb.audit.store', '_head'),
     ('heliosdb.audit.export', 'heliosdb.audit.store', '_q'),
     ('heliosdb.audit.forensics', 'heliosdb.config', '_zone'),
     ('heliosdb.audit.merkle', 'heliosdb.audit.store', '_head'),
     ('heliosdb.audit.merkle', 'heliosdb.audit.store', '_q'),
-    ('heliosdb.audit.merkle', 'heliosdb.audit.verify', '_archive_candidates'),
-    ('heliosdb.audit.merkle', 'heliosdb.audit.verify', '_purge_records'),
     ('heliosdb.audit.neighbourhood', 'heliosdb.audit.store', '_NAME_RE'),
     ('heliosdb.audit.neighbourhood', 'heliosdb.audit.store', '_schema_sql'),
-    ('heliosdb.audit.parquet', 'heliosdb.audit.export', '_Malformed'),
     ('heliosdb.audit.query', 'heliosdb.audit.store', '_q'),
     ('heliosdb.audit.store', 'heliosdb.audit.events', '_checked_ops'),
     ('heliosdb.audit.verify', 'heliosdb.audit.store', '_head'),

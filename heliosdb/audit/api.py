@@ -93,13 +93,13 @@ class AuditAPI:
         itself recorded as an EXPORT event (``record=False`` to skip), which the next
         incremental export will contain.
         """
-        from .export import _as_head, export_events
+        from .export import export_head, export_events
 
         self._require_autocommit("export()")
         if previous is not None:
             if after_id is not None:
                 raise ProgrammingError("give after_id= or previous=, not both")
-            p_last, p_ck = _as_head(previous)
+            p_last, p_ck = export_head(previous)
             after_id = p_last
             if p_last > 0:
                 with self._internal():  # type: ignore[attr-defined]

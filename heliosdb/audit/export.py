@@ -51,7 +51,7 @@ from .store import _q, anchor, get_meta
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "ExportManifest", "ExportReport", "export_events",
            "verify_export", "verify_export_chain", "read_export", "ocsf_event",
-           "syslog_line", "event_record"]
+           "syslog_line", "event_record", "export_head", "MalformedExportLine"]
 
 EXPORT_FORMAT = "heliosdb-audit-export/1"
 FORMATS = ("jsonl", "csv", "ocsf", "syslog", "parquet")
@@ -494,7 +494,9 @@ def _open_text(path: Union[str, os.PathLike]) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
 
-class _Malformed(Exception):
+class MalformedExportLine(Exception):
+    """A line of an export file that cannot be read (``line``: its number, from 1)."""
+
     def __init__(self, line: int, message: str) -> None:
         super().__init__(message)
         self.line = line
@@ -565,11 +567,11 @@ def _jsonl_records(f: Any, lineno: int, first: Optional[str]) -> Iterator[tuple[
             try:
                 obj = json.loads(line)
             except ValueError:
-                raise _Malformed(n, f"line {n} is not JSON") from None
+                raise MalformedExportLine(n, f"line {n} is not JSON") from None
             if isinstance(obj, dict) and obj.get("class_uid") == 6005:
                 obj = (obj.get("unmapped") or {}).get("heliosdb")
             if not isinstance(obj, dict) or obj.get("record", "event") != "event":
-                raise _Malformed(n, f"line {n} is not an event record")
+                raise MalformedExportLine(n, f"line {n} is not an event record")
             yield n, obj
 
 
@@ -586,14 +588,14 @@ def _syslog_records(f: Any, first: str) -> Iterator[tuple[int, dict]]:
                 continue
             parts = line.split(" ", 6)
             if len(parts) < 7:
-                raise _Malformed(n, f"line {n} is not an RFC 5424 line")
+                raise MalformedExportLine(n, f"line {n} is not an RFC 5424 line")
             rest = parts[6]
             end = _sd_end(rest, 0)
             msg = rest[end:].lstrip(" ").lstrip("\ufeff")
             try:
                 obj = json.loads(msg)
             except ValueError:
-                raise _Malformed(n, f"line {n}: MSG is not a JSON event") from None
+                raise MalformedExportLine(n, f"line {n}: MSG is not a JSON event") from None
             yield n, obj
 
 
@@ -612,7 +614,7 @@ def _csv_records(f: Any, rows: Iterator[list], pending: Optional[list]
                     n += 1
                     continue
                 if len(row) != ncol or row[0] != "event":
-                    raise _Malformed(n, f"row {n} is not an event row")
+                    raise MalformedExportLine(n, f"row {n} is not an event row")
                 nulls = set(row[ncol - 2].split())
                 rec: dict[str, Any] = {}
                 for i, c in enumerate(COLUMNS, 1):
@@ -621,12 +623,12 @@ def _csv_records(f: Any, rows: Iterator[list], pending: Optional[list]
                         try:
                             v = int(v)
                         except ValueError:
-                            raise _Malformed(n, f"row {n}: {c} is not an integer") from None
+                            raise MalformedExportLine(n, f"row {n}: {c} is not an integer") from None
                     rec[c] = v
                 yield n, rec
                 n += 1
         except csv.Error as exc:
-            raise _Malformed(n, f"row {n}: {exc}") from None
+            raise MalformedExportLine(n, f"row {n}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -671,7 +673,7 @@ def _rec_checksum(prev: bytes, rec: dict, leaves: Optional[list] = None) -> byte
     return hashlib.sha256(prev + enc).digest()
 
 
-def _as_head(previous: Any) -> tuple[int, str]:
+def export_head(previous: Any) -> tuple[int, str]:
     """(last_id, last_checksum hex) of a previous export (path, manifest, report, dict)."""
     if isinstance(previous, (str, os.PathLike)):
         previous = verify_export(previous)
@@ -822,7 +824,7 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
             checked += 1
             expect, link, last_ts = rid + 1, ck_b, ts
             prev_rec, prev_self_ok = rec, self_ok
-    except _Malformed as exc:
+    except MalformedExportLine as exc:
         return report("malformed", str(exc), bad=expect)
     except (OSError, EOFError, UnicodeDecodeError, _gzip.BadGzipFile) as exc:
         return report("truncated" if isinstance(exc, EOFError) else "malformed",
@@ -884,7 +886,7 @@ def verify_export(path: Union[str, os.PathLike], *, previous: Any = None,
                               last_ck=last_ck, cp_ok=False)
             cp_ok = True
     if previous is not None:
-        p_last, p_ck = _as_head(previous)
+        p_last, p_ck = export_head(previous)
         if first_id is not None and first_id != p_last + 1:
             kind = "gap" if first_id > p_last + 1 else "overlap"
             return report(kind, f"the previous export ends at event {p_last}, this one starts "

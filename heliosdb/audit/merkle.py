@@ -536,12 +536,12 @@ class _LeafSource:
         from .events import GENESIS
         from .export import read_export, verify_export
         from .store import anchor
-        from .verify import _archive_candidates, _purge_records
+        from .verify import archive_candidates, purge_records
         from .store import get_meta
 
         a = anchor(self.conn, self.table)
-        recs = _purge_records(self.conn, self.table, a.id)
-        paths = _archive_candidates(self.conn, self.table, self.archives,
+        recs = purge_records(self.conn, self.table, a.id)
+        paths = archive_candidates(self.conn, self.table, self.archives,
                                     [d.get("archive") for d in recs])
         db_id = get_meta(self.conn, self.table, "database_id")
         found = []
@@ -669,11 +669,11 @@ def _event_record(conn: apsw.Connection, table: str, event_id: int,
         return event_record(ev)
     # purged: from the archive that holds it
     src.archive_leaves(0, 0)  # verifies the archives
-    from .verify import _archive_candidates, _purge_records
+    from .verify import archive_candidates, purge_records
     from .store import anchor
     a = anchor(conn, table)
-    paths = _archive_candidates(conn, table, src.archives,
-                                [d.get("archive") for d in _purge_records(conn, table, a.id)])
+    paths = archive_candidates(conn, table, src.archives,
+                                [d.get("archive") for d in purge_records(conn, table, a.id)])
     for p in paths:
         try:
             header, _f, records = read_export(p)

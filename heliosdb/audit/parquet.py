@@ -225,20 +225,20 @@ def read_part(path: Any) -> tuple[dict, str, Iterator[tuple[int, dict]]]:
 
 
 def _records(path: Any, dbid: str) -> Iterator[tuple[int, dict]]:
-    from .export import _Malformed
+    from .export import MalformedExportLine
 
     _pa, pq = require_pyarrow()
     try:
         pf = pq.ParquetFile(path)
         batches = pf.iter_batches(columns=[*COLUMNS, "database_id"])
     except Exception as exc:  # noqa: BLE001
-        raise _Malformed(1, f"cannot read the part's rows: {exc}") from None
+        raise MalformedExportLine(1, f"cannot read the part's rows: {exc}") from None
     n = 0
     for batch in batches:
         for rec in batch.to_pylist():
             n += 1
             if rec.pop("database_id") != dbid:
-                raise _Malformed(n, f"row {n} (event {rec.get('id')}) names another "
+                raise MalformedExportLine(n, f"row {n} (event {rec.get('id')}) names another "
                                     "database_id than the part's metadata")
             for c in ("prev_hash", "checksum"):
                 v = rec[c]

@@ -59,7 +59,8 @@ from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event
 from .events import GENESIS
 from .store import DEFAULT_TABLE, _head, _q, anchor, check_table_name, get_meta
 
-__all__ = ["FAULTS", "VerifyReport", "AuditIntegrityError", "verify_connection"]
+__all__ = ["FAULTS", "VerifyReport", "AuditIntegrityError", "verify_connection",
+           "purge_records", "archive_candidates"]
 
 FAULTS: tuple[str, ...] = ("foreign_schema", "modified", "deleted", "inserted", "reordered",
                            "truncated", "time_went_backwards", "bad_signature", "rolled_back",
@@ -566,7 +567,7 @@ def _anchor_tree(conn: apsw.Connection, table: str, anc: Any) -> Optional[tuple]
     if anc.id == 0:
         return (0, b"")
     from . import merkle
-    for d in _purge_records(conn, table, anc.id):
+    for d in purge_records(conn, table, anc.id):
         if d.get("last_id") == anc.id and d.get("anchor_checksum") == anc.checksum.hex():
             fr = d.get("tree_frontier")
             if not isinstance(fr, list):
@@ -732,7 +733,7 @@ def _slow_rows(evs: list[AuditEvent], st: _State) -> tuple[int, bytes]:
 
 # --- the purge anchor must be proven ----------------------------------------------------------
 
-def _purge_records(conn: apsw.Connection, table: str, after_id: int) -> list[dict]:
+def purge_records(conn: apsw.Connection, table: str, after_id: int) -> list[dict]:
     """Details of the successful RETENTION_PURGE events stored after ``after_id``."""
     import json
 
@@ -762,7 +763,7 @@ def _anchor_problem(conn: apsw.Connection, table: str, cp: Any,
     if anc.id <= 0:
         return (1, f"the purge anchor in __audit_meta (id {anc.id}, checksum "
                 f"{anc.checksum.hex()[:16]}...) is not the genesis of a log: it was forged")
-    recs = _purge_records(conn, table, anc.id)
+    recs = purge_records(conn, table, anc.id)
     hexck = anc.checksum.hex()
     if not any(d.get("last_id") == anc.id and d.get("anchor_checksum") == hexck
                for d in recs):
@@ -788,8 +789,11 @@ def _anchor_problem(conn: apsw.Connection, table: str, cp: Any,
             "the archive files (archives=[...]) or keep them next to the database")
 
 
-def _archive_candidates(conn: apsw.Connection, table: str, given: Optional[list],
-                        names: list) -> list[str]:
+def archive_candidates(conn: apsw.Connection, table: str, given: Optional[list],
+                       names: list) -> list[str]:
+    """Paths of the archives that may hold purged events: ``given`` if the caller named
+    them, else the files ``names`` (from the RETENTION_PURGE records) and the archive
+    naming pattern find beside the database file."""
     import glob
     import os
 
@@ -797,7 +801,7 @@ def _archive_candidates(conn: apsw.Connection, table: str, given: Optional[list]
         return list(given)
     try:
         dbfile = conn.db_filename("main")
-    except Exception:  # noqa: BLE001
+    except apsw.Error:  # a closed or odd connection: no file to look beside
         dbfile = ""
     if not dbfile:
         return []
@@ -814,8 +818,8 @@ def _archives_link(conn: apsw.Connection, table: str, cp: Any, anc: Any,
     not."""
     from .export import read_export, verify_export
 
-    recs = _purge_records(conn, table, anc.id)
-    paths = _archive_candidates(conn, table, given, [d.get("archive") for d in recs])
+    recs = purge_records(conn, table, anc.id)
+    paths = archive_candidates(conn, table, given, [d.get("archive") for d in recs])
     db_id = get_meta(conn, table, "database_id")
     heads = []
     for p in paths:
