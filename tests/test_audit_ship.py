@@ -198,7 +198,7 @@ def test_ship_syslog_over_tls_with_ocsf_body_and_client_cert(tmp_path):
         col.wait_idle()
     finally:
         col.close()
-    assert not col.errors and col.peer_certs == ["device-17"]
+    assert not col.errors and col.peer_certs == ["device-17"] * r.batches  # one per batch
     msgs = [parse_message(m) for m in col.messages]
     assert [m["id"] for m in msgs] == list(range(1, r.last_id + 1))
     assert {m["db"] for m in msgs} == {dbid}
@@ -377,6 +377,7 @@ def test_cli_ship_resumes_is_quiet_when_piped_and_exits_1_on_tampering(tmp_path)
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 1
     assert f"event {r['last_id'] + 1}'s fields do not match its checksum" in proc.stderr
-    proc = run_cli(["ship", str(db), "--to", "syslog+tcp://127.0.0.1:1", "--state", "b.state"],
+    make_db(tmp_path / "b.db", 1)
+    proc = run_cli(["ship", "b.db", "--to", "syslog+tcp://127.0.0.1:1", "--state", "b.state"],
                    cwd=tmp_path)
     assert proc.returncode == 2 and "cannot connect to the syslog collector" in proc.stderr

@@ -18,9 +18,14 @@ once the destination took them record the batch's last id and checksum in the st
 * Parquet: the part is fsynced and renamed into place. A crash before the state write
   leaves parts beyond the acknowledged event; the next run deletes them before shipping
   again, so every event lands in the dataset exactly once.
-* syslog: ``sendall`` returned. TCP has no application-level acknowledgement, so a crash
-  after sending and before the state write sends that batch again: delivery is
-  at-least-once. Every message carries the database id and the event id
+* syslog: each batch goes over a connection of its own, and counts as taken once every
+  byte was sent and the collector, having read up to our end of stream, closed the
+  connection cleanly (a collector that refuses the client, e.g. a TLS 1.3 client
+  certificate check failing after the handshake, resets it instead: nothing is
+  recorded). Syslog has no application-level acknowledgement, so that is the most it
+  says: the collector read the batch, not that it stored it; and a crash after the
+  close and before the state write sends the batch again. Delivery is at-least-once;
+  every message carries the database id and the event id
   (``[heliosdb@32473 db=".." id=".."]``), so the receiver can drop the duplicates.
 
 The state file also binds the run to one database, audit table and destination, and keeps
@@ -311,28 +316,26 @@ def ship(session: Any, to: Union[str, os.PathLike], *, state: Union[str, os.Path
     total = head_id - start
     if progress is not None:
         progress(0, total)
-    sender = None
-    if dest.kind == "syslog" and head_id > start:
+    connect = None
+    if dest.kind == "syslog":
         from .syslog import SyslogSender
-        sender = SyslogSender(dest.host, dest.port, tls=dest.tls, ca_file=ca_file,
-                              cert_file=cert_file, key_file=key_file,
-                              server_name=server_name)
+
+        def connect() -> Any:
+            return SyslogSender(dest.host, dest.port, tls=dest.tls, ca_file=ca_file,
+                                cert_file=cert_file, key_file=key_file,
+                                server_name=server_name)
     verifier = _Verifier(prev, start + 1, last_ts, where)
     host = hostname or socket.gethostname() or "-"
     acked, batches = start, 0
-    try:
-        while acked < head_id:
-            end = min(acked + int(batch_size), head_id)
-            last_ck = _ship_batch(session, t, table, dest, verifier, acked, end, dbid, body,
-                                  host, sender)
-            ShipState(dest.url, dbid, table, end, last_ck.hex(), time.time_ns() // 1000) \
-                .save(state_path)
-            acked, batches = end, batches + 1
-            if progress is not None:
-                progress(acked - start, total)
-    finally:
-        if sender is not None:
-            sender.close()
+    while acked < head_id:
+        end = min(acked + int(batch_size), head_id)
+        last_ck = _ship_batch(session, t, table, dest, verifier, acked, end, dbid, body,
+                              host, connect)
+        ShipState(dest.url, dbid, table, end, last_ck.hex(), time.time_ns() // 1000) \
+            .save(state_path)
+        acked, batches = end, batches + 1
+        if progress is not None:
+            progress(acked - start, total)
     return ShipResult(destination=dest.url, database_id=dbid, resumed_after=start,
                       first_id=start + 1 if acked > start else None, last_id=acked,
                       count=acked - start, batches=batches, state=state_path)
@@ -376,7 +379,7 @@ def _resume_point(db: apsw.Connection, t: str, table: str, dbid: str, anc: Any, 
 
 def _ship_batch(session: Any, t: str, table: str, dest: Destination, verifier: _Verifier,
                 start: int, end: int, dbid: str, body: str, host: str,
-                sender: Any) -> bytes:
+                connect: Optional[Callable[[], Any]]) -> bytes:
     """Verify events ``start+1..end`` and hand them to the destination; return the last
     checksum once the destination took them."""
     db = session._db
@@ -410,9 +413,10 @@ def _ship_batch(session: Any, t: str, table: str, dest: Destination, verifier: _
                     db.execute("COMMIT")
     except apsw.Error as exc:
         raise translate(exc) from None
-    if sender is not None:
+    if connect is not None:  # one connection per batch: its clean close confirms it
         from .syslog import syslog_message
-        sender.send(syslog_message(AuditEvent.from_row(r), dbid, body=body, hostname=host)
-                    for r in rows)
+        with connect() as sender:
+            sender.send(syslog_message(AuditEvent.from_row(r), dbid, body=body,
+                                       hostname=host) for r in rows)
     return verifier.prev
 

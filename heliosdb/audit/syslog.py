@@ -40,8 +40,6 @@ __all__ = ["BODIES", "syslog_message", "frame", "SyslogSender"]
 #: What MSG holds: the stored event as JSON, or an OCSF 6005 event.
 BODIES = ("json", "ocsf")
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_hex)
-#: How long close() waits for the collector to close its side (it normally does at once).
-_CLOSE_WAIT_S = 5.0
 
 
 def syslog_message(ev: AuditEvent, database_id: str, *, body: str = "json",
@@ -81,8 +79,9 @@ class SyslogSender:
     ``tls=True`` verifies the collector's certificate against ``ca_file`` (the system's
     trust store when None) and its name against ``server_name`` (default ``host``);
     ``cert_file``/``key_file`` present a client certificate. ``send`` returns once the
-    kernel took every byte: TCP has no application-level acknowledgement, so a message
-    sent just before a crash may or may not have reached the collector.
+    kernel took every byte; :meth:`finish` closes and confirms that the collector read
+    them (syslog has no application-level acknowledgement: that is the most it says).
+    ``timeout`` bounds connecting, each send and the wait for the collector's close.
     """
 
     def __init__(self, host: str, port: int, *, tls: bool = False,
@@ -90,6 +89,7 @@ class SyslogSender:
                  key_file: Optional[str] = None, server_name: Optional[str] = None,
                  timeout: float = 30.0) -> None:
         self.address = f"{'tls' if tls else 'tcp'}://{host}:{port}"
+        self.timeout = timeout
         try:
             ctx = None
             if tls:
@@ -133,24 +133,45 @@ class SyslogSender:
                                    f"failed: {exc}") from None
         return len(data)
 
-    def close(self) -> None:
-        """Close gracefully: TLS close_notify, then our FIN, then read until the collector
-        closes. A plain close() with unread bytes (a TLS 1.3 session ticket) sends a
-        reset, and a reset can make the collector drop what it had not yet read."""
+    def finish(self) -> None:
+        """Close, and confirm that the collector read everything: our TLS close_notify
+        and FIN, then wait for the collector to close its side. A collector closes
+        cleanly only after reading to our end of stream; one that refused us (a TLS 1.3
+        client certificate is checked after the client's handshake ends) or dropped the
+        connection resets it instead, and this raises OperationalError: the messages must
+        be sent again. This is the only confirmation syslog gives: it says the collector
+        read the bytes, not that it stored them."""
         sock = self._sock
-        sock.settimeout(_CLOSE_WAIT_S)
+        sock.settimeout(self.timeout)
         try:
             if isinstance(sock, ssl.SSLSocket):
-                sock = sock.unwrap()
+                try:
+                    sock = sock.unwrap()
+                except ssl.SSLEOFError:
+                    return  # it read our close_notify and closed without its own: fine
             sock.shutdown(socket.SHUT_WR)
             while sock.recv(4096):
                 pass
-        except (OSError, ssl.SSLError, ValueError):
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise OperationalError(f"the syslog collector at {self.address} did not confirm "
+                                   f"the messages by closing cleanly ({exc}): they will be "
+                                   "sent again") from None
+        finally:
+            self._sock.close()
+            sock.close()
+
+    def close(self) -> None:
+        """Close without confirmation (after an error)."""
+        try:
+            self._sock.close()
+        except OSError:
             pass
-        sock.close()
 
     def __enter__(self) -> "SyslogSender":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if exc[0] is None:
+            self.finish()
+        else:
+            self.close()
