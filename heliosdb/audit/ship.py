@@ -194,10 +194,35 @@ class ShipResult:
 
 
 class _Verifier:
-    """Recomputes the chain over consecutive rows; raises on the first that does not fit."""
+    """Recomputes the chain over consecutive rows; raises on the first that does not fit.
+
+    :meth:`fast` checks a range the way ``verify`` does (one call into C per batch,
+    :func:`heliosdb.audit.chain.verify_rows`); when it points at a row, :meth:`check` goes
+    row by row in Python and names the fault."""
 
     def __init__(self, prev: bytes, next_id: int, last_ts: Optional[int], where: str) -> None:
         self.prev, self.next_id, self.last_ts, self.where = prev, next_id, last_ts, where
+
+    def fast(self, db: apsw.Connection, table: str, start: int, end: int) -> bool:
+        """True (and the chain advanced to ``end``) if events ``start+1..end`` verify."""
+        from . import chain
+        from .verify import _split, _walk_sql
+
+        batch = list(db.execute(_walk_sql(table, "WHERE id > ? AND id <= ?"), (start, end)))
+        if len(batch) != end - start or start + 1 != self.next_id:
+            return False
+        texts, ids, ts, rows, succ, types_ok, prevs, cks, masks = _split(batch)
+        try:
+            if 0 in types_ok:
+                return False
+            bad, link = chain.verify_rows(self.prev, self.next_id, self.last_ts, ids, ts,
+                                          rows, succ, texts, prevs, cks, masks)
+        except chain.MalformedBatch:
+            return False
+        if bad >= 0:
+            return False
+        self.prev, self.next_id, self.last_ts = link, end + 1, ts[-1]
+        return True
 
     def check(self, row: tuple) -> None:
         id_, ts = row[0], row[1]
@@ -388,10 +413,14 @@ def _ship_batch(session: Any, t: str, table: str, dest: Destination, verifier: _
         with session._internal():
             db.execute("BEGIN")
             try:
-                rows = list(db.execute(f"SELECT {cols} FROM {t} WHERE id > ? AND id <= ? "
-                                       "ORDER BY id", (start, end)))
-                for row in rows:
-                    verifier.check(row)
+                verified = verifier.fast(db, table, start, end)
+                rows: list = []
+                if connect is not None or not verified:  # syslog formats the rows
+                    rows = list(db.execute(f"SELECT {cols} FROM {t} WHERE id > ? AND "
+                                           "id <= ? ORDER BY id", (start, end)))
+                if not verified:  # row by row, naming the fault
+                    for row in rows:
+                        verifier.check(row)
                 if verifier.next_id != end + 1:
                     raise AuditIntegrityError(
                         f"database {dbid}, {table}: events {verifier.next_id}..{end} are "
