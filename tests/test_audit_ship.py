@@ -381,3 +381,61 @@ def test_cli_ship_resumes_is_quiet_when_piped_and_exits_1_on_tampering(tmp_path)
     proc = run_cli(["ship", "b.db", "--to", "syslog+tcp://127.0.0.1:1", "--state", "b.state"],
                    cwd=tmp_path)
     assert proc.returncode == 2 and "cannot connect to the syslog collector" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# README's "Shipping audit to a fleet store" is what the commands print
+# --------------------------------------------------------------------------------------------
+
+def test_readme_shipping_transcript(tmp_path):
+    """Each ``$`` line of the README block is run with bash in a fresh directory (a TLS
+    collector on loopback stands for localhost:6514, with the README's ca.pem); database
+    ids, dates and times are normalised."""
+    import re
+    import shutil
+
+    from test_cli_docs import _transcript
+    from test_cli_helpers import cli_env
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Shipping audit to a fleet store\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b for b in re.findall(r"```\n(.*?)```", section, re.S) if b.startswith("$ ")]
+    pki = make_pki(tmp_path / "pki")
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    shutil.copy(pki["ca"], cwd / "ca.pem")
+    env = cli_env(cwd)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+
+    def norm(text: str) -> str:
+        text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", "TIME", text)
+        text = re.sub(r"\b[0-9a-f]{32}\b", "DATABASE_ID", text)
+        return re.sub(r"date=\d{4}-\d\d-\d\d", "date=DAY", text)
+
+    col = FrameCollector(pki)
+    try:
+        for cmd, expected in _transcript(block):
+            run = cmd.replace("localhost:6514", f"localhost:{col.port}")
+            proc = subprocess.run(["bash", "-c", run + " 2>&1"], cwd=str(cwd), env=env,
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=120, start_new_session=True)
+            got = proc.stdout.rstrip("\n").replace(f"localhost:{col.port}", "localhost:6514")
+            assert norm(got) == norm(expected), (cmd, proc.stdout)
+        col.wait_idle()
+    finally:
+        col.close()
+    ids = [parse_message(m)["id"] for m in col.messages]
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) == 12
+
+
+def test_cli_ship_draws_progress_on_a_terminal(tmp_path):
+    from test_cli_helpers import HELIOSDB, Pty, cli_env
+
+    make_db(tmp_path / "a.db", 30)
+    env = cli_env(tmp_path, TERM="xterm")
+    env.pop("NO_COLOR", None)
+    term = Pty([*HELIOSDB, "ship", "a.db", "--to", "parquet:lake", "--state", "s",
+                "--batch", "10"], cwd=tmp_path, env=env)
+    term.expect("shipped ")
+    assert term.wait() == 0
+    assert "Shipping audit events" in term.text
