@@ -439,3 +439,21 @@ def test_cli_ship_draws_progress_on_a_terminal(tmp_path):
     term.expect("shipped ")
     assert term.wait() == 0
     assert "Shipping audit events" in term.text
+
+
+def test_fleet_scale_bench_runs(tmp_path):
+    """bench/fleet_scale.py at a tiny size: every step runs and the report is written (its
+    timings are never asserted)."""
+    out = tmp_path / "fleet_scale.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_scale.py"),
+                           "--databases", "2", "--events", "300", "--batch", "100",
+                           "--jobs", "2", "--out", str(out), "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["events"] >= 600 and res["databases"] == 2
+    for step in ("export_parquet", "ship_parquet", "ship_syslog_tcp", "fleet_verify"):
+        assert res[step]["events_per_s"] > 0
+    text = out.read_text()
+    assert "| fleet-verify the shipped dataset (2 processes) |" in text
+    assert "| JSONL.gz export |" in text

@@ -251,7 +251,7 @@ class _Verifier:
 
 def _checksum_at(db: apsw.Connection, t: str, id_: int) -> Optional[tuple[bytes, int]]:
     for ck, ts in db.execute(f"SELECT checksum, ts_us FROM {t} WHERE id = ?", (id_,)):
-        return bytes(ck), ts
+        return (ck if isinstance(ck, bytes) else b""), ts  # not a blob: cannot match
     return None
 
 
