@@ -68,7 +68,8 @@ def make_pki(folder: Path, *, client: bool = False) -> dict:
         return b.sign(ca_key, hashes.SHA256()), key
 
     cert, key = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH,
-                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+                     [x509.DNSName("localhost"),
+                      x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     out["server_cert"], out["server_key"] = folder / "server.pem", folder / "server.key"
     out["server_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     write_key(key, out["server_key"])

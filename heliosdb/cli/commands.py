@@ -726,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .fleet import add_parser as _add_fleet  # heliosdb fleet-verify: cli/fleet.py
     _add_fleet(sub)
     from .ship import add_parser as _add_ship  # heliosdb ship: cli/ship.py
-    _add_ship(sub, _common)
+    _add_ship(sub, _common, _open_audited)
     return parser
 
 

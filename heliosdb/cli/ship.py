@@ -28,17 +28,20 @@ from .common import EXIT_OK
 __all__ = ["add_parser", "cmd_ship", "describe_result"]
 
 
-def add_parser(sub: Any, common: Callable[..., None]) -> None:
-    """Register ``ship`` on the subcommand parsers (``common`` adds the key options)."""
+def add_parser(sub: Any, common: Callable[..., None],
+               open_audited: Callable[..., Any]) -> None:
+    """Register ``ship`` on the subcommand parsers (``common`` adds the key options,
+    ``open_audited(args)`` opens the database as the other subcommands do; passed in so
+    that this module imports nothing from :mod:`heliosdb.cli.commands`)."""
     p = sub.add_parser("ship", help="send new audit events to a Parquet dataset or a syslog "
                        "collector (resumable)",
                        description="Send the audit events that are new since the last "
                                    "acknowledged one (per --state) to a Parquet dataset or a "
                                    "syslog collector over TCP or TLS (RFC 5424 messages, RFC "
                                    "6587 octet counting, RFC 5425), verifying their chain "
-                                   "first. Safe to re-run after a crash: Parquet receives each "
-                                   "event once, syslog at least once (each message names its "
-                                   "database and event id).",
+                                   "first. Safe to re-run after a crash: Parquet receives "
+                                   "each event once, syslog at least once (each message names "
+                                   "its database and event id).",
                        epilog="Exit status: 0 ok, 1 the log does not verify, 2 usage or "
                               "input error.")
     p.add_argument("file", metavar="DB")
@@ -61,7 +64,7 @@ def add_parser(sub: Any, common: Callable[..., None]) -> None:
                         "(default 10000)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     common(p)
-    p.set_defaults(func=cmd_ship)
+    p.set_defaults(func=cmd_ship, open_audited=open_audited)
 
 
 def describe_result(r: Any, to: str) -> str:
@@ -76,11 +79,10 @@ def cmd_ship(args: argparse.Namespace) -> int:
     """Ship new audit events (conn.audit.ship)."""
     from ..errors import OperationalError, ProgrammingError
     from .common import CLIError, require_api
-    from .commands import _open_audited
 
     if args.batch < 1:
         raise CLIError("--batch must be at least 1")
-    conn = _open_audited(args)
+    conn = args.open_audited(args)
     try:
         ship = require_api(conn.audit, "ship", "heliosdb ship")
         with progress_callback(None, "Shipping audit events") as bar:
