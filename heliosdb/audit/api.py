@@ -120,6 +120,14 @@ class AuditAPI:
                 "last_id": m.last_id, "count": m.count, "file": os.path.basename(m.path)})
         return m
 
+    def ship(self, to: Any, *, state: Any, **options: Any) -> Any:
+        """Send what is new since the last acknowledged event to ``to`` (``parquet:DIR``,
+        ``syslog+tcp://H:P``, ``syslog+tls://H:P``), recording progress in ``state`` (see
+        :func:`heliosdb.audit.ship.ship`)."""
+        from .ship import ship
+
+        return ship(self, to, state=state, **options)
+
     # -- 2b. Merkle proofs (heliosdb/audit/merkle.py) ---------------------------------------
     def prove_inclusion(self, event_id: int, checkpoint: Any, *,
                         archives: Any = None) -> dict:

@@ -69,7 +69,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "run_subcommand"]
 
 #: The first arguments that select a subcommand instead of the shell.
 SUBCOMMANDS = ("info", "verify", "audit", "export", "encrypt", "decrypt", "rekey", "passwd",
-               "purge", "report", "demo", "prove", "fleet-verify")
+               "purge", "report", "demo", "prove", "fleet-verify", "ship")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -725,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prove(sub, _common)
     from .fleet import add_parser as _add_fleet  # heliosdb fleet-verify: cli/fleet.py
     _add_fleet(sub)
+    from .ship import add_parser as _add_ship  # heliosdb ship: cli/ship.py
+    _add_ship(sub, _common, _open_audited)
     return parser
 
 
