@@ -2,7 +2,7 @@
 shipping to a Parquet dataset or a syslog collector (TCP, TLS), verified before sending,
 surviving kill -9 (Parquet exactly once, syslog at least once, in id order).
 
-The collectors here are Python loopback servers (tests/syslog_helpers.py); the real
+The collectors here are Python loopback servers (tests/helpers/syslog.py); the real
 rsyslog is in tests/test_syslog_rsyslog.py.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import heliosdb
 from heliosdb.audit.fleet import verify_fleet
 from heliosdb.audit.ship import ShipState, parse_destination
 from heliosdb.errors import AuditIntegrityError, OperationalError, ProgrammingError
-from syslog_helpers import FrameCollector, make_pki, parse_message
-from test_cli_helpers import run_cli
+from helpers.syslog import FrameCollector, make_pki, parse_message
+from helpers.cli import run_cli
 
 pq = pytest.importorskip("pyarrow.parquet")
 ROOT = Path(__file__).resolve().parent.parent
@@ -395,7 +395,7 @@ def test_readme_shipping_transcript(tmp_path):
     import shutil
 
     from test_cli_docs import _transcript
-    from test_cli_helpers import cli_env
+    from helpers.cli import cli_env
 
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Shipping audit to a fleet store\n", 1)[1].split("\n## ", 1)[0]
@@ -429,7 +429,7 @@ def test_readme_shipping_transcript(tmp_path):
 
 
 def test_cli_ship_draws_progress_on_a_terminal(tmp_path):
-    from test_cli_helpers import HELIOSDB, Pty, cli_env
+    from helpers.cli import HELIOSDB, Pty, cli_env
 
     make_db(tmp_path / "a.db", 30)
     env = cli_env(tmp_path, TERM="xterm")

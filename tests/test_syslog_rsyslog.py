@@ -22,7 +22,7 @@ import pytest
 
 import heliosdb
 from heliosdb.audit.ship import ShipState
-from syslog_helpers import free_port, make_pki, parse_message
+from helpers.syslog import free_port, make_pki, parse_message
 from test_audit_ship import make_db, run_shipper
 
 _GTLS = "/usr/lib/*/rsyslog/lmnsd_gtls.so"

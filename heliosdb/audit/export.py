@@ -51,7 +51,8 @@ from .store import _q, anchor, get_meta
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "ExportManifest", "ExportReport", "export_events",
            "verify_export", "verify_export_chain", "read_export", "ocsf_event",
-           "syslog_line", "event_record", "export_head", "MalformedExportLine"]
+           "syslog_line", "event_record", "export_head", "MalformedExportLine", "hex_bytes",
+           "format_ts_cached", "sd_param_escape", "printable_ascii"]
 
 EXPORT_FORMAT = "heliosdb-audit-export/1"
 FORMATS = ("jsonl", "csv", "ocsf", "syslog", "parquet")
@@ -77,7 +78,8 @@ def _product_version() -> str:
 # Records
 # --------------------------------------------------------------------------------------------
 
-def _hex(v: Any) -> Any:
+def hex_bytes(v: Any) -> Any:
+    """A stored BLOB (checksums) as lower-case hex; any other value as it is."""
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v).hex()
     return v
@@ -91,7 +93,7 @@ def event_record(ev: AuditEvent) -> dict:
     """
     rec = {"record": "event"}
     for c in COLUMNS:
-        rec[c] = _hex(getattr(ev, c))
+        rec[c] = hex_bytes(getattr(ev, c))
     rec["timestamp"] = format_ts(ev.ts_us) if type(ev.ts_us) is int else None
     return rec
 
@@ -101,7 +103,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ts_cache: list = [None, ""]
 
 
-def _fast_ts(ts: int) -> str:
+def format_ts_cached(ts: int) -> str:
     """:func:`format_ts`, computed once per second of log (exports format every event)."""
     sec, us = divmod(ts, 1_000_000)
     if sec != _ts_cache[0]:
@@ -122,9 +124,9 @@ def _row_record(row: tuple) -> dict:
     if type(p) is bytes and type(c) is bytes:
         rec["prev_hash"], rec["checksum"] = p.hex(), c.hex()
     else:
-        rec["prev_hash"], rec["checksum"] = _hex(p), _hex(c)
+        rec["prev_hash"], rec["checksum"] = hex_bytes(p), hex_bytes(c)
     ts = row[1]
-    rec["timestamp"] = _fast_ts(ts) if type(ts) is int else None
+    rec["timestamp"] = format_ts_cached(ts) if type(ts) is int else None
     return rec
 
 
@@ -214,7 +216,7 @@ def ocsf_event(ev: AuditEvent, *, database_name: Optional[str] = None,
         "type_uid": 6005 * 100 + act_id,
         "type_name": f"Datastore Activity: {act_name}",
         "time": ev.ts_us // 1000 if type(ev.ts_us) is int else None,
-        "time_dt": _fast_ts(ev.ts_us) if type(ev.ts_us) is int else None,
+        "time_dt": format_ts_cached(ev.ts_us) if type(ev.ts_us) is int else None,
         "severity_id": 1 if ok else 3, "severity": "Informational" if ok else "Medium",
         "status_id": 1 if ok else 2, "status": "Success" if ok else "Failure",
         "metadata": {
@@ -248,11 +250,14 @@ def ocsf_event(ev: AuditEvent, *, database_name: Optional[str] = None,
     return out
 
 
-def _sd_escape(v: Any) -> str:
+def sd_param_escape(v: Any) -> str:
+    """An RFC 5424 SD-PARAM value: backslash, double quote and ']' escaped."""
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def _printable(s: str, n: int) -> str:
+def printable_ascii(s: str, n: int) -> str:
+    """An RFC 5424 header field: printable US-ASCII only, at most ``n`` characters, '-'
+    when empty."""
     s = "".join(c if 33 <= ord(c) <= 126 else "_" for c in s)
     return s[:n] or "-"
 
@@ -267,17 +272,17 @@ def syslog_line(ev: AuditEvent, *, hostname: Optional[str] = None, app_name: str
     """
     ok = ev.success == 1
     pri = 13 * 8 + (6 if ok else 4)
-    host = _printable(hostname or socket.gethostname() or "-", 255)
-    ts = _fast_ts(ev.ts_us) if type(ev.ts_us) is int else "-"
+    host = printable_ascii(hostname or socket.gethostname() or "-", 255)
+    ts = format_ts_cached(ev.ts_us) if type(ev.ts_us) is int else "-"
     params = [("id", ev.id), ("user", ev.user), ("session", ev.session_id),
               ("operation", ev.operation), ("target", ev.target), ("success", ev.success),
-              ("rows", ev.affected_rows), ("prev", _hex(ev.prev_hash)),
-              ("checksum", _hex(ev.checksum))]
-    sd = "[" + sd_id + "".join(f' {k}="{_sd_escape(v)}"' for k, v in params if v is not None) \
+              ("rows", ev.affected_rows), ("prev", hex_bytes(ev.prev_hash)),
+              ("checksum", hex_bytes(ev.checksum))]
+    sd = "[" + sd_id + "".join(f' {k}="{sd_param_escape(v)}"' for k, v in params if v is not None) \
         + "]"
     msg = _JSON.encode(event_record(ev))
-    return (f"<{pri}>1 {ts} {host} {_printable(app_name, 48)} - "
-            f"{_printable(ev.operation, 32)} {sd} {chr(0xFEFF) if bom else ''}{msg}")
+    return (f"<{pri}>1 {ts} {host} {printable_ascii(app_name, 48)} - "
+            f"{printable_ascii(ev.operation, 32)} {sd} {chr(0xFEFF) if bom else ''}{msg}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,7 +468,7 @@ def _export(db: apsw.Connection, table: str, path: str, fmt: str, after_id: Opti
             ev = AuditEvent.from_row(row)
             if fmt == "ocsf":
                 write(json.dumps(ocsf_event(ev, export_id=export_id), ensure_ascii=False,
-                                 separators=(",", ":"), default=_hex) + "\n")
+                                 separators=(",", ":"), default=hex_bytes) + "\n")
             else:
                 write(syslog_line(ev, hostname=hostname, sd_id=sd_id) + "\n")
         if n != count:

@@ -206,12 +206,12 @@ class _Verifier:
     def fast(self, db: apsw.Connection, table: str, start: int, end: int) -> bool:
         """True (and the chain advanced to ``end``) if events ``start+1..end`` verify."""
         from . import chain
-        from .verify import _split, _walk_sql
+        from .verify import split_columns, chain_walk_sql
 
-        batch = list(db.execute(_walk_sql(table, "WHERE id > ? AND id <= ?"), (start, end)))
+        batch = list(db.execute(chain_walk_sql(table, "WHERE id > ? AND id <= ?"), (start, end)))
         if len(batch) != end - start or start + 1 != self.next_id:
             return False
-        texts, ids, ts, rows, succ, types_ok, prevs, cks, masks = _split(batch)
+        texts, ids, ts, rows, succ, types_ok, prevs, cks, masks = split_columns(batch)
         try:
             if 0 in types_ok:
                 return False

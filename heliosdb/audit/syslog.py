@@ -32,14 +32,14 @@ from typing import Iterable, Optional
 
 from ..errors import OperationalError, ProgrammingError
 from .events import AuditEvent
-from .export import SYSLOG_SD_ID, _fast_ts, _hex, _printable, _sd_escape, event_record, \
+from .export import SYSLOG_SD_ID, format_ts_cached, hex_bytes, printable_ascii, sd_param_escape, event_record, \
     ocsf_event
 
 __all__ = ["BODIES", "syslog_message", "frame", "SyslogSender"]
 
 #: What MSG holds: the stored event as JSON, or an OCSF 6005 event.
 BODIES = ("json", "ocsf")
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_hex)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=hex_bytes)
 
 
 def syslog_message(ev: AuditEvent, database_id: str, *, body: str = "json",
@@ -50,12 +50,12 @@ def syslog_message(ev: AuditEvent, database_id: str, *, body: str = "json",
     if body not in BODIES:
         raise ProgrammingError(f"unknown syslog body {body!r}: use one of {BODIES}")
     pri = 13 * 8 + (6 if ev.success == 1 else 4)
-    ts = _fast_ts(ev.ts_us) if type(ev.ts_us) is int else "-"
+    ts = format_ts_cached(ev.ts_us) if type(ev.ts_us) is int else "-"
     params = [("db", database_id), ("id", ev.id), ("user", ev.user),
               ("session", ev.session_id), ("operation", ev.operation),
               ("target", ev.target), ("success", ev.success), ("rows", ev.affected_rows),
-              ("prev", _hex(ev.prev_hash)), ("checksum", _hex(ev.checksum))]
-    sd = "[" + sd_id + "".join(f' {k}="{_sd_escape(v)}"' for k, v in params if v is not None) \
+              ("prev", hex_bytes(ev.prev_hash)), ("checksum", hex_bytes(ev.checksum))]
+    sd = "[" + sd_id + "".join(f' {k}="{sd_param_escape(v)}"' for k, v in params if v is not None) \
         + "]"
     if body == "ocsf":
         obj = ocsf_event(ev)
@@ -63,8 +63,8 @@ def syslog_message(ev: AuditEvent, database_id: str, *, body: str = "json",
     else:
         obj = event_record(ev)
         obj["database_id"] = database_id
-    head = (f"<{pri}>1 {ts} {_printable(hostname, 255)} {_printable(app_name, 48)} - "
-            f"{_printable(str(ev.operation), 32)} {sd} ")
+    head = (f"<{pri}>1 {ts} {printable_ascii(hostname, 255)} {printable_ascii(app_name, 48)} - "
+            f"{printable_ascii(str(ev.operation), 32)} {sd} ")
     return (head + _JSON.encode(obj)).encode("utf-8")
 
 

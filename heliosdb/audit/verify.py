@@ -60,7 +60,7 @@ from .events import GENESIS
 from .store import DEFAULT_TABLE, _head, _q, anchor, check_table_name, get_meta
 
 __all__ = ["FAULTS", "VerifyReport", "AuditIntegrityError", "verify_connection",
-           "purge_records", "archive_candidates"]
+           "purge_records", "archive_candidates", "chain_walk_sql", "split_columns"]
 
 FAULTS: tuple[str, ...] = ("foreign_schema", "modified", "deleted", "inserted", "reordered",
                            "truncated", "time_went_backwards", "bad_signature", "rolled_back",
@@ -284,7 +284,9 @@ def _diagnose(ctx: _Ctx, r: AuditEvent, e: int, c: bytes) -> tuple[str, int, str
 
 # --- the fast walk --------------------------------------------------------------------------
 
-def _walk_sql(table: str, where: str) -> str:
+def chain_walk_sql(table: str, where: str) -> str:
+    """The SELECT that reads events for the chain check (ids ``where`` says), in the
+    column layout :func:`split_columns` takes apart."""
     # One bytes value per row for the ten texts (UTF-8 as stored, NUL-separated, a NULL
     # being an empty slot) and one integer saying which fields are NULL (bit f: text f,
     # bit 10: affected_rows): a tenth of the Python objects ten columns would cost, and no
@@ -302,7 +304,8 @@ def _walk_sql(table: str, where: str) -> str:
 _NCOL = 9
 
 
-def _split(batch: list[tuple]) -> tuple[list, ...]:
+def split_columns(batch: list[tuple]) -> tuple[list, ...]:
+    """Rows of :func:`chain_walk_sql` as one list per column."""
     flat = list(_chain.from_iterable(batch))
     return tuple(flat[k::_NCOL] for k in range(_NCOL))
 
@@ -468,7 +471,7 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
                                    cp.event_id - 1 - anc.id)
                     return _report("modified", cp.event_id, _rewritten(cp), st_cp, cp_id)
             return _finish(conn, table, cp, st, cp_id, archives)
-    cur = conn.execute(_walk_sql(table, where), args)
+    cur = conn.execute(chain_walk_sql(table, where), args)
     try:
         while True:
             if not slow:
@@ -479,7 +482,7 @@ def _verify(conn: apsw.Connection, table: str, cp: Any, public_key: Any,
                     continue
                 if not batch:
                     break
-                texts, ids, ts, rows, succ, types_ok, prevs, cks, masks = _split(batch)
+                texts, ids, ts, rows, succ, types_ok, prevs, cks, masks = split_columns(batch)
                 try:
                     if 0 in types_ok:
                         raise chain.MalformedBatch("a text column holds another type")
