@@ -405,7 +405,7 @@ def _timezone(v: Any) -> str:
     _str(v)
     try:
         _zone(v)
-    except Exception:
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
         raise _Invalid(f'expected an IANA time zone name such as "Europe/Paris", '
                        f'got {v!r}') from None
     return v
