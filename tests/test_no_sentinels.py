@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from enc_helpers import KEY, OTHER_KEY, open_enc, q
+from helpers.enc import KEY, OTHER_KEY, open_enc, q
 from heliosdb import crypto, native
 from heliosdb.crypto import format as fmt
 from heliosdb.crypto import vfs
