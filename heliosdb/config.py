@@ -158,333 +158,6 @@ FIPS_REFUSAL = (
 
 
 # --------------------------------------------------------------------------------------------
-# The dataclasses
-# --------------------------------------------------------------------------------------------
-
-
-
-#: Argon2id cost profiles that ``encryption.kdf_profile`` may name (memory in KiB): the
-#: one table of them, which ``heliosdb.crypto.keys`` derives keys with (config is data and
-#: imports none of the other modules). "default" is RFC 9106's low-memory recommendation
-#: (argon2-cffi ``RFC_9106_LOW_MEMORY``, about 0.1 s per open here, DESIGN.md section 5);
-#: "interactive" is OWASP's minimum; "sensitive" quadruples the memory for keys that guard
-#: long-lived archives; "test" is deliberately weak and exists only to keep test suites
-#: fast (never for real data).
-KDF_PROFILES: Mapping[str, Mapping[str, int]] = FrozenMap({
-    "default": FrozenMap({"time_cost": 3, "memory_kib": 65536, "parallelism": 4}),
-    "interactive": FrozenMap({"time_cost": 2, "memory_kib": 19456, "parallelism": 1}),
-    "sensitive": FrozenMap({"time_cost": 4, "memory_kib": 262144, "parallelism": 4}),
-    "test": FrozenMap({"time_cost": 1, "memory_kib": 64, "parallelism": 1}),
-})
-
-@dataclass(frozen=True)
-class KeySource:
-    """Where the encryption key comes from (DESIGN.md section 2).
-
-    ``kind`` is ``"file"`` (a raw 32-byte key file; a relative path in a config file is
-    resolved against that file's directory), ``"env"`` (an environment variable holding 64
-    hex characters) or ``"passphrase_env"`` (an environment variable holding a passphrase,
-    stretched with Argon2id). ``value`` is the path or the variable name, never key material.
-    """
-
-    kind: Literal["file", "env", "passphrase_env"]
-    value: str
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("file", "env", "passphrase_env"):
-            raise ConfigError(f"KeySource: kind must be file, env or passphrase_env, "
-                              f"got {self.kind!r}", key="encryption.key_source")
-
-
-@dataclass(frozen=True)
-class EncryptionConfig:
-    """``[encryption]``: transparent page encryption.
-
-    ``enabled = true`` with no ``key_source`` means the key must be passed to
-    ``connect(..., key=...)``; connecting without one then fails with ``KeyRequiredError``.
-    """
-
-    enabled: bool = False
-    algorithm: str = "aes-256-gcm"
-    key_source: Optional[KeySource] = None
-    kdf_profile: str = "default"
-    rotation_interval_days: int = 90
-    nonce_warning_fraction: float = 0.5
-    fips_mode: bool = False
-
-    def __post_init__(self) -> None:
-        if self.fips_mode:
-            raise ConfigError(f"encryption.fips_mode: {FIPS_REFUSAL}", key="encryption.fips_mode")
-
-    @property
-    def kdf_params(self) -> Mapping[str, int]:
-        """The Argon2id parameters of :attr:`kdf_profile` (see :data:`KDF_PROFILES`)."""
-        return KDF_PROFILES[self.kdf_profile]
-
-
-@dataclass(frozen=True)
-class CaptureMetadata:
-    """``[audit.capture_metadata]``: what goes into each event's ``metadata`` JSON.
-
-    TOML accepts both ``client_ip`` and the product documents' ``capture_client_ip``
-    spelling (and likewise for every field).
-    """
-
-    client_ip: bool = True
-    application_name: bool = True
-    database_name: bool = True
-    execution_time: bool = True
-    custom_fields: bool = False
-    custom_field_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        # Built directly (not by load_config) with a list: keep the instance immutable.
-        object.__setattr__(self, "custom_field_names", tuple(self.custom_field_names))
-
-
-@dataclass(frozen=True)
-class AfterHours:
-    """``[audit.after_hours]``: the window ``conn.audit.suspicious()`` calls after hours.
-
-    ``start`` and ``end`` are local ``"HH:MM"`` times in ``timezone`` (an IANA name); a window
-    with ``start > end`` wraps past midnight; ``start == end`` means no after-hours window.
-    With ``weekends`` true, all of Saturday and Sunday counts as after hours.
-    """
-
-    start: str = "19:00"
-    end: str = "07:00"
-    timezone: str = "UTC"
-    weekends: bool = True
-
-    def contains(self, when: _dt.datetime) -> bool:
-        """True if ``when`` falls after hours. A naive ``when`` is taken as UTC."""
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=_dt.timezone.utc)
-        local = when.astimezone(_zone(self.timezone))
-        if self.weekends and local.weekday() >= 5:
-            return True
-        t = local.time()
-        start, end = _parse_hhmm(self.start), _parse_hhmm(self.end)
-        if start == end:
-            return False
-        if start < end:
-            return start <= t < end
-        return t >= start or t < end
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """``[audit]``: what the audit log captures and how long it keeps it.
-
-    Retention: ``retention_days`` is the total time an event is kept; ``archive_days`` is the
-    trailing part of it that may live in archive files instead of the database, so events
-    stay in the database for :attr:`active_days` (``retention_days - archive_days``).
-    ``retention_overrides`` sets the total retention of one operation (``"DELETE"``) or a
-    category (``"DDL"``, ``"SECURITY"``...; see :func:`category_of`); an event is never kept
-    in the database longer than the active window, the rest of its retention is archive.
-    """
-
-    enabled: bool = False
-    log_ddl: bool = True
-    log_dml: bool = True
-    log_select: bool = False
-    log_transactions: bool = False
-    log_auth: bool = True
-    retention_days: int = 90
-    retention_overrides: Mapping[str, int] = field(default_factory=FrozenMap)
-    archive_days: int = 0
-    async_buffer_size: int = 100
-    enable_checksums: bool = True
-    checksums_mandatory: bool = False
-    max_query_length: int = 10000
-    capture_row_values: bool = False
-    require_reason: bool = False
-    capture_parameters: bool = False
-    redact_tables: tuple[str, ...] = ()
-    redact_columns: tuple[str, ...] = ()
-    auto_purge: bool = False
-    table_name: str = "__audit_log"
-    sensitive_tables: tuple[str, ...] = ()
-    after_hours: AfterHours = field(default_factory=AfterHours)
-    capture_metadata: CaptureMetadata = field(default_factory=CaptureMetadata)
-
-    def __post_init__(self) -> None:
-        # Built directly (not by load_config) with a dict or a list: keep the instance
-        # immutable and hashable all the same.
-        if not isinstance(self.retention_overrides, FrozenMap):
-            object.__setattr__(self, "retention_overrides",
-                               FrozenMap({k.upper(): v for k, v in
-                                          self.retention_overrides.items()}))
-        object.__setattr__(self, "sensitive_tables", tuple(self.sensitive_tables))
-        object.__setattr__(self, "redact_tables", tuple(self.redact_tables))
-        object.__setattr__(self, "redact_columns", tuple(self.redact_columns))
-
-    @property
-    def active_days(self) -> int:
-        """Days an event stays in the database before purge archives it."""
-        return self.retention_days - self.archive_days
-
-    def retention_for(self, operation: str, *, failed: bool = False) -> int:
-        """Total days to keep an event of ``operation``.
-
-        An override for the operation wins over one for its category, which wins over
-        ``retention_days``. A failed or denied attempt is also a security event: it is kept
-        at least as long as the ``SECURITY`` override says.
-        """
-        op = operation.upper()
-        days = self.retention_overrides.get(op)
-        if days is None:
-            days = self.retention_overrides.get(category_of(op), self.retention_days)
-        if failed and "SECURITY" in self.retention_overrides:
-            days = max(days, self.retention_overrides["SECURITY"])
-        return days
-
-    def active_days_for(self, operation: str, *, failed: bool = False) -> int:
-        """Days an event of ``operation`` stays in the database (then archive or delete)."""
-        return min(self.retention_for(operation, failed=failed), self.active_days)
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    """``[database]``: accepted for compatibility with the product's config files.
-
-    Only what maps onto SQLite pragmas applies (see :meth:`pragmas`); :meth:`ignored` says
-    which keys are accepted but have no effect for a given ``connect()`` call.
-    """
-
-    path: Optional[str] = None
-    memory_limit_mb: Optional[int] = None
-    enable_wal: Optional[bool] = None
-    page_size: Optional[int] = None
-    cache_mb: Optional[int] = None
-
-    def pragmas(self) -> list[tuple[str, object]]:
-        """``(pragma, value)`` pairs to run at open, in order.
-
-        ``page_size`` comes first because it cannot change once a database is in WAL mode
-        (and only takes effect on a new, empty database). ``cache_mb``, else
-        ``memory_limit_mb``, becomes the page cache size, negative meaning KiB as SQLite
-        defines ``cache_size``; SQLite's heap limits are process-wide, so a per-connection
-        setting cannot use them.
-        """
-        out: list[tuple[str, object]] = []
-        if self.page_size is not None:
-            out.append(("page_size", self.page_size))
-        if self.enable_wal is not None:
-            out.append(("journal_mode", "WAL" if self.enable_wal else "DELETE"))
-        cache_mb = self.cache_mb if self.cache_mb is not None else self.memory_limit_mb
-        if cache_mb is not None:
-            out.append(("cache_size", -cache_mb * 1024))
-        return out
-
-    def ignored(self, database: Optional[str] = None) -> list[str]:
-        """Dotted keys that are set but have no effect when ``connect(database)`` is called.
-
-        ``database.path`` is ignored whenever ``connect()`` is given a database (it always
-        is; the path is informational); ``database.enable_wal`` is ignored for in-memory and
-        temporary databases, which have no WAL; ``database.memory_limit_mb`` is ignored
-        when ``database.cache_mb`` sizes the cache.
-        """
-        out: list[str] = []
-        if self.path is not None and database is not None:
-            out.append("database.path")
-        if self.memory_limit_mb is not None and self.cache_mb is not None:
-            out.append("database.memory_limit_mb")
-        in_memory = database in ("", ":memory:") or (
-            database is not None and database.startswith("file::memory:"))
-        if self.enable_wal is not None and in_memory:
-            out.append("database.enable_wal")
-        return out
-
-
-@dataclass(frozen=True)
-class Config:
-    """A complete, validated configuration. Build one with :func:`load_config`."""
-
-    name: str = "plain"
-    # Where a config came from is not what it is: two equal configs from different files
-    # compare (and hash) equal.
-    source: Optional[str] = field(default=None, compare=False)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
-    audit: AuditConfig = field(default_factory=AuditConfig)
-    description: str = ""
-    #: Top-level sections HeliosDB does not own (``[monitoring]``, ``[gdpr]``...), kept for
-    #: the application: a read-only mapping of section name to its (read-only) table, arrays
-    #: as tuples. Loading them issues one :class:`heliosdb.ConfigWarning`.
-    extra: Mapping[str, Any] = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        # Built directly with plain dicts: keep the instance immutable and hashable.
-        object.__setattr__(self, "extra", _freeze(self.extra))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (JSON/TOML types and ``None``); ``load_config`` accepts it back.
-
-        ``source`` is not included (it says where a config came from, not what it is). The
-        sections of :attr:`extra` follow HeliosDB's own, at the top level as in the file.
-        """
-        return {
-            "name": self.name,
-            "description": self.description,
-            "database": _section_to_dict(self.database),
-            "encryption": _section_to_dict(self.encryption),
-            "audit": _section_to_dict(self.audit),
-            **_thaw(self.extra),
-        }
-
-    def to_toml(self) -> str:
-        """This config as TOML text that :func:`load_config` reads back to an equal config."""
-        return _dump_toml(self.to_dict())
-
-    def replace(self, **sections: Any) -> "Config":
-        """A new config with some keys changed, validated like a file.
-
-        Each keyword is ``name``, ``description``, or a section (``database``,
-        ``encryption``, ``audit``) given as a mapping of keys to change (merged, nested
-        tables included) or as a section dataclass (replacing the section). Checksums that
-        are mandatory here stay mandatory: ``replace(audit={"enable_checksums": False})`` on
-        the hipaa preset raises :class:`ConfigError`.
-        """
-        raw = self.to_dict()
-        for key, value in sections.items():
-            if key in ("database", "encryption", "audit"):
-                if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                    raw[key] = _section_to_dict(value)
-                elif isinstance(value, Mapping):
-                    raw[key] = _deep_merge(raw[key], value)
-                else:
-                    raise ConfigError(f"<replace>: {key}: expected a table or a "
-                                      f"{key.capitalize()}Config, got {_describe(value)}",
-                                      key=key, file="<replace>")
-            elif key in ("name", "description"):
-                raw[key] = value
-            else:
-                raise _unknown_key_error(key, _TOP_KEYS, "<replace>", None, key)
-        src = _Source("<replace>", None, None)
-        ctx = _Ctx(src, {})
-        cfg = _build(raw, ctx, name=raw.get("name") or self.name, source=self.source,
-                     inherited=self if self.audit.checksums_mandatory else None)
-        return cfg
-
-
-def _section_to_dict(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, KeySource):
-            v = {v.kind: v.value}
-        elif isinstance(v, FrozenMap):
-            v = dict(v)
-        elif dataclasses.is_dataclass(v):
-            v = _section_to_dict(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Checkers: each returns the normalized value or raises _Invalid
 # --------------------------------------------------------------------------------------------
 
@@ -732,19 +405,21 @@ def _timezone(v: Any) -> str:
     _str(v)
     try:
         _zone(v)
-    except Exception:
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
         raise _Invalid(f'expected an IANA time zone name such as "Europe/Paris", '
                        f'got {v!r}') from None
     return v
 
 
 # --------------------------------------------------------------------------------------------
-# The schema: one table per section. Documentation is generated from it.
+# Declaring a key: each dataclass field below carries its own schema in its metadata
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Key:
+    """One config key as the loader and the docs see it (built from a field's metadata)."""
+
     name: str
     type: str
     check: Checker
@@ -752,137 +427,511 @@ class _Key:
     aliases: tuple[str, ...] = ()
 
 
-_DATABASE_KEYS = (
-    _Key("path", "string", _optional(_nonempty_str),
-         "Database file of the product's own config files. Informational: `connect()` "
-         "always names the database, so this is reported by `DatabaseConfig.ignored()`."),
-    _Key("memory_limit_mb", "integer", _optional(_int(1, 1 << 20)),
-         "Page cache size in MiB (`PRAGMA cache_size = -KiB`)."),
-    _Key("enable_wal", "boolean", _optional(_bool),
-         "true: `PRAGMA journal_mode = WAL`; false: `journal_mode = DELETE`; "
-         "unset: SQLite's default. Ignored for in-memory databases."),
-    _Key("page_size", "integer", _optional(_page_size),
-         "`PRAGMA page_size`, a power of two from 512 to 65536; takes effect on a new "
-         "database only."),
-    _Key("cache_mb", "integer", _optional(_int(1, 1 << 20)),
-         "Page cache size in MiB (`PRAGMA cache_size = -KiB`), the product's spelling; wins "
-         "over `memory_limit_mb` (then reported by `DatabaseConfig.ignored()` and the load "
-         "warning) and may not exceed it."),
-)
+def _key(default: Any = dataclasses.MISSING, *, type: str, check: Checker, doc: str,
+         aliases: tuple[str, ...] = (), **field_options: Any) -> Any:
+    """A dataclass field that is a config key: its TOML type (for the docs), the checker
+    that validates and normalizes a value, its documentation and its accepted aliases."""
+    return field(default=default, **field_options,
+                 metadata={"key": {"type": type, "check": check, "doc": doc,
+                                   "aliases": aliases}})
 
-_ENCRYPTION_KEYS = (
-    _Key("enabled", "boolean", _bool,
-         "Encrypt every page, journal, WAL and temp file. With no `key_source`, the key "
-         "must be passed to `connect(..., key=...)`."),
-    _Key("algorithm", "string", _algorithm,
-         "Page cipher. Only `aes-256-gcm` (12-byte nonce, 16-byte tag per page); the "
-         "product's `Aes256Gcm`, `AES-256-GCM` and other casings mean the same."),
-    _Key("fips_mode", "boolean", _fips_mode,
-         "Only `false` is accepted: HeliosDB does not run in a FIPS 140-validated mode (no "
-         "OpenSSL FIPS provider; Argon2id is not a FIPS-approved KDF), so `true` is an "
-         "error rather than a promise it cannot keep."),
-    _Key("key_source", "table", _key_source,
-         'Where the key comes from: `{ file = "/secure/db.key" }` (raw 32 bytes; a relative '
-         'path is resolved against the config file), `{ env = "VAR" }` (64 hex chars) or '
-         '`{ passphrase_env = "VAR" }` (passphrase, Argon2id). Unset: passed to `connect()`. '
-         'The product\'s `File`, `Env`, `PassphraseEnv` spellings are accepted.'),
-    _Key("kdf_profile", "string", _choice(tuple(KDF_PROFILES)),
-         "Argon2id cost for passphrases: " + ", ".join(
-             f"`{n}` (t={p['time_cost']}, {p['memory_kib'] // 1024} MiB, "
-             f"p={p['parallelism']})" for n, p in KDF_PROFILES.items())
-         + ". `test` is for test suites only."),
-    _Key("rotation_interval_days", "integer", _int(0, 36500),
-         "Days after which the data key is due for rotation (0: no schedule)."),
-    _Key("nonce_warning_fraction", "float", _fraction,
-         "Warn when the writes under one key reach this fraction of the 2^32 random-nonce "
-         "bound of AES-GCM (NIST SP 800-38D)."),
-)
 
-_CAPTURE_KEYS = (
-    _Key("client_ip", "boolean", _bool,
-         "Record the client IP given in the session context.", ("capture_client_ip",)),
-    _Key("application_name", "boolean", _bool,
-         "Record the application name.", ("capture_application_name",)),
-    _Key("database_name", "boolean", _bool,
-         "Record the database file name.", ("capture_database_name",)),
-    _Key("execution_time", "boolean", _bool,
-         "Record each statement's execution time (ms).", ("capture_execution_time",)),
-    _Key("custom_fields", "boolean", _bool,
-         "Record application-supplied custom fields.", ("capture_custom_fields",)),
-    _Key("custom_field_names", "array of strings", _str_list("field names"),
-         "Custom fields the application is expected to supply (e.g. GDPR legal basis and "
-         "purpose); documentation for reports, not enforced per event."),
-)
+def _section(cls: type) -> Any:
+    """A dataclass field that is a TOML table of its own (``[audit.after_hours]``)."""
+    return field(default_factory=cls, metadata={"section": cls})
 
-_AFTER_HOURS_KEYS = (
-    _Key("start", "string", _hhmm, 'Local time "HH:MM" at which after hours begins.'),
-    _Key("end", "string", _hhmm, 'Local time "HH:MM" at which after hours ends '
-         "(before `start`: the window wraps past midnight)."),
-    _Key("timezone", "string", _timezone, "IANA time zone of `start` and `end`."),
-    _Key("weekends", "boolean", _bool, "All of Saturday and Sunday counts as after hours."),
-)
 
-_AUDIT_KEYS = (
-    _Key("enabled", "boolean", _bool, "Capture events into the audit log."),
-    _Key("log_ddl", "boolean", _bool, "Log CREATE, DROP and ALTER statements."),
-    _Key("log_dml", "boolean", _bool, "Log INSERT, UPDATE and DELETE (with row counts)."),
-    _Key("log_select", "boolean", _bool,
-         "Log SELECT (buffered, see `async_buffer_size`)."),
-    _Key("log_transactions", "boolean", _bool, "Log BEGIN, COMMIT and ROLLBACK."),
-    _Key("log_auth", "boolean", _bool,
-         "Log LOGIN/LOGOUT (connection open/close by the session user) and key changes."),
-    _Key("retention_days", "integer", _int(1, 36500),
-         "Total days an event is kept (database plus archive)."),
-    _Key("retention_overrides", "table", _overrides,
-         "Total days per operation (`DELETE = 365`) or category ("
-         + ", ".join(f"`{c}`" for c in CATEGORIES) + "); case-insensitive. "
-         "Failed and denied attempts also count as `SECURITY`."),
-    _Key("archive_days", "integer", _int(0, 36500),
-         "Trailing part of the retention kept in archive files (gzip JSON Lines) instead "
-         "of the database; events stay in the database `retention_days - archive_days` "
-         "days. Must be less than `retention_days`."),
-    _Key("async_buffer_size", "integer", _int(0, 10_000_000),
-         "SELECT events buffered before a write (flushed at commit, close and when full; "
-         "a crash loses at most this many). 0: write each at once."),
-    _Key("enable_checksums", "boolean", _bool,
-         "Chain events with SHA-256 so that tampering is detectable."),
-    _Key("checksums_mandatory", "boolean", _bool,
-         "Refuse any config (or `extends`/`replace()` of this one) that turns checksums "
-         "off or lifts this flag."),
-    _Key("max_query_length", "integer", _int(1),
-         "Characters of SQL text kept per event; longer text is cut."),
-    _Key("capture_row_values", "boolean", _bool,
-         "Record old and new row values of UPDATE and DELETE (preupdate hook)."),
-    _Key("require_reason", "boolean", _bool,
-         "Changes need a reason for change in the session context (21 CFR Part 11)."),
-    _Key("capture_parameters", "boolean", _bool,
-         "Record the values bound to each statement in `metadata.params` (covered by the "
-         "chain), redacted as `redact_tables` and `redact_columns` say."),
-    _Key("redact_tables", "array of strings", _str_list("table names"),
-         "Statements on these tables (`\"*\"`: every table) record a keyed hash "
-         "(`hmac:...`, `conn.audit.keyed_hash(value)`) instead of each bound value."),
-    _Key("auto_purge", "boolean", _bool,
-         "Purge what retention says is due (into the archive) when a connection opens, at "
-         "most once a day; never under a legal hold. `heliosdb purge` does it on demand."),
-    _Key("redact_columns", "array of strings", _str_list("column names"),
-         "Values bound to these columns (or that cannot be told apart from them) record "
-         "a keyed hash instead of the value."),
-    _Key("table_name", "string", _identifier,
-         "Name of the audit table: a plain identifier, not an SQL keyword, not `sqlite_*`."),
-    _Key("sensitive_tables", "array of strings", _str_list("table names"),
-         "Tables whose reads `conn.audit.suspicious()` reports."),
-)
+# --------------------------------------------------------------------------------------------
+# The dataclasses: every key is declared here, once (_key), and the loader's tables, the
+# unknown-key hints and docs/CONFIG.md are derived from these fields (see _SECTIONS)
+# --------------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("name", "description", "extends", "database", "encryption", "audit")
 
-#: section path -> (keys, subsection names, dataclass)
-_SECTIONS: dict[tuple[str, ...], tuple[tuple[_Key, ...], tuple[str, ...]]] = {
-    ("database",): (_DATABASE_KEYS, ()),
-    ("encryption",): (_ENCRYPTION_KEYS, ()),
-    ("audit",): (_AUDIT_KEYS, ("capture_metadata", "after_hours")),
-    ("audit", "capture_metadata"): (_CAPTURE_KEYS, ()),
-    ("audit", "after_hours"): (_AFTER_HOURS_KEYS, ()),
+#: Argon2id cost profiles that ``encryption.kdf_profile`` may name (memory in KiB): the
+#: one table of them, which ``heliosdb.crypto.keys`` derives keys with (config is data and
+#: imports none of the other modules). "default" is RFC 9106's low-memory recommendation
+#: (argon2-cffi ``RFC_9106_LOW_MEMORY``, about 0.1 s per open here, DESIGN.md section 5);
+#: "interactive" is OWASP's minimum; "sensitive" quadruples the memory for keys that guard
+#: long-lived archives; "test" is deliberately weak and exists only to keep test suites
+#: fast (never for real data).
+KDF_PROFILES: Mapping[str, Mapping[str, int]] = FrozenMap({
+    "default": FrozenMap({"time_cost": 3, "memory_kib": 65536, "parallelism": 4}),
+    "interactive": FrozenMap({"time_cost": 2, "memory_kib": 19456, "parallelism": 1}),
+    "sensitive": FrozenMap({"time_cost": 4, "memory_kib": 262144, "parallelism": 4}),
+    "test": FrozenMap({"time_cost": 1, "memory_kib": 64, "parallelism": 1}),
+})
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where the encryption key comes from (DESIGN.md section 2).
+
+    ``kind`` is ``"file"`` (a raw 32-byte key file; a relative path in a config file is
+    resolved against that file's directory), ``"env"`` (an environment variable holding 64
+    hex characters) or ``"passphrase_env"`` (an environment variable holding a passphrase,
+    stretched with Argon2id). ``value`` is the path or the variable name, never key material.
+    """
+
+    kind: Literal["file", "env", "passphrase_env"]
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("file", "env", "passphrase_env"):
+            raise ConfigError(f"KeySource: kind must be file, env or passphrase_env, "
+                              f"got {self.kind!r}", key="encryption.key_source")
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """``[encryption]``: transparent page encryption.
+
+    ``enabled = true`` with no ``key_source`` means the key must be passed to
+    ``connect(..., key=...)``; connecting without one then fails with ``KeyRequiredError``.
+    """
+
+    enabled: bool = _key(
+        False, type="boolean", check=_bool,
+        doc="Encrypt every page, journal, WAL and temp file. With no `key_source`, the key "
+            "must be passed to `connect(..., key=...)`.")
+    algorithm: str = _key(
+        "aes-256-gcm", type="string", check=_algorithm,
+        doc="Page cipher. Only `aes-256-gcm` (12-byte nonce, 16-byte tag per page); the "
+            "product's `Aes256Gcm`, `AES-256-GCM` and other casings mean the same.")
+    key_source: Optional[KeySource] = _key(
+        None, type="table", check=_key_source,
+        doc='Where the key comes from: `{ file = "/secure/db.key" }` (raw 32 bytes; a '
+            'relative path is resolved against the config file), `{ env = "VAR" }` (64 hex '
+            'chars) or `{ passphrase_env = "VAR" }` (passphrase, Argon2id). Unset: passed to '
+            '`connect()`. The product\'s `File`, `Env`, `PassphraseEnv` spellings are '
+            'accepted.')
+    kdf_profile: str = _key(
+        "default", type="string", check=_choice(tuple(KDF_PROFILES)),
+        doc="Argon2id cost for passphrases: " + ", ".join(
+            f"`{n}` (t={p['time_cost']}, {p['memory_kib'] // 1024} MiB, "
+            f"p={p['parallelism']})" for n, p in KDF_PROFILES.items())
+        + ". `test` is for test suites only.")
+    rotation_interval_days: int = _key(
+        90, type="integer", check=_int(0, 36500),
+        doc="Days after which the data key is due for rotation (0: no schedule).")
+    nonce_warning_fraction: float = _key(
+        0.5, type="float", check=_fraction,
+        doc="Warn when the writes under one key reach this fraction of the 2^32 random-nonce "
+            "bound of AES-GCM (NIST SP 800-38D).")
+    fips_mode: bool = _key(
+        False, type="boolean", check=_fips_mode,
+        doc="Only `false` is accepted: HeliosDB does not run in a FIPS 140-validated mode (no "
+            "OpenSSL FIPS provider; Argon2id is not a FIPS-approved KDF), so `true` is an "
+            "error rather than a promise it cannot keep.")
+
+    def __post_init__(self) -> None:
+        if self.fips_mode:
+            raise ConfigError(f"encryption.fips_mode: {FIPS_REFUSAL}", key="encryption.fips_mode")
+
+    @property
+    def kdf_params(self) -> Mapping[str, int]:
+        """The Argon2id parameters of :attr:`kdf_profile` (see :data:`KDF_PROFILES`)."""
+        return KDF_PROFILES[self.kdf_profile]
+
+
+@dataclass(frozen=True)
+class CaptureMetadata:
+    """``[audit.capture_metadata]``: what goes into each event's ``metadata`` JSON.
+
+    TOML accepts both ``client_ip`` and the product documents' ``capture_client_ip``
+    spelling (and likewise for every field).
+    """
+
+    client_ip: bool = _key(
+        True, type="boolean", check=_bool, aliases=("capture_client_ip",),
+        doc="Record the client IP given in the session context.")
+    application_name: bool = _key(
+        True, type="boolean", check=_bool, aliases=("capture_application_name",),
+        doc="Record the application name.")
+    database_name: bool = _key(
+        True, type="boolean", check=_bool, aliases=("capture_database_name",),
+        doc="Record the database file name.")
+    execution_time: bool = _key(
+        True, type="boolean", check=_bool, aliases=("capture_execution_time",),
+        doc="Record each statement's execution time (ms).")
+    custom_fields: bool = _key(
+        False, type="boolean", check=_bool, aliases=("capture_custom_fields",),
+        doc="Record application-supplied custom fields.")
+    custom_field_names: tuple[str, ...] = _key(
+        (), type="array of strings", check=_str_list("field names"),
+        doc="Custom fields the application is expected to supply (e.g. GDPR legal basis and "
+            "purpose); documentation for reports, not enforced per event.")
+
+    def __post_init__(self) -> None:
+        # Built directly (not by load_config) with a list: keep the instance immutable.
+        object.__setattr__(self, "custom_field_names", tuple(self.custom_field_names))
+
+
+@dataclass(frozen=True)
+class AfterHours:
+    """``[audit.after_hours]``: the window ``conn.audit.suspicious()`` calls after hours.
+
+    ``start`` and ``end`` are local ``"HH:MM"`` times in ``timezone`` (an IANA name); a window
+    with ``start > end`` wraps past midnight; ``start == end`` means no after-hours window.
+    With ``weekends`` true, all of Saturday and Sunday counts as after hours.
+    """
+
+    start: str = _key("19:00", type="string", check=_hhmm,
+                      doc='Local time "HH:MM" at which after hours begins.')
+    end: str = _key("07:00", type="string", check=_hhmm,
+                    doc='Local time "HH:MM" at which after hours ends '
+                        "(before `start`: the window wraps past midnight).")
+    timezone: str = _key("UTC", type="string", check=_timezone,
+                         doc="IANA time zone of `start` and `end`.")
+    weekends: bool = _key(True, type="boolean", check=_bool,
+                          doc="All of Saturday and Sunday counts as after hours.")
+
+    def contains(self, when: _dt.datetime) -> bool:
+        """True if ``when`` falls after hours. A naive ``when`` is taken as UTC."""
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        local = when.astimezone(_zone(self.timezone))
+        if self.weekends and local.weekday() >= 5:
+            return True
+        t = local.time()
+        start, end = _parse_hhmm(self.start), _parse_hhmm(self.end)
+        if start == end:
+            return False
+        if start < end:
+            return start <= t < end
+        return t >= start or t < end
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: what the audit log captures and how long it keeps it.
+
+    Retention: ``retention_days`` is the total time an event is kept; ``archive_days`` is the
+    trailing part of it that may live in archive files instead of the database, so events
+    stay in the database for :attr:`active_days` (``retention_days - archive_days``).
+    ``retention_overrides`` sets the total retention of one operation (``"DELETE"``) or a
+    category (``"DDL"``, ``"SECURITY"``...; see :func:`category_of`); an event is never kept
+    in the database longer than the active window, the rest of its retention is archive.
+    """
+
+    enabled: bool = _key(False, type="boolean", check=_bool,
+                         doc="Capture events into the audit log.")
+    log_ddl: bool = _key(True, type="boolean", check=_bool,
+                         doc="Log CREATE, DROP and ALTER statements.")
+    log_dml: bool = _key(True, type="boolean", check=_bool,
+                         doc="Log INSERT, UPDATE and DELETE (with row counts).")
+    log_select: bool = _key(False, type="boolean", check=_bool,
+                            doc="Log SELECT (buffered, see `async_buffer_size`).")
+    log_transactions: bool = _key(False, type="boolean", check=_bool,
+                                  doc="Log BEGIN, COMMIT and ROLLBACK.")
+    log_auth: bool = _key(
+        True, type="boolean", check=_bool,
+        doc="Log LOGIN/LOGOUT (connection open/close by the session user) and key changes.")
+    retention_days: int = _key(90, type="integer", check=_int(1, 36500),
+                               doc="Total days an event is kept (database plus archive).")
+    retention_overrides: Mapping[str, int] = _key(
+        default_factory=FrozenMap, type="table", check=_overrides,
+        doc="Total days per operation (`DELETE = 365`) or category ("
+            + ", ".join(f"`{c}`" for c in CATEGORIES) + "); case-insensitive. "
+            "Failed and denied attempts also count as `SECURITY`.")
+    archive_days: int = _key(
+        0, type="integer", check=_int(0, 36500),
+        doc="Trailing part of the retention kept in archive files (gzip JSON Lines) instead "
+            "of the database; events stay in the database `retention_days - archive_days` "
+            "days. Must be less than `retention_days`.")
+    async_buffer_size: int = _key(
+        100, type="integer", check=_int(0, 10_000_000),
+        doc="SELECT events buffered before a write (flushed at commit, close and when full; "
+            "a crash loses at most this many). 0: write each at once.")
+    enable_checksums: bool = _key(
+        True, type="boolean", check=_bool,
+        doc="Chain events with SHA-256 so that tampering is detectable.")
+    checksums_mandatory: bool = _key(
+        False, type="boolean", check=_bool,
+        doc="Refuse any config (or `extends`/`replace()` of this one) that turns checksums "
+            "off or lifts this flag.")
+    max_query_length: int = _key(
+        10000, type="integer", check=_int(1),
+        doc="Characters of SQL text kept per event; longer text is cut.")
+    capture_row_values: bool = _key(
+        False, type="boolean", check=_bool,
+        doc="Record old and new row values of UPDATE and DELETE (preupdate hook).")
+    require_reason: bool = _key(
+        False, type="boolean", check=_bool,
+        doc="Changes need a reason for change in the session context (21 CFR Part 11).")
+    capture_parameters: bool = _key(
+        False, type="boolean", check=_bool,
+        doc="Record the values bound to each statement in `metadata.params` (covered by the "
+            "chain), redacted as `redact_tables` and `redact_columns` say.")
+    redact_tables: tuple[str, ...] = _key(
+        (), type="array of strings", check=_str_list("table names"),
+        doc="Statements on these tables (`\"*\"`: every table) record a keyed hash "
+            "(`hmac:...`, `conn.audit.keyed_hash(value)`) instead of each bound value.")
+    redact_columns: tuple[str, ...] = _key(
+        (), type="array of strings", check=_str_list("column names"),
+        doc="Values bound to these columns (or that cannot be told apart from them) record "
+            "a keyed hash instead of the value.")
+    auto_purge: bool = _key(
+        False, type="boolean", check=_bool,
+        doc="Purge what retention says is due (into the archive) when a connection opens, "
+            "at most once a day; never under a legal hold. `heliosdb purge` does it on "
+            "demand.")
+    table_name: str = _key(
+        "__audit_log", type="string", check=_identifier,
+        doc="Name of the audit table: a plain identifier, not an SQL keyword, not "
+            "`sqlite_*`.")
+    sensitive_tables: tuple[str, ...] = _key(
+        (), type="array of strings", check=_str_list("table names"),
+        doc="Tables whose reads `conn.audit.suspicious()` reports.")
+    after_hours: AfterHours = _section(AfterHours)
+    capture_metadata: CaptureMetadata = _section(CaptureMetadata)
+
+    def __post_init__(self) -> None:
+        # Built directly (not by load_config) with a dict or a list: keep the instance
+        # immutable and hashable all the same.
+        if not isinstance(self.retention_overrides, FrozenMap):
+            object.__setattr__(self, "retention_overrides",
+                               FrozenMap({k.upper(): v for k, v in
+                                          self.retention_overrides.items()}))
+        object.__setattr__(self, "sensitive_tables", tuple(self.sensitive_tables))
+        object.__setattr__(self, "redact_tables", tuple(self.redact_tables))
+        object.__setattr__(self, "redact_columns", tuple(self.redact_columns))
+
+    @property
+    def active_days(self) -> int:
+        """Days an event stays in the database before purge archives it."""
+        return self.retention_days - self.archive_days
+
+    def retention_for(self, operation: str, *, failed: bool = False) -> int:
+        """Total days to keep an event of ``operation``.
+
+        An override for the operation wins over one for its category, which wins over
+        ``retention_days``. A failed or denied attempt is also a security event: it is kept
+        at least as long as the ``SECURITY`` override says.
+        """
+        op = operation.upper()
+        days = self.retention_overrides.get(op)
+        if days is None:
+            days = self.retention_overrides.get(category_of(op), self.retention_days)
+        if failed and "SECURITY" in self.retention_overrides:
+            days = max(days, self.retention_overrides["SECURITY"])
+        return days
+
+    def active_days_for(self, operation: str, *, failed: bool = False) -> int:
+        """Days an event of ``operation`` stays in the database (then archive or delete)."""
+        return min(self.retention_for(operation, failed=failed), self.active_days)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``[database]``: accepted for compatibility with the product's config files.
+
+    Only what maps onto SQLite pragmas applies (see :meth:`pragmas`); :meth:`ignored` says
+    which keys are accepted but have no effect for a given ``connect()`` call.
+    """
+
+    path: Optional[str] = _key(
+        None, type="string", check=_optional(_nonempty_str),
+        doc="Database file of the product's own config files. Informational: `connect()` "
+            "always names the database, so this is reported by `DatabaseConfig.ignored()`.")
+    memory_limit_mb: Optional[int] = _key(
+        None, type="integer", check=_optional(_int(1, 1 << 20)),
+        doc="Page cache size in MiB (`PRAGMA cache_size = -KiB`).")
+    enable_wal: Optional[bool] = _key(
+        None, type="boolean", check=_optional(_bool),
+        doc="true: `PRAGMA journal_mode = WAL`; false: `journal_mode = DELETE`; "
+            "unset: SQLite's default. Ignored for in-memory databases.")
+    page_size: Optional[int] = _key(
+        None, type="integer", check=_optional(_page_size),
+        doc="`PRAGMA page_size`, a power of two from 512 to 65536; takes effect on a new "
+            "database only.")
+    cache_mb: Optional[int] = _key(
+        None, type="integer", check=_optional(_int(1, 1 << 20)),
+        doc="Page cache size in MiB (`PRAGMA cache_size = -KiB`), the product's spelling; "
+            "wins over `memory_limit_mb` (then reported by `DatabaseConfig.ignored()` and the "
+            "load warning) and may not exceed it.")
+
+    def pragmas(self) -> list[tuple[str, object]]:
+        """``(pragma, value)`` pairs to run at open, in order.
+
+        ``page_size`` comes first because it cannot change once a database is in WAL mode
+        (and only takes effect on a new, empty database). ``cache_mb``, else
+        ``memory_limit_mb``, becomes the page cache size, negative meaning KiB as SQLite
+        defines ``cache_size``; SQLite's heap limits are process-wide, so a per-connection
+        setting cannot use them.
+        """
+        out: list[tuple[str, object]] = []
+        if self.page_size is not None:
+            out.append(("page_size", self.page_size))
+        if self.enable_wal is not None:
+            out.append(("journal_mode", "WAL" if self.enable_wal else "DELETE"))
+        cache_mb = self.cache_mb if self.cache_mb is not None else self.memory_limit_mb
+        if cache_mb is not None:
+            out.append(("cache_size", -cache_mb * 1024))
+        return out
+
+    def ignored(self, database: Optional[str] = None) -> list[str]:
+        """Dotted keys that are set but have no effect when ``connect(database)`` is called.
+
+        ``database.path`` is ignored whenever ``connect()`` is given a database (it always
+        is; the path is informational); ``database.enable_wal`` is ignored for in-memory and
+        temporary databases, which have no WAL; ``database.memory_limit_mb`` is ignored
+        when ``database.cache_mb`` sizes the cache.
+        """
+        out: list[str] = []
+        if self.path is not None and database is not None:
+            out.append("database.path")
+        if self.memory_limit_mb is not None and self.cache_mb is not None:
+            out.append("database.memory_limit_mb")
+        in_memory = database in ("", ":memory:") or (
+            database is not None and database.startswith("file::memory:"))
+        if self.enable_wal is not None and in_memory:
+            out.append("database.enable_wal")
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated configuration. Build one with :func:`load_config`."""
+
+    name: str = "plain"
+    # Where a config came from is not what it is: two equal configs from different files
+    # compare (and hash) equal.
+    source: Optional[str] = field(default=None, compare=False)
+    database: DatabaseConfig = _section(DatabaseConfig)
+    encryption: EncryptionConfig = _section(EncryptionConfig)
+    audit: AuditConfig = _section(AuditConfig)
+    description: str = ""
+    #: Top-level sections HeliosDB does not own (``[monitoring]``, ``[gdpr]``...), kept for
+    #: the application: a read-only mapping of section name to its (read-only) table, arrays
+    #: as tuples. Loading them issues one :class:`heliosdb.ConfigWarning`.
+    extra: Mapping[str, Any] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        # Built directly with plain dicts: keep the instance immutable and hashable.
+        object.__setattr__(self, "extra", _freeze(self.extra))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/TOML types and ``None``); ``load_config`` accepts it back.
+
+        ``source`` is not included (it says where a config came from, not what it is). The
+        sections of :attr:`extra` follow HeliosDB's own, at the top level as in the file.
+        """
+        return {
+            "name": self.name,
+            "description": self.description,
+            "database": _section_to_dict(self.database),
+            "encryption": _section_to_dict(self.encryption),
+            "audit": _section_to_dict(self.audit),
+            **_thaw(self.extra),
+        }
+
+    def to_toml(self) -> str:
+        """This config as TOML text that :func:`load_config` reads back to an equal config."""
+        return _dump_toml(self.to_dict())
+
+    def replace(self, **sections: Any) -> "Config":
+        """A new config with some keys changed, validated like a file.
+
+        Each keyword is ``name``, ``description``, or a section (``database``,
+        ``encryption``, ``audit``) given as a mapping of keys to change (merged, nested
+        tables included) or as a section dataclass (replacing the section). Checksums that
+        are mandatory here stay mandatory: ``replace(audit={"enable_checksums": False})`` on
+        the hipaa preset raises :class:`ConfigError`.
+        """
+        raw = self.to_dict()
+        for key, value in sections.items():
+            if key in ("database", "encryption", "audit"):
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    raw[key] = _section_to_dict(value)
+                elif isinstance(value, Mapping):
+                    raw[key] = _deep_merge(raw[key], value)
+                else:
+                    raise ConfigError(f"<replace>: {key}: expected a table or a "
+                                      f"{key.capitalize()}Config, got {_describe(value)}",
+                                      key=key, file="<replace>")
+            elif key in ("name", "description"):
+                raw[key] = value
+            else:
+                raise _unknown_key_error(key, _TOP_KEYS, "<replace>", None, key)
+        src = _Source("<replace>", None, None)
+        ctx = _Ctx(src, {})
+        cfg = _build(raw, ctx, name=raw.get("name") or self.name, source=self.source,
+                     inherited=self if self.audit.checksums_mandatory else None)
+        return cfg
+
+
+def _section_to_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, KeySource):
+            v = {v.kind: v.value}
+        elif isinstance(v, FrozenMap):
+            v = dict(v)
+        elif dataclasses.is_dataclass(v):
+            v = _section_to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The schema, derived from the dataclass fields. Documentation is generated from it.
+# --------------------------------------------------------------------------------------------
+
+
+def _subsections(cls: type) -> tuple[tuple[str, type], ...]:
+    """(name, dataclass) of the fields of ``cls`` declared with :func:`_section`."""
+    return tuple((f.name, f.metadata["section"]) for f in dataclasses.fields(cls)
+                 if "section" in f.metadata)
+
+
+def _keys_of(cls: type) -> tuple[_Key, ...]:
+    """The keys of one section dataclass, in declaration order."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        if "section" in f.metadata:
+            continue
+        if "key" not in f.metadata:
+            # A field without a declaration could never be set from a file: refuse it here
+            # rather than ship a setting that is silently unconfigurable.
+            raise TypeError(f"{cls.__name__}.{f.name}: declare it with _key() or _section()")
+        keys.append(_Key(f.name, **f.metadata["key"]))
+    return tuple(keys)
+
+
+def _walk_sections(cls: type, path: tuple[str, ...]
+                   ) -> Iterator[tuple[tuple[str, ...], type]]:
+    """(path, dataclass) of the section ``cls`` at ``path`` and of every section inside it."""
+    yield path, cls
+    for name, sub in _subsections(cls):
+        yield from _walk_sections(sub, path + (name,))
+
+
+#: The sections HeliosDB owns: the fields of :class:`Config` declared with :func:`_section`.
+_OWNED_SECTIONS: tuple[str, ...] = tuple(name for name, _ in _subsections(Config))
+_TOP_KEYS = ("name", "description", "extends") + _OWNED_SECTIONS
+
+#: section path -> its dataclass, outer sections before the ones inside them.
+_SECTION_CLASSES: dict[tuple[str, ...], type] = {
+    path: cls for top, top_cls in _subsections(Config)
+    for path, cls in _walk_sections(top_cls, (top,))
 }
+
+#: section path -> (keys, subsection names): what the loader, the docs and the unknown-key
+#: hints read.
+_SECTIONS: dict[tuple[str, ...], tuple[tuple[_Key, ...], tuple[str, ...]]] = {
+    path: (_keys_of(cls), tuple(name for name, _ in _subsections(cls)))
+    for path, cls in _SECTION_CLASSES.items()
+}
+
+
+def _instantiate(cls: type, values: Mapping[str, Any]) -> Any:
+    """``cls`` built from :func:`_read_section` output (subsections built first)."""
+    values = dict(values)
+    for name, sub in _subsections(cls):
+        values[name] = _instantiate(sub, values.get(name, {}))
+    return cls(**values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1076,7 +1125,6 @@ def _read_section(raw: Any, path: tuple[str, ...], ctx: _Ctx) -> dict[str, Any]:
     return out
 
 
-_OWNED_SECTIONS = ("database", "encryption", "audit")
 #: Keys of sections HeliosDB does not own that look like audit or encryption settings: the
 #: warning names them, since they change nothing here ([logging] audit_log_enabled does not
 #: turn HeliosDB's audit log on).
@@ -1175,9 +1223,7 @@ def _build(raw: Mapping[str, Any], ctx: _Ctx, *, name: str, source: Optional[str
         if directory is not None:
             enc["key_source"] = KeySource("file", str(directory / ks.value))
 
-    cm = CaptureMetadata(**aud.pop("capture_metadata", {}))
-    ah = AfterHours(**aud.pop("after_hours", {}))
-    audit = AuditConfig(**aud, capture_metadata=cm, after_hours=ah)
+    audit = _instantiate(AuditConfig, aud)
 
     # Cross-key rules.
     if audit.archive_days >= audit.retention_days:

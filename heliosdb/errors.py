@@ -17,7 +17,8 @@ import apsw
 __all__ = [
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
-    "ConfigError", "ConfigWarning", "EncryptionError", "WrongKeyError", "KeyRequiredError",
+    "ConfigError", "ConfigWarning", "EncryptionError", "WrongKeyError", "KeySlotError",
+    "KeyRequiredError",
     "NotEncryptedError", "CorruptPageError", "CorruptHeaderError", "EncryptionUnavailableError",
     "AuditPolicyError", "ReasonRequiredError",
     "AuditIntegrityError", "translate",
@@ -104,6 +105,19 @@ class EncryptionError(DatabaseError):
 
 class WrongKeyError(EncryptionError):
     """The key does not open this database (checked before any page is read)."""
+
+
+class KeySlotError(WrongKeyError):
+    """A key slot of an encrypted file's header did not open under the key tried.
+
+    Deliberately opaque, as ``cryptography``'s Fernet ``InvalidToken``: AES-GCM cannot
+    tell a wrong key from a damaged slot, so neither does this error. ``slot`` is the
+    index of the slot. Callers that try several slots catch it and go on to the next.
+    """
+
+    def __init__(self, message: str, *, slot: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.slot = slot
 
 
 class KeyRequiredError(EncryptionError):
@@ -211,7 +225,7 @@ def _explain_encryption_error(exc: BaseException) -> Optional[BaseException]:
         return None
     try:
         return crypto.explain(None, exc)
-    except Exception:  # noqa: BLE001 - explaining must never hide the original error
+    except OSError:  # the file went away meanwhile: the original error says enough
         return None
 
 

@@ -26,10 +26,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 def _crypto_attr(name):
     """The key-operation API the command line would call, or None where it is missing."""
-    from heliosdb.cli.common import Unavailable, _heliosdb_attr
+    from heliosdb.cli.common import Unavailable, heliosdb_api
 
     try:
-        return _heliosdb_attr(name, name)
+        return heliosdb_api(name, name)
     except Unavailable:
         return None
 

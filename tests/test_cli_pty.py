@@ -152,10 +152,10 @@ def test_new_database_passphrase_is_asked_twice(tmp_path):
 
 
 def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
-    from heliosdb.cli.common import Unavailable, _heliosdb_attr
+    from heliosdb.cli.common import Unavailable, heliosdb_api
 
     try:
-        _heliosdb_attr("change_passphrase", ".passwd")
+        heliosdb_api("change_passphrase", ".passwd")
     except Unavailable:
         pytest.skip("heliosdb.change_passphrase is not in this build "
                     "(test_cli.py checks the 'not available' error)")

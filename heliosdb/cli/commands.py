@@ -353,12 +353,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
     """Archive and delete the expired prefix of the audit log (conn.audit.purge)."""
     conn = _open_audited(args)
     try:
-        from .common import require_api
-
         if is_readonly_connection(conn):
             raise CLIError(f"{db_file(args.file)} is open read-only: a purge writes (drop "
                            f"mode=ro, or make the file writable)")
-        purge = require_api(conn.audit, "purge", "heliosdb purge")
+        purge = conn.audit.purge
         kwargs: dict[str, Any] = {"dry_run": args.dry_run}
         if args.archive is not None:
             kwargs["archive"] = args.archive
@@ -402,10 +400,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     conn = _open_audited(args, user=args.actor)
     try:
         if args.suspicious:
-            from .common import require_api
-
-            findings = report_findings(require_api(conn.audit, "suspicious",
-                                                   "forensic findings")())
+            findings = report_findings(conn.audit.suspicious())
             for f in findings:
                 _out(json.dumps(event_to_dict(f), sort_keys=True, default=str) if args.json
                      else str(getattr(f, "message", None) or f))

@@ -26,7 +26,7 @@ from heliosdb import errors as _errors
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "CLIError", "Unavailable", "KeySpec",
     "Opener", "prompt_secret", "prompt_new_secret", "have_terminal", "error_message",
-    "exit_code_for", "require_api", "event_to_dict", "format_verify_report",
+    "exit_code_for", "missing_dependency", "event_to_dict", "format_verify_report",
     "parse_when", "parse_audit_filters", "run_audit_query", "export_audit",
     "write_report", "make_checkpoint", "load_signing_key", "verify_audit",
     "verify_pages", "format_storage_info", "format_pages_report", "audit_table_exists",
@@ -73,11 +73,30 @@ class Unavailable(CLIError):
         super().__init__(f"{what} is not available: {reason}", EXIT_USAGE)
 
 
-def needs(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: a module missing from this installation becomes :class:`Unavailable`.
+def missing_dependency(exc: ImportError) -> Optional[str]:
+    """The optional third-party module whose absence caused ``exc``, or None.
 
-    The audit and encryption features live in modules that may be absent from a build;
-    calling into one of them then says which feature is missing, with exit status 2.
+    ``exc`` or an ImportError it was raised from (``raise ImportError(hint) from exc``, as
+    :mod:`heliosdb.audit.parquet` does for pyarrow) must be a ModuleNotFoundError for a
+    module outside heliosdb. Anything else (a missing name or module of heliosdb itself,
+    a broken third-party install) is a bug to see, not a feature this machine lacks.
+    """
+    cur: Optional[BaseException] = exc
+    while isinstance(cur, ImportError):
+        if isinstance(cur, ModuleNotFoundError) and cur.name \
+                and cur.name.partition(".")[0] != "heliosdb":
+            return cur.name
+        cur = cur.__cause__
+    return None
+
+
+def needs(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: an optional dependency missing from this machine (pyarrow...) becomes
+    :class:`Unavailable` (exit status 2), naming the feature that needs it.
+
+    Only a missing third-party module is "not available" (see :func:`missing_dependency`):
+    an ImportError from inside heliosdb propagates, so a bug is never reported as a
+    feature this installation lacks.
     """
     import functools
 
@@ -87,40 +106,11 @@ def needs(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             try:
                 return fn(*args, **kwargs)
             except ImportError as exc:
+                if missing_dependency(exc) is None:
+                    raise
                 raise Unavailable(what, str(exc)) from None
         return call
     return wrap
-
-
-def require_api(obj: Any, name: str, what: str) -> Callable[..., Any]:
-    """``getattr(obj, name)``, or :class:`Unavailable` naming ``what`` if it is missing."""
-    fn = getattr(obj, name, None) if obj is not None else None
-    if fn is None:
-        owner = getattr(obj, "__name__", None) or type(obj).__name__
-        raise Unavailable(what, f"{owner}.{name} is missing from this installation")
-    return fn
-
-
-#: Where the package's public APIs live: ``heliosdb`` itself, then the encryption modules
-#: that define them (``heliosdb.crypto.rekey`` holds the key operations of issue 12,
-#: ``heliosdb.crypto.verify`` the page authentication), for builds that do not re-export
-#: them at the top level yet.
-_API_HOMES = ("heliosdb", "heliosdb.crypto", "heliosdb.crypto.rekey", "heliosdb.crypto.verify")
-
-
-def _heliosdb_attr(name: str, what: str) -> Any:
-    """A public API of the package: ``heliosdb.NAME``, else from the modules defining it."""
-    import importlib
-
-    for home in _API_HOMES:
-        try:
-            module = importlib.import_module(home)
-        except ImportError:
-            continue
-        value = getattr(module, name, None)
-        if value is not None:
-            return value
-    raise Unavailable(what, f"heliosdb.{name} is missing from this installation")
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +233,7 @@ def key_from_entry(entry: str, path: str, *, new: bool = False) -> Any:
     new file, 64 hex characters make a raw key (a note says so), anything else a
     passphrase.
     """
-    key_cls = _heliosdb_attr("Key", "key prompts")
+    key_cls = heliosdb.Key
     is_hex = bool(_HEX64.fullmatch(entry.strip()))
     if new or not os.path.exists(path) or not file_is_encrypted(path):
         if is_hex:
@@ -343,28 +333,20 @@ class KeySpec:
                 return key_from_entry(prompt_new_secret(target, self.options()), target,
                                       new=True)
             return prompt_for_key(target, self.options(), prompt)
-        key_cls = _heliosdb_attr("Key", "--key-file and --key-env")
         if self.kind == "file":
-            loader = require_api(key_cls, "from_file", "--key-file")
             if not os.path.exists(self.value or ""):
                 raise CLIError(f"{self.value}: key file not found")
-            return loader(self.value)
+            return heliosdb.Key.from_file(self.value)
         if self.kind == "env":
-            loader = require_api(key_cls, "from_env", "--key-env")
             if self.value not in os.environ:
                 raise CLIError(f"environment variable {self.value} is not set")
-            return loader(self.value)
+            return heliosdb.Key.from_env(self.value)
         raise ValueError(f"unknown key source {self.kind!r}")  # pragma: no cover
 
 
 def as_passphrase(text: str) -> Any:
-    """A typed passphrase as a wipeable ``heliosdb.Key`` (the ``str`` if Key is missing)."""
-    try:
-        key_cls = _heliosdb_attr("Key", "passphrase keys")
-    except Unavailable:
-        return text
-    maker = getattr(key_cls, "passphrase", None)
-    return maker(text) if maker is not None else text
+    """A typed passphrase as a wipeable ``heliosdb.Key``."""
+    return heliosdb.Key.passphrase(text)
 
 
 def wipe_key(key: Any) -> None:
@@ -377,10 +359,7 @@ def wipe_key(key: Any) -> None:
     for name in ("wipe", "close"):
         fn = getattr(key, name, None)
         if callable(fn):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - best effort at cleanup
-                pass
+            fn()
             return
 
 
@@ -502,10 +481,7 @@ _KEY_HINT = "give its key with --key-file FILE, --key-env VAR or --key (prompt)"
 
 def is_readonly_connection(conn: Any) -> bool:
     """True when the main database of ``conn`` is open read-only."""
-    try:
-        return bool(conn._apsw.readonly("main"))
-    except Exception:  # noqa: BLE001 - an older APSW: assume writable
-        return False
+    return bool(conn._apsw.readonly("main"))
 
 
 @dataclasses.dataclass
@@ -588,7 +564,10 @@ class Opener:
         except _errors.Error as exc:
             raise CLIError(_name_file(error_message(exc), name), exit_code_for(exc)) from None
         except ImportError as exc:
-            # A module the connection needs (encryption, audit) is not in this build.
+            # A third-party module the connection needs is not installed here; an
+            # ImportError of heliosdb's own is a bug and propagates.
+            if missing_dependency(exc) is None:
+                raise
             raise Unavailable("opening a database", str(exc)) from None
         finally:
             if owned:
@@ -846,24 +825,17 @@ def _audit_of(conn: Any, what: str) -> Any:
 def run_audit_query(conn: Any, filters: Mapping[str, Any]) -> Iterator[Any]:
     """Events matching ``filters`` (see :func:`parse_audit_filters`), oldest first."""
     audit = _audit_of(conn, "audit queries")
-    q = require_api(audit, "query", "audit queries")()
+    q = audit.query()
     applied = {
         "user": "user", "op": "operation", "table": "table", "session": "session",
         "success": "success", "limit": "limit", "offset": "offset",
     }
     for key, method in applied.items():
         if key in filters:
-            q = require_api(q, method, f"the audit filter {key}")(filters[key])
+            q = getattr(q, method)(filters[key])
     if "since" in filters or "until" in filters:
-        q = require_api(q, "between", "the audit filters since/until")(
-            filters.get("since"), filters.get("until"))
-    for name in ("all", "fetchall", "events"):
-        fn = getattr(q, name, None)
-        if callable(fn):
-            return iter(fn())
-    if hasattr(q, "__iter__"):
-        return iter(q)
-    raise Unavailable("audit queries", "the query builder returns no events")
+        q = q.between(filters.get("since"), filters.get("until"))
+    return iter(q.all())
 
 
 def log_event(conn: Any, operation: str, **kwargs: Any) -> None:
@@ -887,10 +859,7 @@ def verify_audit(conn: Any, checkpoint: Optional[str] = None,
     remarks for the user (such as which key checked the signature). An audited
     connection records a VERIFY event with the outcome.
     """
-    try:
-        from heliosdb.audit.verify import verify_connection
-    except ImportError as exc:
-        raise Unavailable("audit verification", f"heliosdb.audit.verify: {exc}") from None
+    from heliosdb.audit.verify import verify_connection
     table = audit_table_of(conn)
     if not audit_table_exists(conn, table):
         raise CLIError(f"this database has no audit log (table {table})")
@@ -921,10 +890,8 @@ def verify_audit(conn: Any, checkpoint: Optional[str] = None,
 
 def _load_checkpoint(path: str) -> Any:
     """A :class:`heliosdb.audit.checkpoint.Checkpoint` read from ``path``."""
-    try:
-        from heliosdb.audit.checkpoint import Checkpoint
-    except ImportError as exc:
-        raise Unavailable("checkpoints", f"heliosdb.audit.checkpoint: {exc}") from None
+    from heliosdb.audit.checkpoint import Checkpoint
+
     try:
         return Checkpoint.load(path)
     except (ValueError, KeyError, TypeError) as exc:
@@ -977,8 +944,8 @@ def require_pinned_signer(conn: Any, table: str, path: str, notes: list[str]) ->
 
     try:
         cp = Checkpoint.load(path)
-    except Exception:  # noqa: BLE001 - verify_audit reports an unreadable file
-        return
+    except (OSError, ValueError, KeyError, TypeError, _errors.Error):
+        return  # unreadable or malformed: verify_audit reports it
     pin = pinned_signer(conn._apsw, table)
     how = "give the signer's key with --verify-key FILE (or HELIOSDB_SIGNING_KEY_FILE)"
     if cp.algorithm != "ed25519":
@@ -1060,18 +1027,15 @@ def make_checkpoint(conn: Any, out: str, signing_key_file: Optional[str]) -> Any
         if fn is not None:
             cp = fn(key)
         else:
-            try:
-                from heliosdb.audit.checkpoint import create_checkpoint
-            except ImportError as exc:
-                raise Unavailable("checkpoints", f"heliosdb.audit.checkpoint: {exc}") from None
+            from heliosdb.audit.checkpoint import create_checkpoint
+
             table = audit_table_of(conn)
             if not audit_table_exists(conn, table):
                 raise CLIError(f"this database has no audit log (table {table})")
             cp = create_checkpoint(conn._apsw, table, key)
     finally:
         wipe_key(key)
-    save = require_api(cp, "save", "saving a checkpoint")
-    save(out)
+    cp.save(out)
     return cp
 
 
@@ -1099,8 +1063,7 @@ def export_audit(conn: Any, fmt: str, out: str, **options: Any) -> Any:
         raise CLIError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
     audit = _audit_of(conn, "audit exports")
     options = {k: v for k, v in options.items() if v is not None}
-    export = require_api(audit, "export", f"audit export to {fmt}")
-    return export(out, format=fmt, **options)
+    return audit.export(out, format=fmt, **options)
 
 
 @needs("compliance reports")
@@ -1108,11 +1071,10 @@ def write_report(conn: Any, out: str, preset: Optional[str] = None) -> Any:
     """Write the compliance report with ``conn.audit.report`` (HTML at ``out``, its JSON
     next to it); returns the report data."""
     audit = _audit_of(conn, "compliance reports")
-    report = require_api(audit, "report", "compliance reports")
     kwargs: dict[str, Any] = {}
     if preset is not None:
         kwargs["preset"] = preset
-    return report(out, **kwargs)
+    return audit.report(out, **kwargs)
 
 
 def report_findings(result: Any) -> list[Any]:
@@ -1125,81 +1087,22 @@ def report_findings(result: Any) -> list[Any]:
     return list(findings or [])
 
 
-@needs("page verification")
 def verify_pages(path: str, key: Any, progress: Any = None) -> Any:
-    """Authenticate every page of an encrypted database; a report with ``ok``.
-
-    ``heliosdb.verify_encryption(path, key)`` where it exists. Otherwise the pages are
-    read with the pure-Python transform of :func:`heliosdb.crypto.offline.iter_pages`
-    (independent of the C VFS), which stops at the first page that fails: the report
-    then names that page. The main file only: a WAL is checkpointed first.
-    """
-    try:
-        fn = _heliosdb_attr("verify_encryption", "page verification")
-    except Unavailable:
-        fn = None
-    if fn is not None:
-        return call_with_progress(fn, path, key, progress=progress)
-    from heliosdb.crypto.offline import iter_pages
-
-    checkpoint_wal(path, key)
-    checked = 0
-    try:
-        for pgno, _page in iter_pages(path, key):
-            checked = pgno
-            if progress is not None and pgno % 256 == 0:
-                progress(pgno)
-    except _errors.CorruptPageError as exc:
-        page = getattr(exc, "page", None)
-        return {"ok": False, "pages_checked": checked, "bad_pages": [page] if page else [],
-                "message": f"(the check stops at the first bad page) {error_message(exc)}"}
-    if progress is not None:
-        progress(checked)
-    return {"ok": True, "pages_checked": checked,
-            "message": "with the pure-Python transform, independently of the C VFS"}
+    """Authenticate every page of an encrypted database (``heliosdb.verify_encryption``);
+    a report with ``ok``."""
+    return call_with_progress(heliosdb.verify_encryption, path, key, progress=progress)
 
 
-def checkpoint_wal(path: str, key: Any) -> None:
-    """Fold a WAL into the main file of an encrypted database (offline tools read it)."""
-    if not os.path.exists(path + "-wal"):
-        return
-    conn = heliosdb.connect(path, key=key)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    finally:
-        conn.close()
-
-
-@needs("heliosdb decrypt")
 def decrypt_file(src: str, dst: str, key: Any, progress: Any = None, **events: Any) -> Any:
-    """Write a plaintext copy of the encrypted ``src`` to ``dst`` (which must not exist).
-
-    ``heliosdb.decrypt`` where it exists; otherwise the offline, pure-Python
-    :func:`heliosdb.crypto.offline.decrypt_copy` after checkpointing any WAL (it reads
-    and authenticates every page, so a tampered page stops it with an error naming it).
-    """
-    try:
-        fn = _heliosdb_attr("decrypt", "heliosdb decrypt")
-    except Unavailable:
-        fn = None
-    if fn is not None:
-        return call_with_progress(fn, src, dst, key, progress=progress, **events)
-    from heliosdb.crypto.offline import decrypt_copy
-
-    checkpoint_wal(src, key)
-    try:
-        return decrypt_copy(src, dst, key)
-    except BaseException:
-        try:
-            os.remove(dst)  # never leave half a plaintext copy behind
-        except OSError:
-            pass
-        raise
+    """Write a plaintext copy of the encrypted ``src`` to ``dst`` (which must not exist)
+    with ``heliosdb.decrypt``."""
+    return call_with_progress(heliosdb.decrypt, src, dst, key, progress=progress, **events)
 
 
 def heliosdb_api(name: str, what: str) -> Callable[..., Any]:
-    """A key-operation function of the package (``encrypt``, ``rotate_key``...)."""
-    return _heliosdb_attr(name, what)
+    """The key-operation function ``heliosdb.NAME`` (``encrypt``, ``rotate_key``...) that
+    the command ``what`` runs."""
+    return getattr(heliosdb, name)
 
 
 def call_with_progress(fn: Callable[..., Any], *args: Any, progress: Any = None,

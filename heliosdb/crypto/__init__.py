@@ -28,7 +28,7 @@ import apsw
 from .. import native
 from ..errors import (
     ConfigError, CorruptHeaderError, CorruptPageError, EncryptionError, EncryptionUnavailableError,
-    KeyRequiredError, NotEncryptedError, OperationalError, WrongKeyError, translate,
+    KeyRequiredError, KeySlotError, NotEncryptedError, OperationalError, WrongKeyError, translate,
 )
 from . import _files
 from . import format as fmt
@@ -215,13 +215,13 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
         kek = derive_kek(key, slot.kdf, slot.salt, slot.time_cost, slot.memory_kib,
                          slot.parallelism)
         try:
-            dek = header.unwrap(i, bytes(kek))
+            return header.unwrap(i, bytes(kek)), i
+        except KeySlotError:
+            continue  # another slot of this kind may open with this key
         except fmt.HeaderFieldError as exc:
             raise fmt.corrupt(path, exc) from None
         finally:
             kek[:] = bytes(len(kek))
-        if dek is not None:
-            return dek, i
     if damaged is not None:
         # The damaged slot may have been the one for this key: say so, not "wrong key".
         raise damaged
@@ -284,7 +284,7 @@ def _prepare_key_for_path_io(path: str, key: Key, create: bool) -> Tuple[str, in
     header = _read_header(path)
     full = _vfs.full_pathname(path)
     if key.kind == "passphrase":
-        hit = _cache_try(full, header, key)
+        hit = _cached_slot(full, header, key)
         if hit is not None:
             return full, hit, new
     if created is not None and created[1] == header.file_id:
@@ -319,14 +319,19 @@ def _verifier(header: fmt.Header, slot_index: int, key: Key) -> bytes:
                           + slot.salt + slot.wrapped + bytes(key.secret())).digest()
 
 
-def _cache_try(full: str, header: fmt.Header, key: Key) -> Optional[int]:
+def _cached_slot(full: str, header: fmt.Header, key: Key) -> Optional[int]:
+    """A cache lookup: the slot index that ``key`` opened, with one more registration of the
+    file's key taken in the shim; None on a miss (no entry, another passphrase, or no key
+    registered any more), which is no failure: the caller unlocks with the KDF."""
     with _cache_lock:
         entry = _unlock_cache.get(full)
         if entry is None or entry[1] >= len(header.slots):
             return None
         if not hmac.compare_digest(_verifier(header, entry[1], key), entry[0]):
             return None
-        if not _vfs.addref(full, header.file_id):
+        try:
+            _vfs.addref(full, header.file_id)
+        except LookupError:
             return None
         entry[2] += 1
         return int(entry[1])
@@ -514,7 +519,9 @@ def explain(conn: apsw.Connection, exc: BaseException) -> Optional[BaseException
     if shim is not None:
         return shim
     if (code & 0xFF) in (apsw.SQLITE_CORRUPT, apsw.SQLITE_NOTADB):
-        info = _connections.get(conn)
+        # conn is None when translate() explains an error with no connection at hand (a
+        # WeakKeyDictionary cannot look None up).
+        info = _connections.get(conn) if conn is not None else None
         if info is None:
             return None
         ki = _vfs.key_info(info.full_path)

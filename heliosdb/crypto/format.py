@@ -48,7 +48,7 @@ from typing import List, Optional
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import CorruptHeaderError
+from ..errors import CorruptHeaderError, KeySlotError
 from .keys import check_kdf_params
 
 __all__ = [
@@ -203,15 +203,20 @@ class Header:
         slot.wrapped = AESGCM(kek).encrypt(slot.nonce, bytes(dek), self.slot_aad(index, slot))
         slot.digest = self.slot_digest(index, slot) if self.version >= 2 else b""
 
-    def unwrap(self, index: int, kek: bytes) -> Optional[bytearray]:
-        """The DEK from slot ``index`` under ``kek``, or None when the key is wrong;
-        HeaderFieldError when the key is right but the key-check value does not match."""
+    def unwrap(self, index: int, kek: bytes) -> bytearray:
+        """The DEK from slot ``index`` under ``kek``.
+
+        Raises :class:`heliosdb.errors.KeySlotError` when the slot does not open under
+        ``kek`` (wrong key or a corrupted slot: AES-GCM cannot tell which), and
+        HeaderFieldError when the key is right but the key-check value does not match.
+        """
         slot = self.slots[index]
         try:
             dek = bytearray(AESGCM(kek).decrypt(slot.nonce, slot.wrapped,
                                                 self.slot_aad(index, slot)))
         except InvalidTag:
-            return None
+            raise KeySlotError(f"wrong key or corrupted header: key slot {index} does not "
+                               f"open under this key", slot=index) from None
         if not hmac.compare_digest(self.key_check(dek), self.kcv):
             # The slot's tag passed, so the key is right: the header is damaged (the
             # key-check value, or in version 2 the flags or generation it covers).

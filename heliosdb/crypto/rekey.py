@@ -37,7 +37,8 @@ import apsw
 
 from .. import native
 from ..errors import (
-    EncryptionError, EncryptionUnavailableError, NotEncryptedError, WrongKeyError, translate,
+    EncryptionError, EncryptionUnavailableError, Error, NotEncryptedError, WrongKeyError,
+    translate,
 )
 from . import _files
 from . import format as fmt
@@ -229,7 +230,7 @@ def _actor(actor: Optional[str]) -> str:
         import getpass
 
         return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
+    except (ImportError, KeyError, OSError):  # no login name in some containers
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
@@ -359,8 +360,10 @@ class _KeyAudit:
 
     def failed(self, path: str, dek: bytes | bytearray, file_id: bytes,
                details: Dict[str, Any], error: BaseException) -> None:
-        """Best effort: record a failed attempt (the operation's own error is what the
-        caller raises, whatever happens here)."""
+        """Record a failed attempt. The operation's own ``error`` is what the caller
+        raises: when the database refuses the event (locked, unreadable, no space...), that
+        is added to ``error`` as a note, so an unrecorded failure never goes unnoticed;
+        anything else (a bug in the recorder, KeyboardInterrupt) propagates."""
         try:
             if self.conn is None:
                 self.lock(path, dek, file_id)
@@ -369,10 +372,21 @@ class _KeyAudit:
                     self.conn.execute("ROLLBACK")
                 self.conn.execute("BEGIN IMMEDIATE")
             self.commit(details, error)
-        except Exception:  # noqa: BLE001
-            pass
+        except (Error, apsw.Error, OSError) as exc:
+            _add_note(error, f"this failed {self.operation} attempt could not be recorded "
+                             f"in the audit log of {path}: {exc}")
         finally:
             self.close()
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` (PEP 678), also on Python 3.10, which lacks the method
+    (there ``__notes__`` is kept for the caller to read, but tracebacks do not show it)."""
+    add = getattr(error, "add_note", None)
+    if add is not None:
+        add(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
 def _slot_desc(slot: fmt.Slot) -> Dict[str, Any]:
@@ -718,7 +732,7 @@ def rotate_key(path: str, key: KeyLike, new_key: KeyLike = None, progress: Progr
                     _write_marker(marker, "wal")
                     try:
                         got = str(_q(src, "PRAGMA journal_mode=DELETE")[0][0]).lower()
-                    except Exception as exc:
+                    except Error as exc:
                         raise EncryptionError(
                             f"{path}: rotate_key needs exclusive access and another connection "
                             f"has the database open in WAL mode ({exc}); close it and retry") from None

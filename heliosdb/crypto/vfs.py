@@ -79,9 +79,14 @@ def register(full_path: str, dek: bytearray, file_id: bytes) -> None:
         raise MemoryError("cannot register the key")
 
 
-def addref(full_path: str, file_id: bytes) -> bool:
-    """Add a registration to the key already registered for ``full_path``; False if none."""
-    return native.lib.heliosdb_key_addref(full_path.encode("utf-8"), bytes(file_id)) == 0
+def addref(full_path: str, file_id: bytes) -> None:
+    """Add a registration to the key already registered for ``full_path``.
+
+    Raises LookupError when no key of that file id is registered for it (the last
+    connection closed, or the file was replaced): the caller unlocks from the header.
+    """
+    if native.lib.heliosdb_key_addref(full_path.encode("utf-8"), bytes(file_id)) != 0:
+        raise LookupError(f"no key of this file id is registered for {full_path}")
 
 
 def unregister(full_path: str) -> None:
