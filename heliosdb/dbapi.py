@@ -622,10 +622,7 @@ class Cursor:
         if isinstance(parameters, Mapping):
             # sqlite3 binds only dicts by name; another mapping is taken as a sequence,
             # and fails on its first item.
-            try:
-                parameters[0]
-            except Exception as exc:  # noqa: BLE001
-                raise exc
+            parameters[0]  # raises what the mapping raises (KeyError, as sqlite3 shows)
         if not hasattr(parameters, "__len__") or not hasattr(parameters, "__getitem__"):
             raise ProgrammingError("parameters are of unsupported type")
         # As sqlite3 reads a sequence: len(), then each item by index (copied first, so
@@ -1275,8 +1272,8 @@ class Connection:
             self._closed = True
             try:
                 self._apsw.close(True)
-            except Exception:  # noqa: BLE001 - the original error is what matters
-                pass
+            except apsw.Error:
+                pass  # the original error is what matters
             raise
         self._initialized = True
 
@@ -2046,17 +2043,18 @@ class Connection:
                 warnings.warn(f"unclosed database in {self!r}", ResourceWarning,
                               source=self)
             audit = getattr(self, "_audit", None)
-            if audit is not None:
-                # Dropped without close(): roll back as close() would, so that denied and
-                # failed attempts kept for after the transaction reach the disk.
-                try:
-                    audit.close()
-                except Exception:  # noqa: BLE001 - nothing sensible to do at teardown
-                    pass
             try:
-                self._apsw.close(True)
-            except Exception:  # noqa: BLE001 - nothing sensible to do at teardown
-                pass
+                if audit is not None:
+                    # Dropped without close(): roll back as close() would, so that denied
+                    # and failed attempts kept for after the transaction reach the disk. If
+                    # that fails, Python reports it ("Exception ignored in ... __del__"):
+                    # events lost at teardown are never silent.
+                    audit.close()
+            finally:
+                try:
+                    self._apsw.close(True)
+                except apsw.Error:
+                    pass  # released by the garbage collector either way
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -479,7 +479,7 @@ class AuditSession(AuditAPI):
         self.session_id = uuid.uuid4().hex
         try:
             default_user = getpass.getuser()
-        except Exception:  # noqa: BLE001 - no login name in some containers
+        except (ImportError, KeyError, OSError):  # no login name in some containers
             default_user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
         self.user = user if user is not None else default_user
         self._context: dict[str, Any] = dict(context or {})
