@@ -30,9 +30,11 @@ import dataclasses
 import datetime as _dt
 import difflib
 import functools
+import hashlib
 import os
 import re
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1256,6 +1258,7 @@ def _build(raw: Mapping[str, Any], ctx: _Ctx, *, name: str, source: Optional[str
                   description=raw.get("description") or "", extra=extra)
 
 
+@functools.lru_cache(maxsize=1)  # where this module lies does not change while it runs
 def presets_dir() -> Path:
     """Directory holding the preset files.
 
@@ -1293,7 +1296,12 @@ def preset_path(name: str) -> Path:
 
 def _read_toml(path: Path, display: str) -> tuple[dict[str, Any], _Source]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw_bytes = path.read_bytes()
+        # (as read_text() reads: universal newlines)
+        text = raw_bytes.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        read = getattr(_loading, "files", None)
+        if read is not None:
+            read.append((str(path), hashlib.blake2b(raw_bytes, digest_size=16).digest()))
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{display}: cannot read config file: {e}", file=display) from e
     src = _Source(display, text, path.resolve().parent)
@@ -1378,6 +1386,36 @@ def _warn_once(cfg: Config, ctx: _Ctx) -> None:
         warnings.warn(w, stacklevel=3)
 
 
+#: Configs loaded from files, by resolved path: (config, the (path, stamp) of every file
+#: its load read, ``extends`` included). Reused while none of those files changed: every
+#: connect() names its config, and parsing and validating TOML each time cost more than
+#: opening the database. Only configs that loaded without a warning are kept (their
+#: ``extra`` is empty, so nothing shared is mutable), so a warning is never swallowed.
+_file_configs: dict[str, tuple[Config, tuple[tuple[str, bytes], ...]]] = {}
+_loading = threading.local()
+
+
+def _file_stamp(path: Union[str, Path]) -> bytes:
+    # The content's digest, not mtime: a file rewritten within the clock's granularity
+    # with text of the same length must not be taken for the old one.
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=16).digest()
+
+
+def _cached_file_config(key: str) -> Optional[Config]:
+    hit = _file_configs.get(key)
+    if hit is None:
+        return None
+    cfg, files = hit
+    try:
+        if all(_file_stamp(f) == stamp for f, stamp in files):
+            return cfg
+    except OSError:
+        pass
+    _file_configs.pop(key, None)
+    return None
+
+
 def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] = None) -> Config:
     """Load and validate a configuration.
 
@@ -1404,13 +1442,25 @@ def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] =
         return cfg
     if isinstance(spec, (str, os.PathLike)):
         path, display, default_name = _resolve(spec, None)
-        data, src = _read_toml(path, display)
-        raw, origins, parent = _load_raw(data, src, (str(path.resolve()),))
+        key = f"{path.resolve()}\0{display}"
+        cfg = _cached_file_config(key)
+        if cfg is not None:
+            return cfg
+        _loading.files = files = []
+        try:
+            data, src = _read_toml(path, display)
+            raw, origins, parent = _load_raw(data, src, (str(path.resolve()),))
+        finally:
+            _loading.files = None
         name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") \
             else default_name
         ctx = _Ctx(src, origins)
         cfg = _build(raw, ctx, name=name, source=str(path), inherited=parent)
-        _warn_once(cfg, ctx)
+        warning = _load_warning(cfg, ctx)
+        if warning is not None:
+            warnings.warn(warning, stacklevel=2)
+        elif not cfg.extra:
+            _file_configs[key] = (cfg, tuple(files))
         return cfg
     raise ConfigError(f"config: expected None, a preset name, a path, a dict or a Config, "
                       f"got {type(spec).__name__}")

@@ -42,3 +42,35 @@ def test_nested_sections_are_built_from_their_declarations():
     assert audit.after_hours == hc.AfterHours(start="20:00")
     assert audit.capture_metadata == hc.CaptureMetadata(custom_fields=True)
     assert audit.enabled is True
+
+
+def test_a_file_config_is_reused_until_a_file_it_read_changes(tmp_path, monkeypatch) -> None:
+    """connect() loads its config every time: a file config is parsed once and reused
+    while the files it read (its ``extends`` parent too) are unchanged, by content."""
+    import heliosdb.config as config
+
+    parent = tmp_path / "base.toml"
+    child = tmp_path / "child.toml"
+    parent.write_text('name = "base"\n[audit]\nenabled = true\nretention_days = 30\n')
+    child.write_text('extends = "base.toml"\nname = "child"\n')
+    first = config.load_config(str(child))
+    assert config.load_config(str(child)) is first  # reused
+    # Same length, same instant: only the content tells it apart.
+    parent.write_text('name = "base"\n[audit]\nenabled = true\nretention_days = 60\n')
+    second = config.load_config(str(child))
+    assert second is not first and second.audit.retention_days == 60
+    child.write_text('extends = "base.toml"\nname = "chilD"\n')
+    assert config.load_config(str(child)).name == "chilD"
+
+
+def test_a_config_that_warns_warns_every_time(tmp_path) -> None:
+    import pytest
+
+    import heliosdb.config as config
+    from heliosdb.errors import ConfigWarning
+
+    f = tmp_path / "x.toml"
+    f.write_text('name = "x"\n[mytool]\nflag = 1\n')
+    for _ in range(2):
+        with pytest.warns(ConfigWarning):
+            config.load_config(str(f))
