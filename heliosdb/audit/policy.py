@@ -190,7 +190,12 @@ def _audit_dict(config: Config) -> dict:
     return config.to_dict()["audit"]
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _norm(v: Any) -> Any:
+    if v.__class__ in _SCALARS:  # most values: no dataclass check (read at every open)
+        return v
     if isinstance(v, tuple):
         return list(v)
     if isinstance(v, dict):
