@@ -52,7 +52,7 @@ __all__ = [
     "AfterHours", "KeySource", "FrozenMap", "load_config", "preset_names", "preset_path",
     "presets_dir", "category_of", "OPERATIONS", "CATEGORIES", "KDF_PROFILES",
     "render_key_reference", "render_preset_table", "update_docs", "find_key_line",
-    "FIPS_REFUSAL",
+    "FIPS_REFUSAL", "time_zone",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +396,9 @@ def _hhmm(v: Any) -> str:
     return v
 
 
-def _zone(name: str) -> _dt.tzinfo:
+def time_zone(name: str) -> _dt.tzinfo:
+    """The ``tzinfo`` of an IANA time zone name as configs give it (``"UTC"`` works even
+    where no tz database is installed); raises KeyError or ValueError for an unknown one."""
     if name.upper() == "UTC":  # works even where no tz database is installed
         return _dt.timezone.utc
     import zoneinfo
@@ -406,7 +408,7 @@ def _zone(name: str) -> _dt.tzinfo:
 def _timezone(v: Any) -> str:
     _str(v)
     try:
-        _zone(v)
+        time_zone(v)
     except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
         raise _Invalid(f'expected an IANA time zone name such as "Europe/Paris", '
                        f'got {v!r}') from None
@@ -590,7 +592,7 @@ class AfterHours:
         """True if ``when`` falls after hours. A naive ``when`` is taken as UTC."""
         if when.tzinfo is None:
             when = when.replace(tzinfo=_dt.timezone.utc)
-        local = when.astimezone(_zone(self.timezone))
+        local = when.astimezone(time_zone(self.timezone))
         if self.weekends and local.weekday() >= 5:
             return True
         t = local.time()

@@ -19,7 +19,6 @@ KNOWN: set[tuple[str, str, str]] = {
     ('heliosdb', 'heliosdb.dbapi', '_module_getattr'),
     ('heliosdb.audit.checkpoint', 'heliosdb.audit.store', '_head'),
     ('heliosdb.audit.export', 'heliosdb.audit.store', '_q'),
-    ('heliosdb.audit.forensics', 'heliosdb.config', '_zone'),
     ('heliosdb.audit.merkle', 'heliosdb.audit.store', '_head'),
     ('heliosdb.audit.merkle', 'heliosdb.audit.store', '_q'),
     ('heliosdb.audit.neighbourhood', 'heliosdb.audit.store', '_NAME_RE'),

@@ -306,8 +306,8 @@ def suspicious(audit: Any, *, since: Any = None, until: Any = None,
                       ", ".join(f'"{c}"' for c in cols), 1)
     minute_cache: dict[int, Optional[str]] = {}
     if ah is not None:
-        from ..config import _zone
-        zone = _zone(ah.timezone)
+        from ..config import time_zone
+        zone = time_zone(ah.timezone)
     for row in q._run(sql, args):
         eid, ts, user, op, target, text, rows, ok, err, md, why = row
         if user in excluded:
