@@ -82,13 +82,30 @@
 ** Nonce budget. Every page sealed (main, journal, WAL) is counted per key; the count is
 ** added to the header at the main file's xSync and before it gives up a write lock.
 **
-** Python API (csrc/vfs.cdef): heliosdb_key_register / _unregister / _info,
+** Threads. SQLite calls a file's methods from one thread at a time (the connection's
+** mutex; a journal or WAL handle and its main file belong to one connection), so the
+** fields of an HFile need no lock. What several connections and threads share:
+**   - the key registry (KeyEntry, one per database path): under g_keys_mu, except the
+**     pending-encryption count (atomic) and the key itself, which cannot change while a
+**     main file holds the entry open (see struct KeyEntry);
+**   - the WAL-index objects (ShmObj): under g_shm_mu;
+**   - the counters of heliosdb_stats: relaxed atomics;
+**   - g_root and g_vfs: set once, before g_registered is published.
+** The last error is per thread. `make stress` runs tests/test_vfs_race.py, a multi-
+** threaded workload under valgrind's helgrind that fails on any race reported here.
+**
+** Preconditions are assert()ed, in the manner of cksumvfs.c: they hold in every build
+** and are checked where NDEBUG is off (HELIOSDB_NATIVE_ASSERTS=1, csrc/build_native.py).
+**
+** Python API (csrc/vfs.cdef): heliosdb_key_register / _addref / _unregister / _info,
 ** heliosdb_full_pathname, heliosdb_last_error, heliosdb_page_encrypt / _decrypt (the
-** known-answer tests), heliosdb_gcm_encrypt_raw (NIST vectors), heliosdb_stats.
+** known-answer tests), heliosdb_gcm_encrypt_raw (NIST vectors), heliosdb_stats (its
+** counters are indexed by enum heliosdb_stat in vfs_api.h, which names them for Python).
 */
 #include <sqlite3ext.h>
 SQLITE_EXTENSION_INIT1
 
+#include <assert.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
@@ -126,8 +143,9 @@ enum { K_MAIN = 1, K_JOURNAL, K_WAL, K_TEMP, K_PLAIN };
 enum { D_MAIN = 0, D_JOURNAL = 1, D_WAL = 2 };
 
 /* ---------------------------------------------------------------- statistics --- */
-static long long g_stats[6]; /* encrypts, decrypts, page1 cache hits, auth failures,
-                                temp bytes ciphered, page1 retries */
+/* Indexed by enum heliosdb_stat (vfs_api.h), which names them for Python too. Relaxed
+** atomics: each counter is exact, no order between counters is promised. */
+static long long g_stats[HELIOSDB_STAT_COUNT];
 #define STAT_ADD(i, n) __atomic_add_fetch(&g_stats[i], (n), __ATOMIC_RELAXED)
 
 /* ---------------------------------------------------------- per-thread error --- */
@@ -156,12 +174,21 @@ int heliosdb_last_error(char *zFile, int nFile, char *zMsg, int nMsg, long long 
 
 void heliosdb_clear_last_error(void) { t_err.set = 0; }
 
+/* Copy the first n counters (at most HELIOSDB_STAT_COUNT) into out. */
 void heliosdb_stats(long long *out, int n) {
-  for (int i = 0; i < n && i < (int)(sizeof g_stats / sizeof g_stats[0]); i++)
+  assert(out != 0 || n <= 0);
+  for (int i = 0; i < n && i < HELIOSDB_STAT_COUNT; i++)
     out[i] = __atomic_load_n(&g_stats[i], __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------ key registry --- */
+/* One entry per registered database path, shared by every thread and connection of the
+** process. Who may touch what (see "Threads" in the manual above):
+**   next, zPath, nReg, nOpen, pgsz, hdrPages: read and written only under g_keys_mu;
+**   pending: atomic (__atomic_*), without the mutex, on the page-write path;
+**   dek, fid: written under g_keys_mu, and then only while nOpen == 0; so a main file
+**     that holds an open reference (nOpen counts it) may read them without the mutex:
+**     they cannot change until it closes. entry_is_open() asserts that. */
 typedef struct KeyEntry KeyEntry;
 struct KeyEntry {
   KeyEntry *next;
@@ -191,13 +218,16 @@ static KeyEntry *g_keys = 0;
 static pthread_mutex_t g_keys_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t g_shm_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* Callers hold g_keys_mu. */
 static KeyEntry *find_entry(const char *zPath) {
+  assert(zPath != 0);
   for (KeyEntry *e = g_keys; e; e = e->next)
     if (strcmp(e->zPath, zPath) == 0) return e;
   return 0;
 }
 
 static void free_entry_locked(KeyEntry *e) {
+  assert(e->nReg == 0 && e->nOpen == 0);
   KeyEntry **pp = &g_keys;
   while (*pp && *pp != e) pp = &(*pp)->next;
   if (*pp) *pp = e->next;
@@ -221,7 +251,7 @@ int heliosdb_key_register(const char *zPath, const unsigned char *dek,
     /* The file was replaced since: the new key wins, old registrations carry over. */
     memcpy(e->dek, dek, 32);
     memcpy(e->fid, file_id, 16);
-    e->pending = 0;
+    __atomic_store_n(&e->pending, 0, __ATOMIC_RELAXED);
   }
   if (!e) {
     e = calloc(1, sizeof *e);
@@ -252,6 +282,8 @@ int heliosdb_key_unregister(const char *zPath) {
   return rc;
 }
 
+/* What the registry knows of zPath: 1 and the outputs set, or 0 when no key is
+** registered. Safe from any thread while others read and write the file. */
 int heliosdb_key_info(const char *zPath, long long *pending, int *page_size,
                       long long *hdr_db_pages) {
   pthread_mutex_lock(&g_keys_mu);
@@ -265,6 +297,26 @@ int heliosdb_key_info(const char *zPath, long long *pending, int *page_size,
   return e ? 1 : 0;
 }
 
+/* Page 1 was read or written: keep its page size and database size for key_info. Two
+** connections to one file share the entry, and key_info reads it from any thread. */
+static void entry_note_page1(KeyEntry *e, int pgsz, long long dbPages) {
+  pthread_mutex_lock(&g_keys_mu);
+  assert(e->nOpen > 0);
+  e->pgsz = pgsz;
+  e->hdrPages = dbPages;
+  pthread_mutex_unlock(&g_keys_mu);
+}
+
+#ifndef NDEBUG
+/* For assert() only: does an open main file hold e (so that its dek and fid are fixed)? */
+static int entry_is_open(KeyEntry *e) {
+  pthread_mutex_lock(&g_keys_mu);
+  int n = e->nOpen;
+  pthread_mutex_unlock(&g_keys_mu);
+  return n > 0;
+}
+#endif
+
 /* ---------------------------------------------------------- page transform --- */
 static void put_be32(unsigned char *p, uint32_t v) {
   p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
@@ -275,6 +327,7 @@ static uint32_t get_be32(const unsigned char *p) {
 }
 
 static void make_aad(unsigned char *aad, const unsigned char *fid, int domain, uint32_t pgno) {
+  assert(domain == D_MAIN || domain == D_JOURNAL || domain == D_WAL);
   memcpy(aad, "HDB1", 4);
   memcpy(aad + 4, fid, 16);
   put_be32(aad + 20, HDB_FORMAT_VERSION);
@@ -282,10 +335,14 @@ static void make_aad(unsigned char *aad, const unsigned char *fid, int domain, u
   put_be32(aad + 25, pgno);
 }
 
+static int valid_page_size(sqlite3_int64 n);
+
 /* enc must be an AES-256-GCM encryption context with its key set. out != in. */
 static int gcm_seal(EVP_CIPHER_CTX *enc, const unsigned char *fid, int domain, uint32_t pgno,
                     const unsigned char *nonce, const unsigned char *in, unsigned char *out,
                     int pgsz) {
+  assert(enc != 0 && fid != 0 && nonce != 0 && in != 0 && out != 0 && out != in);
+  assert(valid_page_size(pgsz));
   unsigned char aad[HDB_AAD_LEN];
   int n = pgsz - HDB_OVERHEAD, len = 0;
   make_aad(aad, fid, domain, pgno);
@@ -296,24 +353,26 @@ static int gcm_seal(EVP_CIPHER_CTX *enc, const unsigned char *fid, int domain, u
   memcpy(out + n, nonce, HDB_NONCE);
   if (EVP_CIPHER_CTX_ctrl(enc, EVP_CTRL_GCM_GET_TAG, HDB_TAG, out + n + HDB_NONCE) != 1)
     return 0;
-  STAT_ADD(0, 1);
+  STAT_ADD(HELIOSDB_STAT_PAGE_ENCRYPTIONS, 1);
   return 1;
 }
 
 /* dec: AES-256-GCM decryption context with its key set. in may equal out. */
 static int gcm_open(EVP_CIPHER_CTX *dec, const unsigned char *fid, int domain, uint32_t pgno,
                     const unsigned char *in, unsigned char *out, int pgsz) {
+  assert(dec != 0 && fid != 0 && in != 0 && out != 0);
+  assert(valid_page_size(pgsz));
   unsigned char aad[HDB_AAD_LEN], nt[HDB_OVERHEAD];
   int n = pgsz - HDB_OVERHEAD, len = 0;
   memcpy(nt, in + n, HDB_OVERHEAD); /* in may be overwritten in place */
   make_aad(aad, fid, domain, pgno);
-  STAT_ADD(1, 1);
+  STAT_ADD(HELIOSDB_STAT_PAGE_DECRYPTIONS, 1);
   if (EVP_DecryptInit_ex(dec, NULL, NULL, NULL, nt) != 1) return 0;
   if (EVP_CIPHER_CTX_ctrl(dec, EVP_CTRL_GCM_SET_TAG, HDB_TAG, nt + HDB_NONCE) != 1) return 0;
   if (EVP_DecryptUpdate(dec, NULL, &len, aad, HDB_AAD_LEN) != 1) return 0;
   if (EVP_DecryptUpdate(dec, out, &len, in, n) != 1) return 0;
   if (EVP_DecryptFinal_ex(dec, out + len, &len) != 1) {
-    STAT_ADD(3, 1);
+    STAT_ADD(HELIOSDB_STAT_AUTH_FAILURES, 1);
     return 0;
   }
   /* The reserved bytes read back as zeros, never as nonce and tag: SQLite's copy of a
@@ -391,6 +450,10 @@ struct HFile {
   sqlite3_file *pReal;        /* the underlying file, allocated right after this */
 };
 
+/* Set once, by sqlite3_heliosdb_init under its mutex, before g_registered is published
+** (release store): SQLite reaches the VFS methods only through sqlite3_vfs_register,
+** which publishes g_vfs and g_root under SQLite's own mutex; Python's calls check
+** g_registered (acquire load) first. */
 static sqlite3_vfs *g_root = 0;
 static sqlite3_vfs g_vfs;
 static int g_registered = 0;
@@ -398,14 +461,18 @@ static const sqlite3_io_methods g_io;
 
 #define REAL(p) ((p)->pReal)
 
-int heliosdb_vfs_registered(void) { return g_registered; }
+int heliosdb_vfs_registered(void) { return __atomic_load_n(&g_registered, __ATOMIC_ACQUIRE); }
 
+/* The full pathname the default VFS gives zIn (the registry's key); SQLITE_MISUSE before
+** the extension is loaded. */
 int heliosdb_full_pathname(const char *zIn, char *zOut, int nOut) {
-  if (!g_root) return SQLITE_MISUSE;
+  if (!heliosdb_vfs_registered()) return SQLITE_MISUSE;
+  assert(g_root != 0 && zIn != 0 && zOut != 0 && nOut > 0);
   return g_root->xFullPathname(g_root, zIn, nOut, zOut);
 }
 
 static int ensure_buf(HFile *p, int n) {
+  assert(n > 0);
   if (p->nBuf >= n) return 1;
   unsigned char *b = malloc((size_t)n);
   if (!b) return 0;
@@ -448,8 +515,31 @@ static sqlite3_int64 real_avail(HFile *p, sqlite3_int64 off) {
   return sz > off ? sz - off : 0;
 }
 
+/* Keep page 1 of size P as stored (cipher, P bytes) and as SQLite sees it (plain: its
+** first P - 28 bytes; the reserved bytes read as zeros, as gcm_open returns them). On
+** allocation failure the cache is simply empty: page 1 is then decrypted at each read. */
+static void p1_cache_store(HFile *p, const unsigned char *cipher, const unsigned char *plain,
+                           int P) {
+  assert(p->kind == K_MAIN && valid_page_size(P));
+  assert(cipher != p->p1c && plain != p->p1p);
+  if (p->p1sz != P) {
+    free(p->p1c);
+    if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
+    free(p->p1p);
+    p->p1c = malloc((size_t)P);
+    p->p1p = malloc((size_t)P);
+    p->p1sz = (p->p1c && p->p1p) ? P : 0;
+  }
+  if (p->p1sz != P) return;
+  memcpy(p->p1c, cipher, (size_t)P);
+  memcpy(p->p1p, plain, (size_t)P - HDB_OVERHEAD);
+  memset(p->p1p + P - HDB_OVERHEAD, 0, HDB_OVERHEAD);
+}
+
 /* Read and authenticate page pgno of size P into out (P bytes). */
 static int main_read_page_once(HFile *p, uint32_t pgno, int P, unsigned char *out) {
+  assert(p->kind == K_MAIN && p->entry != 0 && p->dec != 0);
+  assert(pgno >= 1 && valid_page_size(P) && out != 0);
   sqlite3_int64 off = HDB_HDR_SIZE + (sqlite3_int64)(pgno - 1) * P;
   if (pgno == 1 && p->p1c && p->p1sz == P) {
     /* SQLite re-reads page 1 at the start of every read transaction. Every write of a
@@ -460,7 +550,7 @@ static int main_read_page_once(HFile *p, uint32_t pgno, int P, unsigned char *ou
     if (REAL(p)->pMethods->xRead(REAL(p), t, HDB_OVERHEAD, off + P - HDB_OVERHEAD) == SQLITE_OK &&
         memcmp(t, p->p1c + P - HDB_OVERHEAD, HDB_OVERHEAD) == 0) {
       memcpy(out, p->p1p, (size_t)P);
-      STAT_ADD(2, 1);
+      STAT_ADD(HELIOSDB_STAT_PAGE1_CACHE_HITS, 1);
       return SQLITE_OK;
     }
   }
@@ -485,20 +575,8 @@ static int main_read_page_once(HFile *p, uint32_t pgno, int P, unsigned char *ou
                             "tampered with, or from another position or file)");
   if (pgno == 1) {
     if (out[20] >= HDB_OVERHEAD) p->reserveOk = 1;
-    if (p->p1sz != P) {
-      free(p->p1c);
-      if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
-      free(p->p1p);
-      p->p1c = malloc((size_t)P);
-      p->p1p = malloc((size_t)P);
-      p->p1sz = (p->p1c && p->p1p) ? P : 0;
-    }
-    if (p->p1sz == P) {
-      memcpy(p->p1c, p->buf, (size_t)P);
-      memcpy(p->p1p, out, (size_t)P);
-    }
-    p->entry->pgsz = P;
-    p->entry->hdrPages = get_be32(out + 28);
+    p1_cache_store(p, p->buf, out, P);
+    entry_note_page1(p->entry, P, get_be32(out + 28));
   }
   return SQLITE_OK;
 }
@@ -508,7 +586,7 @@ static int main_read_page_once(HFile *p, uint32_t pgno, int P, unsigned char *ou
 static int main_read_page(HFile *p, uint32_t pgno, int P, unsigned char *out) {
   int rc = main_read_page_once(p, pgno, P, out);
   for (int i = 0; rc == SQLITE_IOERR_DATA && pgno == 1 && i < HDB_P1_RETRIES; i++) {
-    STAT_ADD(5, 1);
+    STAT_ADD(HELIOSDB_STAT_PAGE1_RETRIES, 1);
     g_root->xSleep(g_root, 1000 * (i + 1));
     rc = main_read_page_once(p, pgno, P, out);
   }
@@ -517,6 +595,7 @@ static int main_read_page(HFile *p, uint32_t pgno, int P, unsigned char *out) {
 }
 
 static int main_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(p->kind == K_MAIN && zBuf != 0 && iAmt > 0 && iOfst >= 0);
   if (valid_page_size(iAmt) && iOfst % iAmt == 0) {
     int rc = main_read_page(p, (uint32_t)(iOfst / iAmt) + 1, iAmt, zBuf);
     if (rc == SQLITE_OK && iOfst == 0) p->pgsz = iAmt;
@@ -524,6 +603,7 @@ static int main_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
   }
   /* A part of one page: SQLite's reads of the database header in page 1. */
   int P = p->pgsz;
+  assert(valid_page_size(P)); /* open_main sets it, every later write keeps it valid */
   uint32_t pgno = (uint32_t)(iOfst / P) + 1;
   if (!p->sub) {
     p->sub = malloc(HDB_MAX_PAGE); /* one page-sized buffer per main file */
@@ -560,6 +640,8 @@ static int main_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
 }
 
 static int main_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(p->kind == K_MAIN && p->entry != 0 && p->enc != 0);
+  assert(zBuf != 0 && iAmt > 0 && iOfst >= 0);
   const unsigned char *in = zBuf;
   if (!valid_page_size(iAmt) || iOfst % iAmt != 0) {
     set_error(fname(p), iOfst / (p->pgsz ? p->pgsz : 4096) + 1,
@@ -589,8 +671,7 @@ static int main_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst)
       p->pgsz = iAmt;
       p->pgszDirty = 1;
     }
-    p->entry->pgsz = iAmt;
-    p->entry->hdrPages = get_be32(in + 28);
+    entry_note_page1(p->entry, iAmt, get_be32(in + 28));
   } else if (!p->reserveOk) {
     set_error(fname(p), pgno, "page written before page 1 was seen");
     return SQLITE_IOERR_WRITE;
@@ -601,27 +682,14 @@ static int main_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst)
   if (!gcm_seal(p->enc, p->fid, D_MAIN, pgno, nonce, in, p->buf, iAmt)) return SQLITE_IOERR_WRITE;
   __atomic_add_fetch(&p->entry->pending, 1, __ATOMIC_RELAXED);
   int rc = REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, HDB_HDR_SIZE + iOfst);
-  if (rc == SQLITE_OK && pgno == 1) {
-    if (p->p1sz != iAmt) {
-      free(p->p1c);
-      if (p->p1p) OPENSSL_cleanse(p->p1p, (size_t)p->p1sz);
-      free(p->p1p);
-      p->p1c = malloc((size_t)iAmt);
-      p->p1p = malloc((size_t)iAmt);
-      p->p1sz = (p->p1c && p->p1p) ? iAmt : 0;
-    }
-    if (p->p1sz == iAmt) {
-      memcpy(p->p1c, p->buf, (size_t)iAmt);
-      memcpy(p->p1p, in, (size_t)iAmt - HDB_OVERHEAD);
-      memset(p->p1p + iAmt - HDB_OVERHEAD, 0, HDB_OVERHEAD); /* as a read returns it */
-    }
-  }
+  if (rc == SQLITE_OK && pgno == 1) p1_cache_store(p, p->buf, in, iAmt);
   return rc;
 }
 
 /* Add this process's pending encryptions (and a new page size) to the header. Called
 ** from xSync of the main file, i.e. under SQLite's write or checkpoint lock. */
 static int main_flush_header(HFile *p) {
+  assert(p->kind == K_MAIN && p->entry != 0);
   long long d = __atomic_exchange_n(&p->entry->pending, 0, __ATOMIC_RELAXED);
   if (d == 0 && !p->pgszDirty) return SQLITE_OK;
   unsigned char h[16];
@@ -679,6 +747,7 @@ static int seal_block(EVP_CIPHER_CTX *x, const unsigned char in[16], unsigned ch
 ** n bytes of buf (file offset off) overlap. Salts not in buf are read from the file. */
 static int wal_xor_cksums(HFile *p, unsigned char *buf, sqlite3_int64 off, sqlite3_int64 n,
                           int P) {
+  assert(p->kind == K_WAL && p->ck != 0 && valid_page_size(P) && off >= 0 && n >= 0);
   sqlite3_int64 szF = 24 + (sqlite3_int64)P, end = off + n;
   for (sqlite3_int64 k = off < 32 ? 0 : (off - 32) / szF;; k++) {
     sqlite3_int64 h = 32 + k * szF, c0 = h + 16, c1 = h + 24;
@@ -701,6 +770,7 @@ static int wal_xor_cksums(HFile *p, unsigned char *buf, sqlite3_int64 off, sqlit
 }
 
 static int journal_xor_cksum(HFile *p, unsigned char *four, sqlite3_int64 off) {
+  assert(p->kind == K_JOURNAL && p->ck != 0);
   unsigned char blk[16], ks[16];
   put_be32(blk, (uint32_t)off);
   memcpy(blk + 4, p->jNonce, HDB_NONCE);
@@ -736,6 +806,7 @@ static int journal_is_page(int amt, sqlite3_int64 off) {
 }
 
 static int journal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(p->kind == K_JOURNAL && p->pMain != 0 && p->dec != 0);
   sqlite3_int64 pageEnd = p->jPageEnd;
   p->jPageEnd = -1;
   int rc = REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
@@ -758,6 +829,7 @@ static int journal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
 }
 
 static int journal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(p->kind == K_JOURNAL && p->pMain != 0 && p->enc != 0);
   sqlite3_int64 pageEnd = p->jPageEnd;
   p->jPageEnd = -1;
   if (p->ck && iAmt == 4 && iOfst == pageEnd) {
@@ -788,6 +860,7 @@ static int journal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOf
 }
 
 static int wal_page_size(HFile *p) {
+  assert(p->kind == K_WAL && p->pMain != 0);
   if (p->pgsz) return p->pgsz;
   unsigned char h[32];
   if (REAL(p)->pMethods->xRead(REAL(p), h, 32, 0) == SQLITE_OK) {
@@ -799,6 +872,7 @@ static int wal_page_size(HFile *p) {
 
 /* For each frame's page region overlapping [off, off+amt): call back. */
 static int wal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(p->kind == K_WAL && p->dec != 0 && zBuf != 0 && iAmt > 0 && iOfst >= 0);
   unsigned char *buf = zBuf;
   int rc = REAL(p)->pMethods->xRead(REAL(p), zBuf, iAmt, iOfst);
   if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) return rc;
@@ -850,6 +924,7 @@ static int wal_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
 }
 
 static int wal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(p->kind == K_WAL && p->enc != 0 && zBuf != 0 && iAmt > 0 && iOfst >= 0);
   const unsigned char *in = zBuf;
   if (iOfst == 0 && iAmt >= 32 && valid_page_size(get_be32(in + 8))) p->pgsz = (int)get_be32(in + 8);
   int P = wal_page_size(p);
@@ -894,6 +969,7 @@ static int wal_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) 
 
 /* -- temp files: AES-256-CTR with a per-file random key ----------------------------- */
 static int ctr_xor(HFile *p, sqlite3_int64 off, const unsigned char *in, unsigned char *out, int n) {
+  assert(p->kind == K_TEMP && p->enc != 0 && off >= 0 && n > 0);
   unsigned char iv[16], junk[16];
   static const unsigned char zeros[16];
   uint64_t blk = (uint64_t)off / 16;
@@ -903,7 +979,7 @@ static int ctr_xor(HFile *p, sqlite3_int64 off, const unsigned char *in, unsigne
   if (EVP_EncryptInit_ex(p->enc, NULL, NULL, NULL, iv) != 1) return 0;
   if (skip && EVP_EncryptUpdate(p->enc, junk, &len, zeros, skip) != 1) return 0;
   if (EVP_EncryptUpdate(p->enc, out, &len, in, n) != 1) return 0;
-  STAT_ADD(4, n);
+  STAT_ADD(HELIOSDB_STAT_TEMP_BYTES_CIPHERED, n);
   return 1;
 }
 
@@ -917,6 +993,7 @@ static int temp_read(HFile *p, void *zBuf, int iAmt, sqlite3_int64 iOfst) {
 }
 
 static int temp_write(HFile *p, const void *zBuf, int iAmt, sqlite3_int64 iOfst) {
+  assert(iAmt > 0);
   if (!ensure_buf(p, iAmt)) return SQLITE_NOMEM;
   if (!ctr_xor(p, iOfst, zBuf, p->buf, iAmt)) return SQLITE_IOERR_WRITE;
   return REAL(p)->pMethods->xWrite(REAL(p), p->buf, iAmt, iOfst);
@@ -1067,6 +1144,7 @@ static int hDeviceCharacteristics(sqlite3_file *f) {
 static void shm_detach_locked(HFile *p, int deleteFlag) {
   ShmObj *o = p->shm;
   if (!o) return;
+  assert(o->ref > 0);
   p->shm = 0;
   if (--o->ref > 0) return;
   for (int i = 0; i < o->nRegion; i++)
@@ -1097,6 +1175,7 @@ static int shm_name(HFile *p, char *out) {
   for (int i = 0; i < 8; i++) msg[n + i] = (unsigned char)(dev >> (56 - 8 * i));
   for (int i = 0; i < 8; i++) msg[n + 8 + i] = (unsigned char)(ino >> (56 - 8 * i));
   n += 16;
+  assert(entry_is_open(p->entry)); /* so its dek is fixed: read without g_keys_mu */
   if (!HMAC(EVP_sha256(), p->entry->dek, 32, msg, n, mac, &mlen)) return 0;
   char *z = out + sprintf(out, "/heliosdb-");
   for (int i = 0; i < 16; i++) z += sprintf(z, "%02x", mac[i]);
@@ -1105,6 +1184,7 @@ static int shm_name(HFile *p, char *out) {
 }
 
 static int shm_attach_locked(HFile *p, int szRegion) {
+  assert(p->kind == K_MAIN && p->sealCk && p->entry != 0 && szRegion > 0);
   if (p->shm) return SQLITE_OK;
   /* The unix VFS's node for SQLite's shm locks (its mapped region stays zero). */
   void volatile *unused = 0;
@@ -1204,9 +1284,16 @@ static const sqlite3_io_methods g_io = {
     hShmMap, hShmLock, hShmBarrier, hShmUnmap, 0, 0};
 
 static int open_main(HFile *p, const char *zName) {
+  assert(p->kind == K_MAIN && p->entry == 0);
   pthread_mutex_lock(&g_keys_mu);
   KeyEntry *e = zName ? find_entry(zName) : 0;
-  if (e) e->nOpen++;
+  if (e) {
+    /* From here on e's dek and fid are fixed until this file closes (nOpen > 0). */
+    e->nOpen++;
+    memcpy(p->fid, e->fid, 16);
+    p->enc = new_ctx(EVP_aes_256_gcm(), e->dek, 1);
+    p->dec = new_ctx(EVP_aes_256_gcm(), e->dek, 0);
+  }
   pthread_mutex_unlock(&g_keys_mu);
   if (!e) {
     set_error(zName, 0, "no key is registered for this database file: open it with "
@@ -1220,16 +1307,13 @@ static int open_main(HFile *p, const char *zName) {
     set_error(zName, 0, "the file has no HeliosDB encryption header");
     return SQLITE_CANTOPEN;
   }
-  if (memcmp(h + HDB_OFF_FILE_ID, e->fid, 16) != 0) {
+  if (memcmp(h + HDB_OFF_FILE_ID, p->fid, 16) != 0) {
     set_error(zName, 0, "the file's id differs from the one its key was registered for");
     return SQLITE_CANTOPEN;
   }
-  memcpy(p->fid, e->fid, 16);
   p->sealCk = get_be32(h + HDB_OFF_VERSION) >= 2;
   uint32_t ps = get_be32(h + HDB_OFF_PAGE_SIZE);
   p->pgsz = valid_page_size(ps) ? (int)ps : 4096;
-  p->enc = new_ctx(EVP_aes_256_gcm(), e->dek, 1);
-  p->dec = new_ctx(EVP_aes_256_gcm(), e->dek, 0);
   return (p->enc && p->dec) ? SQLITE_OK : SQLITE_NOMEM;
 }
 
@@ -1240,6 +1324,7 @@ static int open_side(HFile *p, const char *zName) {
     return SQLITE_CANTOPEN;
   }
   p->pMain = (HFile *)m;
+  assert(p->pMain->entry != 0 && entry_is_open(p->pMain->entry)); /* its dek is fixed */
   memcpy(p->fid, p->pMain->fid, 16);
   p->enc = new_ctx(EVP_aes_256_gcm(), p->pMain->entry->dek, 1);
   p->dec = new_ctx(EVP_aes_256_gcm(), p->pMain->entry->dek, 0);
@@ -1265,6 +1350,7 @@ static int hOpen(sqlite3_vfs *pVfs, const char *zName, sqlite3_file *pFile, int 
                  int *pOutFlags) {
   HFile *p = (HFile *)pFile;
   (void)pVfs;
+  assert(pVfs == &g_vfs && pFile != 0);
   memset(p, 0, sizeof *p);
   p->pReal = (sqlite3_file *)&p[1];
   p->zName = zName;
@@ -1345,7 +1431,7 @@ int sqlite3_heliosdb_init(sqlite3 *db, char **pzErrMsg, const sqlite3_api_routin
       g_vfs.xGetSystemCall = vGetSystemCall;
       g_vfs.xNextSystemCall = vNextSystemCall;
       rc = sqlite3_vfs_register(&g_vfs, 0);
-      if (rc == SQLITE_OK) g_registered = 1;
+      if (rc == SQLITE_OK) __atomic_store_n(&g_registered, 1, __ATOMIC_RELEASE);
     }
   } else if (!g_registered) {
     rc = SQLITE_ERROR; /* another "heliosdb" VFS: another copy of this library */

@@ -16,7 +16,7 @@ from .. import native
 from ..errors import EncryptionUnavailableError
 
 __all__ = ["VFS_NAME", "ensure_loaded", "full_pathname", "register", "unregister",
-           "last_error", "key_info", "stats", "addref"]
+           "last_error", "key_info", "stats", "stat_names", "addref"]
 
 VFS_NAME = "heliosdb"
 _lock = threading.Lock()
@@ -126,12 +126,25 @@ def key_info(full_path: str) -> Optional[Tuple[int, int, int]]:
     return int(pend[0]), int(ps[0]), int(pages[0])
 
 
+_STAT_PREFIX = "HELIOSDB_STAT_"
+
+
+def stat_names() -> Tuple[str, ...]:
+    """Names of the shim's counters in index order, from ``enum heliosdb_stat`` in
+    csrc/vfs_api.h (their one definition): HELIOSDB_STAT_PAGE1_RETRIES is "page1_retries".
+    Empty when the native extension is not available."""
+    if native.ffi is None:
+        return ()
+    by_index = native.ffi.typeof("enum heliosdb_stat").elements  # value -> enumerator
+    count = native.lib.HELIOSDB_STAT_COUNT
+    return tuple(by_index[i][len(_STAT_PREFIX):].lower() for i in range(count))
+
+
 def stats() -> dict:
-    """Process-wide counters of the shim."""
-    if native.lib is None:
+    """Process-wide counters of the shim, by name (see :func:`stat_names`)."""
+    names = stat_names()
+    if not names:
         return {}
-    out = native.ffi.new("long long[6]")
-    native.lib.heliosdb_stats(out, 6)
-    names = ("page_encryptions", "page_decryptions", "page1_cache_hits", "auth_failures",
-             "temp_bytes_ciphered", "page1_retries")
+    out = native.ffi.new("long long[]", len(names))
+    native.lib.heliosdb_stats(out, len(names))
     return dict(zip(names, (int(x) for x in out)))
