@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable, Iterable
 
 ENGINES = ("apsw", "apsw-trigger", "heliosdb", "heliosdb-audit")
 WORKLOADS = ("single", "many", "update")
@@ -62,6 +63,34 @@ def _schema(engine: str, conn) -> None:
         conn.commit()
 
 
+def _executemany_committed(conn, apsw_like: bool, sql: str, rows: list) -> None:
+    """``executemany(sql, rows)`` as one committed transaction (apsw: ``with conn``;
+    the DB-API engines: ``commit()``)."""
+    if apsw_like:
+        with conn:
+            conn.executemany(sql, rows)
+    else:
+        conn.executemany(sql, rows)
+        conn.commit()
+
+
+def _execute_in_batches(conn, apsw_like: bool, sql: str, n: int,
+                        rows_of: Callable[[int], Iterable[tuple]]) -> None:
+    """``execute(sql, row)`` for the rows ``rows_of(b)`` of each batch b = 0, BATCH, ...
+    below n, a batch a transaction: apsw opens and ends it with BEGIN/COMMIT, the DB-API
+    engines (implicit BEGIN) end it with ``commit()``."""
+    ex = conn.cursor().execute
+    for b in range(0, n, BATCH):
+        if apsw_like:
+            ex("BEGIN")
+        for row in rows_of(b):
+            ex(sql, row)
+        if apsw_like:
+            ex("COMMIT")
+        else:
+            conn.commit()
+
+
 def _worker(engine: str, workload: str, n: int) -> float:
     d = tempfile.mkdtemp(prefix="audit_hotpath_")
     path = os.path.join(d, "db.sqlite")
@@ -70,55 +99,19 @@ def _worker(engine: str, workload: str, n: int) -> float:
     apsw_like = engine.startswith("apsw")
     ins = "INSERT INTO t(name, val) VALUES (?, ?)"
     if workload == "update":
-        rows = [(f"name{i}", i) for i in range(n)]
-        if apsw_like:
-            with conn:
-                conn.executemany(ins, rows)
-        else:
-            conn.executemany(ins, rows)
-            conn.commit()
+        _executemany_committed(conn, apsw_like, ins, [(f"name{i}", i) for i in range(n)])
     clock = time.perf_counter if os.environ.get("AUDIT_HOTPATH_WALL") else time.process_time
     t0 = clock()
     if workload == "single":
-        if apsw_like:
-            ex = conn.cursor().execute
-            for b in range(0, n, BATCH):
-                ex("BEGIN")
-                for i in range(b, b + BATCH):
-                    ex(ins, (f"name{i}", i))
-                ex("COMMIT")
-        else:
-            cur = conn.cursor()
-            ex = cur.execute
-            for b in range(0, n, BATCH):
-                for i in range(b, b + BATCH):
-                    ex(ins, (f"name{i}", i))
-                conn.commit()
+        _execute_in_batches(conn, apsw_like, ins, n,
+                            lambda b: ((f"name{i}", i) for i in range(b, b + BATCH)))
     elif workload == "many":
         for b in range(0, n, BATCH):
-            rows = [(f"name{i}", i) for i in range(b, b + BATCH)]
-            if apsw_like:
-                with conn:
-                    conn.executemany(ins, rows)
-            else:
-                conn.executemany(ins, rows)
-                conn.commit()
+            _executemany_committed(conn, apsw_like, ins,
+                                   [(f"name{i}", i) for i in range(b, b + BATCH)])
     elif workload == "update":
-        upd = "UPDATE t SET val = val + 1 WHERE id = ?"
-        if apsw_like:
-            ex = conn.cursor().execute
-            for b in range(0, n, BATCH):
-                ex("BEGIN")
-                for i in range(b, b + BATCH):
-                    ex(upd, (i + 1,))
-                ex("COMMIT")
-        else:
-            cur = conn.cursor()
-            ex = cur.execute
-            for b in range(0, n, BATCH):
-                for i in range(b, b + BATCH):
-                    ex(upd, (i + 1,))
-                conn.commit()
+        _execute_in_batches(conn, apsw_like, "UPDATE t SET val = val + 1 WHERE id = ?", n,
+                            lambda b: ((i + 1,) for i in range(b, b + BATCH)))
     dt = clock() - t0
     conn.close()
     for f in os.listdir(d):

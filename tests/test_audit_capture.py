@@ -7,6 +7,7 @@ effect. DESIGN.md sections 3 and 3a.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -62,6 +63,24 @@ def assert_verified(path, key=None):
     ids = [e["id"] for e in events(path, key=key)]
     assert ids == list(range(1, len(ids) + 1))
     return rep
+
+
+@contextlib.contextmanager
+def audit_write_fails_for(monkeypatch, *operations):
+    """Inside the block, storing a batch that holds a successful event of one of
+    ``operations`` fails (as a full disk would); the real store.append is back after it."""
+    real = store.append
+
+    def failing(c, table, evs, **kw):
+        if any(e.success and e.operation in operations for e in evs):
+            raise heliosdb.OperationalError("simulated audit failure")
+        return real(c, table, evs, **kw)
+
+    monkeypatch.setattr(store, "append", failing)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(store, "append", real)
 
 
 @pytest.fixture
@@ -509,20 +528,12 @@ def test_rollback_removes_change_and_event(db, db_path):
 def test_autocommit_statement_atomic_with_event(db_path, monkeypatch):
     conn = heliosdb.connect(db_path, config="default", isolation_level=None)
     conn.execute("CREATE TABLE t(x)")
-    real = store.append
-
-    def failing(c, table, evs, **kw):
-        if any(e.operation == "INSERT" and e.success for e in evs):
-            raise heliosdb.OperationalError("simulated audit failure")
-        return real(c, table, evs, **kw)
-
-    monkeypatch.setattr(store, "append", failing)
-    with pytest.raises(heliosdb.OperationalError, match="simulated"):
-        conn.execute("INSERT INTO t VALUES (1)")
-    with pytest.raises(heliosdb.OperationalError, match="simulated"):
-        conn.executemany("INSERT INTO t VALUES (?)", [(2,), (3,)])
-    assert not conn.in_transaction
-    monkeypatch.setattr(store, "append", real)
+    with audit_write_fails_for(monkeypatch, "INSERT"):
+        with pytest.raises(heliosdb.OperationalError, match="simulated"):
+            conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(heliosdb.OperationalError, match="simulated"):
+            conn.executemany("INSERT INTO t VALUES (?)", [(2,), (3,)])
+        assert not conn.in_transaction
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
     conn.close()
     bad = [e for e in events(db_path) if e["success"] == 0]
@@ -531,19 +542,11 @@ def test_autocommit_statement_atomic_with_event(db_path, monkeypatch):
 
 def test_failed_audit_write_in_transaction_undoes_it(db, db_path, monkeypatch):
     db.execute("INSERT INTO t(v) VALUES ('kept?')")
-    real = store.append
-
-    def failing(c, table, evs, **kw):
-        if any(e.operation == "UPDATE" and e.success for e in evs):
-            raise heliosdb.OperationalError("simulated audit failure")
-        return real(c, table, evs, **kw)
-
-    monkeypatch.setattr(store, "append", failing)
-    with pytest.raises(heliosdb.OperationalError, match="simulated"):
-        db.execute("UPDATE t SET n = 1")
-        db.commit()   # events of a transaction are stored in batches: at the latest here
-    assert not db.in_transaction
-    monkeypatch.setattr(store, "append", real)
+    with audit_write_fails_for(monkeypatch, "UPDATE"):
+        with pytest.raises(heliosdb.OperationalError, match="simulated"):
+            db.execute("UPDATE t SET n = 1")
+            db.commit()   # events of a transaction are stored in batches: at the latest here
+        assert not db.in_transaction
     db.commit()   # nothing left to commit: no change without its event
     assert db.execute("SELECT count(*) FROM t").fetchone() == (0,)
     assert_verified(db_path)
@@ -857,17 +860,9 @@ def test_returning_counts_and_atomicity(db_path, monkeypatch):
     conn.execute("COMMIT")
     cur = conn.execute("UPDATE t SET v = 'none' WHERE id = 99 RETURNING id")
     assert cur.fetchall() == [] and cur.rowcount == 0
-    real = store.append
-
-    def failing(c, table, evs, **kw):
-        if any(e.operation == "UPDATE" and e.success for e in evs):
-            raise heliosdb.OperationalError("simulated audit failure")
-        return real(c, table, evs, **kw)
-
-    monkeypatch.setattr(store, "append", failing)
-    with pytest.raises(heliosdb.OperationalError, match="simulated"):
-        conn.execute("UPDATE t SET v = 'z' RETURNING id")
-    monkeypatch.setattr(store, "append", real)
+    with audit_write_fails_for(monkeypatch, "UPDATE"):
+        with pytest.raises(heliosdb.OperationalError, match="simulated"):
+            conn.execute("UPDATE t SET v = 'z' RETURNING id")
     assert conn.execute("SELECT v FROM t").fetchall() == [("c",)]
     conn.close()
     dml = [(e["operation"], e["affected_rows"], e["success"]) for e in sql_events(db_path)]
@@ -883,17 +878,9 @@ def test_returning_counts_and_atomicity(db_path, monkeypatch):
 def test_autocommit_detection_not_fooled(db_path, monkeypatch, sql):
     conn = heliosdb.connect(db_path, config="default", isolation_level=None)
     conn.execute("CREATE TABLE t(x)")
-    real = store.append
-
-    def failing(c, table, evs, **kw):
-        if any(e.success and e.operation in ("INSERT", "CREATE_TABLE") for e in evs):
-            raise heliosdb.OperationalError("simulated audit failure")
-        return real(c, table, evs, **kw)
-
-    monkeypatch.setattr(store, "append", failing)
-    with pytest.raises(heliosdb.OperationalError, match="simulated"):
-        conn.execute(sql)
-    monkeypatch.setattr(store, "append", real)
+    with audit_write_fails_for(monkeypatch, "INSERT", "CREATE_TABLE"):
+        with pytest.raises(heliosdb.OperationalError, match="simulated"):
+            conn.execute(sql)
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'u'").fetchone() == (0,)
     conn.close()

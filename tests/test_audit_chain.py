@@ -13,7 +13,6 @@ import os
 import pathlib
 import struct
 import sys
-import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +27,7 @@ from heliosdb.errors import DataError, OperationalError, ProgrammingError
 from helpers.audit_log import TABLE, make_log, open_db, sample_events
 from helpers.chain_impl import select
 from helpers.processes import run_python
+from helpers.threads import run_threads
 
 VECTORS = pathlib.Path(__file__).parent / "vectors" / "audit_chain.json"
 
@@ -458,11 +458,7 @@ def test_threads_on_separate_connections_make_one_chain(tmp_path, chain_impl):
             store.append(c, TABLE, sample_events(3, start=k * 100 + i))
         c.close()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert run_threads(worker, [(k,) for k in range(4)]) == []
     from heliosdb.audit.verify import verify_connection
     r = verify_connection(open_db(path), TABLE)
     assert r.ok, r.message

@@ -5,21 +5,15 @@ import pytest
 
 import heliosdb
 import heliosdb.config
-from heliosdb.audit import store
 from heliosdb.audit.events import EventFields
 from heliosdb.audit.forensics import has_where
 from heliosdb.audit.query import to_us
+from helpers.audit_log import stamp
 
 MON_NOON_PARIS = to_us("2031-03-03T11:00:00Z")   # Monday 12:00 in Paris (CET, UTC+1)
 MON_2330_PARIS = to_us("2031-03-03T22:30:00Z")   # Monday 23:30 in Paris, 22:30 UTC
 SAT_NOON = to_us("2031-03-08T11:00:00Z")         # Saturday
 PARIS = {"start": "20:00", "end": "07:00", "timezone": "Europe/Paris", "weekends": True}
-
-
-def stamp(conn, events, at_us):
-    s = conn.audit
-    with s._internal():
-        store.append(s._db, s.table, events, now_us=at_us)
 
 
 @pytest.fixture

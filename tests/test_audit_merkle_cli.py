@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
 import heliosdb
 
 from helpers.cli import run_cli
+from helpers.readme import readme_example, run_example
 
 
 @pytest.fixture
@@ -70,13 +70,5 @@ def test_prove_and_check_from_the_command_line(tmp_path, db_and_checkpoints):
 
 def test_readme_proof_example_output(tmp_path):
     """README's "Proofs an auditor checks without us": the code prints what is shown."""
-    import re
-    import subprocess
-    from pathlib import Path
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Proofs an auditor checks without us", 1)[1]
-    code, printed = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == printed
+    code, printed = readme_example("### Proofs an auditor checks without us")
+    assert run_example(code, tmp_path) == printed

@@ -20,7 +20,7 @@ from heliosdb.audit.query import to_us
 from heliosdb.audit.verify import verify_connection
 from heliosdb.errors import AuditIntegrityError
 
-from helpers.audit_log import TABLE, make_log, rehash, sample_events
+from helpers.audit_log import TABLE, make_log, rehash, sample_events, stamp
 from test_audit_merkle import ref_mth, ref_verify_consistency, ref_verify_inclusion
 
 KEY = b"p" * 32
@@ -205,18 +205,14 @@ def purged(tmp_path, monkeypatch):
     cfg = heliosdb.config.load_config({"extends": "verbose", "audit": {"retention_days": 30}})
     conn = heliosdb.connect(str(tmp_path / "r.db"), config=cfg, audit_user="alice")
     a = conn.audit
-
-    def stamp(events, at):
-        with a._internal():
-            store.append(a._db, a.table, events, now_us=at)
-    stamp([EventFields("INSERT", target="t", user="alice", affected_rows=1)
-           for _ in range(9)], T0)
+    stamp(conn, [EventFields("INSERT", target="t", user="alice", affected_rows=1)
+                 for _ in range(9)], T0)
     cp1 = a.checkpoint(KEY)
-    stamp([EventFields("UPDATE", target="t", user="bob", affected_rows=1)
-           for _ in range(6)], T0 + 10 * DAY)
+    stamp(conn, [EventFields("UPDATE", target="t", user="bob", affected_rows=1)
+                 for _ in range(6)], T0 + 10 * DAY)
     cp2 = a.checkpoint(KEY)
-    stamp([EventFields("DELETE", target="t", user="bob", affected_rows=1)
-           for _ in range(5)], T0 + 40 * DAY)
+    stamp(conn, [EventFields("DELETE", target="t", user="bob", affected_rows=1)
+                 for _ in range(5)], T0 + 40 * DAY)
     before = {e.id: e for e in a.query().all()}
     res = a.purge(now=T0 + 45 * DAY, archive=tmp_path / "arch")
     assert res.purged > 0 and res.last_id >= cp2.event_id  # both checkpoints purged

@@ -9,16 +9,9 @@ import heliosdb
 from heliosdb.audit import AuditEvent
 from heliosdb.audit.events import EventFields
 from heliosdb.audit.query import to_us
-from heliosdb.audit import store
+from helpers.audit_log import stamp
 
 T0 = to_us("2031-03-03T09:00:00Z")  # a Monday, in the future: stamps stay increasing
-
-
-def stamp(conn, events, at_us):
-    """Append events at a chosen time (tests only: the store takes now_us)."""
-    s = conn.audit
-    with s._internal():
-        store.append(s._db, s.table, events, now_us=at_us)
 
 
 @pytest.fixture

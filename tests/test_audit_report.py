@@ -8,9 +8,9 @@ import pytest
 
 import heliosdb
 import heliosdb.config
-from heliosdb.audit import store
 from heliosdb.audit.events import EventFields
 from heliosdb.audit.query import to_us
+from helpers.audit_log import stamp
 
 SAT = to_us("2031-03-08T11:00:00Z")
 
@@ -73,10 +73,7 @@ def conn(db_path):
     c.commit()
     with pytest.raises(heliosdb.OperationalError):
         c.execute("SELECT * FROM nosuch")
-    s = c.audit
-    with s._internal():
-        store.append(s._db, s.table, [EventFields("DROP_TABLE", target="old", user="bob",
-                                                  query="DROP TABLE old")], now_us=SAT)
+    stamp(c, [EventFields("DROP_TABLE", target="old", user="bob", query="DROP TABLE old")], SAT)
     yield c
     c.close()
 

@@ -14,6 +14,7 @@ from heliosdb.audit.events import EventFields
 from heliosdb.audit.export import verify_export, verify_export_chain
 from heliosdb.audit.query import to_us
 from heliosdb.audit.retention import LegalHoldError
+from helpers.audit_log import stamp
 
 DAY = 86_400_000_000
 T0 = to_us("2031-01-01T00:00:00Z")
@@ -25,12 +26,6 @@ def clock_after_t0(monkeypatch):
     clock (now= may not run ahead of it), so these tests set that clock past T0."""
     from heliosdb.audit import retention
     monkeypatch.setattr(retention, "_clock_us", lambda: T0 + 20_000 * DAY)
-
-
-def stamp(conn, events, at_us):
-    s = conn.audit
-    with s._internal():
-        store.append(s._db, s.table, events, now_us=at_us)
 
 
 def make(db_path, **audit):

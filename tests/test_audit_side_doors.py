@@ -19,6 +19,8 @@ import pytest
 import heliosdb
 from heliosdb.errors import AuditPolicyError, DatabaseError
 
+from helpers.threads import run_threads
+
 KEY = bytes(range(32))
 
 
@@ -39,6 +41,26 @@ def _events(path, table="__audit_log", key=None):
 
 def _details(ev):
     return (json.loads(ev["metadata"]) if ev["metadata"] else {}).get("details") or {}
+
+
+def _new_db(path, *statements, config="default"):
+    """An open connection to a new database at ``path`` (audited under ``config``; None:
+    not configured) after ``statements``, committed."""
+    conn = heliosdb.connect(path, config=config)
+    for sql in statements:
+        conn.execute(sql)
+    conn.commit()
+    return conn
+
+
+def _behind_heliosdb(path, *statements):
+    """Run ``statements`` on the file with stdlib sqlite3, as someone with write access to
+    it would: heliosdb sees none of it."""
+    raw = sqlite3.connect(path)
+    for sql in statements:
+        raw.execute(sql)
+    raw.commit()
+    raw.close()
 
 
 class Audited:
@@ -213,15 +235,10 @@ def test_backup_into_an_audited_database_is_refused(audited):
 
 def test_explicit_restore_is_recorded_naming_the_previous_head(tmp_path):
     p = str(tmp_path / "r.db")
-    conn = heliosdb.connect(p, config="default")
-    conn.execute("CREATE TABLE t(x)")
-    conn.execute("INSERT INTO t VALUES (1)")
-    conn.commit()
+    conn = _new_db(p, "CREATE TABLE t(x)", "INSERT INTO t VALUES (1)")
     head = conn.audit.head()
-    empty = heliosdb.connect(":memory:")
-    empty.execute("CREATE TABLE t(x)")
-    empty.execute("INSERT INTO t VALUES ('restored')")
-    empty.commit()
+    empty = _new_db(":memory:", "CREATE TABLE t(x)", "INSERT INTO t VALUES ('restored')",
+                    config=None)
     empty.backup(conn, restore=True)
     assert conn.execute("SELECT x FROM t").fetchall() == [("restored",)]
     conn.execute("INSERT INTO t VALUES (2)")
@@ -263,10 +280,8 @@ def test_blob_writes_are_events_and_refused_on_the_log(audited):
 
 def test_serialize_and_blob_reads_are_recorded_when_reads_are_logged(tmp_path):
     p = str(tmp_path / "v.db")
-    conn = heliosdb.connect(p, config="verbose")
-    conn.execute("CREATE TABLE t(b BLOB)")
-    conn.execute("INSERT INTO t VALUES (x'0102')")
-    conn.commit()
+    conn = _new_db(p, "CREATE TABLE t(b BLOB)", "INSERT INTO t VALUES (x'0102')",
+                   config="verbose")
     conn.serialize()
     with conn.blobopen("t", "b", 1, readonly=True) as blob:
         blob.read()
@@ -289,10 +304,7 @@ def test_deserialize_is_refused(audited):
 
 def test_vacuum_trusts_only_its_own_copy(tmp_path):
     p = str(tmp_path / "v.db")
-    conn = heliosdb.connect(p, config="default")
-    conn.execute("CREATE TABLE t(x)")
-    conn.execute("INSERT INTO t VALUES (1)")
-    conn.commit()
+    conn = _new_db(p, "CREATE TABLE t(x)", "INSERT INTO t VALUES (1)")
     n = len(_events(p))
 
     def target():
@@ -329,28 +341,21 @@ def test_two_threads_on_one_connection_lose_nothing(tmp_path):
     conn = heliosdb.connect(p, config="default", check_same_thread=False)
     conn.execute("CREATE TABLE t(x)")
     conn.commit()
-    per_thread, errors, denied = 300, [], []
+    per_thread, denied = 300, []
 
     def writer(k):
-        try:
-            for i in range(per_thread):
-                conn.execute("INSERT INTO t VALUES (?)", (f"{k}-{i}",))
-                if i % 50 == 0:
-                    conn.commit()
-                if i % 30 == 0:
-                    try:
-                        conn.execute("UPDATE __audit_log SET user = 'mallory'")
-                    except DatabaseError:
-                        denied.append(1)
-            conn.commit()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for i in range(per_thread):
+            conn.execute("INSERT INTO t VALUES (?)", (f"{k}-{i}",))
+            if i % 50 == 0:
+                conn.commit()
+            if i % 30 == 0:
+                try:
+                    conn.execute("UPDATE __audit_log SET user = 'mallory'")
+                except DatabaseError:
+                    denied.append(1)
+        conn.commit()
 
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(writer, [(k,) for k in range(3)])
     assert not errors, errors
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (3 * per_thread,)
     conn.close()
@@ -368,17 +373,11 @@ def test_two_threads_on_one_connection_lose_nothing(tmp_path):
 
 def test_foreign_trigger_on_the_log_is_refused_until_dropped(tmp_path):
     p = str(tmp_path / "f.db")
-    conn = heliosdb.connect(p, config="default")
-    conn.execute("CREATE TABLE t(x)")
-    conn.commit()
-    conn.close()
-    raw = sqlite3.connect(p)  # planted around heliosdb
-    raw.execute("CREATE TRIGGER drop_events BEFORE INSERT ON __audit_log "
-                "WHEN new.operation = 'DELETE' BEGIN SELECT RAISE(IGNORE); END")
-    raw.execute("CREATE TRIGGER sneaky AFTER INSERT ON t BEGIN "
-                "DELETE FROM __audit_log WHERE id = 1; END")
-    raw.commit()
-    raw.close()
+    _new_db(p, "CREATE TABLE t(x)").close()
+    _behind_heliosdb(p, "CREATE TRIGGER drop_events BEFORE INSERT ON __audit_log "
+                        "WHEN new.operation = 'DELETE' BEGIN SELECT RAISE(IGNORE); END",
+                     "CREATE TRIGGER sneaky AFTER INSERT ON t BEGIN "
+                     "DELETE FROM __audit_log WHERE id = 1; END")
     conn = heliosdb.connect(p)
     with pytest.raises(DatabaseError, match="not created by heliosdb"):
         conn.execute("DELETE FROM t")
@@ -398,13 +397,9 @@ def test_foreign_trigger_on_the_log_is_refused_until_dropped(tmp_path):
 
 def test_trigger_planted_while_connected_fails_the_append_loudly(tmp_path):
     p = str(tmp_path / "g.db")
-    conn = heliosdb.connect(p, config="default")
-    conn.execute("CREATE TABLE t(x)")
-    conn.commit()
-    raw = sqlite3.connect(p)
-    raw.execute("CREATE TRIGGER eat BEFORE INSERT ON __audit_log BEGIN SELECT RAISE(IGNORE); END")
-    raw.commit()
-    raw.close()
+    conn = _new_db(p, "CREATE TABLE t(x)")
+    _behind_heliosdb(p, "CREATE TRIGGER eat BEFORE INSERT ON __audit_log BEGIN "
+                        "SELECT RAISE(IGNORE); END")
     with pytest.raises(heliosdb.AuditIntegrityError, match="trigger"):
         conn.execute("INSERT INTO t VALUES ('unrecorded?')")
         conn.commit()
@@ -439,40 +434,32 @@ def test_threads_random_statements_one_event_each(tmp_path_factory, programs):
     ok_count = {"INSERT": 0, "UPDATE": 0, "DELETE": 0}
     failed = []
     lock = threading.Lock()
-    errors = []
 
     def run(program, k):
-        try:
-            for i, step in enumerate(program):
-                sql, params, op = {
-                    "insert": ("INSERT INTO t(x) VALUES (?)", (f"{k}-{i}",), "INSERT"),
-                    "update": ("UPDATE t SET x = x || '+' WHERE id % 3 = ?", (i % 3,),
-                               "UPDATE"),
-                    "delete": ("DELETE FROM t WHERE id % 7 = ?", (i % 7,), "DELETE"),
-                    "syntax": ("UPDAT t SET x = 1", (), None),
-                    "attack": ("DELETE FROM __audit_log WHERE id > ?", (0,), None),
-                    "commit": (None, None, None),
-                }[step]
-                if sql is None:
-                    conn.commit()
-                    continue
-                try:
-                    conn.execute(sql, params)
-                except DatabaseError:
-                    with lock:
-                        failed.append(step)
-                    continue
+        for i, step in enumerate(program):
+            sql, params, op = {
+                "insert": ("INSERT INTO t(x) VALUES (?)", (f"{k}-{i}",), "INSERT"),
+                "update": ("UPDATE t SET x = x || '+' WHERE id % 3 = ?", (i % 3,),
+                           "UPDATE"),
+                "delete": ("DELETE FROM t WHERE id % 7 = ?", (i % 7,), "DELETE"),
+                "syntax": ("UPDAT t SET x = 1", (), None),
+                "attack": ("DELETE FROM __audit_log WHERE id > ?", (0,), None),
+                "commit": (None, None, None),
+            }[step]
+            if sql is None:
+                conn.commit()
+                continue
+            try:
+                conn.execute(sql, params)
+            except DatabaseError:
                 with lock:
-                    ok_count[op] += 1
-            conn.commit()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+                    failed.append(step)
+                continue
+            with lock:
+                ok_count[op] += 1
+        conn.commit()
 
-    threads = [threading.Thread(target=run, args=(prog, k)) for k, prog in enumerate(programs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(run, [(prog, k) for k, prog in enumerate(programs)])
     conn.close()
     assert not errors, errors
     evs = _events(p)[base:]
@@ -486,15 +473,9 @@ def test_a_dropped_log_is_never_replaced_by_a_fresh_one(tmp_path):
     """The writable_schema attack done around heliosdb (stdlib sqlite3): the next
     connection refuses to start a new, empty chain in place of the dropped log."""
     p = str(tmp_path / "d.db")
-    conn = heliosdb.connect(p, config="default")
-    conn.execute("CREATE TABLE t(x)")
-    conn.commit()
-    conn.close()
-    raw = sqlite3.connect(p)
-    raw.execute("PRAGMA writable_schema = 1")
-    raw.execute("DELETE FROM sqlite_master WHERE tbl_name = '__audit_log'")
-    raw.commit()
-    raw.close()
+    _new_db(p, "CREATE TABLE t(x)").close()
+    _behind_heliosdb(p, "PRAGMA writable_schema = 1",
+                     "DELETE FROM sqlite_master WHERE tbl_name = '__audit_log'")
     for cfg in (None, "default"):
         with pytest.raises(heliosdb.AuditIntegrityError, match="missing"):
             heliosdb.connect(p, config=cfg)
@@ -509,26 +490,18 @@ def test_acting_as_sets_user_reason_and_context_per_thread_and_nests(tmp_path):
     conn.execute("CREATE TABLE t(who, x)")
     conn.commit()
     barrier = threading.Barrier(2)
-    errors = []
 
     def request(name, n):
-        try:
-            with conn.audit.acting_as(name, reason=f"ticket-{name}", client_ip=f"ip-{name}"):
-                barrier.wait()
-                for i in range(n):
-                    conn.execute("INSERT INTO t VALUES (?, ?)", (name, i))
-                    if i == 2:
-                        with conn.audit.acting_as(name + "-delegate"):
-                            conn.execute("INSERT INTO t VALUES (?, ?)", (name + "-d", i))
-                conn.commit()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with conn.audit.acting_as(name, reason=f"ticket-{name}", client_ip=f"ip-{name}"):
+            barrier.wait()
+            for i in range(n):
+                conn.execute("INSERT INTO t VALUES (?, ?)", (name, i))
+                if i == 2:
+                    with conn.audit.acting_as(name + "-delegate"):
+                        conn.execute("INSERT INTO t VALUES (?, ?)", (name + "-d", i))
+            conn.commit()
 
-    threads = [threading.Thread(target=request, args=(n, 20)) for n in ("bob", "carol")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(request, [(n, 20) for n in ("bob", "carol")])
     conn.execute("INSERT INTO t VALUES ('svc', 0)")
     conn.commit()
     conn.close()

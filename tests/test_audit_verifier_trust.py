@@ -41,7 +41,7 @@ from heliosdb.audit.verify import FAULTS, verify_connection
 from heliosdb.errors import ProgrammingError
 
 from helpers.audit_log import (TABLE, activate, impl, make_log,  # noqa: F401
-                                      rehash, sample_events)
+                                      rehash, sample_events, stamp)
 from helpers.cli import cli_env, run_cli
 
 N = 10
@@ -272,9 +272,9 @@ def test_purge_of_exactly_the_checkpointed_events(tmp_path, purge_clock, impl):
     purged; its archive proves the anchor, and without the archive nothing does."""
     db = str(tmp_path / "x.db")
     c = _retained(db)
-    _stamp(c, [EventFields("INSERT", target="t", user="alice", affected_rows=1)] * 3, T0)
+    stamp(c, [EventFields("INSERT", target="t", user="alice", affected_rows=1)] * 3, T0)
     cp = c.audit.checkpoint(HMAC_KEY)
-    _stamp(c, [EventFields("DELETE", target="t", user="bob", affected_rows=1)], T0 + 40 * DAY)
+    stamp(c, [EventFields("DELETE", target="t", user="bob", affected_rows=1)], T0 + 40 * DAY)
     res = c.audit.purge(now=T0 + 45 * DAY, archive=tmp_path)
     assert res.anchor_id == cp.event_id
     assert c.audit.verify(checkpoint=cp, hmac_key=HMAC_KEY).ok
@@ -296,12 +296,6 @@ def purge_clock(monkeypatch):
     monkeypatch.setattr(retention, "_clock_us", lambda: T0 + 1000 * DAY)
 
 
-def _stamp(conn, events, at_us):
-    s = conn.audit
-    with s._internal():
-        store.append(s._db, s.table, events, now_us=at_us)
-
-
 def _retained(db_path, table=None):
     audit = {"retention_days": 30}
     if table:
@@ -317,11 +311,11 @@ def test_checkpoint_before_purge_needs_the_archive(tmp_path, purge_clock, impl, 
     db = str(tmp_path / "r.db")
     c = _retained(db, table)
     tbl = c.audit.table
-    _stamp(c, [EventFields("INSERT", target="t", user="alice", affected_rows=1)] * 3, T0)
+    stamp(c, [EventFields("INSERT", target="t", user="alice", affected_rows=1)] * 3, T0)
     cp = c.audit.checkpoint(HMAC_KEY)
-    _stamp(c, [EventFields("UPDATE", target="t", user="bob", affected_rows=1)] * 2,
+    stamp(c, [EventFields("UPDATE", target="t", user="bob", affected_rows=1)] * 2,
            T0 + 10 * DAY)
-    _stamp(c, [EventFields("DELETE", target="t", user="bob", affected_rows=1)], T0 + 40 * DAY)
+    stamp(c, [EventFields("DELETE", target="t", user="bob", affected_rows=1)], T0 + 40 * DAY)
     res = c.audit.purge(now=T0 + 45 * DAY, archive=tmp_path)
     assert res.anchor_id > cp.event_id, "the checkpointed event must have been purged"
     r = c.audit.verify(checkpoint=cp, hmac_key=HMAC_KEY)

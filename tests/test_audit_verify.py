@@ -307,6 +307,16 @@ def test_rewritten_chain_detected(log, keys):
     assert "re-hashed" in r.message
 
 
+def _roll_back_to(log, path: str, old_copy: str) -> None:
+    """Close the log and put the older copy of its file in its place (no WAL left over),
+    as an attacker who kept the copy would."""
+    log.close()
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    shutil.copy(old_copy, path)
+
+
 def test_rolled_back_file_detected(log, tmp_path, keys):
     sk, vk = keys
     path = str(tmp_path / "a.db")
@@ -314,11 +324,7 @@ def test_rolled_back_file_detected(log, tmp_path, keys):
     shutil.copy(path, str(tmp_path / "old.db"))  # the copy an attacker keeps
     store.append(log, TABLE, sample_events(5))
     cp = create_checkpoint(log, TABLE, sk)
-    log.close()
-    for suffix in ("-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    shutil.copy(str(tmp_path / "old.db"), path)
+    _roll_back_to(log, path, str(tmp_path / "old.db"))
     conn = open_db(path)
     assert verify(conn).ok  # the old copy is a valid chain
     r = verify(conn, checkpoint=cp, **vk)
@@ -333,11 +339,7 @@ def test_rolled_back_to_copy_taken_at_the_checkpoint_head(log, tmp_path, keys):
     log.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     shutil.copy(path, str(tmp_path / "old.db"))
     cp = create_checkpoint(log, TABLE, sk)
-    log.close()
-    for suffix in ("-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    shutil.copy(str(tmp_path / "old.db"), path)
+    _roll_back_to(log, path, str(tmp_path / "old.db"))
     expect(verify(open_db(path), checkpoint=cp, **vk), "rolled_back", None)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 import heliosdb
 from helpers.cli import assert_one_line_error, cli_env, run_cli, run_many
+from helpers.sample_dbs import make_audited_db, make_encrypted_db
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -72,27 +73,16 @@ def plain_db(tmp_path):
 @pytest.fixture
 def audited_db(tmp_path):
     """A database with an audit log (the default preset): DDL, inserts, an update."""
-    path = tmp_path / "audited.db"
-    conn = heliosdb.connect(str(path), config="default", audit_user="alice",
-                            isolation_level=None)
-    conn.execute("CREATE TABLE t(a INTEGER, b TEXT)")
-    conn.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
-    conn.execute("UPDATE t SET b = 'TWO' WHERE a = 2")
-    conn.close()
-    return path
+    return make_audited_db(tmp_path / "audited.db", "CREATE TABLE t(a INTEGER, b TEXT)",
+                           "INSERT INTO t VALUES (1, 'one'), (2, 'two')",
+                           "UPDATE t SET b = 'TWO' WHERE a = 2")
 
 
 @pytest.fixture
 def encrypted_db(tmp_path, keyfile):
-    if not heliosdb.native_available():
-        pytest.skip("the encryption extension is not built here")
-    path = tmp_path / "enc.db"
-    conn = heliosdb.connect(str(path), key=keyfile.read_bytes())
-    conn.execute("CREATE TABLE s(x TEXT)")
-    conn.execute("INSERT INTO s VALUES ('classified')")
-    conn.commit()
-    conn.close()
-    return path
+    """An encrypted database under the key in ``keyfile``, one secret row."""
+    return make_encrypted_db(tmp_path / "enc.db", keyfile.read_bytes(),
+                             "CREATE TABLE s(x TEXT)", "INSERT INTO s VALUES ('classified')")
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import heliosdb
 from heliosdb.cli import common as cli_common
 from helpers.cli import HELIOSDB, assert_one_line_error, cli_env, run_cli
+from helpers.sample_dbs import make_audited_db
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = bytes(range(32))
@@ -34,24 +35,10 @@ def keyfile(tmp_path):
 
 
 @pytest.fixture
-def plain_db(tmp_path):
-    path = tmp_path / "plain.db"
-    with sqlite3.connect(path) as c:
-        c.execute("CREATE TABLE t(a INTEGER)")
-        c.execute("INSERT INTO t VALUES (1), (2)")
-    c.close()
-    return path
-
-
-@pytest.fixture
 def audited_db(tmp_path):
-    path = tmp_path / "audited.db"
-    conn = heliosdb.connect(str(path), config="default", audit_user="alice",
-                            isolation_level=None)
-    conn.execute("CREATE TABLE t(a INTEGER)")
-    conn.execute("INSERT INTO t VALUES (1), (2)")
-    conn.close()
-    return path
+    """An audited database whose table t holds a = 1 and a = 2."""
+    return make_audited_db(tmp_path / "audited.db", "CREATE TABLE t(a INTEGER)",
+                           "INSERT INTO t VALUES (1), (2)")
 
 
 @pytest.fixture

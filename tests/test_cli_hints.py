@@ -73,28 +73,23 @@ def _hint(proc, code: int, command: str, cwd: Path) -> str:
     return line
 
 
-def test_encrypt_without_terminal_names_new_key_options_and_they_work(files):
-    line = _hint(run_cli(["encrypt", "plain.db", "--out", "x.db"], cwd=files), 2, "encrypt",
-                 files)
-    assert "plain.db" in line
+@pytest.mark.parametrize("args, written, query, rows", [
+    (["encrypt", "plain.db", "--out", "x.db"], "x.db", "SELECT a FROM t", [(1,)]),
+    (["passwd", "shop.db", "--key-file", "k.key"], "shop.db", "SELECT total FROM orders",
+     [(9.5,)]),
+], ids=["encrypt", "passwd"])
+def test_without_terminal_names_new_key_options_and_they_work(files, args, written, query,
+                                                              rows):
+    """encrypt/passwd with no terminal to ask the new key on: the hint names the file and
+    --new-key-file, and following it writes ``written`` under the new key."""
+    line = _hint(run_cli(args, cwd=files), 2, args[0], files)
+    assert args[1] in line
     option = _OPTION.findall(line.split("use ", 1)[1])[0]
     assert option == "--new-key-file"
-    proc = run_cli(["encrypt", "plain.db", "--out", "x.db", option, "new.key"], cwd=files)
+    proc = run_cli([*args, option, "new.key"], cwd=files)
     assert proc.returncode == 0, proc.stderr
-    conn = heliosdb.connect(str(files / "x.db"), key=NEW_KEY)
-    assert conn.execute("SELECT a FROM t").fetchall() == [(1,)]
-    conn.close()
-
-
-def test_passwd_without_terminal_names_new_key_options_and_they_work(files):
-    line = _hint(run_cli(["passwd", "shop.db", "--key-file", "k.key"], cwd=files), 2,
-                 "passwd", files)
-    option = _OPTION.findall(line.split("use ", 1)[1])[0]
-    assert option == "--new-key-file"
-    proc = run_cli(["passwd", "shop.db", "--key-file", "k.key", option, "new.key"], cwd=files)
-    assert proc.returncode == 0, proc.stderr
-    conn = heliosdb.connect(str(files / "shop.db"), key=NEW_KEY)
-    assert conn.execute("SELECT total FROM orders").fetchall() == [(9.5,)]
+    conn = heliosdb.connect(str(files / written), key=NEW_KEY)
+    assert conn.execute(query).fetchall() == rows
     conn.close()
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import heliosdb
 from helpers.cli import HELIOSDB, Pty, cli_env
+from helpers.sample_dbs import make_encrypted_db
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -23,15 +24,9 @@ def _env(tmp_path):
 
 @pytest.fixture
 def passphrase_db(tmp_path):
-    if not heliosdb.native_available():
-        pytest.skip("the encryption extension is not built here")
-    path = tmp_path / "secret.db"
-    conn = heliosdb.connect(str(path), key=PASSPHRASE)
-    conn.execute("CREATE TABLE s(x TEXT)")
-    conn.execute("INSERT INTO s VALUES ('behind the key')")
-    conn.commit()
-    conn.close()
-    return path
+    """An encrypted database under PASSPHRASE, one row."""
+    return make_encrypted_db(tmp_path / "secret.db", PASSPHRASE, "CREATE TABLE s(x TEXT)",
+                             "INSERT INTO s VALUES ('behind the key')")
 
 
 def test_interactive_session_with_key_prompt(tmp_path, passphrase_db):
@@ -187,15 +182,9 @@ def test_dot_passwd_at_the_terminal(tmp_path, passphrase_db):
 def test_prompt_takes_a_raw_64_hex_key(tmp_path):
     """A database made with a raw key opens at the prompt with the key as 64 hex digits;
     a passphrase typed for it is refused with what was tried."""
-    if not heliosdb.native_available():
-        pytest.skip("the encryption extension is not built here")
     raw = bytes(range(32))
-    path = tmp_path / "raw.db"
-    conn = heliosdb.connect(str(path), key=raw)
-    conn.execute("CREATE TABLE r(x)")
-    conn.execute("INSERT INTO r VALUES ('raw key data')")
-    conn.commit()
-    conn.close()
+    path = make_encrypted_db(tmp_path / "raw.db", raw, "CREATE TABLE r(x)",
+                             "INSERT INTO r VALUES ('raw key data')")
     term = Pty([*HELIOSDB, str(path), "SELECT x FROM r"], cwd=tmp_path, env=_env(tmp_path))
     term.expect(f"Passphrase or 64-hex key for {path}: ")
     term.send(raw.hex() + "\n")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pathlib
 import re
-import subprocess
-import sys
+
+from helpers.readme import readme_example, run_example
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,9 +38,7 @@ def test_every_cited_test_exists():
 
 
 def test_readme_policy_example_output(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### An audited database stays audited", 1)[1]
-    code, printed = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    code, printed = readme_example("### An audited database stays audited")
     lines = code.splitlines()
     script = [
         "import heliosdb",
@@ -54,17 +52,9 @@ def test_readme_policy_example_output(tmp_path):
         stmt = stmt.split("#")[0].strip()
         script += ["try:", f"    {stmt}", "except heliosdb.DatabaseError as exc:",
                    "    print(type(exc).__name__ + ':', exc)"]
-    proc = subprocess.run([sys.executable, "-c", "\n".join(script)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == printed
+    assert run_example("\n".join(script), tmp_path) == printed
 
 
 def test_readme_actors_example_output(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Actors, reasons and the documented queries", 1)[1]
-    code, printed = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == printed
+    code, printed = readme_example("### Actors, reasons and the documented queries")
+    assert run_example(code, tmp_path) == printed

@@ -15,7 +15,9 @@ from heliosdb.errors import (
 )
 
 from helpers.processes import run_python
-from helpers.enc import FLAGS, KEY, OTHER_KEY, files_under, hits, open_enc, open_fd_files, q
+from helpers.enc import FLAGS, KEY, OTHER_KEY, assert_reopens, open_enc, open_fd_files, q
+from helpers.files import files_under, hits
+from helpers.threads import run_threads
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -342,6 +344,16 @@ def test_sql_attach_needs_registered_key(tmp_path):
 
 # ----------------------------------------------------------- page sizes, vacuum ---
 
+def _vacuum_into(c, out, key) -> None:
+    """VACUUM INTO ``out``, encrypted under ``key`` (registered for that file only while
+    the copy is written)."""
+    crypto.register_attach_key(str(out), key)
+    try:
+        q(c, "vacuum into ?", (str(out),))
+    finally:
+        crypto.unregister_attach_key(str(out))
+
+
 @pytest.mark.parametrize("page_size", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536])
 def test_page_sizes(tmp_path, page_size):
     p = tmp_path / "a.db"
@@ -355,10 +367,7 @@ def test_page_sizes(tmp_path, page_size):
     assert (len(raw) - 4096) % page_size == 0
     assert b"HXM-" not in raw
     assert fmt.read_header(raw[:4096]).page_size == page_size
-    c = open_enc(p)
-    assert q(c, "select count(*) from t") == [(30,)]
-    assert q(c, "pragma integrity_check") == [("ok",)]
-    c.close()
+    assert_reopens(p, 30)
 
 
 def test_vacuum(tmp_path):
@@ -388,11 +397,7 @@ def test_vacuum_to_another_page_size_is_refused_cleanly(tmp_path):
     assert q(c, "select count(*) from t") == [(20,)]
     assert q(c, "pragma integrity_check") == [("ok",)]
     # The supported way: VACUUM INTO a new encrypted file, which takes the new size.
-    crypto.register_attach_key(str(out), OTHER_KEY)
-    try:
-        q(c, "vacuum into ?", (str(out),))
-    finally:
-        crypto.unregister_attach_key(str(out))
+    _vacuum_into(c, out, OTHER_KEY)
     c.close()
     c = open_enc(out, OTHER_KEY)
     assert q(c, "pragma page_size") == [(8192,)]
@@ -408,11 +413,7 @@ def test_vacuum_into_refused_without_key_and_encrypted_with_one(tmp_path):
     with pytest.raises(DatabaseError):
         q(c, "vacuum into ?", (str(out),))
     assert not out.exists() or out.stat().st_size == 0
-    crypto.register_attach_key(str(out), OTHER_KEY)
-    try:
-        q(c, "vacuum into ?", (str(out),))
-    finally:
-        crypto.unregister_attach_key(str(out))
+    _vacuum_into(c, out, OTHER_KEY)
     c.close()
     assert b"HXM-" not in out.read_bytes()
     c = open_enc(out, OTHER_KEY)
@@ -559,39 +560,25 @@ def test_new_database_spilling_before_page_1_is_written(tmp_path):
     q(c, "commit")
     c.close()
     assert marker("spill").encode() not in p.read_bytes()
-    c = open_enc(p)
-    assert q(c, "select count(*) from t") == [(20000,)]
-    assert q(c, "pragma integrity_check") == [("ok",)]
-    c.close()
+    assert_reopens(p, 20000)
 
 
 def test_threads_each_with_a_connection(tmp_path):
-    import threading
-
     p = tmp_path / "a.db"
     c = open_enc(p)
     q(c, "pragma journal_mode=wal")
     q(c, "create table t(th, i)")
     c.close()
-    errors = []
 
     def work(n):
-        try:
-            conn = open_enc(p)
-            conn.setbusytimeout(20000)
-            for i in range(30):
-                q(conn, "insert into t values(?, ?)", (n, i))
-                q(conn, "select count(*) from t")
-            conn.close()
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
+        conn = open_enc(p)
+        conn.setbusytimeout(20000)
+        for i in range(30):
+            q(conn, "insert into t values(?, ?)", (n, i))
+            q(conn, "select count(*) from t")
+        conn.close()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(work, [(n,) for n in range(4)]) == []
     c = open_enc(p)
     assert q(c, "select count(*) from t") == [(120,)]
     c.close()
@@ -710,7 +697,4 @@ def test_exclusive_locking_and_other_journal_modes(tmp_path, mode):
     _fill(c, "ex", 20)
     assert hits(files_under(tmp_path), [b"HXM-"]) == []
     c.close()
-    c = open_enc(p)
-    assert q(c, "select count(*) from t") == [(20,)]
-    assert q(c, "pragma integrity_check") == [("ok",)]
-    c.close()
+    assert_reopens(p, 20)

@@ -32,7 +32,7 @@ KEY = bytes(range(32))
 PIN = 7351
 VECTORS = os.path.join(os.path.dirname(__file__), "vectors", "v1")
 sys.path.insert(0, VECTORS)
-from make_pins import make_pins  # noqa: E402  (the victim, shared with the v1 fixture)
+from make_pins import make_pins, open_pins  # noqa: E402  (the victim, shared with the v1 fixture)
 
 
 from heliosdb.crypto.seal import journal_checksum as journal_cksum  # noqa: E402
@@ -149,12 +149,19 @@ def _wal_scan(path: str, dek: bytes, fid: bytes, sealed: bool) -> Tuple[int, int
     return n, clear, opened_ok
 
 
-def test_scan_no_wal_frame_checksum_matches_the_plaintext(tmp_path):
-    p = str(tmp_path / "w.db")
-    c = heliosdb.connect(p, key=KEY, isolation_level=None)
+def _open_wal(path: str, create: str):
+    """A new database encrypted under KEY, in WAL mode with no automatic checkpoint (every
+    frame stays in the -wal to be scanned), holding the table ``create`` makes."""
+    c = heliosdb.connect(path, key=KEY, isolation_level=None)
     c.execute("pragma journal_mode=wal")
     c.execute("pragma wal_autocheckpoint=0")
-    c.execute("create table t(a, b)")
+    c.execute(create)
+    return c
+
+
+def test_scan_no_wal_frame_checksum_matches_the_plaintext(tmp_path):
+    p = str(tmp_path / "w.db")
+    c = _open_wal(p, "create table t(a, b)")
     for i in range(40):
         c.execute("insert into t values (?, ?)", (i, os.urandom(300).hex()))
     c.execute("update t set a = a + 1 where a % 3 = 0")
@@ -244,10 +251,7 @@ def test_scan_no_journal_checksum_matches_the_plaintext(tmp_path, version):
 def test_wal_shared_by_two_processes_with_sealed_checksums(tmp_path):
     """Frames written by one process are read (recovered, checkpointed) by another."""
     p = str(tmp_path / "s.db")
-    c = heliosdb.connect(p, key=KEY, isolation_level=None)
-    c.execute("pragma journal_mode=wal")
-    c.execute("pragma wal_autocheckpoint=0")
-    c.execute("create table t(a)")
+    c = _open_wal(p, "create table t(a)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(heliosdb.__file__)))
     child = (f"import heliosdb, os\nc = heliosdb.connect({p!r}, key={KEY!r}, isolation_level=None)\n"
              "c.execute('pragma wal_autocheckpoint=0')\n"
@@ -274,12 +278,7 @@ def test_shm_keeps_the_wal_index_off_the_disk(tmp_path, candidate_pages):
     version 1 below). Version 2 keeps the WAL index in a POSIX shared-memory object
     named from the key and file id; SQLite's -shm file holds only lock bytes (zeros)."""
     p = str(tmp_path / "pins.db")
-    c = heliosdb.connect(p, key=KEY, isolation_level=None)
-    c.execute("pragma journal_mode=wal")
-    c.execute("pragma wal_autocheckpoint=0")
-    c.execute("create table pins(id integer primary key, pin integer)")
-    c.execute("pragma wal_checkpoint(TRUNCATE)")
-    c.execute("insert into pins values (1, ?)", (PIN,))
+    c = open_pins(p, KEY, PIN)
     with open(p + "-wal", "rb") as f:
         wal = f.read()
     with open(p + "-shm", "rb") as f:

@@ -39,6 +39,19 @@ def test_format_doc_example_decodes():
         _unlock("example", header, Key.from_bytes(bytes(32)))
 
 
+def _tampered_headers(raw: bytes):
+    """(offset, header) for one bit flipped in each of a sample of the authenticated
+    fields and slot parameters of the header ``raw``, where the header still parses."""
+    for off in (20 + 3, 33, 128 + 7, 128 + 20, 128 + 40, 128 + 60):
+        bad = bytearray(raw)
+        bad[off] ^= 1
+        try:
+            header = fmt.read_header(bytes(bad))
+        except ValueError:
+            continue
+        yield off, header
+
+
 def test_header_roundtrip_and_tamper():
     dek = bytearray(range(32))
     h = fmt.new_header(dek, 4096)
@@ -55,13 +68,7 @@ def test_header_roundtrip_and_tamper():
     # Any change to the authenticated fields or slot parameters is caught. Version 2
     # (issue 23): by the slot digest, before any key derivation, as a damaged header
     # naming the field (version 1 reported it as a wrong key, below).
-    for off in (20 + 3, 33, 128 + 7, 128 + 20, 128 + 40, 128 + 60):
-        bad = bytearray(raw)
-        bad[off] ^= 1
-        try:
-            hb = fmt.read_header(bytes(bad))
-        except ValueError:
-            continue
+    for off, hb in _tampered_headers(raw):
         with pytest.raises(CorruptHeaderError, match="digest") as ei:
             _unlock("x", hb, k)
         assert ei.value.file == "x" and ei.value.field == "digest"
@@ -72,13 +79,7 @@ def test_header_roundtrip_and_tamper():
     h1.slots.append(_new_slot(h1, 0, k, dek))
     raw1 = h1.to_bytes()
     assert _unlock("x", fmt.read_header(raw1), k)[0] == dek
-    for off in (20 + 3, 33, 128 + 7, 128 + 20, 128 + 40, 128 + 60):
-        bad = bytearray(raw1)
-        bad[off] ^= 1
-        try:
-            hb = fmt.read_header(bytes(bad))
-        except ValueError:
-            continue
+    for off, hb in _tampered_headers(raw1):
         # A KDF parameter of a raw-key slot must be 0: checked before deriving.
         with pytest.raises(CorruptHeaderError if off == 128 + 7 else WrongKeyError):
             _unlock("x", hb, k)

@@ -33,14 +33,8 @@ SPY = textwrap.dedent("""
             writes.append((self.spy_name, offset, bytes(data)))
             return super().xWrite(data, offset)
 
-    class Spy(apsw.VFS):
-        def __init__(self):
-            super().__init__("spy", "unix", makedefault=True)
-
-        def xOpen(self, name, flags):
-            return SpyFile(name, flags)
-
-    spy = Spy()
+    from helpers.shim_vfs import install_default_vfs
+    spy = install_default_vfs("spy", SpyFile)
     from helpers.enc import KEY, open_enc, q
     db = sys.argv[1]
     for mode in ("delete", "wal"):
@@ -128,14 +122,8 @@ TORN = textwrap.dedent("""
                 return data[:half] + bytes(b ^ 0x5A for b in data[half:])
             return data
 
-    class Tearing(apsw.VFS):
-        def __init__(self):
-            super().__init__("tearing", "unix", makedefault=True)
-
-        def xOpen(self, name, flags):
-            return TearingFile(name, flags)
-
-    vfs = Tearing()
+    from helpers.shim_vfs import install_default_vfs
+    vfs = install_default_vfs("tearing", TearingFile)
     from helpers.enc import KEY, open_enc, q
     from heliosdb.crypto import vfs as hvfs
     path = sys.argv[1]

@@ -13,7 +13,8 @@ from heliosdb import crypto, native
 from heliosdb.crypto import Key, format as fmt, pages
 from heliosdb.errors import CorruptPageError
 
-from helpers.enc import KEY, files_under, hits, open_enc, q
+from helpers.enc import KEY, open_enc, q
+from helpers.files import files_under, hits
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +44,18 @@ def _read_all(path):
         c.close()
 
 
+def _read_error(path, match=None) -> CorruptPageError:
+    """The CorruptPageError that reading every page of ``path`` raises."""
+    with pytest.raises(CorruptPageError, match=match) as ei:
+        _read_all(path)
+    return ei.value
+
+
+def _span(pg):
+    """Where page ``pg`` is stored in the file: after HeliosDB's header, 4096 bytes."""
+    return slice(H + (pg - 1) * 4096, H + pg * 4096)
+
+
 def _flip(path, offset):
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -67,11 +80,10 @@ def test_flipped_byte_names_the_page(tmp_path, which):
     p = tmp_path / "a.db"
     kinds = _make_db(p, rows=400)
     pg = _page_of(kinds, *which)
-    _flip(p, H + (pg - 1) * 4096 + 777)
-    with pytest.raises(CorruptPageError) as ei:
-        _read_all(p)
-    assert ei.value.page == pg and ei.value.file == str(p)
-    assert f"page {pg}" in str(ei.value)
+    _flip(p, _span(pg).start + 777)
+    err = _read_error(p)
+    assert err.page == pg and err.file == str(p)
+    assert f"page {pg}" in str(err)
 
 
 def test_flipped_byte_in_page_1_fails_at_open(tmp_path):
@@ -89,10 +101,8 @@ def test_flipped_reserved_bytes(tmp_path, where):
     kinds = _make_db(p)
     pg = _page_of(kinds, "leaf", "t")
     off = 4096 - 28 + (3 if where == "nonce" else 20)
-    _flip(p, H + (pg - 1) * 4096 + off)
-    with pytest.raises(CorruptPageError) as ei:
-        _read_all(p)
-    assert ei.value.page == pg
+    _flip(p, _span(pg).start + off)
+    assert _read_error(p).page == pg
 
 
 def test_swapped_pages(tmp_path):
@@ -100,13 +110,9 @@ def test_swapped_pages(tmp_path):
     kinds = _make_db(p)
     a, b = [pg for pg, t, n in kinds if t == "leaf" and n == "t"][:2]
     raw = bytearray(p.read_bytes())
-    pa = raw[H + (a - 1) * 4096:H + a * 4096]
-    raw[H + (a - 1) * 4096:H + a * 4096] = raw[H + (b - 1) * 4096:H + b * 4096]
-    raw[H + (b - 1) * 4096:H + b * 4096] = pa
+    raw[_span(a)], raw[_span(b)] = raw[_span(b)], raw[_span(a)]
     p.write_bytes(bytes(raw))
-    with pytest.raises(CorruptPageError) as ei:
-        _read_all(p)
-    assert ei.value.page in (a, b)
+    assert _read_error(p).page in (a, b)
 
 
 def test_page_from_another_file_with_the_same_key(tmp_path):
@@ -115,11 +121,9 @@ def test_page_from_another_file_with_the_same_key(tmp_path):
     _make_db(other)
     pg = _page_of(kinds, "leaf", "t")
     raw = bytearray(p.read_bytes())
-    raw[H + (pg - 1) * 4096:H + pg * 4096] = other.read_bytes()[H + (pg - 1) * 4096:H + pg * 4096]
+    raw[_span(pg)] = other.read_bytes()[_span(pg)]
     p.write_bytes(bytes(raw))
-    with pytest.raises(CorruptPageError) as ei:
-        _read_all(p)
-    assert ei.value.page == pg
+    assert _read_error(p).page == pg
 
 
 def test_zeroed_page(tmp_path):
@@ -127,11 +131,9 @@ def test_zeroed_page(tmp_path):
     kinds = _make_db(p)
     pg = _page_of(kinds, "leaf", "ia")
     raw = bytearray(p.read_bytes())
-    raw[H + (pg - 1) * 4096:H + pg * 4096] = bytes(4096)
+    raw[_span(pg)] = bytes(4096)
     p.write_bytes(bytes(raw))
-    with pytest.raises(CorruptPageError, match="all zeros") as ei:
-        _read_all(p)
-    assert ei.value.page == pg
+    assert _read_error(p, match="all zeros").page == pg
 
 
 @pytest.mark.parametrize("cut", ["page", "mid-page"])
@@ -142,10 +144,8 @@ def test_truncated_file(tmp_path, cut):
     npages = (size - H) // 4096
     new = size - 4096 * 3 if cut == "page" else size - 1000
     os.truncate(p, new)
-    with pytest.raises(CorruptPageError) as ei:
-        _read_all(p)
     expected = npages - 2 if cut == "page" else npages
-    assert ei.value.page == expected
+    assert _read_error(p).page == expected
 
 
 def test_wal_frame_tampered(tmp_path):

@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import types
 import warnings
 
 import pytest
 
+from helpers.dbapi import mod  # noqa: F401 - `mod` is a fixture
+
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
-
-
-def load(name: str) -> types.ModuleType:
-    if name == "sqlite3":
-        return sqlite3
-    import heliosdb
-    if not hasattr(heliosdb, "connect"):
-        pytest.fail("heliosdb.connect does not exist yet")
-    return heliosdb
-
-
-@pytest.fixture(params=["sqlite3", "heliosdb"])
-def mod(request) -> types.ModuleType:
-    return load(request.param)
 
 
 def frame():

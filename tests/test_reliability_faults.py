@@ -76,13 +76,8 @@ class FaultFile(apsw.VFSFile):
     def xRead(self, amount, offset):
         INJ.tick("read", self.fname); return super().xRead(amount, offset)
 
-class FaultVFS(apsw.VFS):
-    def __init__(self):
-        super().__init__("faulty", "unix", makedefault=True)
-    def xOpen(self, name, flags):
-        return FaultFile(name, flags)
-
-vfs = FaultVFS()
+from helpers.shim_vfs import install_default_vfs
+vfs = install_default_vfs("faulty", FaultFile)
 import heliosdb
 from helpers.reliability import KEY, payload, read_state
 

@@ -29,8 +29,8 @@ import pytest
 import heliosdb
 from heliosdb import native
 
-from helpers.reliability import (HDR, died_of_signal, files_under, main_pages,
-                                 nonce_of, run_child, scan, wal_frames)
+from helpers.files import files_under, hits
+from helpers.reliability import HDR, died_of_signal, main_pages, nonce_of, run_child, wal_frames
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native extension not built")
 
@@ -108,22 +108,28 @@ print(json.dumps({"hits": hits, "temp_files_seen": sorted(seen_temp)}))
 """
 
 
-def test_no_plaintext_in_any_file_a_workload_creates(tmp_path):
+def _run_workload(tmp_path, encrypted: bool):
+    """Run WORKLOAD in a child, its database in tmp_path/db and its temp files in
+    tmp_path/tmp; (the JSON report it prints last, the db dir, the tmp dir)."""
     db_dir, tmp_dir = tmp_path / "db", tmp_path / "tmp"
     db_dir.mkdir()
     tmp_dir.mkdir()
     env = {"TMPDIR": str(tmp_dir), "SQLITE_TMPDIR": str(tmp_dir)}
-    p = run_child(WORKLOAD, str(db_dir), "1", env=env, timeout=300)
+    p = run_child(WORKLOAD, str(db_dir), "1" if encrypted else "0", env=env, timeout=300)
     assert not died_of_signal(p), p.stderr
     assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads(p.stdout.strip().splitlines()[-1]), db_dir, tmp_dir
+
+
+def test_no_plaintext_in_any_file_a_workload_creates(tmp_path):
+    out, db_dir, tmp_dir = _run_workload(tmp_path, encrypted=True)
     assert out["temp_files_seen"], "no temp file was ever open: the scan proves nothing"
     assert out["hits"] == [], out["hits"]
     files = files_under(db_dir, tmp_dir)
     assert any(f.endswith("-wal") or f.endswith(".db") for f in files)
     markers = [MARK.encode(), b"hxr_patients", b"hxr_ssn", b"hxr_auditor", b"hxr_tmp",
                b"SQLite format 3", b"INSERT INTO", b"DATA_SUBJECT_REQUEST"]
-    found = scan(files, markers)
+    found = hits(files, markers)
     assert found == [], found
     print(f"\n[plaintext] files scanned={len(files)} live temp files scanned="
           f"{len(out['temp_files_seen'])} markers={len(markers)} hits=0")
@@ -131,15 +137,9 @@ def test_no_plaintext_in_any_file_a_workload_creates(tmp_path):
 
 def test_plaintext_scanner_control(tmp_path):
     """The same workload without a key leaves the markers everywhere: the scan works."""
-    db_dir, tmp_dir = tmp_path / "db", tmp_path / "tmp"
-    db_dir.mkdir()
-    tmp_dir.mkdir()
-    env = {"TMPDIR": str(tmp_dir), "SQLITE_TMPDIR": str(tmp_dir)}
-    p = run_child(WORKLOAD, str(db_dir), "0", env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out, db_dir, _tmp_dir = _run_workload(tmp_path, encrypted=False)
     assert out["hits"], "the live scan found nothing in a plaintext workload"
-    assert scan(files_under(db_dir), [MARK.encode()])
+    assert hits(files_under(db_dir), [MARK.encode()])
 
 
 # ------------------------------------------------------------------ nonces --------------

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-import types
 
 import pytest
+
+from helpers.dbapi import load, mod  # noqa: F401 - `mod` is a fixture
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 from sqlalchemy import (ForeignKey, String, create_engine, event, func, select,  # noqa: E402
@@ -20,20 +21,6 @@ from sqlalchemy import (ForeignKey, String, create_engine, event, func, select, 
 from sqlalchemy.exc import IntegrityError as SAIntegrityError  # noqa: E402
 from sqlalchemy.orm import (DeclarativeBase, Mapped, Session, mapped_column,  # noqa: E402
                             relationship, selectinload)
-
-
-def load(name: str) -> types.ModuleType:
-    if name == "sqlite3":
-        return sqlite3
-    import heliosdb
-    if not hasattr(heliosdb, "connect"):
-        pytest.fail("heliosdb.connect does not exist yet")
-    return heliosdb
-
-
-@pytest.fixture(params=["sqlite3", "heliosdb"])
-def mod(request) -> types.ModuleType:
-    return load(request.param)
 
 
 class Base(DeclarativeBase):

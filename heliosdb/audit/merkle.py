@@ -444,6 +444,17 @@ def consistency_path(m: int, n: int, mth: Callable[[int, int], bytes]) -> list[b
     return sub(m, 0, n, True)
 
 
+def _climb_right_edge(fn: int, sn: int) -> tuple[int, int]:
+    """Shift the (node, last node) indexes up to the first level where the node is a right
+    child or the root: the levels where it is the right edge's lone left child have no
+    sibling and so no path entry (RFC 9162 2.1.3.2 and 2.1.4.2 take this same step)."""
+    while True:
+        fn >>= 1
+        sn >>= 1
+        if fn & 1 or fn == 0:
+            return fn, sn
+
+
 def root_from_inclusion(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes:
     """RFC 9162 2.1.3.2: the root an inclusion path leads to; raises MerkleProofError when
     the path has the wrong length for (index, size)."""
@@ -456,11 +467,7 @@ def root_from_inclusion(index: int, size: int, leaf: bytes, path: Sequence[bytes
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             if not fn & 1:
-                while True:
-                    fn >>= 1
-                    sn >>= 1
-                    if fn & 1 or fn == 0:
-                        break
+                fn, sn = _climb_right_edge(fn, sn)
         else:
             r = node_hash(r, p)
         fn >>= 1
@@ -497,11 +504,7 @@ def roots_from_consistency(m: int, n: int, first_root: bytes, path: Sequence[byt
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
             if not fn & 1:
-                while True:
-                    fn >>= 1
-                    sn >>= 1
-                    if fn & 1 or fn == 0:
-                        break
+                fn, sn = _climb_right_edge(fn, sn)
         else:
             sr = node_hash(sr, c)
         fn >>= 1

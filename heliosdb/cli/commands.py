@@ -10,11 +10,12 @@ error is a terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import traceback
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import heliosdb
 
@@ -487,6 +488,43 @@ def _check_out(args: argparse.Namespace) -> None:
         raise CLIError("--out must differ from the input file")
 
 
+def _must_be_encrypted(path: str, hint: str = " (see heliosdb encrypt)") -> None:
+    """The input of decrypt/rekey/passwd: an existing, encrypted database."""
+    _must_exist(path)
+    if not file_is_encrypted(path):
+        raise CLIError(f"{path} is not encrypted{hint}")
+
+
+def _clear_out(args: argparse.Namespace) -> None:
+    """Remove an --out that --force lets us replace (only once the key is in hand, so a
+    refused prompt leaves it alone)."""
+    if args.force and os.path.exists(args.out):
+        os.remove(args.out)
+
+
+@contextlib.contextmanager
+def _key_operation(target: str, *keys: Any) -> Iterator[list]:
+    """The body of a key operation on ``target``: a wrong key becomes the CLI's one-line
+    error, and every key held (those given, and those the body appends to the yielded
+    list) is wiped on the way out, whatever happens."""
+    held = list(keys)
+    try:
+        yield held
+    except heliosdb.WrongKeyError:
+        raise CLIError(f"wrong key for {target}") from None
+    finally:
+        for key in held:
+            wipe_key(key)
+
+
+def _rewrite_with_progress(args: argparse.Namespace, doing: str, fn: Any, *fn_args: Any
+                           ) -> None:
+    """Run the page-by-page rewrite ``fn(*fn_args)`` of ``args.file`` with a progress bar
+    labelled ``doing``, the audit event's options passed on."""
+    with progress_callback(None, f"{doing} {os.path.basename(args.file)}") as bar:
+        call_with_progress(fn, *fn_args, progress=bar, **_event_kwargs(args))
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
     """Write an encrypted copy of a plaintext database."""
     _must_exist(args.file)
@@ -496,11 +534,8 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     fn = heliosdb_api("encrypt", "heliosdb encrypt")
     key = _new_secret(args, args.out)
     try:
-        if args.force and os.path.exists(args.out):
-            os.remove(args.out)
-        with progress_callback(None, f"Encrypting {os.path.basename(args.file)}") as bar:
-            call_with_progress(fn, args.file, args.out, key, progress=bar,
-                               **_event_kwargs(args))
+        _clear_out(args)
+        _rewrite_with_progress(args, "Encrypting", fn, args.file, args.out, key)
     finally:
         wipe_key(key)
     _note(f"encrypted copy written to {args.out}")
@@ -509,58 +544,36 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
     """Write a plaintext copy of an encrypted database."""
-    _must_exist(args.file)
-    if not file_is_encrypted(args.file):
-        raise CLIError(f"{args.file} is not encrypted")
+    _must_be_encrypted(args.file, hint="")
     _check_out(args)
     key = _old_secret(args, args.file)
-    try:
-        if args.force and os.path.exists(args.out):
-            os.remove(args.out)
-        with progress_callback(None, f"Decrypting {os.path.basename(args.file)}") as bar:
-            decrypt_file(args.file, args.out, key, progress=bar, **_event_kwargs(args))
-    except heliosdb.WrongKeyError:
-        raise CLIError(f"wrong key for {args.file}") from None
-    finally:
-        wipe_key(key)
+    with _key_operation(args.file, key):
+        _clear_out(args)
+        _rewrite_with_progress(args, "Decrypting", decrypt_file, args.file, args.out, key)
     _note(f"plaintext copy written to {args.out}")
     return EXIT_OK
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
     """Rotate the data key: re-encrypt every page under a new random key."""
-    _must_exist(args.file)
-    if not file_is_encrypted(args.file):
-        raise CLIError(f"{args.file} is not encrypted (see heliosdb encrypt)")
+    _must_be_encrypted(args.file)
     fn = heliosdb_api("rotate_key", "heliosdb rekey")
     key = _old_secret(args, args.file)
-    try:
-        with progress_callback(None, f"Re-encrypting {os.path.basename(args.file)}") as bar:
-            call_with_progress(fn, args.file, key, progress=bar, **_event_kwargs(args))
-    except heliosdb.WrongKeyError:
-        raise CLIError(f"wrong key for {args.file}") from None
-    finally:
-        wipe_key(key)
+    with _key_operation(args.file, key):
+        _rewrite_with_progress(args, "Re-encrypting", fn, args.file, key)
     _note(f"data key rotated for {args.file}")
     return EXIT_OK
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
     """Change the passphrase (rewrap the key slot; instant)."""
-    _must_exist(args.file)
-    if not file_is_encrypted(args.file):
-        raise CLIError(f"{args.file} is not encrypted (see heliosdb encrypt)")
+    _must_be_encrypted(args.file)
     fn = heliosdb_api("change_passphrase", "heliosdb passwd")
     old = _old_secret(args, args.file)
-    new = None
-    try:
+    with _key_operation(args.file, old) as held:
         new = _new_secret(args, args.file)
+        held.append(new)
         fn(args.file, old, new, **_event_kwargs(args))
-    except heliosdb.WrongKeyError:
-        raise CLIError(f"wrong key for {args.file}") from None
-    finally:
-        wipe_key(old)
-        wipe_key(new)
     _note(f"key changed for {args.file}: the old key no longer opens it")
     return EXIT_OK
 

@@ -1206,6 +1206,28 @@ class HeliosShell(apsw.shell.Shell):
                 raise self.Error(line)
             self.write(self.stdout, line + "\n")
 
+    def _out_file_and_option(self, cmd: list[str], command: str, option: str, value: str
+                             ) -> tuple[str, Optional[str]]:
+        """The arguments ``FILE ?OPTION VALUE?`` of ``.command`` (.checkpoint, .report): the
+        FILE to write, checked not to be an open database, and OPTION's value (None when
+        not given); ``value`` says what OPTION needs, for the error."""
+        given = None
+        out = None
+        it = iter(cmd)
+        for a in it:
+            if a == option:
+                given = next(it, None)
+                if given is None:
+                    raise self.Error(f"{option} needs {value}")
+            elif out is None and not a.startswith("-"):
+                out = a
+            else:
+                raise self.Error(f"Unexpected argument {a!r}")
+        if out is None:
+            raise self.Error(f"{command} needs a FILE to write")
+        self.check_not_database_file(f".{command}", out, cmd)
+        return out, given
+
     def command_checkpoint(self, cmd: list[str]) -> None:
         """checkpoint FILE ?--signing-key KEYFILE?: Signs the head of the audit chain
 
@@ -1217,21 +1239,7 @@ class HeliosShell(apsw.shell.Shell):
         database: .verify --checkpoint FILE then detects a truncated or
         rolled-back log.
         """
-        signing = None
-        out = None
-        it = iter(cmd)
-        for a in it:
-            if a == "--signing-key":
-                signing = next(it, None)
-                if signing is None:
-                    raise self.Error("--signing-key needs a file")
-            elif out is None and not a.startswith("-"):
-                out = a
-            else:
-                raise self.Error(f"Unexpected argument {a!r}")
-        if out is None:
-            raise self.Error("checkpoint needs a FILE to write")
-        self.check_not_database_file(".checkpoint", out, cmd)
+        out, signing = self._out_file_and_option(cmd, "checkpoint", "--signing-key", "a file")
         cp = self._run(make_checkpoint, self.connection, out, signing)
         ident = getattr(cp, "event_id", None) or getattr(cp, "id", None)
         where = f" at event {ident}" if ident is not None else ""
@@ -1368,21 +1376,7 @@ class HeliosShell(apsw.shell.Shell):
         --preset names the regulation to report against (hipaa, soc2, gdpr,
         pci-dss, fda-part11); the default is the config in force.
         """
-        preset = None
-        out = None
-        it = iter(cmd)
-        for a in it:
-            if a == "--preset":
-                preset = next(it, None)
-                if preset is None:
-                    raise self.Error("--preset needs a name")
-            elif out is None and not a.startswith("-"):
-                out = a
-            else:
-                raise self.Error(f"Unexpected argument {a!r}")
-        if out is None:
-            raise self.Error("report needs a FILE to write")
-        self.check_not_database_file(".report", out, cmd)
+        out, preset = self._out_file_and_option(cmd, "report", "--preset", "a name")
         self.check_not_database_file(".report", os.path.splitext(out)[0] + ".json", cmd)
         result = self._run(write_report, self.connection, out, preset)
         findings = report_findings(result)

@@ -17,7 +17,7 @@ from heliosdb.audit.events import EventFields, encode_event
 from helpers.chain_impl import activate, modes, select
 
 __all__ = ["TABLE", "activate", "impl", "open_db", "sample_events", "make_log", "rehash",
-           "shift_ids"]
+           "shift_ids", "stamp"]
 
 TABLE = "__audit_log"
 
@@ -96,3 +96,11 @@ def shift_ids(conn: apsw.Connection, from_id: int, by: int, table: str = TABLE) 
     with conn:
         conn.execute(f"UPDATE {table} SET id = -id WHERE id >= ?", (from_id,))
         conn.execute(f"UPDATE {table} SET id = -id + ? WHERE id < 0", (by,))
+
+
+def stamp(conn, events, at_us: int) -> None:
+    """Append ``events`` to the audit log of the heliosdb connection ``conn`` at a chosen
+    time (tests only: the store takes ``now_us``), as the audit itself writes them."""
+    s = conn.audit
+    with s._internal():
+        store.append(s._db, s.table, events, now_us=at_us)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List, Tuple
+from typing import Any, List, Tuple
 
 import apsw
 
@@ -28,12 +28,13 @@ def q(conn: apsw.Connection, sql: str, params: Any = None) -> List[Tuple]:
         raise (crypto.explain(conn, exc) or translate(exc)) from None
 
 
-def files_under(*dirs: Any) -> List[str]:
-    out = []
-    for d in dirs:
-        for root, _dirs, names in os.walk(str(d)):
-            out.extend(os.path.join(root, n) for n in names)
-    return out
+def assert_reopens(path: Any, rows: int, key: Any = KEY) -> None:
+    """Opened again under ``key``, the database at ``path`` has ``rows`` rows in table t
+    and passes SQLite's integrity check."""
+    c = open_enc(path, key)
+    assert q(c, "select count(*) from t") == [(rows,)]
+    assert q(c, "pragma integrity_check") == [("ok",)]
+    c.close()
 
 
 def open_fd_files() -> List[str]:
@@ -50,17 +51,3 @@ def open_fd_files() -> List[str]:
             out.append(p)
     return out
 
-
-def hits(paths: Iterable[str], markers: Iterable[bytes]) -> List[Tuple[str, bytes]]:
-    found = []
-    markers = list(markers)
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        for m in markers:
-            if m in data:
-                found.append((p, m))
-    return found

@@ -12,7 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 from helpers import TESTS_DIR
 
@@ -95,29 +95,6 @@ def wal_frames(path: str, page_size: int, start: int = 0) -> Iterator[Tuple[int,
 def nonce_of(stored_page: bytes) -> bytes:
     n = len(stored_page) - OVERHEAD
     return stored_page[n:n + 12]
-
-
-def files_under(*dirs: str) -> List[str]:
-    out = []
-    for d in dirs:
-        for root, _dirs, names in os.walk(str(d)):
-            out.extend(os.path.join(root, n) for n in names)
-    return out
-
-
-def scan(paths: Iterable[str], markers: Iterable[bytes]) -> List[Tuple[str, bytes]]:
-    found = []
-    markers = list(markers)
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        for m in markers:
-            if m in data:
-                found.append((p, m))
-    return found
 
 
 def read_state(conn) -> Dict[int, Tuple[int, str, bytes]]:
