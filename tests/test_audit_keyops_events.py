@@ -173,9 +173,9 @@ def test_rotation_records_one_event_in_the_new_file(tmp_path, wal, method):
     p = str(tmp_path / "a.db")
     make_audited(p, wal=wal, rows=300)
     before = events(p, KEY)
-    from heliosdb.crypto import _read_header
+    from heliosdb.crypto import read_header
 
-    h0 = _read_header(p)
+    h0 = read_header(p)
     rep = rekey.rotate_key(p, KEY, OTHER_KEY, method=method, actor="ops",
                            reason="90-day rotation")
     evs = events(p, OTHER_KEY)
@@ -187,7 +187,7 @@ def test_rotation_records_one_event_in_the_new_file(tmp_path, wal, method):
     d = details(ev)
     assert d["old_generation"] == h0.generation and d["new_generation"] == rep.generation
     assert d["old_file_id"] == h0.file_id.hex() and d["new_file_id"] == rep.file_id
-    assert d["new_file_id"] == _read_header(p).file_id.hex()
+    assert d["new_file_id"] == read_header(p).file_id.hex()
     assert d["pages"] == rep.pages > 0 and d["method"] == method
     assert d["journal_mode"] == ("wal" if wal else "delete")
     assert_verified(p, OTHER_KEY)
@@ -266,9 +266,9 @@ def test_encrypt_and_decrypt_record_in_the_copy(tmp_path):
     d = details(evs[-1])
     assert evs[-1]["operation"] == "KEY_CHANGE" and evs[-1]["user"] == "ops"
     assert d["action"] == "encrypt" and d["source"] == "p.db" and d["pages"] > 0
-    from heliosdb.crypto import _read_header
+    from heliosdb.crypto import read_header
 
-    assert d["file_id"] == _read_header(enc).file_id.hex()
+    assert d["file_id"] == read_header(enc).file_id.hex()
     assert_verified(enc, KEY)
     assert_no_key_material(enc, KEY)
     rekey.decrypt(enc, back, KEY, actor="ops", reason="export")
@@ -277,7 +277,7 @@ def test_encrypt_and_decrypt_record_in_the_copy(tmp_path):
     assert len(evs) == n0 + 2
     d = details(evs[-1])
     assert d["action"] == "decrypt" and d["source"] == "e.db"
-    assert d["source_file_id"] == _read_header(enc).file_id.hex()
+    assert d["source_file_id"] == read_header(enc).file_id.hex()
     assert heliosdb.audit.verify(back).ok
 
 

@@ -49,7 +49,7 @@ def candidate_pages(tmp_path_factory):
         """Page 2 of a fresh plain database after the victim's statements."""
         p = str(d / f"guess{cand}.db")
         c = apsw.Connection(p)
-        crypto._set_reserve(c, "main")
+        crypto.set_reserve(c, "main")
         c.execute("pragma page_size=4096; pragma journal_mode=off")
         c.execute("create table pins(id integer primary key, pin integer)")
         c.execute("insert into pins values (1, ?)", (cand,))
@@ -112,7 +112,7 @@ def test_pin_experiment_recovers_nothing_from_a_sealed_wal(tmp_path, candidate_p
         wal = f.read()
     assert attack(wal, candidate_pages) is None
     # With the key, the sealed checksum opens to SQLite's, which matches the true page.
-    header, dek = crypto._unlock_file(p, KEY, "test")
+    header, dek = crypto.unlock_file(p, KEY, "test")
     fh = wal[32:56]
     ks = seal.wal_keystream(dek, header.file_id, 32, fh[8:16])
     opened = fh[:16] + bytes(a ^ b for a, b in zip(fh[16:24], ks))
@@ -166,7 +166,7 @@ def test_scan_no_wal_frame_checksum_matches_the_plaintext(tmp_path):
         c.execute("insert into t values (?, ?)", (i, os.urandom(300).hex()))
     c.execute("update t set a = a + 1 where a % 3 = 0")
     shutil.copy(p + "-wal", p + "-wal.copy")
-    header, dek = crypto._unlock_file(p, KEY, "test")
+    header, dek = crypto.unlock_file(p, KEY, "test")
     c.close()
     os.replace(p + "-wal.copy", p + "-wal")
     n, clear, opened = _wal_scan(p, bytes(dek), header.file_id, sealed=True)
@@ -175,7 +175,7 @@ def test_scan_no_wal_frame_checksum_matches_the_plaintext(tmp_path):
     v1 = str(tmp_path / "v1.db")
     shutil.copy(os.path.join(VECTORS, "raw.db"), v1)
     shutil.copy(os.path.join(VECTORS, "raw.db-wal"), v1 + "-wal")
-    h1, dek1 = crypto._unlock_file(v1, KEY, "test")
+    h1, dek1 = crypto.unlock_file(v1, KEY, "test")
     n1, clear1, opened1 = _wal_scan(v1, bytes(dek1), h1.file_id, sealed=False)
     assert n1 >= 2 and clear1 == n1 == opened1
     # verify_encryption (pure Python) opens the sealed checksums and finds the chain whole.
@@ -214,7 +214,7 @@ def test_scan_no_journal_checksum_matches_the_plaintext(tmp_path, version):
     subprocess.run([sys.executable, "-c", HOT_JOURNAL_CHILD, p], check=True, cwd=root)
     with open(p + "-journal", "rb") as f:
         j = f.read()
-    header, dek = crypto._unlock_file(p, KEY, "test")
+    header, dek = crypto.unlock_file(p, KEY, "test")
     magic = j[:8]
     n = clear = opened = 0
     hdr = 0
@@ -283,7 +283,7 @@ def test_shm_keeps_the_wal_index_off_the_disk(tmp_path, candidate_pages):
         wal = f.read()
     with open(p + "-shm", "rb") as f:
         disk_shm = f.read()
-    header, dek = crypto._unlock_file(p, KEY, "test")
+    header, dek = crypto.unlock_file(p, KEY, "test")
     import hashlib
     import hmac
 

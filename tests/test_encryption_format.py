@@ -8,7 +8,7 @@ import pytest
 
 from heliosdb import native
 from heliosdb.crypto import Key, format as fmt, pages
-from heliosdb.crypto import _unlock
+from heliosdb.crypto import unlock_slot
 from heliosdb.errors import CorruptHeaderError, WrongKeyError
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
@@ -30,13 +30,13 @@ def test_format_doc_example_decodes():
     key, (head, page1) = _blocks()
     header = fmt.read_header(head + bytes(fmt.HEADER_SIZE - len(head)))
     assert header.page_size == 512 and len(page1) == 512
-    dek, slot = _unlock("example", header, Key.from_bytes(key))
+    dek, slot = unlock_slot("example", header, Key.from_bytes(key))
     plain = pages.decrypt_page(dek, header.file_id, 1, page1)
     assert plain.startswith(b"SQLite format 3\x00")
     assert b"CREATE TABLE t(secret text)" in plain
     assert b"SQLite" not in page1 and b"CREATE" not in page1
     with pytest.raises(WrongKeyError):
-        _unlock("example", header, Key.from_bytes(bytes(32)))
+        unlock_slot("example", header, Key.from_bytes(bytes(32)))
 
 
 def _tampered_headers(raw: bytes):
@@ -56,33 +56,33 @@ def test_header_roundtrip_and_tamper():
     dek = bytearray(range(32))
     h = fmt.new_header(dek, 4096)
     k = Key.from_bytes(bytes(range(100, 132)))
-    from heliosdb.crypto import _new_slot
+    from heliosdb.crypto import new_slot
 
-    h.slots.append(_new_slot(h, 0, k, dek))
-    h.slots.append(_new_slot(h, 1, Key.passphrase("pw", profile="test"), dek))
+    h.slots.append(new_slot(h, 0, k, dek))
+    h.slots.append(new_slot(h, 1, Key.passphrase("pw", profile="test"), dek))
     raw = h.to_bytes()
     assert len(raw) == 4096 and raw.startswith(fmt.MAGIC)
     h2 = fmt.read_header(raw)
-    assert _unlock("x", h2, k)[0] == dek
-    assert _unlock("x", h2, Key.passphrase("pw"))[0] == dek
+    assert unlock_slot("x", h2, k)[0] == dek
+    assert unlock_slot("x", h2, Key.passphrase("pw"))[0] == dek
     # Any change to the authenticated fields or slot parameters is caught. Version 2
     # (issue 23): by the slot digest, before any key derivation, as a damaged header
     # naming the field (version 1 reported it as a wrong key, below).
     for off, hb in _tampered_headers(raw):
         with pytest.raises(CorruptHeaderError, match="digest") as ei:
-            _unlock("x", hb, k)
+            unlock_slot("x", hb, k)
         assert ei.value.file == "x" and ei.value.field == "digest"
     # A version 1 header: the slot's GCM tag catches the same changes.
     h1 = fmt.new_header(dek, 4096)
     h1.version = 1
     h1.kcv = fmt.key_check_value(dek, h1.file_id)
-    h1.slots.append(_new_slot(h1, 0, k, dek))
+    h1.slots.append(new_slot(h1, 0, k, dek))
     raw1 = h1.to_bytes()
-    assert _unlock("x", fmt.read_header(raw1), k)[0] == dek
+    assert unlock_slot("x", fmt.read_header(raw1), k)[0] == dek
     for off, hb in _tampered_headers(raw1):
         # A KDF parameter of a raw-key slot must be 0: checked before deriving.
         with pytest.raises(CorruptHeaderError if off == 128 + 7 else WrongKeyError):
-            _unlock("x", hb, k)
+            unlock_slot("x", hb, k)
     with pytest.raises(ValueError):
         fmt.read_header(b"SQLite format 3\x00" + bytes(4080))
 

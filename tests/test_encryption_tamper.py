@@ -172,7 +172,7 @@ def test_python_pages_decrypt_the_file(tmp_path):
     _make_db(p, rows=5)
     raw = p.read_bytes()
     header = fmt.read_header(raw[:H])
-    dek, _ = crypto._unlock(str(p), header, Key.from_bytes(KEY))
+    dek, _ = crypto.unlock_slot(str(p), header, Key.from_bytes(KEY))
     page1 = pages.decrypt_page(dek, header.file_id, 1, raw[H:H + 4096])
     assert page1.startswith(b"SQLite format 3\x00") and page1[20] == 32
     for pg in range(1, (len(raw) - H) // 4096 + 1):

@@ -177,8 +177,8 @@ def test_torn_slot_write_never_loses_the_data_key(tmp_path):
     make_db(p, pp("old"), rows=10).close()
     orig = open(p, "rb").read()
     h = header(p)
-    dek, _ = crypto._unlock(p, h, pp("old"))
-    new_slot = crypto._new_slot(h, 1, pp("new"), dek).to_bytes()
+    dek, _ = crypto.unlock_slot(p, h, pp("old"))
+    new_slot = crypto.new_slot(h, 1, pp("new"), dek).to_bytes()
     for cut in (0, 1, 16, 44, 60, 92, 127):
         raw = bytearray(orig)
         off = fmt.SLOTS_OFFSET + fmt.SLOT_SIZE

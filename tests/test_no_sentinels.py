@@ -31,7 +31,7 @@ def _kek(header: fmt.Header, index: int, key: Key) -> bytes:
 
 @needs_native
 def test_unwrap_under_a_wrong_key_raises_an_opaque_wrong_key_error(tmp_path):
-    header = crypto._read_header(_encrypted_file(tmp_path))
+    header = crypto.read_header(_encrypted_file(tmp_path))
     with pytest.raises(KeySlotError, match="wrong key or corrupted header") as ei:
         header.unwrap(0, _kek(header, 0, Key(OTHER_KEY)))
     assert isinstance(ei.value, WrongKeyError) and ei.value.slot == 0
@@ -42,7 +42,7 @@ def test_unwrap_under_a_wrong_key_raises_an_opaque_wrong_key_error(tmp_path):
 
 @needs_native
 def test_unwrap_of_a_damaged_slot_is_the_same_opaque_error(tmp_path):
-    header = crypto._read_header(_encrypted_file(tmp_path))
+    header = crypto.read_header(_encrypted_file(tmp_path))
     slot = header.slots[0]
     slot.wrapped = bytes([slot.wrapped[0] ^ 1]) + slot.wrapped[1:]
     with pytest.raises(KeySlotError, match="wrong key or corrupted header"):
@@ -72,14 +72,14 @@ def test_addref_without_a_registered_key_raises(tmp_path):
 @needs_native
 def test_unlock_cache_misses_when_the_key_is_no_longer_registered(tmp_path, monkeypatch):
     path = _encrypted_file(tmp_path, "a passphrase")
-    header = crypto._read_header(path)
+    header = crypto.read_header(path)
     full = vfs.full_pathname(path)
     key = Key.passphrase("a passphrase", "test")
     conn = open_enc(path, key)
     try:
         users = crypto._unlock_cache[full][2]
         assert crypto._cached_slot(full, header, key) == 0   # a hit takes a reference
-        crypto._release(full, True)
+        crypto.release_registration(full, True)
         assert crypto._unlock_cache[full][2] == users
 
         def gone(full_path, file_id):

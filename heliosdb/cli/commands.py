@@ -157,9 +157,9 @@ def _public_header(name: str) -> dict[str, Any]:
     """What the header of an encrypted file tells without its key (it is public)."""
     import datetime as dt
 
-    from ..crypto import _read_header
+    from ..crypto import read_header
 
-    h = _read_header(name)
+    h = read_header(name)
     return {
         "encryption_enabled": True,
         "encryption_algorithm": "aes-256-gcm",

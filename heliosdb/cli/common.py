@@ -241,9 +241,9 @@ def key_from_entry(entry: str, path: str, *, new: bool = False) -> Any:
                              f"256-bit key, not as a passphrase\n")
             return key_cls.from_hex(entry)
         return as_passphrase(entry)
-    from heliosdb.crypto import _read_header, _unlock
+    from heliosdb.crypto import read_header, unlock_slot
 
-    header = _read_header(path)
+    header = read_header(path)
     kinds = {s.describe()["kind"] for s in header.slots}
     tried = []
     candidates = []
@@ -255,7 +255,7 @@ def key_from_entry(entry: str, path: str, *, new: bool = False) -> Any:
         key = make()
         tried.append(label)
         try:
-            dek, _slot = _unlock(path, header, key)
+            dek, _slot = unlock_slot(path, header, key)
         except _errors.WrongKeyError:
             key.close()
             continue

@@ -56,7 +56,7 @@ ALGORITHM_NAME = "AES-256-GCM"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-class _Info:
+class ConnectionInfo:
     """What heliosdb knows about one encrypted connection (no key material)."""
 
     __slots__ = ("path", "full_path", "slot_index", "warn_fraction")
@@ -66,7 +66,7 @@ class _Info:
         self.slot_index, self.warn_fraction = slot_index, warn_fraction
 
 
-_connections: "weakref.WeakKeyDictionary[apsw.Connection, _Info]" = weakref.WeakKeyDictionary()
+encrypted_connections: "weakref.WeakKeyDictionary[apsw.Connection, ConnectionInfo]" = weakref.WeakKeyDictionary()
 _attach_keys: Dict[str, list] = {}
 _attach_lock = threading.Lock()
 
@@ -92,7 +92,7 @@ def resolve_target(database: str, flags: int) -> SqliteTarget:
     return parse_filename(database, flags)
 
 
-def _file_state(path: str) -> str:
+def file_state(path: str) -> str:
     """'missing', 'empty', 'encrypted' or 'plain'."""
     try:
         head = _files.read_at(path, len(fmt.MAGIC))
@@ -105,7 +105,7 @@ def _file_state(path: str) -> str:
     return "encrypted" if fmt.is_encrypted_file(head) else "plain"
 
 
-def _read_header(path: str) -> fmt.Header:
+def read_header(path: str) -> fmt.Header:
     """Read and parse the header; a header that does not parse is retried once (another
     process may be creating the file right now)."""
     for attempt in range(3):
@@ -135,7 +135,7 @@ def _key_from_config(encryption: Any) -> Optional[Key]:
                       "passphrase_env", key="encryption.key_source")
 
 
-def _new_slot(header: fmt.Header, index: int, key: Key, dek: bytearray) -> fmt.Slot:
+def new_slot(header: fmt.Header, index: int, key: Key, dek: bytearray) -> fmt.Slot:
     salt = os.urandom(16)
     if key.kind == "passphrase":
         p = get_profile(key.profile)
@@ -159,7 +159,7 @@ def _create_encrypted_file(path: str, key: Key, exists: bool) -> Tuple[bytearray
     """
     dek = bytearray(os.urandom(32))
     header = fmt.new_header(dek)
-    header.slots.append(_new_slot(header, 0, key, dek))
+    header.slots.append(new_slot(header, 0, key, dek))
     raw = header.to_bytes()
     if exists:
         # An empty file: fill it only if it is still empty.
@@ -198,7 +198,7 @@ def _create_encrypted_file(path: str, key: Key, exists: bool) -> Tuple[bytearray
     return dek, header.file_id
 
 
-def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
+def unlock_slot(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
     """(DEK, slot index) for ``key``; WrongKeyError when no slot opens."""
     want = fmt.SLOT_PASSPHRASE if key.kind == "passphrase" else fmt.SLOT_RAW
     tried = 0
@@ -233,7 +233,7 @@ def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
     raise WrongKeyError(f"{path}: wrong key: the key does not open this encrypted database")
 
 
-def _unlock_file(path: str, key: KeyLike, purpose: str) -> Tuple[fmt.Header, bytearray]:
+def unlock_file(path: str, key: KeyLike, purpose: str) -> Tuple[fmt.Header, bytearray]:
     """(header, DEK) of the encrypted file at ``path`` for offline readers (pure-Python
     page access, no SQLite). A key made here from raw bytes or a passphrase is wiped
     before returning; the caller wipes the DEK. TypeError when ``key`` is None."""
@@ -241,8 +241,8 @@ def _unlock_file(path: str, key: KeyLike, purpose: str) -> Tuple[fmt.Header, byt
     if k is None:
         raise TypeError(f"{purpose} needs a key")
     try:
-        header = _read_header(path)
-        dek, _slot = _unlock(path, header, k)
+        header = read_header(path)
+        dek, _slot = unlock_slot(path, header, k)
     finally:
         if k is not key:
             k.close()
@@ -262,7 +262,7 @@ def _prepare_key_for_path(path: str, key: Key, create: bool) -> Tuple[str, int, 
 
 
 def _prepare_key_for_path_io(path: str, key: Key, create: bool) -> Tuple[str, int, bool]:
-    state = _file_state(path)
+    state = file_state(path)
     new = False
     created: Optional[Tuple[bytearray, bytes]] = None
     if state in ("missing", "empty"):
@@ -281,7 +281,7 @@ def _prepare_key_for_path_io(path: str, key: Key, create: bool) -> Tuple[str, in
             f"{path} is a plaintext database; a key was given. To encrypt it, make an "
             "encrypted copy with heliosdb.encrypt(plain, encrypted, key), or open it "
             "without key=")
-    header = _read_header(path)
+    header = read_header(path)
     full = _vfs.full_pathname(path)
     if key.kind == "passphrase":
         hit = _cached_slot(full, header, key)
@@ -292,7 +292,7 @@ def _prepare_key_for_path_io(path: str, key: Key, create: bool) -> Tuple[str, in
     else:
         if created is not None:
             created[0][:] = bytes(32)  # another process created the file first
-        dek, slot_index = _unlock(path, header, key)
+        dek, slot_index = unlock_slot(path, header, key)
     try:
         _vfs.register(full, dek, header.file_id)
     finally:
@@ -346,7 +346,7 @@ def _cache_store(full: str, verifier: bytes, slot_index: int) -> None:
             _unlock_cache[full] = [verifier, slot_index, 1]
 
 
-def _release(full: str, cached: bool) -> None:
+def release_registration(full: str, cached: bool) -> None:
     """Drop one registration of ``full`` (a connection closed, an attach key dropped);
     ``cached``: it was made with a passphrase, so it holds an unlock-cache reference."""
     _vfs.unregister(full)
@@ -360,7 +360,7 @@ def _release(full: str, cached: bool) -> None:
                 del _unlock_cache[full]
 
 
-def _set_reserve(conn: apsw.Connection, schema: str) -> None:
+def set_reserve(conn: apsw.Connection, schema: str) -> None:
     """Give a new database 32 reserved bytes per page (nonce and tag), before page 1."""
     p = native.ffi.new("int *", fmt.RESERVE_BYTES)
     conn.file_control(schema, apsw.SQLITE_FCNTL_RESERVE_BYTES,
@@ -425,7 +425,7 @@ def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: 
         return _plain(database, flags, statementcachesize)  # SQLite says what is wrong
     path = target.path
     if key is None:
-        if path is not None and _file_state(path) == "encrypted":
+        if path is not None and file_state(path) == "encrypted":
             raise KeyRequiredError(
                 f"{path} is an encrypted HeliosDB database: pass the key, e.g. "
                 "heliosdb.connect(path, key=...) (a passphrase, 32 raw bytes or heliosdb.Key)")
@@ -437,7 +437,7 @@ def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: 
             return _plain(database, flags, statementcachesize, vfs=_vfs.VFS_NAME)
         return _plain(database, flags, statementcachesize)  # ":memory:": never on disk
     # A key, and a URI or a filename: every byte must reach the encrypted file.
-    target.check_encryptable(path is not None and _file_state(path) == "encrypted")
+    target.check_encryptable(path is not None and file_state(path) == "encrypted")
     assert path is not None
     if not native.available():
         raise EncryptionUnavailableError(
@@ -450,14 +450,14 @@ def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: 
         conn = EncryptedConnection(database, flags=flags, vfs=_vfs.VFS_NAME,
                                    statementcachesize=statementcachesize)
     except apsw.Error as exc:
-        _release(full, key.kind == "passphrase")
-        raise (_from_shim_error(exc) or translate(exc)) from None
+        release_registration(full, key.kind == "passphrase")
+        raise (shim_error(exc) or translate(exc)) from None
     conn._helios_release = weakref.finalize(  # type: ignore[attr-defined]
-        conn, _release, full, key.kind == "passphrase")
-    _connections[conn] = _Info(path, full, slot_index, _warn_fraction(encryption))
+        conn, release_registration, full, key.kind == "passphrase")
+    encrypted_connections[conn] = ConnectionInfo(path, full, slot_index, _warn_fraction(encryption))
     try:
         if new:
-            _set_reserve(conn, "main")
+            set_reserve(conn, "main")
         # Read page 1 now: a damaged first page fails here, not at the first query. A
         # writer may hold the lock: wait a little, and leave BUSY to the first query.
         conn.setbusytimeout(2000)
@@ -476,10 +476,10 @@ def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: 
 
 
 def _nonce_check(conn: apsw.Connection) -> None:
-    info = _connections.get(conn)
+    info = encrypted_connections.get(conn)
     if info is None:
         return
-    used = _encryptions(info)
+    used = encryptions_done(info)
     if used > info.warn_fraction * NONCE_LIMIT:
         warnings.warn(f"{info.path}: {nonce_budget_text(used)}: rotate the data key",
                       RuntimeWarning, stacklevel=3)
@@ -499,7 +499,7 @@ def nonce_budget_text(used: int) -> str:
             "random nonces")
 
 
-def _encryptions(info: _Info) -> int:
+def encryptions_done(info: ConnectionInfo) -> int:
     (counter,) = struct.unpack(">Q", _files.read_at(info.path, 8, fmt.OFF_COUNTER))
     ki = _vfs.key_info(info.full_path)
     return counter + (ki[0] if ki else 0)
@@ -515,13 +515,13 @@ def explain(conn: apsw.Connection, exc: BaseException) -> Optional[BaseException
     code = _code(exc)
     if code is None:
         return None
-    shim = _from_shim_error(exc)
+    shim = shim_error(exc)
     if shim is not None:
         return shim
     if (code & 0xFF) in (apsw.SQLITE_CORRUPT, apsw.SQLITE_NOTADB):
         # conn is None when translate() explains an error with no connection at hand (a
         # WeakKeyDictionary cannot look None up).
-        info = _connections.get(conn) if conn is not None else None
+        info = encrypted_connections.get(conn) if conn is not None else None
         if info is None:
             return None
         ki = _vfs.key_info(info.full_path)
@@ -548,7 +548,7 @@ def _code(exc: BaseException) -> Optional[int]:
     return code
 
 
-def _from_shim_error(exc: BaseException) -> Optional[BaseException]:
+def shim_error(exc: BaseException) -> Optional[BaseException]:
     """The error the shim recorded on this thread for ``exc``, as a heliosdb error."""
     code = _code(exc)
     if code is None or (code & 0xFF) not in (apsw.SQLITE_IOERR, apsw.SQLITE_CANTOPEN):
@@ -574,12 +574,12 @@ def is_encrypted(conn: apsw.Connection) -> bool:
     For callers that copy data out (backup, dump): a copy of an encrypted database into a
     plaintext one must be an explicit operation, never a side effect.
     """
-    return conn in _connections
+    return conn in encrypted_connections
 
 
 def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
     """How the connection's main database is stored (no key material)."""
-    info = _connections.get(conn)
+    info = encrypted_connections.get(conn)
     page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
     out: Dict[str, Any] = {
         "encryption_enabled": info is not None, "encryption_algorithm": None, "kdf": None,
@@ -590,8 +590,8 @@ def storage_info(conn: apsw.Connection) -> Dict[str, Any]:
     }
     if info is None:
         return out
-    header = _read_header(info.path)
-    used = _encryptions(info)
+    header = read_header(info.path)
+    used = encryptions_done(info)
     slots = [dict(s.describe(), index=i) for i, s in enumerate(header.slots)]
     out.update({
         "encryption_algorithm": ALGORITHM_NAME,
@@ -658,7 +658,7 @@ def unregister_attach_key(path: str) -> None:
         cached = flags.pop()
         if not flags:
             del _attach_keys[full]
-    _release(full, cached)
+    release_registration(full, cached)
 
 
 def attach(conn: apsw.Connection, path: str, schema: str, key: KeyLike) -> None:
@@ -667,12 +667,12 @@ def attach(conn: apsw.Connection, path: str, schema: str, key: KeyLike) -> None:
     The connection must be on the heliosdb VFS (an encrypted connection, or one opened
     with ``vfs="heliosdb"``).
     """
-    new = _file_state(path) in ("missing", "empty")
+    new = file_state(path) in ("missing", "empty")
     register_attach_key(path, key)
     try:
         conn.execute("ATTACH ? AS " + _quote_ident(schema), (path,))
         if new:
-            _set_reserve(conn, schema)
+            set_reserve(conn, schema)
     except apsw.Error as exc:
         unregister_attach_key(path)
         raise explain(conn, exc) or translate(exc) from None

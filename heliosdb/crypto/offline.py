@@ -23,9 +23,9 @@ def iter_pages(path: str, key: KeyLike) -> Iterator[Tuple[int, bytes]]:
     Reads the main file only (checkpoint a WAL first). Raises WrongKeyError for a wrong
     key and CorruptPageError naming the first page that fails authentication.
     """
-    from . import _unlock_file  # the same header logic as open_connection
+    from . import unlock_file  # the same header logic as open_connection
 
-    header, dek = _unlock_file(path, key, "reading pages offline")
+    header, dek = unlock_file(path, key, "reading pages offline")
     try:
         with _files.reading(path) as fd:
             first = os.pread(fd, header.page_size, fmt.HEADER_SIZE)

@@ -137,7 +137,7 @@ def _owned(key: KeyLike, what: str = "key", profile: Optional[str] = None) -> It
 
 
 def _unlock(path: str, header: fmt.Header, key: Key) -> Tuple[bytearray, int]:
-    from . import _unlock as unlock
+    from . import unlock_slot as unlock
 
     return unlock(path, header, key)
 
@@ -149,7 +149,7 @@ def _slot_for(header: fmt.Header, index: int, key: Key, dek: bytes,
     A passphrase uses the Argon2id parameters of ``like`` (the slot it replaces) when
     given and ``key`` is the same kind, else those of the key's profile.
     """
-    from . import _new_slot
+    from . import new_slot
 
     if like is not None and like.kind == fmt.SLOT_PASSPHRASE and key.kind == "passphrase":
         slot = fmt.Slot(fmt.SLOT_PASSPHRASE, fmt.KDF_ARGON2ID, like.time_cost,
@@ -161,7 +161,7 @@ def _slot_for(header: fmt.Header, index: int, key: Key, dek: bytes,
         finally:
             kek[:] = bytes(len(kek))
         return slot
-    return _new_slot(header, index, key, bytearray(dek))
+    return new_slot(header, index, key, bytearray(dek))
 
 
 def _free_index(header: fmt.Header, avoid: Sequence[int] = ()) -> int:
@@ -397,9 +397,9 @@ def _slot_desc(slot: fmt.Slot) -> Dict[str, Any]:
 
 def list_key_slots(path: str) -> List[Dict[str, Any]]:
     """The key slots of ``path`` (index, kind, KDF parameters; never key material)."""
-    from . import _read_header
+    from . import read_header
 
-    header = _read_header(path)
+    header = read_header(path)
     return [dict(s.describe(), index=i) for i, s in enumerate(header.slots)]
 
 
@@ -537,7 +537,7 @@ def recovery_key(text: str) -> Key:
 def _open_with_dek(path: str, dek: bytes | bytearray, file_id: bytes,
                    flags: int = apsw.SQLITE_OPEN_READWRITE) -> apsw.Connection:
     """An APSW connection to encrypted ``path`` whose DEK the caller already has."""
-    from . import (EncryptedConnection, _connections, _from_shim_error, _Info, _release,
+    from . import (EncryptedConnection, encrypted_connections, shim_error, ConnectionInfo, release_registration,
                    DEFAULT_NONCE_WARNING_FRACTION)
 
     full = _vfs.full_pathname(path)
@@ -546,9 +546,9 @@ def _open_with_dek(path: str, dek: bytes | bytearray, file_id: bytes,
         conn = EncryptedConnection(path, flags=flags, vfs=_vfs.VFS_NAME)
     except apsw.Error as exc:
         _vfs.unregister(full)
-        raise (_from_shim_error(exc) or translate(exc)) from None
-    conn._helios_release = weakref.finalize(conn, _release, full, False)  # type: ignore
-    _connections[conn] = _Info(path, full, 0, DEFAULT_NONCE_WARNING_FRACTION)
+        raise (shim_error(exc) or translate(exc)) from None
+    conn._helios_release = weakref.finalize(conn, release_registration, full, False)  # type: ignore
+    encrypted_connections[conn] = ConnectionInfo(path, full, 0, DEFAULT_NONCE_WARNING_FRACTION)
     return conn
 
 
@@ -894,9 +894,9 @@ def _rotate_locked(path: str, tmp: str, old: fmt.Header, src: apsw.Connection,
         dek[:] = bytes(32)
     try:
         if src_fd is None:
-            from . import _set_reserve
+            from . import set_reserve
 
-            _set_reserve(dst, "main")
+            set_reserve(dst, "main")
             _q(dst, "PRAGMA journal_mode=OFF")  # a scratch copy: a crash discards it
             _q(dst, "PRAGMA synchronous=OFF")
             pages = _backup(dst, src, progress)
@@ -957,19 +957,19 @@ def rotation_info(path_or_conn: Any, config: Any = None, *, now: Optional[float]
     the interval, when its age is unknown (a file from before the header recorded it),
     or when the encryptions under it passed the nonce warning fraction of 2^32.
     """
-    from . import NONCE_LIMIT, _connections, _encryptions, _read_header
+    from . import NONCE_LIMIT, encrypted_connections, encryptions_done, read_header
 
     conn = getattr(path_or_conn, "_apsw", path_or_conn)
     if isinstance(conn, apsw.Connection):
-        info = _connections.get(conn)
+        info = encrypted_connections.get(conn)
         if info is None:
             raise NotEncryptedError("the connection is not to an encrypted database")
-        path, used = info.path, _encryptions(info)
+        path, used = info.path, encryptions_done(info)
     else:
         path = os.fspath(path_or_conn)
-        header0 = _read_header(path)
+        header0 = read_header(path)
         path, used = path, header0.counter
-    header = _read_header(path)
+    header = read_header(path)
     days = _interval_days(config)
     now = time.time() if now is None else now
     created = header.key_created or None
@@ -1024,11 +1024,11 @@ def encrypt(plain_path: str, enc_path: str, key: KeyLike, progress: Progress = N
     A source with an audit log: the copy's log continues it with a KEY_CHANGE event
     (``action`` "encrypt"), committed before the copy appears.
     """
-    from . import _file_state, _read_header, register_attach_key, unregister_attach_key
+    from . import file_state, read_header, register_attach_key, unregister_attach_key
 
     if not native.available():
         raise EncryptionUnavailableError(native.unavailable_reason() or "native unavailable")
-    state = _file_state(plain_path)
+    state = file_state(plain_path)
     if state == "encrypted":
         raise EncryptionError(f"{plain_path} is already encrypted (use rotate_key or "
                               "change_passphrase)")
@@ -1044,9 +1044,9 @@ def encrypt(plain_path: str, enc_path: str, key: KeyLike, progress: Progress = N
     with _owned(key, "key", kdf_profile) as k:
         full = register_attach_key(tmp, k)
     try:
-        from . import _set_reserve
+        from . import set_reserve
 
-        _set_reserve(src, "main")  # VACUUM INTO takes the requested reserve
+        set_reserve(src, "main")  # VACUUM INTO takes the requested reserve
         total = int(src.execute("PRAGMA page_count").fetchall()[0][0])
         page_size = int(src.execute("PRAGMA page_size").fetchall()[0][0])
         wal = str(src.execute("PRAGMA journal_mode").fetchall()[0][0]).lower() == "wal"
@@ -1074,7 +1074,7 @@ def encrypt(plain_path: str, enc_path: str, key: KeyLike, progress: Progress = N
             src.setprogresshandler(None)
         conn = _open_registered_again(tmp)
         try:
-            h = _read_header(tmp)
+            h = read_header(tmp)
             _KeyAudit("KEY_CHANGE", actor, reason, audit_table, 5.0).record_in(conn, {
                 "action": "encrypt", "source": os.path.basename(plain_path),
                 "pages": total, "generation": h.generation, "file_id": h.file_id.hex(),
@@ -1117,9 +1117,9 @@ def decrypt(enc_path: str, plain_path: str, key: KeyLike, progress: Progress = N
     page count. A source with an audit log: the copy's log continues it with a
     KEY_CHANGE event (``action`` "decrypt"), committed before the copy appears.
     """
-    from . import _file_state, _read_header, open_connection
+    from . import file_state, read_header, open_connection
 
-    if _file_state(enc_path) != "encrypted":
+    if file_state(enc_path) != "encrypted":
         raise NotEncryptedError(f"{enc_path} is not an encrypted HeliosDB database")
     _check_target(plain_path)
     tmp = plain_path + COPY_SUFFIX
@@ -1132,7 +1132,7 @@ def decrypt(enc_path: str, plain_path: str, key: KeyLike, progress: Progress = N
         try:
             dst.execute("PRAGMA journal_mode=OFF").fetchall()
             total = _backup(dst, src, progress)
-            h = _read_header(enc_path)
+            h = read_header(enc_path)
             try:
                 _KeyAudit("KEY_CHANGE", actor, reason, audit_table, 5.0).record_in(dst, {
                     "action": "decrypt", "source": os.path.basename(enc_path),

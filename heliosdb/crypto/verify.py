@@ -67,9 +67,9 @@ def verify_encryption(path: str, key: KeyLike,
     Raises WrongKeyError when ``key`` opens no key slot (nothing can be checked);
     otherwise returns a :class:`VerifyReport` naming every bad page.
     """
-    from . import _unlock_file
+    from . import unlock_file
 
-    header, dek = _unlock_file(path, key, "verify_encryption")
+    header, dek = unlock_file(path, key, "verify_encryption")
     try:
         return verify_pages(path, dek, header.file_id, header.page_size, progress)
     finally:

@@ -125,7 +125,7 @@ def header(path: Any) -> fmt.Header:
 def dek_of(path: Any, key: Any = KEY) -> bytearray:
     """The data key of ``path`` (tests only)."""
     h = header(path)
-    dek, _ = crypto._unlock(str(path), h, crypto.coerce_key(key))
+    dek, _ = crypto.unlock_slot(str(path), h, crypto.coerce_key(key))
     return dek
 
 
