@@ -254,3 +254,16 @@ def test_reopening_a_legacy_file_adds_nothing(tmp_path):
         assert _indexes(c) == OLD_STORED_SQL
         assert c.audit.query().operation("INSERT").count() >= 1
         c.close()
+
+
+def test_a_user_or_target_is_read_before_an_operation(log):
+    """An operation is a large share of the log: with a user or a target also given, the
+    query reads that index (and checks the operation there, on the current layout)."""
+    user_idx = "__audit_log_by_user" if log.layout == "current" else "__audit_log_user"
+    target_idx = "__audit_log_by_target" if log.layout == "current" else "__audit_log_target"
+    for ops in (("UPDATE",), ("INSERT", "UPDATE")):
+        q = log.audit.query().operation(*ops)
+        assert f"USING INDEX {user_idx} (user=?)" in _plan(log, *q.user("bob").sql())
+        assert f"USING INDEX {target_idx} (target=?)" in _plan(log,
+                                                               *q.table("audit_notes").sql())
+    assert "(operation=?)" in _plan(log, *log.audit.query().operation("GRANT").sql())
