@@ -8,7 +8,7 @@ Every method returns a *new* query, so a base query can be shared and refined::
         print(ev.timestamp, ev.operation, ev.target)
 
 Filters map onto the indexes of the audit table (:func:`heliosdb.audit.store.index_sql`:
-user, operation and target each followed by ``id``; failed events in a partial index), so a
+user, operation and target each followed by ``id``, then the other filter columns), so a
 filtered query reads the matching index range only. Time needs no index: ``ts_us`` grows
 with ``id`` (the writer makes it so), so a time range is translated into an id range by a
 binary search on the primary key (about twenty row lookups on a million events) and read
