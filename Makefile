@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/*.py)
 
-.PHONY: demo test stress bench bench-quick install check-headers clean test-pythons
+.PHONY: demo test stress bench bench-quick bench-audit install check-headers clean test-pythons
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	@$(MAKE) --no-print-directory check-headers
@@ -51,6 +51,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
+
+# Instructions per audited statement under valgrind --tool=callgrind (repeatable on a busy
+# machine, unlike times): prints a markdown table, writes bench/results/audit_callgrind.md.
+bench-audit: $(STAMP)
+	$(BIN)/python bench/audit_callgrind.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info heliosdb/_native*.so heliosdb/_native.c

@@ -713,8 +713,8 @@ def test_foreign_objects_around_the_log(log):
 
 
 def test_a_look_alike_index_is_foreign(log):
-    log.execute("DROP INDEX __audit_log_ts")
-    log.execute('CREATE INDEX "__audit_log_ts" ON __audit_log(ts_us) WHERE success = 1')
+    log.execute("DROP INDEX __audit_log_by_user")
+    log.execute('CREATE INDEX "__audit_log_by_user" ON __audit_log("user") WHERE success = 1')
     expect_fault(verify_connection(log, TABLE), "foreign_schema")
 
 

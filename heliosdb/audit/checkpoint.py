@@ -53,7 +53,7 @@ from typing import Any, Optional, Union
 import apsw
 
 from ..errors import ProgrammingError, translate
-from .store import DEFAULT_TABLE, _head, anchor, check_table_name, get_meta
+from .store import DEFAULT_TABLE, anchor, check_table_name, get_meta, read_head
 
 __all__ = ["FORMAT", "FORMAT_V2", "Checkpoint", "create_checkpoint", "key_id", "SIGNER_META",
            "pinned_signer", "pinned_public_key"]
@@ -346,7 +346,7 @@ def create_checkpoint(conn: apsw.Connection, table: str = DEFAULT_TABLE,
             db_id = get_meta(conn, table, "database_id")
             if db_id is None:
                 raise ProgrammingError(f"no audit log {table!r} here: call ensure_schema first")
-            last_id, last_ck, last_ts = _head(conn, table)
+            last_id, last_ck, last_ts = read_head(conn, table)
             anc = anchor(conn, table)
             from . import merkle  # version 2 when the log has a Merkle tree
             tree = merkle.current_tree(conn, table, last_id, bytes(last_ck))

@@ -47,7 +47,7 @@ import apsw
 
 from ..errors import AuditIntegrityError, OperationalError, ProgrammingError, translate
 from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event, format_ts
-from .store import _q, anchor, get_meta
+from .store import anchor, get_meta, quoted
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "ExportManifest", "ExportReport", "export_events",
            "verify_export", "verify_export_chain", "read_export", "ocsf_event",
@@ -372,7 +372,7 @@ def export_events(db: apsw.Connection, table: str, path: Union[str, os.PathLike]
 def _export(db: apsw.Connection, table: str, path: str, fmt: str, after_id: Optional[int],
             last_id: Optional[int], compress: bool, checkpoint: Any, hostname: Optional[str],
             sd_id: str, extra_header: Optional[dict], now_us: Optional[int]) -> ExportManifest:
-    t = _q(table)
+    t = quoted(table)
     anc = anchor(db, table)
     start = anc.id if after_id is None else int(after_id)
     if start < anc.id:

@@ -238,11 +238,11 @@ def tree_at_anchor(conn: apsw.Connection, table: str) -> Optional[tuple[int, byt
 
 
 def _checksum_of(conn: apsw.Connection, table: str, id_: int) -> Optional[bytes]:
-    from .store import _q, anchor
+    from .store import anchor, quoted
     a = anchor(conn, table)
     if id_ == a.id:
         return a.checksum
-    for (ck,) in conn.execute(f"SELECT checksum FROM {_q(table)} WHERE id = ?", (id_,)):
+    for (ck,) in conn.execute(f"SELECT checksum FROM {quoted(table)} WHERE id = ?", (id_,)):
         return bytes(ck) if isinstance(ck, (bytes, bytearray)) else None
     return None
 
@@ -254,7 +254,7 @@ def fold_stored(conn: apsw.Connection, table: str, size: int, frontier: bytes,
     form an intact chain from event ``size``; raises AuditIntegrityError where they do
     not (run verify() to name the fault). Uses the C aggregate inside SQLite when it is
     available, else Python."""
-    from .store import _q
+    from .store import quoted
     _check_frontier(size, frontier)
     if last_id <= size:
         if last_id < size:
@@ -267,7 +267,7 @@ def fold_stored(conn: apsw.Connection, table: str, size: int, frontier: bytes,
     if chain.register_sql_check(conn):
         texts = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
         sql = (f"SELECT heliosdb_chain_check(?, ?, ?, ?, NULL, id, ts_us, affected_rows, "
-               f"success, {texts}, prev_hash, checksum) FROM {_q(table)} "
+               f"success, {texts}, prev_hash, checksum) FROM {quoted(table)} "
                "WHERE id > ? AND id <= ?")
         ((blob,),) = conn.execute(sql, (frontier, size, link, size + 1, size, last_id))
         n_good, failed, bad_id, _ts, _link = chain.decode_check_result(blob)
@@ -394,14 +394,14 @@ def rebuild(conn: apsw.Connection, table: str, archives: Optional[Iterable[Any]]
             ) -> tuple[int, bytes]:
     """Recompute the tree from the archives (for purged events) and the stored events, and
     store it (with the frontier at the anchor). For a log purged before trees existed."""
-    from .store import _head, anchor
+    from .store import anchor, read_head
     a = anchor(conn, table)
     src = _LeafSource(conn, table, a.id, archives)
     size, fr = 0, b""
     if a.id:
         size, fr = fold(0, b"", src.archive_leaves(0, a.id))
         _set_meta(conn, table, ANCHOR_TREE_META, pack_tree(size, fr))
-    last_id, last_ck, _ = _head(conn, table)
+    last_id, last_ck, _ = read_head(conn, table)
     tree = fold_stored(conn, table, size, fr, last_id)
     _set_meta(conn, table, TREE_META, pack_tree(*tree))
     _remember(last_id, last_ck, tree[1])
@@ -604,14 +604,14 @@ def fold_stored_range(conn: apsw.Connection, table: str, lo: int, hi: int) -> by
     """Frontier of a tree over the stored events lo+1..hi alone (for MTH(D[lo:hi]))."""
     # fold_stored extends a tree that ends at `size`; a standalone tree over a range is
     # the same walk with an empty frontier, linked to event lo's checksum.
-    from .store import _q
+    from .store import quoted
     link = _checksum_of(conn, table, lo)
     if link is None:
         raise AuditIntegrityError(f"event {lo} is missing from the audit log")
     if chain.register_sql_check(conn):
         texts = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
         sql = (f"SELECT heliosdb_chain_check(x'', 0, ?, ?, NULL, id, ts_us, affected_rows, "
-               f"success, {texts}, prev_hash, checksum) FROM {_q(table)} "
+               f"success, {texts}, prev_hash, checksum) FROM {quoted(table)} "
                "WHERE id > ? AND id <= ?")
         ((blob,),) = conn.execute(sql, (link, lo + 1, lo, hi))
         n_good, failed, _b, _t, _l = chain.decode_check_result(blob)

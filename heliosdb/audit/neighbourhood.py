@@ -23,9 +23,9 @@ Public API (stable; the connection code calls it at connect time):
     connection can protect all of them, not only the one its config names.
 
 What HeliosDB itself creates (anything else is foreign): the audit table, the meta table,
-and the indexes ``<table>_ts``, ``<table>_user``, ``<table>_operation``,
-``<table>_target``, ``<table>_session`` with exactly the SQL of
-:mod:`heliosdb.audit.store` (SQLite's own ``sqlite_autoindex_*`` indexes are accepted).
+and the indexes of :func:`heliosdb.audit.store.known_indexes` (the current layout's and
+the legacy one's) with exactly that SQL (SQLite's own ``sqlite_autoindex_*`` indexes are
+accepted).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import apsw
 
 from ..errors import translate
 from .events import COLUMNS
-from .store import DEFAULT_TABLE, META_TABLE, _NAME_RE, _schema_sql
+from .store import DEFAULT_TABLE, META_TABLE, _NAME_RE, known_indexes
 
 __all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables",
            "recorded_audit_tables"]
@@ -224,13 +224,7 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
 
 
 def _expected_indexes(table: str) -> dict[str, str]:
-    out = {}
-    for sql in _schema_sql(table):
-        if sql.startswith("CREATE INDEX"):
-            stored = sql.replace("IF NOT EXISTS ", "", 1)
-            name = stored.split('"')[1]
-            out[name.lower()] = stored
-    return out
+    return known_indexes(table)  # the current layout's and the legacy one's
 
 
 def find_foreign_schema(db: apsw.Connection,

@@ -7,10 +7,14 @@ Every method returns a *new* query, so a base query can be shared and refined::
     for ev in q.table("patients").order("desc").limit(50):
         print(ev.timestamp, ev.operation, ev.target)
 
-Filters map onto the indexes of the audit table (``ts_us``, ``(user, ts_us)``,
-``(operation, ts_us)``, ``(target, ts_us)``; :mod:`heliosdb.audit.store`), so a filtered
-query reads the matching index range only. Results are typed
-:class:`heliosdb.audit.events.AuditEvent` rows in time order (``order("desc")`` reverses it).
+Filters map onto the indexes of the audit table (:func:`heliosdb.audit.store.index_sql`:
+user, operation and target each followed by ``id``, then the other filter columns), so a
+filtered query reads the matching index range only. Time needs no index: ``ts_us`` grows
+with ``id`` (the writer makes it so), so a time range is translated into an id range by a
+binary search on the primary key (about twenty row lookups on a million events) and read
+as such. Logs created with the legacy indexes (``(column, ts_us)``) are served by those,
+with the same results. Results are typed :class:`heliosdb.audit.events.AuditEvent` rows in
+time order (``order("desc")`` reverses it).
 
 Times (``between``, ``timeline(since=)`` ...) accept a :class:`datetime.datetime` (naive means
 UTC), a :class:`datetime.date` (its UTC midnight), ISO 8601 text, or an integer of UTC
@@ -25,7 +29,7 @@ import apsw
 
 from ..errors import ProgrammingError, translate
 from .events import COLUMNS, AuditEvent
-from .store import _q
+from .store import has_legacy_indexes, quoted
 
 __all__ = ["AuditQuery", "to_us"]
 
@@ -172,7 +176,12 @@ class AuditQuery:
             args.extend(values)
 
         if f.get("operation"):
-            any_of("operation", f["operation"])
+            # An operation is one of a few dozen values, each a large share of the log; a
+            # user or a target is usually far narrower. With one of those also given, keep
+            # the planner (which has no statistics) off the operation index (unary +): the
+            # user's or target's index reads fewer entries and checks the operation in-index.
+            narrower = f.get("user") or f.get("table")
+            any_of("+operation" if narrower else "operation", f["operation"])
         if f.get("user"):
             any_of('"user"', f["user"])
         if f.get("session"):
@@ -186,12 +195,19 @@ class AuditQuery:
         if f.get("success") is not None:
             terms.append("success = ?")
             args.append(f["success"])
+        # A time bound becomes an id bound as well (ts_us grows with id), which the rowid
+        # and every index (its entries end with the id) can seek; the ts_us term stays so
+        # that no event outside the range is ever returned, whatever the file holds.
         if f.get("ts_lo") is not None:
             terms.append("ts_us >= ?")
             args.append(f["ts_lo"])
+            terms.append("id >= ?")
+            args.append(self._first_id_at(f["ts_lo"]))
         if f.get("ts_hi") is not None:
             terms.append("ts_us < ?")
             args.append(f["ts_hi"])
+            terms.append("id < ?")
+            args.append(self._first_id_at(f["ts_hi"]))
         if f.get("id_lo") is not None:
             terms.append("id >= ?")
             args.append(int(f["id_lo"]))
@@ -199,6 +215,37 @@ class AuditQuery:
             terms.append("id <= ?")
             args.append(int(f["id_hi"]))
         return (" WHERE " + " AND ".join(terms)) if terms else "", args
+
+    def _first_id_at(self, ts_us: int) -> int:
+        """The smallest id whose ``ts_us >= ts_us`` (one past the last id if none).
+
+        Binary search on the primary key: ``ts_us`` is strictly increasing with ``id``.
+        Each probe reads the first stored row at or after an id, so a gap in the ids
+        (a purge's start, a foreign file) costs nothing more.
+        """
+        t = quoted(self._session.table)
+        # (two subqueries: SQLite answers a lone min() or max() from the b-tree's end,
+        # "SELECT min(id), max(id)" with a scan)
+        bounds = list(self._run(f"SELECT (SELECT min(id) FROM {t}), (SELECT max(id) FROM {t})",
+                                []))
+        lo, hi = bounds[0] if bounds else (None, None)
+        if lo is None:
+            return 0
+        found = hi + 1
+        probe = f"SELECT id, ts_us FROM {t} WHERE id >= ? ORDER BY id LIMIT 1"
+        hi += 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = next(iter(self._run(probe, [mid])), None)
+            if row is None:  # no row in [mid, hi): the answer, if any, is below mid
+                hi = mid
+            elif not isinstance(row[1], int) or row[1] >= ts_us:
+                # (a non-integer time cannot be ordered: keep it inside the range, the
+                # ts_us term then decides)
+                found, hi = row[0], mid
+            else:
+                lo = row[0] + 1
+        return found
 
     def _target_values(self, tables: tuple[str, ...]) -> list[str]:
         """The stored ``target`` values that name one of ``tables``.
@@ -209,7 +256,7 @@ class AuditQuery:
         value (a loose index scan: a few microseconds each, and a log has few distinct
         targets); the query then reads the matching index ranges only.
         """
-        t = _q(self._session.table)
+        t = quoted(self._session.table)
         sql = (f"WITH RECURSIVE d(v) AS (SELECT min(target) FROM {t} UNION ALL "
                f"SELECT (SELECT min(target) FROM {t} WHERE target > d.v) FROM d "
                "WHERE d.v IS NOT NULL) SELECT v FROM d WHERE v IS NOT NULL")
@@ -224,9 +271,16 @@ class AuditQuery:
         """The SELECT this query runs, and its parameters (for EXPLAIN, or a cursor)."""
         where, args = self._where()
         d = "DESC" if self._f.get("order") == "desc" else "ASC"
-        # ts_us is strictly increasing with id, so time order is id order; ordering by
-        # ts_us lets the (user|operation|target, ts_us) indexes deliver rows in order.
-        sql = f"SELECT {_COLS} FROM {_q(self._session.table)}{where} ORDER BY ts_us {d}"
+        # ts_us is strictly increasing with id, so time order is id order. Ordering by the
+        # column the indexes end with lets them deliver rows in order (no sort): id for
+        # the current layout, ts_us for a log with the legacy (column, ts_us) indexes.
+        s = self._session
+        with s._internal():
+            try:
+                key = "ts_us" if has_legacy_indexes(s._db, s.table) else "id"
+            except apsw.Error as exc:
+                raise translate(exc) from None
+        sql = f"SELECT {_COLS} FROM {quoted(s.table)}{where} ORDER BY {key} {d}"
         lim, off = self._f.get("limit"), self._f.get("offset")
         if lim is not None or off:
             sql += " LIMIT ? OFFSET ?"
@@ -269,7 +323,7 @@ class AuditQuery:
     def count(self) -> int:
         """How many events match (``limit``/``offset`` applied)."""
         where, args = self._where()
-        t = _q(self._session.table)
+        t = quoted(self._session.table)
         lim, off = self._f.get("limit"), self._f.get("offset")
         if lim is None and not off:
             sql = f"SELECT count(*) FROM {t}{where}"

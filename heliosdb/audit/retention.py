@@ -362,7 +362,7 @@ def purge(audit: Any, *, now: Any = None, archive: Any = None,
         start = merkle.tree_at_anchor(db, audit.table)
         tree = (merkle.fold_stored(db, audit.table, start[0], start[1], p["last"])
                 if start is not None else None)
-        t = store._q(audit.table)
+        t = store.quoted(audit.table)
         db.execute(f"DELETE FROM {t} WHERE id > ? AND id <= ?", (anc.id, p["last"]))
         deleted = db.changes()
         if deleted != p["count"]:

@@ -25,8 +25,9 @@ from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, c
 from .events import _checked_ops as _known_ops  # names check_operation already accepted
 
 __all__ = ["DEFAULT_TABLE", "META_TABLE", "DEFAULT_MAX_QUERY_LENGTH", "Head", "Anchor",
-           "ensure_schema", "append", "head", "anchor", "read_events", "get_meta",
-           "check_table_name"]
+           "ensure_schema", "append", "head", "read_head", "anchor", "read_events",
+           "get_meta", "check_table_name", "quoted", "index_sql", "legacy_index_sql",
+           "known_indexes", "has_legacy_indexes"]
 
 DEFAULT_TABLE = "__audit_log"
 #: One small table for every audit table of the database: (tbl, key) -> value.
@@ -70,12 +71,80 @@ def check_table_name(table: str) -> str:
     return table
 
 
-def _q(table: str) -> str:
+def quoted(table: str) -> str:
+    """``table`` as a quoted SQL identifier, after :func:`check_table_name` (it is spliced
+    into SQL text)."""
     return '"' + check_table_name(table) + '"'
 
 
+def index_sql(table: str) -> list[str]:
+    """The ``CREATE INDEX`` statements of a log created by this version, as SQLite stores
+    them in ``sqlite_schema`` (docs/AUDIT_FORMAT.md, "Indexes").
+
+    Time needs no index: ``ts_us`` grows with ``id``, so a time range is an id range
+    (:mod:`heliosdb.audit.query` finds it by binary search on the primary key). Each index
+    leads with the column it serves, then ``id``, so that its entries for one value are in
+    id (= time) order and an id range within them is one seek; the other filter columns
+    follow, so that a second filter is checked inside the index, without reading rows.
+    No partial index of failed events: its pages would be read by no successful write, so
+    a damaged one would go unnoticed until a failure is recorded (tests/
+    test_reliability_fuzz.py holds every page of a file to being read by ordinary use).
+    """
+    t = quoted(table)
+    return [
+        f'CREATE INDEX "{table}_by_user" ON {t}("user", id, operation, target, success)',
+        f'CREATE INDEX "{table}_by_operation" ON {t}(operation, id, "user", target, success)',
+        f'CREATE INDEX "{table}_by_target" ON {t}(target, id, operation, "user", success)',
+    ]
+
+
+def legacy_index_sql(table: str) -> list[str]:
+    """The six indexes of logs created before :func:`index_sql` (time, user, operation,
+    target and session each with ``ts_us``, and the generated ``timestamp``), as stored.
+
+    Files that have them keep them: opening a file runs no DDL on its log, and queries give
+    the same results on either layout (docs/AUDIT_FORMAT.md, "Indexes").
+    """
+    t = quoted(table)
+    return [
+        f'CREATE INDEX "{table}_ts" ON {t}(ts_us)',
+        f'CREATE INDEX "{table}_user" ON {t}("user", ts_us)',
+        f'CREATE INDEX "{table}_operation" ON {t}(operation, ts_us)',
+        f'CREATE INDEX "{table}_target" ON {t}(target, ts_us)',
+        f'CREATE INDEX "{table}_session" ON {t}(session_id, ts_us)',
+        f'CREATE INDEX "{table}_timestamp" ON {t}("timestamp")',
+    ]
+
+
+def known_indexes(table: str) -> dict[str, str]:
+    """Every index HeliosDB creates or created on ``table``: lower-cased name -> its SQL
+    as stored (anything else on the log is foreign: :mod:`heliosdb.audit.neighbourhood`)."""
+    out = {}
+    for sql in legacy_index_sql(table) + index_sql(table):
+        out[sql.split('"')[1].lower()] = sql
+    return out
+
+
+def has_legacy_indexes(conn: apsw.Connection, table: str) -> bool:
+    """Whether the log in ``conn`` carries the time index of the legacy layout (then its
+    ``(column, ts_us)`` indexes deliver rows in ``ts_us`` order, not id order)."""
+    try:
+        for _ in conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ? "
+                              "AND tbl_name = ?", (f"{table}_ts", table)):
+            return True
+    except apsw.Error as exc:
+        raise translate(exc) from None
+    return False
+
+
+def _table_exists(conn: apsw.Connection, table: str) -> bool:
+    return any(conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (table,)))
+
+
 def _schema_sql(table: str) -> list[str]:
-    t = _q(table)
+    """The log's CREATE TABLE, then the meta table's (indexes: :func:`index_sql`)."""
+    t = quoted(table)
     return [
         f"""CREATE TABLE IF NOT EXISTS {t} (
     id            INTEGER PRIMARY KEY,   -- gapless, assigned by the writer, never reused
@@ -96,12 +165,6 @@ def _schema_sql(table: str) -> list[str]:
     checksum      BLOB NOT NULL,         -- SHA-256(prev_hash || encoding), 32 bytes
     {_GENERATED_SQL}
 )""",
-        f'CREATE INDEX IF NOT EXISTS "{table}_ts" ON {t}(ts_us)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_user" ON {t}("user", ts_us)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_operation" ON {t}(operation, ts_us)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_target" ON {t}(target, ts_us)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_session" ON {t}(session_id, ts_us)',
-        f'CREATE INDEX IF NOT EXISTS "{table}_timestamp" ON {t}("timestamp")',
         f"""CREATE TABLE IF NOT EXISTS {META_TABLE} (
     tbl   TEXT NOT NULL,
     key   TEXT NOT NULL,
@@ -127,10 +190,10 @@ _GENERATED_SQL = ",\n    ".join(
 def _add_generated_columns(conn: apsw.Connection, table: str) -> None:
     """Logs created before the generated columns existed get them (no rewrite: VIRTUAL
     columns are added by ALTER TABLE without touching a row)."""
-    have = {r[1] for r in conn.execute(f"PRAGMA table_xinfo({_q(table)})")}
+    have = {r[1] for r in conn.execute(f"PRAGMA table_xinfo({quoted(table)})")}
     for name, expr in GENERATED_COLUMNS.items():
         if name not in have:
-            conn.execute(f'ALTER TABLE {_q(table)} ADD COLUMN "{name}" TEXT '
+            conn.execute(f'ALTER TABLE {quoted(table)} ADD COLUMN "{name}" TEXT '
                          f"GENERATED ALWAYS AS ({expr}) VIRTUAL")
 
 
@@ -159,6 +222,10 @@ def _run(conn: apsw.Connection, fn: Any, *args: Any, write: bool = True) -> Any:
 def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
     """Create the audit table, its indexes and its meta rows if they do not exist.
 
+    The indexes (:func:`index_sql`) are created with the table, never added to a log that
+    exists: a file made with the legacy indexes keeps them (no DDL runs on an audited file
+    behind its owner's back; docs/AUDIT_FORMAT.md, "Indexes").
+
     Meta rows (table ``__audit_meta``, keyed by audit table name): ``format_version``,
     ``database_id`` (16 random bytes, hex: binds checkpoints to this database),
     ``anchor_id`` / ``anchor_checksum`` / ``anchor_ts_us`` (start of the stored chain) and
@@ -168,10 +235,14 @@ def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
 
     def work(c: apsw.Connection) -> None:
         schema = _schema_sql(table)
+        new = not _table_exists(c, table)
         c.execute(schema[0])
         _add_generated_columns(c, table)
         for sql in schema[1:]:
             c.execute(sql)
+        if new:
+            for sql in index_sql(table):
+                c.execute(sql)
         defaults = {"format_version": 1, "database_id": os.urandom(16).hex(),
                     "anchor_id": 0, "anchor_checksum": GENESIS, "anchor_ts_us": None,
                     "checkpoint_seq": 0}
@@ -212,16 +283,25 @@ def anchor(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> Anchor:
 _head_cache: dict[str, str] = {}
 
 
-def _head(conn: apsw.Connection, table: str) -> tuple[int, bytes, Optional[int]]:
+def read_head(conn: apsw.Connection, table: str) -> tuple[int, bytes, Optional[int]]:
+    """``(last_id, last_checksum, last_ts_us)`` of the chain: the last stored event, or the
+    anchor when the table is empty. One query for a non-empty log (no meta reads, no
+    count); raises :mod:`apsw` errors as they come (the caller translates)."""
     # The anchor (three meta reads) is only needed for an empty table.
     sql = _head_cache.get(table)
     if sql is None:
-        sql = f"SELECT id, checksum, ts_us FROM {_q(table)} ORDER BY id DESC LIMIT 1"
+        sql = f"SELECT id, checksum, ts_us FROM {quoted(table)} ORDER BY id DESC LIMIT 1"
         _head_cache[table] = sql
     for row in conn.execute(sql):
         return row[0], row[1], row[2]
     a = anchor(conn, table)
     return a.id, a.checksum, a.ts_us
+
+
+#: The names ``quoted`` and ``read_head`` had before they were public: modules on other
+#: branches may still import them (remove once none does).
+_q = quoted
+_head = read_head
 
 
 def head(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> Head:
@@ -230,7 +310,7 @@ def head(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> Head:
     For an empty table: the anchor (``0``, 32 zero bytes, ``None``, ``0`` for a new log).
     """
     try:
-        last_id, last_ck, last_ts = _head(conn, table)
+        last_id, last_ck, last_ts = read_head(conn, table)
         a = anchor(conn, table)
     except apsw.Error as exc:
         raise translate(exc) from None
@@ -264,7 +344,7 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
     maxq = (1 << 62) if max_query_length is None else max_query_length
 
     def work(c: apsw.Connection) -> list[int]:
-        last_id, last_ck, last_ts = _head(c, table)
+        last_id, last_ck, last_ts = read_head(c, table)
         now = time.time_ns() // 1000 if now_us is None else now_us
         # max(now, previous + 1) for the first event, then one microsecond apart: what
         # "never equal to (nor before) the previous event" gives for a batch.
@@ -327,7 +407,7 @@ def _insert_sql(table: str) -> str:
     sql = _insert_cache.get(table)
     if sql is None:
         cols = ", ".join(f'"{c}"' for c in COLUMNS)
-        sql = f"INSERT INTO {_q(table)} ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        sql = f"INSERT INTO {quoted(table)} ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
         _insert_cache[table] = sql
     return sql
 
@@ -337,7 +417,7 @@ def read_events(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
                 last_id: Optional[int] = None) -> Iterator[AuditEvent]:
     """Stored events in id order, optionally limited to ``first_id..last_id``."""
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
-    sql = (f"SELECT {cols} FROM {_q(table)} WHERE id >= ? AND id <= ? ORDER BY id")
+    sql = (f"SELECT {cols} FROM {quoted(table)} WHERE id >= ? AND id <= ? ORDER BY id")
     lo = -(1 << 63) if first_id is None else first_id
     hi = (1 << 63) - 1 if last_id is None else last_id
     try:

@@ -57,7 +57,7 @@ from ..errors import AuditIntegrityError, DatabaseError, OperationalError, Progr
 from . import chain
 from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event
 from .events import GENESIS
-from .store import DEFAULT_TABLE, _head, _q, anchor, check_table_name, get_meta
+from .store import DEFAULT_TABLE, anchor, check_table_name, get_meta, quoted, read_head
 
 __all__ = ["FAULTS", "VerifyReport", "AuditIntegrityError", "verify_connection",
            "purge_records", "archive_candidates", "chain_walk_sql", "split_columns"]
@@ -162,7 +162,7 @@ class _Ctx:
 
     def __init__(self, conn: apsw.Connection, table: str) -> None:
         self.conn = conn
-        self.t = _q(table)
+        self.t = quoted(table)
         self.cols = ", ".join(f'typeof("{c}"), "{c}"' for c in COLUMNS)
         # Fallback when a text is not valid UTF-8: its raw bytes (in the database's text
         # encoding, which a tampered row's invalid text was written in anyway).
@@ -298,7 +298,7 @@ def chain_walk_sql(table: str, where: str) -> str:
     mask += f" | ((affected_rows IS NULL) << {len(TEXT_FIELDS)})"
     types = " AND ".join(f"typeof(\"{c}\") IN ('text', 'null')" for c in TEXT_FIELDS)
     return (f"SELECT CAST({texts} AS BLOB), id, ts_us, affected_rows, success, {types}, "
-            f"prev_hash, checksum, {mask} FROM {_q(table)} {where} ORDER BY id")
+            f"prev_hash, checksum, {mask} FROM {quoted(table)} {where} ORDER BY id")
 
 
 _NCOL = 9
@@ -661,7 +661,7 @@ def _aggregate_walk(conn: apsw.Connection, table: str, st: _State,
     With ``st.tree`` set, the aggregate's tree mode also folds each good row's Merkle leaf
     into the frontier; a chunk ends at ``stop_at`` (the checkpoint's event), whose root is
     kept in ``st.cp_root``."""
-    t = _q(table)
+    t = quoted(table)
     texts = ", ".join(f'"{c}"' for c in TEXT_FIELDS)
     tree_args = "?, ?, " if st.tree is not None else ""
     sql = (f"SELECT heliosdb_chain_check({tree_args}?, ?, ?, id, ts_us, affected_rows, "
@@ -709,7 +709,7 @@ def _aggregate_walk(conn: apsw.Connection, table: str, st: _State,
 
 def _tail_missing(conn: apsw.Connection, table: str, cp: Any, st: _State,
                   cp_id: Optional[int]) -> VerifyReport:
-    head = _head(conn, table)[0]  # not st: an incremental walk may not have started
+    head = read_head(conn, table)[0]  # not st: an incremental walk may not have started
     seq = int(get_meta(conn, table, "checkpoint_seq", 0) or 0)
     if seq >= cp.seq:
         return _report("truncated", head + 1, f"the log ends at event {head} but signed "
@@ -741,7 +741,7 @@ def purge_records(conn: apsw.Connection, table: str, after_id: int) -> list[dict
     import json
 
     out = []
-    for (md,) in conn.execute(f"SELECT metadata FROM {_q(table)} WHERE operation = "
+    for (md,) in conn.execute(f"SELECT metadata FROM {quoted(table)} WHERE operation = "
                               "'RETENTION_PURGE' AND success = 1 AND id > ? ORDER BY id",
                               (after_id,)):
         try:

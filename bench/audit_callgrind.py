@@ -1,0 +1,171 @@
+"""Instruction counts per audited statement, measured with ``valgrind --tool=callgrind``.
+
+    .venv/bin/python bench/audit_callgrind.py [--n 1000] [--engines a,b] [--workloads a,b]
+    make bench-audit
+
+Timed ratios (bench/audit_hotpath.py, bench/run.py) move with whatever else the shared
+machine runs; instruction counts do not. For each engine and workload a small driver runs
+under callgrind twice, with N and with 2N statements, and the figure is the difference of
+the two totals divided by N: start-up (interpreter, imports, open, schema, pre-fill) is the
+same in both runs and cancels out. Workloads (every one over table ``t(id, name, val)``):
+
+  single      single-row INSERT, committed every 1,000 statements
+  many        executemany of 1,000 rows per call, one commit per call (figure per row)
+  update      UPDATE ... WHERE id = ? on a pre-filled table, committed every 1,000
+  autocommit  single-row INSERT, each its own transaction
+
+Engines: ``apsw`` (plain APSW), ``apsw-trigger`` (APSW with hand-written AFTER
+INSERT/UPDATE/DELETE triggers writing an audit table, what users write themselves; from
+bench/audit_hotpath.py), ``heliosdb`` (not audited) and ``heliosdb-audit`` (``config=
+"default"``). The journal is WAL with synchronous=NORMAL everywhere. Prints a markdown table
+and writes it to bench/results/audit_callgrind.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from audit_hotpath import _open, _schema  # noqa: E402  (the same engines, same schema)
+
+ENGINES = ("apsw", "apsw-trigger", "heliosdb", "heliosdb-audit")
+WORKLOADS = ("single", "many", "update", "autocommit")
+BATCH = 1000
+RESULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                      "audit_callgrind.md")
+_INS = "INSERT INTO t(name, val) VALUES (?, ?)"
+_UPD = "UPDATE t SET val = val + 1 WHERE id = ?"
+
+
+def drive(engine: str, workload: str, n: int, prefill: int) -> None:
+    """Run ``n`` statements of ``workload`` on a fresh database (the measured process).
+
+    ``prefill`` rows are inserted first whatever ``n`` is, so that the two runs compared
+    differ only in the statements counted.
+    """
+    d = tempfile.mkdtemp(prefix="audit_callgrind_")
+    try:
+        conn = _open(engine, os.path.join(d, "db.sqlite"))
+        _schema(engine, conn)
+        apsw_like = engine.startswith("apsw")
+        if workload == "update":
+            rows = [(f"name{i}", i) for i in range(prefill)]
+            if apsw_like:
+                with conn:
+                    conn.executemany(_INS, rows)
+            else:
+                conn.executemany(_INS, rows)
+                conn.commit()
+        if workload == "autocommit" and not apsw_like:
+            conn.isolation_level = None  # DB-API autocommit: each statement commits
+        ex = conn.cursor().execute
+        if workload in ("single", "update"):
+            sql = _INS if workload == "single" else _UPD
+            for b in range(0, n, BATCH):
+                if apsw_like:
+                    ex("BEGIN")
+                for i in range(b, min(b + BATCH, n)):
+                    ex(sql, (f"name{i}", i) if workload == "single" else (i + 1,))
+                if apsw_like:
+                    ex("COMMIT")
+                else:
+                    conn.commit()
+        elif workload == "many":
+            for b in range(0, n, BATCH):
+                rows = [(f"name{i}", i) for i in range(b, min(b + BATCH, n))]
+                if apsw_like:
+                    with conn:
+                        conn.executemany(_INS, rows)
+                else:
+                    conn.executemany(_INS, rows)
+                    conn.commit()
+        elif workload == "autocommit":
+            for i in range(n):
+                ex(_INS, (f"name{i}", i))
+        else:
+            raise SystemExit(f"unknown workload {workload!r}: one of {', '.join(WORKLOADS)}")
+        conn.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def instructions(engine: str, workload: str, n: int, prefill: int) -> int:
+    """Total instructions (callgrind ``Ir``) of one driver process running ``n`` statements."""
+    with tempfile.TemporaryDirectory(prefix="audit_callgrind_out_") as out:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
+               sys.executable, os.path.abspath(__file__), "--drive", engine, workload,
+               str(n), str(prefill)]
+        # a fixed hash seed: set and dict layouts, hence the instructions, repeat run to run
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        m = _COLLECTED.search(proc.stderr)
+        if proc.returncode != 0 or m is None:
+            raise SystemExit(f"callgrind run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+        return int(m.group(1))
+
+
+def per_statement(engine: str, workload: str, n: int) -> float:
+    """Instructions per statement (per row for ``many``): (Ir(2n) - Ir(n)) / n."""
+    prefill = 2 * n
+    return (instructions(engine, workload, 2 * n, prefill)
+            - instructions(engine, workload, n, prefill)) / n
+
+
+def table(results: dict, engines: list, workloads: list, n: int) -> str:
+    """The results as a markdown table, with ratios of the audited engine to the others."""
+    head = ["workload"] + engines
+    if "heliosdb-audit" in engines:
+        head += [f"audit / {b}" for b in ("apsw", "apsw-trigger", "heliosdb") if b in engines]
+    lines = [f"Instructions per statement (callgrind Ir, (Ir(2N) - Ir(N)) / N, N = {n:,}; "
+             "`many`: per row)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w in workloads:
+        r = results[w]
+        cells = [w] + [f"{r[e]:,.0f}" for e in engines]
+        if "heliosdb-audit" in engines:
+            cells += [f"{r['heliosdb-audit'] / r[b]:.2f}x" for b in
+                      ("apsw", "apsw-trigger", "heliosdb") if b in engines]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Measure every engine on every workload and print / write the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="statements in the short run")
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--out", default=RESULT, help="where to write the markdown table")
+    ap.add_argument("--drive", nargs=4, metavar=("ENGINE", "WORKLOAD", "N", "PREFILL"),
+                    help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.drive:
+        drive(a.drive[0], a.drive[1], int(a.drive[2]), int(a.drive[3]))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+    engines, workloads = a.engines.split(","), a.workloads.split(",")
+    results: dict = {}
+    for w in workloads:
+        for e in engines:
+            results.setdefault(w, {})[e] = per_statement(e, w, a.n)
+            print(f"{w:10} {e:15} {results[w][e]:12,.0f} Ir per statement", flush=True)
+    text = table(results, engines, workloads, a.n)
+    print()
+    print(text)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
