@@ -33,7 +33,7 @@ from .dbapi import (
     connect,
     converters,
     enable_callback_tracebacks,
-    _module_getattr as __getattr__,
+    module_getattr as __getattr__,
     register_adapter,
     register_converter,
 )

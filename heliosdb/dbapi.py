@@ -2362,7 +2362,7 @@ def _contiguous_bytes(data: Any) -> bytes:
 DEPRECATED_MODULE_ATTRS: dict = {}
 
 
-def _module_getattr(name: str) -> Any:
+def module_getattr(name: str) -> Any:
     """heliosdb's (and heliosdb.dbapi2's) module ``__getattr__``: names sqlite3 still
     answers with a warning."""
     import warnings

@@ -21,7 +21,6 @@ KNOWN_CIRCLES = {
     frozenset({"heliosdb.crypto.format", "heliosdb.crypto.keys"}),
     # dbapi2 re-exports the package face, which imports dbapi2 for its deprecated names.
     frozenset({"heliosdb", "heliosdb.dbapi2"}),
-    frozenset({"heliosdb.cli.commands", "heliosdb.cli.prove"}),
 }
 
 

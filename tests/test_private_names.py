@@ -12,24 +12,9 @@ import heliosdb
 
 PACKAGE = pathlib.Path(heliosdb.__file__).parent
 
-#: Imports of private names that remain, each a debt named in an issue's closing note.
-#: The list may only shrink: a new import fails, and so does a listed one that is gone.
-KNOWN: set[tuple[str, str, str]] = {
-    ('heliosdb.audit.ship', 'heliosdb.audit.store', '_q'),
-    ('heliosdb', 'heliosdb.dbapi', '_module_getattr'),
-    ('heliosdb.audit.checkpoint', 'heliosdb.audit.store', '_head'),
-    ('heliosdb.audit.export', 'heliosdb.audit.store', '_q'),
-    ('heliosdb.audit.merkle', 'heliosdb.audit.store', '_head'),
-    ('heliosdb.audit.merkle', 'heliosdb.audit.store', '_q'),
-    ('heliosdb.audit.neighbourhood', 'heliosdb.audit.store', '_NAME_RE'),
-    ('heliosdb.audit.neighbourhood', 'heliosdb.audit.store', '_schema_sql'),
-    ('heliosdb.audit.query', 'heliosdb.audit.store', '_q'),
-    ('heliosdb.audit.store', 'heliosdb.audit.events', '_checked_ops'),
-    ('heliosdb.audit.verify', 'heliosdb.audit.store', '_head'),
-    ('heliosdb.audit.verify', 'heliosdb.audit.store', '_q'),
-    ('heliosdb.cli.prove', 'heliosdb.cli.commands', '_open_audited'),
-    ('heliosdb.dbapi2', 'heliosdb.dbapi', '_module_getattr'),
-}
+#: Imports of private names allowed to remain (none: keep it that way, or name the debt
+#: here with its issue). A listed import that is gone fails too.
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:

@@ -79,7 +79,10 @@ COLUMNS: tuple[str, ...] = (
 )
 
 _OP_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}\Z")
-_checked_ops: set[str] = set(OPERATIONS)
+#: Operation names :func:`check_operation` has accepted (the vocabulary, then names an
+#: application logged): a set to test membership in on the hot path. Read it; only
+#: check_operation adds to it.
+ACCEPTED_OPERATIONS: set[str] = set(OPERATIONS)
 
 
 def check_operation(name: object) -> str:
@@ -89,14 +92,14 @@ def check_operation(name: object) -> str:
     ``DATA_SUBJECT_REQUEST`` (upper case, digits, underscores, at most 64 characters) so
     that queries by operation stay meaningful.
     """
-    if name in _checked_ops:
+    if name in ACCEPTED_OPERATIONS:
         return name  # type: ignore[return-value]
     if not isinstance(name, str) or not _OP_RE.match(name):
         raise ProgrammingError(
             f"invalid audit operation {name!r}: use an upper-case name such as 'INSERT' or "
             "'DATA_SUBJECT_REQUEST' ([A-Z][A-Z0-9_]{0,63})")
-    if len(_checked_ops) < 4096:  # bounded: applications may invent many names
-        _checked_ops.add(name)
+    if len(ACCEPTED_OPERATIONS) < 4096:  # bounded: applications may invent many names
+        ACCEPTED_OPERATIONS.add(name)
     return name
 
 

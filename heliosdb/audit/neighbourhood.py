@@ -37,7 +37,7 @@ import apsw
 
 from ..errors import translate
 from .events import COLUMNS
-from .store import DEFAULT_TABLE, META_TABLE, _NAME_RE, known_indexes
+from .store import DEFAULT_TABLE, META_TABLE, TABLE_NAME_RE, known_indexes
 
 __all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables",
            "recorded_audit_tables"]
@@ -220,7 +220,7 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
         return []  # no meta table
     except apsw.Error as exc:  # unreadable: fail closed, as a heliosdb error
         raise translate(exc) from None
-    return sorted(t for (t,) in rows if isinstance(t, str) and _NAME_RE.match(t))
+    return sorted(t for (t,) in rows if isinstance(t, str) and TABLE_NAME_RE.match(t))
 
 
 def _expected_indexes(table: str) -> dict[str, str]:
@@ -248,7 +248,7 @@ def find_foreign_schema(db: apsw.Connection,
     # what HeliosDB creates for each audit table
     expected: dict[str, str] = {}
     for t in protected:
-        if t != META_TABLE.lower() and _NAME_RE.match(t) and not t.startswith("sqlite_"):
+        if t != META_TABLE.lower() and TABLE_NAME_RE.match(t) and not t.startswith("sqlite_"):
             expected.update(_expected_indexes(t))
     out: list[ForeignObject] = []
     for schema in _schemas(db):

@@ -47,7 +47,7 @@ import apsw
 
 from ..errors import AuditIntegrityError, ProgrammingError, translate
 from .events import COLUMNS, AuditEvent, format_ts
-from .store import _q, anchor, get_meta
+from .store import anchor, get_meta, quoted
 
 __all__ = ["STATE_FORMAT", "DEFAULT_BATCH", "Destination", "ShipState", "ShipResult",
            "parse_destination", "ship"]
@@ -308,7 +308,7 @@ def ship(session: Any, to: Union[str, os.PathLike], *, state: Union[str, os.Path
     session._require_autocommit("ship()")
     session._flush_for_read()
     db, table = session._db, session.table
-    t = _q(table)
+    t = quoted(table)
     try:
         with session._internal():
             db.execute("BEGIN")

@@ -22,7 +22,7 @@ import apsw
 from ..errors import AuditIntegrityError, DataError, ProgrammingError, translate
 from . import chain
 from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, check_operation
-from .events import _checked_ops as _known_ops  # names check_operation already accepted
+from .events import ACCEPTED_OPERATIONS as _known_ops
 
 __all__ = ["DEFAULT_TABLE", "META_TABLE", "DEFAULT_MAX_QUERY_LENGTH", "Head", "Anchor",
            "ensure_schema", "append", "head", "read_head", "anchor", "read_events",
@@ -34,7 +34,8 @@ DEFAULT_TABLE = "__audit_log"
 META_TABLE = "__audit_meta"
 DEFAULT_MAX_QUERY_LENGTH = 10000
 
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+#: What an audit table name may be (it is spliced into SQL): a plain identifier.
+TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 class Head(NamedTuple):
@@ -64,7 +65,7 @@ class Anchor(NamedTuple):
 
 def check_table_name(table: str) -> str:
     """Return ``table`` if it is a plain identifier (it is spliced into SQL), else raise."""
-    if not isinstance(table, str) or not _NAME_RE.match(table) \
+    if not isinstance(table, str) or not TABLE_NAME_RE.match(table) \
             or table.lower() == META_TABLE.lower() or table.lower().startswith("sqlite_"):
         raise ProgrammingError(f"invalid audit table name {table!r}: use letters, digits and "
                                f"underscores, not {META_TABLE!r} or sqlite_*")
@@ -297,11 +298,6 @@ def read_head(conn: apsw.Connection, table: str) -> tuple[int, bytes, Optional[i
     a = anchor(conn, table)
     return a.id, a.checksum, a.ts_us
 
-
-#: The names ``quoted`` and ``read_head`` had before they were public: modules on other
-#: branches may still import them (remove once none does).
-_q = quoted
-_head = read_head
 
 
 def head(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> Head:

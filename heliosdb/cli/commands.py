@@ -338,7 +338,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _open_audited(args: argparse.Namespace, user: Any = "__opener__") -> Any:
+def open_audited(args: argparse.Namespace, user: Any = "__opener__") -> Any:
     opener = _opener(args)
     if user != "__opener__":
         opener.user = user
@@ -352,7 +352,7 @@ def _open_audited(args: argparse.Namespace, user: Any = "__opener__") -> Any:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Archive and delete the expired prefix of the audit log (conn.audit.purge)."""
-    conn = _open_audited(args)
+    conn = open_audited(args)
     try:
         if is_readonly_connection(conn):
             raise CLIError(f"{db_file(args.file)} is open read-only: a purge writes (drop "
@@ -398,7 +398,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.limit is not None:
         filters["limit"] = args.limit
     # (--user filters the events here; the session user is --actor)
-    conn = _open_audited(args, user=args.actor)
+    conn = open_audited(args, user=args.actor)
     try:
         if args.suspicious:
             findings = report_findings(conn.audit.suspicious())
@@ -431,7 +431,7 @@ def _print_table(columns: Sequence[str], rows: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the audit log for a SIEM or an auditor."""
-    conn = _open_audited(args)
+    conn = open_audited(args)
     try:
         manifest = export_audit(conn, args.format, args.out, after_id=args.since_id)
     finally:
@@ -442,7 +442,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a compliance report; exit 1 when it has findings or verification failed."""
-    conn = _open_audited(args)
+    conn = open_audited(args)
     try:
         result = write_report(conn, args.out, args.preset)
     finally:
@@ -730,11 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run heliosdb.demo (its own options follow).")
     p.set_defaults(func=cmd_demo)
     from .prove import add_parser as _add_prove  # heliosdb prove: cli/prove.py
-    _add_prove(sub, _common)
+    _add_prove(sub, _common, open_audited)
     from .fleet import add_parser as _add_fleet  # heliosdb fleet-verify: cli/fleet.py
     _add_fleet(sub)
     from .ship import add_parser as _add_ship  # heliosdb ship: cli/ship.py
-    _add_ship(sub, _common, _open_audited)
+    _add_ship(sub, _common, open_audited)
     return parser
 
 

@@ -24,7 +24,8 @@ from .common import CLIError, EXIT_FAILED, EXIT_OK, load_verify_key
 __all__ = ["add_parser", "cmd_prove"]
 
 
-def add_parser(sub: Any, common: Callable[..., None]) -> None:
+def add_parser(sub: Any, common: Callable[..., None],
+               open_audited: Callable[[argparse.Namespace], Any]) -> None:
     """Register ``prove`` on the subcommand parsers (``common`` adds the key options)."""
     p = sub.add_parser("prove", help="make or check Merkle inclusion/consistency proofs",
                        description="Make an RFC 6962 inclusion proof of an audit event, or a "
@@ -56,7 +57,7 @@ def add_parser(sub: Any, common: Callable[..., None]) -> None:
                    help="the checkpoint signer's key: the signing key, an Ed25519 public key "
                         "(PEM) or the HMAC secret (default $HELIOSDB_SIGNING_KEY_FILE)")
     q.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.set_defaults(func=cmd_prove)
+    p.set_defaults(func=cmd_prove, open_audited=open_audited)
 
 
 def _write(proof: dict, out: Any) -> None:
@@ -99,8 +100,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
                              f"#{res['seqs'][1]}) extends the tree of {res['first_size']} "
                              f"events (checkpoint #{res['seqs'][0]})\n")
         return EXIT_OK
-    from .commands import _open_audited
-    conn = _open_audited(args)
+    conn = args.open_audited(args)  # the opener commands.py hands in (no import back)
     try:
         if args.prove_what == "inclusion":
             proof = conn.audit.prove_inclusion(args.event, args.checkpoint,

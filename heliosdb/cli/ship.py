@@ -78,13 +78,13 @@ def describe_result(r: Any, to: str) -> str:
 def cmd_ship(args: argparse.Namespace) -> int:
     """Ship new audit events (conn.audit.ship)."""
     from ..errors import OperationalError, ProgrammingError
-    from .common import CLIError, require_api
+    from .common import CLIError
 
     if args.batch < 1:
         raise CLIError("--batch must be at least 1")
     conn = args.open_audited(args)
     try:
-        ship = require_api(conn.audit, "ship", "heliosdb ship")
+        ship = conn.audit.ship
         with progress_callback(None, "Shipping audit events") as bar:
             try:
                 result = ship(args.to, state=args.state, batch_size=args.batch,
