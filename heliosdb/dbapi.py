@@ -1018,8 +1018,24 @@ class Cursor:
         except BaseException as exc:  # noqa: BLE001
             if self._peek is not _RESET_BY_ROLLBACK:  # that one raises until re-executed
                 self._active = False
-            _raise_translated(exc, None, conn._apsw)
+            self._raise_fetch_error(exc)
             raise  # unreachable
+
+    def _raise_fetch_error(self, exc: BaseException) -> None:
+        """Raise what sqlite3 raises for an error while a row was read."""
+        if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+            # sqlite3 names the column and its text. APSW does not say which column it
+            # failed to decode: a one-column row is the only one heliosdb can name.
+            try:
+                columns = self._cur.get_description()
+            except apsw.Error:
+                columns = ()
+            if len(columns) == 1:
+                name = columns[0][0]
+                text = exc.object.decode("utf-8", "replace")
+                raise OperationalError(
+                    f"Could not decode to UTF-8 column '{name}' with text '{text}'") from exc
+        _raise_translated(exc, None, self._connection._apsw)
 
     def _reset_by_rollback(self) -> None:
         """Python 3.10's rollback(): the cursor's statement is reset, and fetching from it
@@ -1073,7 +1089,7 @@ class Cursor:
                 return None
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
-                _raise_translated(exc, None, conn._apsw)
+                self._raise_fetch_error(exc)
         return self._fetchone()
 
     def _fetchone(self) -> Any:
@@ -1118,7 +1134,7 @@ class Cursor:
                 rows = list(self._cur)
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
-                _raise_translated(exc, None, conn._apsw)
+                self._raise_fetch_error(exc)
             self._active = False
             if self._count_at_end:
                 self._count_at_end = False

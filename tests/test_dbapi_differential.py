@@ -1138,6 +1138,26 @@ def test_parameters(mod, tmp_path):
 # value types
 # --------------------------------------------------------------------------------------
 
+def _undecodable_text(mod, path):
+    con = mod.connect(db(path))
+    out = []
+    # (3.10's sqlite3 reads the first row inside execute(), 3.11+ at the fetch)
+    for fetch in ("fetchone", "fetchall"):
+        out.append(attempt(mod, lambda: getattr(
+            con.execute("select 'xxx' || ? || 'yyy' colname", (b"\xfa",)), fetch)()))
+    con.row_factory = mod.Row
+    out.append(attempt(mod, lambda: con.execute("select 'a' || ? as c", (b"\xff",)).fetchone()))
+    con.close()
+    return out
+
+
+def test_undecodable_text_names_its_column(mod, tmp_path):
+    """sqlite3 names the column and shows the text (U+FFFD for the bad bytes)."""
+    out = same(_undecodable_text, mod, tmp_path)
+    assert out[0] == ("raise", "OperationalError", ("Error", "DatabaseError", "OperationalError"),
+                      "Could not decode to UTF-8 column 'colname' with text 'xxx\ufffdyyy'")
+
+
 def _values(mod, path):
     con = mod.connect(db(path))
     con.execute("create table t(v)")
