@@ -129,8 +129,15 @@ def TimestampFromTicks(ticks: float) -> _datetime.datetime:
 
 
 def enable_shared_cache(enable: bool, /) -> None:
-    """Deprecated in sqlite3; APSW's SQLite is built without shared cache, so this is
-    refused rather than silently ignored."""
+    """Deprecated in sqlite3 (3.10, gone in 3.12), with its warning; APSW's SQLite is built
+    without shared cache, so enabling it is refused rather than silently ignored."""
+    if _sys.version_info < (3, 12):
+        import warnings
+
+        warnings.warn("enable_shared_cache is deprecated and will be removed in Python 3.12. "
+                      "Shared cache is strongly discouraged by the SQLite 3 documentation. "
+                      "If shared cache must be used, open the database in URI mode using"
+                      "the cache=shared query parameter.", DeprecationWarning, stacklevel=2)
     if enable:
         raise NotSupportedError("shared cache is not available: use WAL mode, or the "
                                 "'file:name?mode=memory&cache=shared' URI for in-memory "

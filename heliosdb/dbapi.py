@@ -268,11 +268,17 @@ def enable_callback_tracebacks(flag: bool, /) -> None:
 
 def _unraisable(obj: Any, exc: BaseException) -> None:
     """What sqlite3's ``print_or_clear_traceback`` does: when tracebacks are enabled, pass
-    ``sys.unraisablehook`` the exception and the callable it came from."""
+    ``sys.unraisablehook`` the exception and the callable it came from (3.10: print it as
+    PyErr_Print does)."""
     if not _callback_tracebacks:
         return
     import sys
 
+    if _versions.CALLBACK_TRACEBACKS_PRINTED:
+        # What PyErr_Print does: remember the error as the last one, then sys.excepthook.
+        sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return
     global _UnraisableHookArgs
     if _UnraisableHookArgs is None:
         # The hook's argument type is not exposed: learn it from one unraisable exception.

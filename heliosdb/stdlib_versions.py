@@ -40,6 +40,12 @@ def isolation_level_shown(given: str, level: str) -> str:
     return given if PY310 else level
 
 
+#: With enable_callback_tracebacks(True), 3.10's sqlite3 prints a callback's error as
+#: PyErr_Print does (sys.excepthook, sys.last_value set); 3.11+ passes it, with the
+#: callable, to sys.unraisablehook.
+CALLBACK_TRACEBACKS_PRINTED = PY310
+
+
 def missing_finalize() -> str:
     """sqlite3's message for an aggregate class without ``finalize`` (3.10 reports it as
     any error of the method)."""
