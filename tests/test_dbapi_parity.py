@@ -6,11 +6,8 @@ from __future__ import annotations
 import collections.abc
 import sys
 
-import pytest
-
 from helpers.dbapi import (  # noqa: F401 - `mod` is a fixture
     SQLITE3_311, attempt, mod, same, same_since)
-
 
 
 def _statements(mod, path):
