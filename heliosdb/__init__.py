@@ -19,6 +19,7 @@ import apsw as _apsw
 
 from . import dbapi as _dbapi_mod
 from . import native as _native_mod
+from . import stdlib_versions as _stdlib_versions
 from .dbapi import (
     Blob,
     PARSE_COLNAMES,
@@ -87,7 +88,10 @@ apilevel = "2.0"
 
 def _threadsafety() -> int:
     # As the stdlib does since 3.11: derived from how SQLite was compiled
-    # (SQLITE_THREADSAFE 0 -> 0, 1 (serialized) -> 3, 2 (multi-thread) -> 1).
+    # (SQLITE_THREADSAFE 0 -> 0, 1 (serialized) -> 3, 2 (multi-thread) -> 1). 3.10's
+    # sqlite3 says 1 whatever the library.
+    if _stdlib_versions.PY310:
+        return 1
     opts = [o for o in _apsw.compile_options if o.startswith("THREADSAFE=")]
     level = int(opts[0].split("=")[1]) if opts else 1
     return {0: 0, 1: 3, 2: 1}.get(level, 1)
@@ -125,8 +129,15 @@ def TimestampFromTicks(ticks: float) -> _datetime.datetime:
 
 
 def enable_shared_cache(enable: bool, /) -> None:
-    """Deprecated in sqlite3; APSW's SQLite is built without shared cache, so this is
-    refused rather than silently ignored."""
+    """Deprecated in sqlite3 (3.10, gone in 3.12), with its warning; APSW's SQLite is built
+    without shared cache, so enabling it is refused rather than silently ignored."""
+    if _sys.version_info < (3, 12):
+        import warnings
+
+        warnings.warn("enable_shared_cache is deprecated and will be removed in Python 3.12. "
+                      "Shared cache is strongly discouraged by the SQLite 3 documentation. "
+                      "If shared cache must be used, open the database in URI mode using"
+                      "the cache=shared query parameter.", DeprecationWarning, stacklevel=2)
     if enable:
         raise NotSupportedError("shared cache is not available: use WAL mode, or the "
                                 "'file:name?mode=memory&cache=shared' URI for in-memory "

@@ -26,6 +26,7 @@ import operator
 import os
 import sys
 import threading
+import weakref
 from threading import get_ident as _get_ident
 import time
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import apsw
 
 from . import errors
-from .errors import OperationalError, ProgrammingError, translate
+from . import stdlib_versions as _versions
+from .errors import InterfaceError, OperationalError, ProgrammingError, translate
 
 __all__ = [
     "Connection", "Cursor", "Row", "Blob", "PrepareProtocol", "connect",
@@ -266,11 +268,17 @@ def enable_callback_tracebacks(flag: bool, /) -> None:
 
 def _unraisable(obj: Any, exc: BaseException) -> None:
     """What sqlite3's ``print_or_clear_traceback`` does: when tracebacks are enabled, pass
-    ``sys.unraisablehook`` the exception and the callable it came from."""
+    ``sys.unraisablehook`` the exception and the callable it came from (3.10: print it as
+    PyErr_Print does)."""
     if not _callback_tracebacks:
         return
     import sys
 
+    if _versions.CALLBACK_TRACEBACKS_PRINTED:
+        # What PyErr_Print does: remember the error as the last one, then sys.excepthook.
+        sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return
     global _UnraisableHookArgs
     if _UnraisableHookArgs is None:
         # The hook's argument type is not exposed: learn it from one unraisable exception.
@@ -294,6 +302,8 @@ def _unraisable(obj: Any, exc: BaseException) -> None:
 def _callback_error(obj: Any, exc: BaseException, message: str) -> _CallbackFailed:
     """Report ``exc`` (raised by the user callable ``obj``) and the error to raise."""
     _unraisable(obj, exc)
+    if _versions.PLAIN_CALLBACK_ERRORS:
+        return _CallbackFailed(message)
     if isinstance(exc, MemoryError):
         return _CallbackFailed("", MemoryError)
     if isinstance(exc, OverflowError):
@@ -381,6 +391,8 @@ def _aggregate_factory(cls: Callable[[], Any], window: bool) -> Callable[[], Any
                 try:
                     fn = getattr(inst, name)
                 except AttributeError as exc:
+                    if _versions.PLAIN_CALLBACK_ERRORS:
+                        raise  # 3.10: the AttributeError itself
                     raise _callback_error(
                         cls, exc, f"user-defined aggregate's '{name}' method not defined"
                     ) from exc
@@ -405,8 +417,7 @@ def _aggregate_factory(cls: Callable[[], Any], window: bool) -> Callable[[], Any
                     fn = getattr(inst, "finalize")
                 except AttributeError as exc:
                     raise _callback_error(
-                        cls, exc, "user-defined aggregate's 'finalize' method not defined"
-                    ) from exc
+                        cls, exc, _versions.missing_finalize()) from exc
                 try:
                     return _sql_result(fn())
                 except _UnsupportedResult:
@@ -528,6 +539,10 @@ Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
 # --- Cursor -------------------------------------------------------------------------------
 
 
+# Cursor._peek of a cursor reset by a 3.10 rollback(): fetching raises InterfaceError.
+_RESET_BY_ROLLBACK: tuple = ("reset by rollback",)
+
+
 class Cursor:
     """A DB-API cursor with the stdlib ``sqlite3.Cursor`` semantics."""
 
@@ -548,7 +563,8 @@ class Cursor:
     _converters: Optional[list] = None
     _count_at_end = False
     _end_count: Optional[int] = None  # the RETURNING count to report at the end (audited)
-    _peek: Optional[tuple] = None  # DML ... RETURNING: the row read ahead (see _next_raw)
+    # DML ... RETURNING: the row read ahead (see _next_raw); _RESET_BY_ROLLBACK on 3.10.
+    _peek: Optional[tuple] = None
     _locked = False  # converters / row factory running: the cursor may not be re-entered
 
     _connection: Any = None  # set below: _UNINIT_CONNECTION
@@ -562,6 +578,8 @@ class Cursor:
         self._connection = connection
         # APSW applies the connection's convert_binding (adapters) to every cursor.
         self._cur = connection._apsw.cursor()
+        if connection._cursors is not None:
+            connection._cursors.add(self)
         if connection.row_factory is not None:
             self.row_factory = connection.row_factory
 
@@ -591,12 +609,15 @@ class Cursor:
 
     def _reset(self) -> None:
         self._active = False
+        self._peek = None
         self._desc = None
         self._desc_known = True
         self._converters = None
 
-    def _prepare_params(self, parameters: Any) -> Any:
-        """Validate parameters the way sqlite3 does and apply base-type adapters."""
+    def _prepare_params(self, parameters: Any, sql: Optional[str] = None) -> Any:
+        """Validate parameters the way sqlite3 does and apply base-type adapters. (With
+        ``sql``: sqlite3 compiles the statement before it looks at the parameters, so an
+        error in the SQL is the one raised.)"""
         conn = self._connection
         conn._binding_source = None
         if type(parameters) is tuple and not _base_type_adapted:
@@ -624,7 +645,9 @@ class Cursor:
             # and fails on its first item.
             parameters[0]  # raises what the mapping raises (KeyError, as sqlite3 shows)
         if not hasattr(parameters, "__len__") or not hasattr(parameters, "__getitem__"):
-            raise ProgrammingError("parameters are of unsupported type")
+            if sql is not None:
+                Connection.__call__(conn, sql)  # compiles it: raises what SQLite says
+            raise _versions.unsupported_parameters()
         # As sqlite3 reads a sequence: len(), then each item by index (copied first, so
         # that nothing the adapters do to the sequence reaches what is being bound).
         n = len(parameters)
@@ -646,7 +669,10 @@ class Cursor:
             flags = conn._stmt_cache.flags(sql)
         if flags & (_MULTI | _TRAILING | _NAMED):
             if flags & _MULTI:
-                raise ProgrammingError("You can only execute one statement at a time.")
+                # sqlite3 compiles the first statement before it looks at the rest: an
+                # error in it is the one raised.
+                Connection.__call__(conn, sql)
+                raise _versions.multiple_statements()
             if flags & _NAMED and not isinstance(parameters, dict):
                 _warn_named_sequence(sql)
             if flags & _TRAILING:
@@ -655,7 +681,7 @@ class Cursor:
             params = parameters
             conn._binding_source = None
         else:
-            params = self._prepare_params(parameters)
+            params = self._prepare_params(parameters, sql)
         self._sql = sql
         self._params = params
         db = conn._apsw
@@ -757,11 +783,16 @@ class Cursor:
         self._check()
         if not isinstance(sql, str):
             raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
+        if "\x00" in sql:  # refused before anything runs, even with no parameter sets
+            raise _versions.null_character()
         conn = self._connection
         flags = conn._stmt_cache.flags(sql)
         if flags & (_MULTI | _TRAILING):
             if flags & _MULTI:
-                raise ProgrammingError("You can only execute one statement at a time.")
+                # sqlite3 compiles the first statement before it looks at the rest: an
+                # error in it is the one raised.
+                Connection.__call__(conn, sql)
+                raise _versions.multiple_statements()
             sql = _first_statement(sql)
         if not flags & _DML:
             # sqlite3 refuses read-only statements here (sqlite3_stmt_readonly); anything
@@ -772,7 +803,7 @@ class Cursor:
                 import itertools
 
                 seq_of_parameters = itertools.chain([first], seq_of_parameters)
-                if self._is_readonly(sql, self._prepare_params(first)):
+                if self._is_readonly(sql, self._prepare_params(first, sql)):
                     raise ProgrammingError("executemany() can only execute DML statements.")
         self._reset()
         self.rowcount = -1
@@ -786,7 +817,8 @@ class Cursor:
             conn._binding_source = None
             params_iter: Any = seq_of_parameters
         else:
-            params_iter = map(self._prepare_params, seq_of_parameters)
+            params_iter = map(functools.partial(self._prepare_params, sql=sql),
+                              seq_of_parameters)
         before = db.total_changes()
         if conn._audit is not None:
             cur = self._cur
@@ -837,10 +869,8 @@ class Cursor:
         """Commit any pending transaction, then run every statement of a script."""
         self._check()
         if not isinstance(sql_script, str):
-            raise TypeError(
-                f"executescript() argument must be str, not {type(sql_script).__name__}")
-        if "\x00" in sql_script:
-            raise ValueError("the query contains a null character")
+            raise _versions.script_not_str(sql_script)
+        sql_script = _versions.script_text(sql_script)
         conn = self._connection
         legacy = conn._autocommit is not True and conn._autocommit is not False
         if len(sql_script) * 4 > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
@@ -992,9 +1022,42 @@ class Cursor:
                 self.rowcount = self._returning_count()
             return None
         except BaseException as exc:  # noqa: BLE001
-            self._active = False
-            _raise_translated(exc, None, conn._apsw)
+            if self._peek is not _RESET_BY_ROLLBACK:  # that one raises until re-executed
+                self._active = False
+            self._raise_fetch_error(exc)
             raise  # unreachable
+
+    def _raise_fetch_error(self, exc: BaseException) -> None:
+        """Raise what sqlite3 raises for an error while a row was read."""
+        if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+            # sqlite3 names the column and its text. APSW does not say which column it
+            # failed to decode: a one-column row is the only one heliosdb can name.
+            try:
+                columns = self._cur.get_description()
+            except apsw.Error:
+                columns = ()
+            if len(columns) == 1:
+                name = columns[0][0]
+                text = exc.object.decode("utf-8", "replace")
+                raise OperationalError(
+                    f"Could not decode to UTF-8 column '{name}' with text '{text}'") from exc
+        _raise_translated(exc, None, self._connection._apsw)
+
+    def _reset_by_rollback(self) -> None:
+        """Python 3.10's rollback(): the cursor's statement is reset, and fetching from it
+        raises InterfaceError until it executes again (its description stays)."""
+        if self._closed:
+            return
+        if not self._desc_known:
+            self._build_description()
+        try:
+            self._cur.close(True)
+        except apsw.Error:
+            pass
+        self._cur = self._connection._apsw.cursor()
+        self._active = True  # so that fetching reaches _next_returning, which raises
+        self._count_at_end = False
+        self._peek = _RESET_BY_ROLLBACK
 
     def _next_returning(self) -> tuple:
         """The next row of DML ... RETURNING. sqlite3 steps one row ahead, so its
@@ -1002,6 +1065,8 @@ class Cursor:
         row = self._peek
         if row is None:
             row = next(self._cur)
+        elif row is _RESET_BY_ROLLBACK:
+            raise InterfaceError(_versions.FETCH_ACROSS_ROLLBACK)
         else:
             self._peek = None
         if self._count_at_end:
@@ -1030,7 +1095,7 @@ class Cursor:
                 return None
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
-                _raise_translated(exc, None, conn._apsw)
+                self._raise_fetch_error(exc)
         return self._fetchone()
 
     def _fetchone(self) -> Any:
@@ -1075,7 +1140,7 @@ class Cursor:
                 rows = list(self._cur)
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
-                _raise_translated(exc, None, conn._apsw)
+                self._raise_fetch_error(exc)
             self._active = False
             if self._count_at_end:
                 self._count_at_end = False
@@ -1201,6 +1266,7 @@ class Connection:
     _check_same_thread = False
     _thread_id = 0
     _autocommit: Any = LEGACY_TRANSACTION_CONTROL
+    _cursors: Optional[weakref.WeakSet] = None
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
@@ -1224,11 +1290,14 @@ class Connection:
         self._audit: Any = None
         self._binding_source: Optional[list] = None  # see Cursor._prepare_params
         self._binding_len = 0
+        # Python 3.10: every cursor, so that rollback() can reset them (_reset_by_rollback).
+        self._cursors: Optional[weakref.WeakSet] = (
+            weakref.WeakSet() if _versions.ROLLBACK_RESETS_CURSORS else None)
         self._thread_id = threading.get_ident()
         self._check_same_thread = bool(check_same_thread)
         database = _fspath(database)
         if not isinstance(timeout, (int, float)):
-            raise TypeError(f"timeout must be a real number, not {type(timeout).__name__}")
+            raise _versions.timeout_type_error(timeout)
         if uri:
             database = _shared_memory_uri(database)
         from .config import load_config  # the config module owns presets and validation
@@ -1336,9 +1405,7 @@ class Connection:
                 out = None  # sqlite3: a TypeError in __conform__ means "cannot adapt"
 
             if out is None:
-                raise ProgrammingError(
-                    f"Error binding parameter {num}: type '{type(value).__name__}' "
-                    "is not supported")
+                raise _versions.binding_error(num, value, cursor.bindings_names)
         src = self._binding_source
         if src is not None and len(src) != self._binding_len:
             # sqlite3 reads each parameter from the list as it binds: a list emptied by
@@ -1347,8 +1414,7 @@ class Connection:
         if isinstance(out, (bytearray, memoryview)):
             return bytes(out)
         if out is not None and not isinstance(out, (int, float, str, bytes)):
-            raise ProgrammingError(
-                f"Error binding parameter {num}: type '{type(value).__name__}' is not supported")
+            raise _versions.binding_error(num, value, cursor.bindings_names)
         return out
 
     def _adapt_value(self, value: Any) -> Any:
@@ -1401,12 +1467,11 @@ class Connection:
             self._begin_sql = None
             return
         if not isinstance(value, str):
-            raise TypeError("isolation_level must be str or None")
+            raise _versions.isolation_level_type_error(value)
         level = str.upper(value)  # not a subclass's upper() (CPython issue 27881)
         if level not in _VALID_ISOLATION_LEVELS:
-            raise ValueError(
-                "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'")
-        self._isolation_level = level
+            raise _versions.isolation_level_value_error()
+        self._isolation_level = _versions.isolation_level_shown(value, level)
         # Implicit BEGIN only under the legacy transaction control (3.12's autocommit).
         legacy = self._autocommit is not True and self._autocommit is not False
         self._begin_sql = "BEGIN " + level if legacy else None
@@ -1469,6 +1534,9 @@ class Connection:
         mode = self._autocommit
         if mode is True:
             return  # 3.12 autocommit=True: sqlite3's rollback() does nothing
+        if self._cursors is not None and not self._apsw.get_autocommit():
+            for cur in list(self._cursors):
+                cur._reset_by_rollback()
         if self._audit is not None:
             self._audit.rollback()  # checks for an open transaction under its lock
         elif not self._apsw.get_autocommit():
@@ -1623,6 +1691,8 @@ class Connection:
         cur = _new_cursor(Cursor)
         cur._connection = self
         cur._cur = self._apsw.cursor()
+        if self._cursors is not None:
+            self._cursors.add(cur)
         if self.row_factory is not None:
             cur.row_factory = self.row_factory
         return cur.execute(sql, parameters)
@@ -1676,6 +1746,7 @@ class Connection:
     def create_collation(self, name: str, callable: Optional[Callable[[str, str], int]], /) -> None:  # noqa: A002
         """Register (or, with None, remove) a collation."""
         self._check()
+        name = _versions.collation_name(name)
         if callable is not None and not hasattr(callable, "__call__"):
             raise TypeError("parameter must be callable")
         try:
@@ -2025,7 +2096,8 @@ class Connection:
                 raise _translate(self._apsw, exc) from exc
 
     def __enter__(self) -> "Connection":
-        self._check()
+        if _versions.ENTER_CHECKS_CONNECTION:
+            self._check()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -2132,7 +2204,7 @@ def _check_sql(conn: "Connection", sql: str) -> None:
     """sqlite3's checks of SQL text before it is compiled (off the hot path: callers run
     them when SQLite refused the text, to raise what sqlite3 raises)."""
     if "\x00" in sql:
-        raise ProgrammingError("the query contains a null character")
+        raise _versions.null_character()
     size = len(sql.encode("utf-8"))  # lone surrogates: UnicodeEncodeError, as sqlite3
     if size > conn._apsw.limit(apsw.SQLITE_LIMIT_SQL_LENGTH):
         raise errors.DataError("query string is too large")
@@ -2142,6 +2214,8 @@ def _raise_sql_error(conn: "Connection", exc: BaseException, sql: Optional[str])
     """Raise ``exc`` as sqlite3 would, after the SQL-text checks sqlite3 runs first."""
     if sql is not None and isinstance(exc, (apsw.Error, ValueError)):
         _check_sql(conn, sql)
+    if type(exc) is BufferError:  # a non-contiguous buffer bound as a BLOB
+        raise _versions.noncontiguous_buffer() from exc
     _raise_translated(exc, sql, conn._apsw)
 
 

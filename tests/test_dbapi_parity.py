@@ -6,14 +6,8 @@ from __future__ import annotations
 import collections.abc
 import sys
 
-import pytest
-
-from helpers.dbapi import attempt, mod, same  # noqa: F401 - `mod` is a fixture
-
-# These observations follow sqlite3 3.11+ (Blob, messages, Statement); heliosdb does not
-# model 3.10's sqlite3 yet (issue 17: 3.10 parity is open, `make test-pythons` shows it).
-pytestmark = pytest.mark.skipif(sys.version_info < (3, 11),
-                                reason="sqlite3 3.11+ behaviour; 3.10 parity not done")
+from helpers.dbapi import (  # noqa: F401 - `mod` is a fixture
+    SQLITE3_311, attempt, mod, same, same_since)
 
 
 def _statements(mod, path):
@@ -42,7 +36,8 @@ def _connection_objects(mod, path):
     con = mod.connect(":memory:")
     out = [type(con("select 1")).__name__ == "Statement"]
     out.append(attempt(mod, lambda: type(con("select 1"))(), message=False))
-    out.append(attempt(mod, lambda: mod.Blob(), message=False))
+    if SQLITE3_311:  # sqlite3.Blob is 3.11's
+        out.append(attempt(mod, lambda: mod.Blob(), message=False))
     con.row_factory = mod.Row
     row = con.execute("select 1 as a, 2 as \xff").fetchone()
     out.append(isinstance(row, collections.abc.Sequence))
@@ -69,9 +64,11 @@ def test_connection_objects(mod, tmp_path):
 def _callback_errors(mod, path):
     con = mod.connect(":memory:")
     seen = []
-    old = sys.unraisablehook
+    old, old_excepthook = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = lambda args: seen.append(
         (args.exc_type.__name__, getattr(args.object, "__name__", None)))
+    # 3.10's sqlite3 prints a callback's traceback through sys.excepthook instead
+    sys.excepthook = lambda exc_type, exc, tb: seen.append(("excepthook", exc_type.__name__))
 
     def boom():
         1 / 0
@@ -95,7 +92,7 @@ def _callback_errors(mod, path):
             seen.clear()
     finally:
         mod.enable_callback_tracebacks(False)
-        sys.unraisablehook = old
+        sys.unraisablehook, sys.excepthook = old, old_excepthook
     return out
 
 
@@ -123,7 +120,7 @@ def _blob_protocol(mod, path):
 
 
 def test_blob_protocol(mod, tmp_path):
-    same(_blob_protocol, mod, tmp_path)
+    same_since((3, 11), "blobopen", _blob_protocol, mod, tmp_path)
 
 
 def test_shared_memory_uri_reads_uris_as_sqlite_does():
@@ -157,3 +154,22 @@ def test_shared_memory_uri_shares_one_database():
     assert b.execute("select x from t").fetchall() == [(1,)]
     a.close()
     b.close()
+
+
+def test_enable_shared_cache_warns_as_sqlite3_does(mod):
+    """Deprecated in 3.10 (a DeprecationWarning naming the caller), removed in 3.12.
+    heliosdb keeps the function on 3.12+ (it refuses True: APSW has no shared cache)."""
+    import warnings
+
+    if not hasattr(mod, "enable_shared_cache"):
+        assert mod.__name__ == "sqlite3" and sys.version_info >= (3, 12)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mod.enable_shared_cache(False)
+    if sys.version_info < (3, 12):
+        assert [w.category for w in caught] == [DeprecationWarning]
+        assert caught[0].filename == __file__
+        assert str(caught[0].message).startswith("enable_shared_cache is deprecated")
+    else:
+        assert caught == []

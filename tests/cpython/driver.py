@@ -3,8 +3,11 @@
 Usage: python driver.py MODULE OUT_FILE [COPY_DIR]
 
 MODULE is ``sqlite3`` (the stdlib, the tests as shipped) or ``heliosdb``: then COPY_DIR holds
-a copy of the package whose ``import sqlite3`` lines were rewritten by run_cpython_suite.py,
-and it is put in place of ``test.test_sqlite3`` (no other line of the tests changes).
+a copy of the package whose ``import sqlite3`` lines were rewritten by
+test_cpython_sqlite3_suite.py, and it is put in place of the stdlib's package (no other line
+of the tests changes). The package is ``test.test_sqlite3`` on 3.11+ (modules ``test_*.py``)
+and ``sqlite3.test`` on 3.10 (modules named after their subject, each with a ``suite()``
+that says which of its TestCase classes run, as 3.10's ``test.test_sqlite`` calls them).
 Each test's "start" line is written and flushed before it runs, so a test that kills the
 interpreter is seen as a crash rather than lost.
 """
@@ -17,13 +20,16 @@ import unittest
 
 def main() -> int:
     module, out_file = sys.argv[1], sys.argv[2]
-    import test
+    legacy = sys.version_info < (3, 11)
+    import importlib
 
+    parent = importlib.import_module("sqlite3" if legacy else "test")
+    package = "sqlite3.test" if legacy else "test.test_sqlite3"
     if module != "sqlite3":
         copy_dir = sys.argv[3]
-        # Our rewritten copy answers for test.test_sqlite3 (it imports its helpers from there).
-        test.__path__.insert(0, copy_dir)
-    import test.test_sqlite3 as pkg
+        # Our rewritten copy answers for the package (it imports its helpers from there).
+        parent.__path__.insert(0, copy_dir)
+    pkg = importlib.import_module(package)
 
     if module != "sqlite3":
         assert pkg.__file__.startswith(copy_dir), pkg.__file__
@@ -75,8 +81,15 @@ def main() -> int:
     import os
 
     pkg_dir = os.path.dirname(pkg.__file__)
-    names = sorted(f[:-3] for f in os.listdir(pkg_dir) if f.startswith("test_") and f.endswith(".py"))
-    suite = unittest.TestSuite(loader.loadTestsFromName(f"test.test_sqlite3.{n}") for n in names)
+    if legacy:
+        names = sorted(f[:-3] for f in os.listdir(pkg_dir)
+                       if f.endswith(".py") and f != "__init__.py")
+        suite = unittest.TestSuite(importlib.import_module(f"{package}.{n}").suite()
+                                   for n in names)
+    else:
+        names = sorted(f[:-3] for f in os.listdir(pkg_dir)
+                       if f.startswith("test_") and f.endswith(".py"))
+        suite = unittest.TestSuite(loader.loadTestsFromName(f"{package}.{n}") for n in names)
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=0, resultclass=Result)
     runner.run(suite)
     emit(id="<end>", outcome="end")

@@ -1,7 +1,7 @@
 """CPython's own sqlite3 tests, run against heliosdb (issue 17).
 
 The tests come from the running interpreter's standard library (``test/test_sqlite3`` on
-3.11+); they are not copied into this repository. A temporary copy is made with only its
+3.11+, ``sqlite3/test`` on 3.10); they are not copied into this repository. A temporary copy is made with only its
 ``import sqlite3`` lines rewritten to import heliosdb, and both the original (stdlib sqlite3)
 and the copy (heliosdb) run in fresh interpreters (driver.py). Every test that passes with
 the stdlib must pass with heliosdb, or be listed in known_differences.txt with a one-line
@@ -28,14 +28,18 @@ TIMEOUT = 900
 _IMPORT = re.compile(r"^(?P<indent>\s*)import sqlite3(?P<alias> as \w+)?\s*$")
 
 
+# Where the package lives: (parent package, directory name). driver.py puts the rewritten
+# copy's directory first on the parent's __path__, so test ids are the same in both runs.
+_PACKAGE = ("sqlite3", "test") if sys.version_info < (3, 11) else ("test", "test_sqlite3")
+
+
 def _test_package_dir() -> Path | None:
-    if sys.version_info < (3, 11):
-        return None  # 3.10 ships them as sqlite3/test, which imports the module it tests
-    spec = importlib.util.find_spec("test")
+    parent, name = _PACKAGE
+    spec = importlib.util.find_spec(parent)
     if spec is None or not spec.submodule_search_locations:
         return None
     for base in spec.submodule_search_locations:
-        cand = Path(base) / "test_sqlite3"
+        cand = Path(base) / name
         if (cand / "__init__.py").is_file():
             return cand
     return None
@@ -50,8 +54,8 @@ def rewrite_line(line: str) -> str:
 
 
 def make_copy(src: Path, dst: Path) -> int:
-    """Copy the package to dst/test_sqlite3 rewriting only `import sqlite3` lines."""
-    target = dst / "test_sqlite3"
+    """Copy the package to dst/<its directory name> rewriting only `import sqlite3` lines."""
+    target = dst / src.name
     target.mkdir(parents=True)
     changed = 0
     for f in sorted(src.glob("*.py")):
@@ -129,8 +133,8 @@ def test_rewrite_touches_only_sqlite3_imports():
 def test_cpython_sqlite3_suite(tmp_path):
     src = _test_package_dir()
     if src is None:
-        pytest.skip(f"CPython's test.test_sqlite3 is not installed with this Python "
-                    f"({sys.version.split()[0]}; 3.10 keeps it as sqlite3.test, not run here)")
+        pytest.skip(f"CPython's sqlite3 tests ({'.'.join(_PACKAGE)}) are not installed with "
+                    f"this Python ({sys.version.split()[0]})")
     copy_root = tmp_path / "copy"
     assert make_copy(src, copy_root) >= 9  # one import per module at least
     stdlib = run_suite("sqlite3", tmp_path)
@@ -145,7 +149,7 @@ def test_cpython_sqlite3_suite(tmp_path):
                      and t not in known)
     stale = sorted(t for t in known if t in passed and helios.get(t, {}).get("outcome") == "pass")
     ok = sum(1 for t in passed if helios.get(t, {}).get("outcome") == "pass")
-    print(f"\nCPython {sys.version.split()[0]} test_sqlite3: stdlib passes {len(passed)}, "
+    print(f"\nCPython {sys.version.split()[0]} {'.'.join(_PACKAGE)}: stdlib passes {len(passed)}, "
           f"heliosdb passes {ok} of them; {len(known)} listed as known differences")
     report = []
     for t in crashes + missing:

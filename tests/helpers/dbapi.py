@@ -3,6 +3,7 @@ on ``heliosdb`` and require the same results and exception classes."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import types
 
 import pytest
@@ -10,6 +11,20 @@ import pytest
 PEP249 = ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",
           "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
           "NotSupportedError")
+
+
+#: Python 3.11 gave sqlite3's exceptions sqlite_errorcode / sqlite_errorname and added
+#: blobopen, serialize, setlimit and window functions. heliosdb has them on 3.10 as well;
+#: observations compare them with the stdlib where the stdlib has them.
+SQLITE3_311 = sys.version_info >= (3, 11)
+
+
+def error_codes(exc: BaseException) -> tuple:
+    """``(sqlite_errorcode, sqlite_errorname)`` where the stdlib's exceptions carry them
+    (3.11+), else ``()``."""
+    if not SQLITE3_311:
+        return ()
+    return (getattr(exc, "sqlite_errorcode", "unset"), getattr(exc, "sqlite_errorname", "unset"))
 
 
 def load(name: str) -> types.ModuleType:
@@ -89,6 +104,20 @@ def same(fn, mod, tmp_path):
     # an observation catches the errors it expects: sqlite3 raising means the test is wrong
     assert ref[0] == "ok", f"the observation itself fails on sqlite3: {ref!r}"
     assert mine == ref, f"{mod.__name__} differs from sqlite3:\n" + explain(mod, mine, ref)
+    return mine[1]
+
+
+def same_since(version: tuple, api: str, fn, mod, tmp_path):
+    """:func:`same` for an observation of a ``sqlite3.Connection`` method the stdlib gained
+    in ``version``. On an older Python the stdlib must lack it (checked), and heliosdb's
+    outcome (it offers the method anyway) is returned for the test's own assertions."""
+    if sys.version_info >= version:
+        return same(fn, mod, tmp_path)
+    assert not hasattr(sqlite3.Connection, api), f"sqlite3 has {api} before {version}"
+    helios_dir = tmp_path / "heliosdb-only"
+    helios_dir.mkdir()
+    mine = outcome(fn, load("heliosdb"), helios_dir)
+    assert mine[0] == "ok", f"the observation fails on heliosdb: {mine!r}"
     return mine[1]
 
 
