@@ -233,6 +233,8 @@ def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
     ``checkpoint_seq`` (number of the last checkpoint taken of this database).
     """
     check_table_name(table)
+    if _schema_complete(conn, table):
+        return  # what every open of an existing log finds: no write transaction for it
 
     def work(c: apsw.Connection) -> None:
         schema = _schema_sql(table)
@@ -251,6 +253,26 @@ def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
                       [(table, k, v) for k, v in defaults.items()])
 
     _run(conn, work)
+
+
+_META_DEFAULT_KEYS = ("format_version", "database_id", "anchor_id", "anchor_checksum",
+                      "anchor_ts_us", "checkpoint_seq")
+
+
+def _schema_complete(conn: apsw.Connection, table: str) -> bool:
+    """Does the file already hold everything :func:`ensure_schema` would create for
+    ``table`` (its meta rows, the table with its generated columns)? Two reads, no lock."""
+    try:
+        n = conn.execute(
+            f"SELECT count(*) FROM {META_TABLE} WHERE tbl = ? AND key IN "
+            f"({', '.join('?' * len(_META_DEFAULT_KEYS))})",
+            (table, *_META_DEFAULT_KEYS)).fetchall()[0][0]
+    except apsw.SQLError:
+        return False  # no meta table yet
+    if n != len(_META_DEFAULT_KEYS):
+        return False
+    have = {r[1] for r in conn.execute(f"PRAGMA table_xinfo({quoted(table)})")}
+    return bool(have) and all(name in have for name in GENERATED_COLUMNS)
 
 
 def get_meta(conn: apsw.Connection, table: str, key: str, default: Any = None) -> Any:
