@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from audit_hotpath import _open, _schema  # noqa: E402  (the same engines, same schema)
+from audit_hotpath import _executemany_committed, _open, _schema  # noqa: E402  (same engines, schema, transactions)
 
 ENGINES = ("apsw", "apsw-trigger", "heliosdb", "heliosdb-audit")
 WORKLOADS = ("single", "many", "update", "autocommit")
@@ -54,13 +54,8 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> None:
         _schema(engine, conn)
         apsw_like = engine.startswith("apsw")
         if workload == "update":
-            rows = [(f"name{i}", i) for i in range(prefill)]
-            if apsw_like:
-                with conn:
-                    conn.executemany(_INS, rows)
-            else:
-                conn.executemany(_INS, rows)
-                conn.commit()
+            _executemany_committed(conn, apsw_like, _INS,
+                                   [(f"name{i}", i) for i in range(prefill)])
         if workload == "autocommit" and not apsw_like:
             conn.isolation_level = None  # DB-API autocommit: each statement commits
         ex = conn.cursor().execute
@@ -77,13 +72,8 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> None:
                     conn.commit()
         elif workload == "many":
             for b in range(0, n, BATCH):
-                rows = [(f"name{i}", i) for i in range(b, min(b + BATCH, n))]
-                if apsw_like:
-                    with conn:
-                        conn.executemany(_INS, rows)
-                else:
-                    conn.executemany(_INS, rows)
-                    conn.commit()
+                _executemany_committed(conn, apsw_like, _INS,
+                                       [(f"name{i}", i) for i in range(b, min(b + BATCH, n))])
         elif workload == "autocommit":
             for i in range(n):
                 ex(_INS, (f"name{i}", i))

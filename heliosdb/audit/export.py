@@ -47,6 +47,7 @@ import apsw
 
 from ..errors import AuditIntegrityError, OperationalError, ProgrammingError, translate
 from .events import COLUMNS, TEXT_FIELDS, AuditEvent, encode_event, format_ts
+from .durable import fsync_directory
 from .store import anchor, get_meta, quoted
 
 __all__ = ["EXPORT_FORMAT", "FORMATS", "ExportManifest", "ExportReport", "export_events",
@@ -315,16 +316,7 @@ class _Sink:
         os.fsync(self.raw.fileno())
         self.raw.close()
         os.replace(self.tmp, self.path)
-        try:  # make the new name durable too (POSIX; not possible on Windows)
-            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fsync_directory(os.path.dirname(os.path.abspath(self.path)))  # the new name too
 
     def abort(self) -> None:
         try:

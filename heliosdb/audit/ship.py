@@ -47,6 +47,7 @@ import apsw
 
 from ..errors import AuditIntegrityError, ProgrammingError, translate
 from .events import COLUMNS, AuditEvent, format_ts
+from .durable import fsync_directory, fsync_file
 from .store import anchor, get_meta, quoted
 
 __all__ = ["STATE_FORMAT", "DEFAULT_BATCH", "Destination", "ShipState", "ShipResult",
@@ -149,28 +150,7 @@ class ShipState:
             except OSError:
                 pass
             raise
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _fsync_dir(path: str) -> None:
-    try:  # POSIX: makes a rename durable; not possible on Windows
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,11 +412,11 @@ def _ship_batch(session: Any, t: str, table: str, dest: Destination, verifier: _
                                       last_id=end)
                     folders = {dest.path}
                     for p in m.header["parts"]:
-                        _fsync_file(p)
+                        fsync_file(p)
                         day = os.path.dirname(p)  # new names: part, date=, database_id=
                         folders.update((day, os.path.dirname(day)))
                     for d in folders:
-                        _fsync_dir(d)
+                        fsync_directory(d)
             finally:
                 if db.in_transaction:
                     db.execute("COMMIT")
