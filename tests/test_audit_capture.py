@@ -1165,3 +1165,21 @@ def test_committed_events_replay_to_table(tmp_path_factory, steps):
     conn.close()
     assert _replay(path) == table
     assert_verified(path)
+
+
+def test_a_connection_left_open_at_interpreter_exit_still_logs_out(tmp_path) -> None:
+    """Never closed, dropped while Python shuts down: its session still ends with LOGOUT,
+    and nothing is reported as ignored (the store imports nothing lazily on that path)."""
+    from helpers.processes import run_python
+
+    db = tmp_path / "left_open.db"
+    r = run_python(
+        "import sys, heliosdb\n"
+        "conn = heliosdb.connect(sys.argv[1], config='default')\n"
+        "conn.execute('CREATE TABLE t(a)')\n"
+        "conn.execute('INSERT INTO t VALUES (1)')\n"
+        "conn.commit()\n",  # no close(): the interpreter exits with it open
+        str(db))
+    assert r.returncode == 0, r.stderr
+    assert "Exception ignored" not in r.stderr, r.stderr
+    assert ops(str(db))[-3:] == ["CREATE_TABLE", "INSERT", "LOGOUT"]

@@ -20,7 +20,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence
 import apsw
 
 from ..errors import AuditIntegrityError, DataError, ProgrammingError, translate
-from . import chain
+from . import chain, merkle  # (merkle imports store only inside functions)
 from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, check_operation
 from .events import ACCEPTED_OPERATIONS as _known_ops
 
@@ -411,7 +411,6 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
                 f"{ids[0]}..{ids[-1]}): a trigger or other schema object not created by "
                 "heliosdb interferes with it; run verify() to name it")
         # -- Merkle frontier (heliosdb/audit/merkle.py), same transaction as the rows --
-        from . import merkle
         merkle.after_append(c, table, last_id, last_ck, leaves, ids[-1], cks[-1])
         return ids
 
