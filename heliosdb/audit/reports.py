@@ -396,14 +396,9 @@ def activity_buckets(audit: Any, lo: Optional[int], hi: Optional[int],
     """Events per time bucket (successes and failures) between ``lo`` and ``hi``."""
     db = audit._db
     t = f'"{audit.table}"'
-    where, args = [], []
-    if lo is not None:
-        where.append("ts_us >= ?")
-        args.append(lo)
-    if hi is not None:
-        where.append("ts_us < ?")
-        args.append(hi)
-    w = (" WHERE " + " AND ".join(where)) if where else ""
+    # The query builder's bounds: a time range is also an id range (ts_us grows with id),
+    # so the primary key finds it on logs that have no time index.
+    w, args = audit.query().between(lo, hi)._where()
     with audit._internal():
         try:
             span = list(db.execute(f"SELECT min(ts_us), max(ts_us) FROM {t}{w}", args))[0]
