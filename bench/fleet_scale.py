@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import heliosdb  # noqa: E402
 from heliosdb.audit import chain, store  # noqa: E402
-from heliosdb.audit.events import EventFields  # noqa: E402
 from heliosdb.audit.fleet import verify_fleet  # noqa: E402
+from verify_incremental import events as synthetic_events  # noqa: E402  (the same rows)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # A collector that reads and discards, closing when the sender closes (as rsyslog does).
@@ -56,16 +55,6 @@ while True:
 """
 
 
-def _events(n: int, start: int) -> list:
-    return [EventFields(operation="INSERT", target="main.accounts", user="alice",
-                        session_id=f"s-{(start + i) // 1000}",
-                        query="INSERT INTO accounts(id, balance, owner) VALUES (?, ?, ?)",
-                        affected_rows=1, success=True, error=None,
-                        metadata={"application_name": "billing", "client_ip": "10.0.0.7"},
-                        old_values=None, new_values={"balance": start + i, "id": start + i},
-                        reason=None) for i in range(n)]
-
-
 def build(path: str, m: int) -> None:
     """An audited database whose log holds ``m`` events (LOGIN and the rest appended)."""
     import apsw
@@ -77,7 +66,7 @@ def build(path: str, m: int) -> None:
     have = raw.execute(f"SELECT count(*) FROM {store.DEFAULT_TABLE}").fetchone()[0]
     for lo in range(have, m, 10_000):
         raw.execute("BEGIN IMMEDIATE")
-        store.append(raw, store.DEFAULT_TABLE, _events(min(10_000, m - lo), lo))
+        store.append(raw, store.DEFAULT_TABLE, synthetic_events(min(10_000, m - lo), lo))
         raw.execute("COMMIT")
     raw.close()
 

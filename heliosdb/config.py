@@ -1303,7 +1303,7 @@ def _read_toml(path: Path, display: str) -> tuple[dict[str, Any], _Source]:
         text = raw_bytes.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
         read = getattr(_loading, "files", None)
         if read is not None:
-            read.append((str(path), hashlib.blake2b(raw_bytes, digest_size=16).digest()))
+            read.append((str(path), _digest(raw_bytes)))
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{display}: cannot read config file: {e}", file=display) from e
     src = _Source(display, text, path.resolve().parent)
@@ -1397,11 +1397,15 @@ _file_configs: dict[str, tuple[Config, tuple[tuple[str, bytes], ...]]] = {}
 _loading = threading.local()
 
 
-def _file_stamp(path: Union[str, Path]) -> bytes:
+def _digest(content: bytes) -> bytes:
     # The content's digest, not mtime: a file rewritten within the clock's granularity
     # with text of the same length must not be taken for the old one.
+    return hashlib.blake2b(content, digest_size=16).digest()
+
+
+def _file_stamp(path: Union[str, Path]) -> bytes:
     with open(path, "rb") as f:
-        return hashlib.blake2b(f.read(), digest_size=16).digest()
+        return _digest(f.read())
 
 
 def _cached_file_config(key: str) -> Optional[Config]:
@@ -1444,14 +1448,15 @@ def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] =
         return cfg
     if isinstance(spec, (str, os.PathLike)):
         path, display, default_name = _resolve(spec, None)
-        key = f"{path.resolve()}\0{display}"
+        resolved = str(path.resolve())
+        key = f"{resolved}\0{display}"
         cfg = _cached_file_config(key)
         if cfg is not None:
             return cfg
         _loading.files = files = []
         try:
             data, src = _read_toml(path, display)
-            raw, origins, parent = _load_raw(data, src, (str(path.resolve()),))
+            raw, origins, parent = _load_raw(data, src, (resolved,))
         finally:
             _loading.files = None
         name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") \

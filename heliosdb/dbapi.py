@@ -691,9 +691,7 @@ class Cursor:
             self._converters = None
             self._count_at_end = False
             self.rowcount = -1
-            cur = self._cur
-            if cur.__class__ is _Drained:
-                cur = self._cur = cur.real
+            cur = self._apsw_cursor()
             # The hook: the audit session runs the statement and records it, and decides
             # on BEGIN under its lock (threads sharing the connection).
             self._after_audited(flags, conn._audit.execute(
@@ -751,6 +749,14 @@ class Cursor:
         self._count_at_end = False
         self._peek = None
         self.rowcount = -1
+
+    def _apsw_cursor(self) -> Any:
+        """The APSW cursor again, after an audited statement's rows were served from a
+        :class:`_Drained` stand-in (the audit runs statements on the real one)."""
+        cur = self._cur
+        if cur.__class__ is _Drained:
+            cur = self._cur = cur.real
+        return cur
 
     def _after_audited(self, flags: int, run: Any) -> None:
         """Record rowcount, lastrowid and result state after an audited statement ran:
@@ -821,9 +827,7 @@ class Cursor:
                               seq_of_parameters)
         before = db.total_changes()
         if conn._audit is not None:
-            cur = self._cur
-            if cur.__class__ is _Drained:
-                cur = self._cur = cur.real
+            cur = self._apsw_cursor()
             audited_rows = conn._audit.executemany(cur, sql, params_iter,
                                                    begin=conn._begin_sql is not None)
         else:
@@ -884,9 +888,7 @@ class Cursor:
         self.rowcount = -1
         self._sql = None
         if conn._audit is not None:
-            cur = self._cur
-            if cur.__class__ is _Drained:
-                cur = self._cur = cur.real
+            cur = self._apsw_cursor()
             conn._audit.executescript(cur, sql_script)
         else:
             db = conn._apsw

@@ -6,9 +6,27 @@ be opened for fsync on Windows, where the rename is what there is).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
-__all__ = ["fsync_directory", "fsync_file"]
+__all__ = ["fsync_directory", "fsync_file", "replacing"]
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """Yield a temporary name beside ``path`` to write; when the block ends without an
+    error the file is renamed over ``path``, otherwise it is removed (``path`` keeps what
+    it had). Durability of the content (fsync) and of the name (:func:`fsync_directory`)
+    are the caller's choice."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def fsync_directory(path: str) -> None:

@@ -195,7 +195,8 @@ def find_audit_tables(db: apsw.Connection) -> list[str]:
         for typ, name, _tbl, sql in _rows(db, schema):
             if typ != "table" or name.lower() == META_TABLE or name.startswith("sqlite_"):
                 continue
-            if sql is not None and not all(c in sql.lower() for c in want):
+            text = sql.lower() if sql is not None else None
+            if text is not None and not all(c in text for c in want):
                 # Every column a table has is named in its stored CREATE TABLE text (ALTER
                 # TABLE ADD COLUMN rewrites it): a table whose text lacks one is not a log,
                 # and needs no PRAGMA (an open would otherwise run one per user table).

@@ -24,6 +24,7 @@ import os
 from typing import Any, Iterator, Optional
 
 from ..errors import OperationalError, ProgrammingError
+from .durable import replacing
 from .events import COLUMNS
 
 __all__ = ["PARQUET_FORMAT", "LAKE_HINT", "require_pyarrow", "arrow_schema", "write_dataset",
@@ -146,16 +147,8 @@ def write_dataset(db: Any, table_sql: str, root: str, header: dict, start: int, 
         folder = os.path.join(base, f"date={day}")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, part_name(first, last))
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
+        with replacing(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         written.append(path)
         prev = last_ck
 

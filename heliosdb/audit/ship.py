@@ -47,7 +47,7 @@ import apsw
 
 from ..errors import AuditIntegrityError, ProgrammingError, translate
 from .events import COLUMNS, AuditEvent, format_ts
-from .durable import fsync_directory, fsync_file
+from .durable import fsync_directory, fsync_file, replacing
 from .store import anchor, get_meta, quoted
 
 __all__ = ["STATE_FORMAT", "DEFAULT_BATCH", "Destination", "ShipState", "ShipResult",
@@ -137,19 +137,10 @@ class ShipState:
                 "database_id": self.database_id, "table": self.table,
                 "last_id": self.last_id, "last_checksum": self.last_checksum,
                 "updated_us": self.updated_us, "updated": format_ts(self.updated_us)}
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
         fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
