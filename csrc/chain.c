@@ -16,6 +16,7 @@
 #define OPENSSL_SUPPRESS_DEPRECATED 1 /* SHA256_* is the cheapest one-shot in OpenSSL 3 */
 #include <openssl/sha.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -551,5 +552,91 @@ int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t t
         leaf_of_buffer(&b, leaf);
     }
     free(b.p);
+    return rc;
+}
+
+/* ---- The log writer: a batch of events hashed, bound and inserted in one call ------------
+ * heliosdb/audit/store.append's fast path. Python hands over what chain_append takes (the
+ * ten texts of every event NUL-joined in one buffer, integer columns as arrays) plus the
+ * connection and the INSERT (store._insert_sql: the 16 columns of events.COLUMNS in order).
+ * Per event: encode, SHA-256 link and RFC 6962 leaf, bind (texts straight from the buffer),
+ * step. The statement is prepared and finalized inside the call: a statement left prepared
+ * would make APSW's Connection.close() spin on SQLITE_BUSY forever, so none outlives it.
+ *
+ * Returns 0 (prev then holds the last checksum, leaves n*32 bytes, *changes what the
+ * inserts changed: sqlite3_total_changes64's difference, triggers included), a negative
+ * E_* code before anything is written (E_MALFORMED: a text holds U+0000, the caller takes
+ * its own path), -1 when the extension was never loaded, or a positive SQLite extended
+ * error code with its message in errmsg (the batch may be partly written: the caller rolls
+ * the transaction back, as it does when executemany fails). */
+int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *prev,
+                            int64_t first_id, int64_t first_ts, int64_t n,
+                            const int64_t *rows, const int64_t *success,
+                            const char *text_nulls, const char *rows_nulls,
+                            const char *texts, int64_t texts_len, unsigned char *leaves,
+                            int64_t *changes, char *errmsg, int64_t errcap) {
+    sqlite3 *db = (sqlite3 *)db_;
+    if (!sqlite3_api) return -1;
+    if (n <= 0) { *changes = 0; return 0; }
+    /* Pass 1: every checksum and leaf, before any write (a malformed buffer writes nothing). */
+    unsigned char *cks = malloc((size_t)n * 32);
+    if (!cks) return E_NOMEM;
+    buf_t b = {0};
+    const char *cur = texts, *end = texts + texts_len;
+    const unsigned char *link = prev;
+    int64_t rc = 0;
+    for (int64_t i = 0; i < n && !rc; i++) {
+        int64_t mask = rows_nulls[i] ? MASK_ROWS_NULL : 0;
+        const char *tn = text_nulls + i * HELIOSDB_CHAIN_NTEXT;
+        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++)
+            if (tn[f]) mask |= 1LL << f;
+        rc = encode_event(&b, link, first_id + i, first_ts + i, rows[i], success[i], mask, 0,
+                          &cur, end, i == n - 1);
+        if (rc) break;
+        sha256_once(b.p, b.n, cks + 32 * i);
+        leaf_of_buffer(&b, leaves + 32 * i);
+        link = cks + 32 * i;
+    }
+    free(b.p);
+    if (rc) { free(cks); return rc; }
+
+    /* Pass 2: the rows. Column order: id, ts_us, session_id, user, operation, target,
+     * query, affected_rows, success, error, metadata, old_values, new_values, reason,
+     * prev_hash, checksum; text field f of the buffer goes to column text_col[f]. */
+    static const int text_col[HELIOSDB_CHAIN_NTEXT] = {3, 4, 5, 6, 7, 10, 11, 12, 13, 14};
+    sqlite3_stmt *st = NULL;
+    sqlite3_int64 before = sqlite3_total_changes64(db);
+    rc = sqlite3_prepare_v3(db, insert_sql, -1, 0, &st, NULL);
+    cur = texts;
+    for (int64_t i = 0; i < n && rc == SQLITE_OK; i++) {
+        const char *tn = text_nulls + i * HELIOSDB_CHAIN_NTEXT;
+        sqlite3_bind_int64(st, 1, first_id + i);
+        sqlite3_bind_int64(st, 2, first_ts + i);
+        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++) {
+            const char *s;
+            size_t len;
+            next_slot(&cur, end, i == n - 1 && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
+            if (tn[f]) sqlite3_bind_null(st, text_col[f]);
+            else sqlite3_bind_text64(st, text_col[f], s, len, SQLITE_STATIC, SQLITE_UTF8);
+        }
+        if (rows_nulls[i]) sqlite3_bind_null(st, 8);
+        else sqlite3_bind_int64(st, 8, rows[i]);
+        sqlite3_bind_int64(st, 9, success[i]);
+        sqlite3_bind_blob(st, 15, i ? cks + 32 * (i - 1) : prev, 32, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 16, cks + 32 * i, 32, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE) rc = sqlite3_reset(st);
+    }
+    if (rc != SQLITE_OK) {
+        /* sqlite3_step's code may be the primary one; the connection has the extended one. */
+        int ext = sqlite3_extended_errcode(db);
+        if (ext && (ext & 0xff) == (rc & 0xff)) rc = ext;
+        snprintf(errmsg, (size_t)errcap, "%s", sqlite3_errmsg(db));
+    } else {
+        memcpy(prev, cks + 32 * (n - 1), 32);
+        *changes = (int64_t)(sqlite3_total_changes64(db) - before);
+    }
+    sqlite3_finalize(st);
+    free(cks);
     return rc;
 }

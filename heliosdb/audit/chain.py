@@ -20,11 +20,14 @@ from itertools import repeat
 from operator import is_
 from typing import Optional, Sequence
 
+import apsw
+
 from .. import native
 from .events import GENESIS, NTEXT, encode_event, encode_ints
 
 __all__ = ["__impl__", "GENESIS", "checksum", "event_checksum", "chain_checksums",
-           "verify_rows", "MalformedBatch", "available_impls"]
+           "verify_rows", "MalformedBatch", "available_impls", "insert_events",
+           "INSERT_IN_C_FROM"]
 
 _lib = native.lib if native.available() else None
 _ffi = native.ffi if native.available() else None
@@ -85,6 +88,74 @@ def chain_checksums(prev: bytes, ids: Sequence[int], ts: Sequence[int],
                 leaves.extend(lv)  # type: ignore[arg-type]
             return out
     return _pure_chain(prev, n, ids, ts, rows, success, texts, leaves)
+
+
+#: The smallest batch :func:`insert_events` takes. The C writer prepares its INSERT in
+#: every call (no statement may outlive a call: see csrc/chain.c), about 10 us, while
+#: APSW's executemany reuses its cached statement: below this size that is cheaper.
+INSERT_IN_C_FROM = 16
+
+
+def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, first_ts: int,
+                  rows: Sequence[Optional[int]], success: Sequence[int],
+                  texts: Sequence[Optional[str]]) -> Optional[tuple[bytes, list, int]]:
+    """Hash and insert consecutive events in one call into C (store.append's fast path).
+
+    Event ``i`` gets id ``first_id + i`` and ``ts_us`` ``first_ts + i``; ``texts`` holds
+    its ten text fields as :func:`chain_checksums` takes them, and ``insert_sql`` is the
+    log's INSERT of :data:`~heliosdb.audit.events.COLUMNS` in order. Returns (the last
+    checksum, the RFC 6962 leaf hashes, the rows the inserts changed) or None when the C
+    writer does not apply (the pure implementation runs, the extension is not loaded into
+    APSW's SQLite, a batch smaller than :data:`INSERT_IN_C_FROM`, a text holding U+0000):
+    nothing is written then, and the caller takes its own path, which gives the same rows.
+    A SQLite error is raised as the ``apsw`` exception of its code.
+    """
+    n = len(rows)
+    if __impl__ != "c" or n < INSERT_IN_C_FROM or not _loaded_into_sqlite():
+        return None
+    if first_id.__class__ is not int or first_ts.__class__ is not int:
+        raise TypeError("id and ts_us must be integers")
+    text_nulls = bytes(map(is_, texts, repeat(None)))
+    rows_nulls = bytes(map(is_, rows, repeat(None)))
+    rows_v = [0 if r is None else r for r in rows] if any(rows_nulls) else rows
+    _check_int_types(rows, success)
+    blob = "\x00".join(["" if t is None else t for t in texts]).encode("utf-8")
+    link = _ffi.new("unsigned char[32]", prev)
+    leaves = _ffi.new("unsigned char[]", 32 * n)
+    changes = _ffi.new("int64_t *")
+    errmsg = _ffi.new("char[512]")
+    rc = _lib.heliosdb_log_append(_ffi.cast("void *", conn.sqlite3pointer()),  # type: ignore[attr-defined]
+                                  insert_sql.encode("utf-8"), link, first_id, first_ts, n,
+                                  rows_v, success, text_nulls, rows_nulls, blob, len(blob),
+                                  leaves, changes, errmsg, 512)
+    if rc == _E_MALFORMED or rc == -1:
+        return None
+    if rc < 0:
+        raise MemoryError(f"heliosdb_log_append failed ({rc})")
+    if rc > 0:
+        exc = apsw.exception_for(rc)
+        exc.args = (_ffi.string(errmsg).decode("utf-8", "replace"),)
+        raise exc
+    lb = _ffi.buffer(leaves)[:]
+    return (bytes(_ffi.buffer(link)), [lb[i:i + 32] for i in range(0, 32 * n, 32)],
+            changes[0])
+
+
+_sqlite_loaded: Optional[bool] = None
+
+
+def _loaded_into_sqlite() -> bool:
+    """The native module is loaded into APSW's SQLite as an extension (its SQLite API
+    table is set): what the C writer calls SQLite through."""
+    global _sqlite_loaded
+    if _sqlite_loaded is None:
+        try:
+            from ..crypto import vfs as _vfs
+            _vfs.ensure_loaded()
+            _sqlite_loaded = True
+        except Exception:  # noqa: BLE001 - the writer then takes the executemany path
+            _sqlite_loaded = False
+    return _sqlite_loaded
 
 
 def _pure_chain(prev: bytes, n: int, ids: Sequence[int], ts: Sequence[int],

@@ -21,7 +21,7 @@ import apsw
 
 from ..errors import AuditIntegrityError, DataError, ProgrammingError, translate
 from . import chain, merkle  # (merkle imports store only inside functions)
-from .events import COLUMNS, GENESIS, AuditEvent, EventFields, canonical_json, check_operation
+from .events import COLUMNS, GENESIS, NTEXT, AuditEvent, EventFields, canonical_json, check_operation
 from .events import ACCEPTED_OPERATIONS as _known_ops
 
 __all__ = ["DEFAULT_TABLE", "META_TABLE", "DEFAULT_MAX_QUERY_LENGTH", "Head", "Anchor",
@@ -369,7 +369,8 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
         first_ts = now if last_ts is None or now > last_ts else last_ts + 1
         n = len(events)
         known = _known_ops
-        fields: list[tuple] = []
+        rows: list[Optional[int]] = []
+        oks: list[int] = []
         texts: list[Optional[str]] = []
         for ev in events:
             try:
@@ -386,33 +387,45 @@ def append(conn: apsw.Connection, table: str, events: Sequence[EventFields], *,
                 old = canonical_json(old)
             if new is not None and new.__class__ is not str:
                 new = canonical_json(new)
-            ok = 1 if ok else 0
-            fields.append((sid, user, op, target, q, ar, ok, err, md, old, new, reason))
+            rows.append(ar)
+            oks.append(1 if ok else 0)
             texts += (sid, user, op, target, q, err, md, old, new, reason)
+        leaves: list[bytes] = []  # RFC 6962 leaf hashes, for the Merkle frontier
         try:
-            ids = list(range(last_id + 1, last_id + 1 + n))
-            tss = list(range(first_ts, first_ts + n))  # TypeError: a stored ts_us not int
-            leaves: list[bytes] = []  # RFC 6962 leaf hashes, for the Merkle frontier
-            cks = chain.chain_checksums(last_ck, ids, tss, [f[5] for f in fields],
-                                        [f[6] for f in fields], texts, leaves)
+            # One call into C hashes and inserts the batch (csrc/chain.c, log writer);
+            # None: it does not apply here, and the rows go through executemany below.
+            written = chain.insert_events(c, sql, last_ck, last_id + 1, first_ts, rows, oks,
+                                          texts)
+            if written is not None:
+                new_ck, leaves, changed = written
+            else:
+                ids = list(range(last_id + 1, last_id + 1 + n))
+                tss = list(range(first_ts, first_ts + n))  # TypeError: a stored ts_us not int
+                cks = chain.chain_checksums(last_ck, ids, tss, rows, oks, texts, leaves)
         except TypeError as exc:
             raise ProgrammingError(f"audit event field of the wrong type: {exc}") from None
         except (OverflowError, UnicodeError) as exc:
             raise DataError(f"audit event value cannot be encoded: {exc}") from None
-        prevs = [last_ck] + cks[:-1]
-        before = c.total_changes()
-        c.executemany(sql, [(i, t, *f, p, k)
-                            for i, t, f, p, k in zip(ids, tss, fields, prevs, cks)])
-        if c.total_changes() - before != n:
+        if written is None:
+            prevs = [last_ck] + cks[:-1]
+            before = c.total_changes()
+            c.executemany(sql, [(i, t, *texts[k:k + 5], r, ok, *texts[k + 5:k + NTEXT], p, ck)
+                                for i, t, k, r, ok, p, ck in zip(
+                                    ids, tss, range(0, NTEXT * n, NTEXT), rows, oks, prevs,
+                                    cks)])
+            changed = c.total_changes() - before
+            new_ck = cks[-1]
+        first, last = last_id + 1, last_id + n
+        if changed != n:
             # A trigger on the log (RAISE(IGNORE) drops rows silently; another one writes
             # more): never report events stored that are not, exactly as written.
             raise AuditIntegrityError(
                 f"the audit log {table} did not store the {n} event(s) appended (ids "
-                f"{ids[0]}..{ids[-1]}): a trigger or other schema object not created by "
+                f"{first}..{last}): a trigger or other schema object not created by "
                 "heliosdb interferes with it; run verify() to name it")
         # -- Merkle frontier (heliosdb/audit/merkle.py), same transaction as the rows --
-        merkle.after_append(c, table, last_id, last_ck, leaves, ids[-1], cks[-1])
-        return ids
+        merkle.after_append(c, table, last_id, last_ck, leaves, last, new_ck)
+        return list(range(first, last + 1))
 
     return _run(conn, work)
 

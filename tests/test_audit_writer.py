@@ -1,0 +1,121 @@
+"""The log writer in C (csrc/chain.c heliosdb_log_append, heliosdb.audit.chain.insert_events):
+store.append's fast path for a batch of events. It must store exactly the rows the
+executemany path stores (same bytes, same chain), refuse nothing the other path takes, and
+fail the same way: a trigger that drops or adds rows, a SQLite error raised by a trigger,
+a text holding U+0000 (the C calling convention cannot carry it: the other path takes it).
+"""
+from __future__ import annotations
+
+import apsw
+import pytest
+
+from heliosdb import errors
+from heliosdb.audit import chain, store
+from heliosdb.audit.events import COLUMNS, EventFields
+from heliosdb.audit.verify import verify_connection as verify_chain
+
+from helpers.audit_log import TABLE, make_log, sample_events
+from helpers.chain_impl import select
+
+NEEDS_C = pytest.mark.skipif("c" not in chain.available_impls(), reason="native module not built")
+BATCH = chain.INSERT_IN_C_FROM * 3
+
+
+def _rows(conn: apsw.Connection) -> list[tuple]:
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    return list(conn.execute(f"SELECT {cols} FROM {TABLE} ORDER BY id"))
+
+
+def _calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Count the batches the C writer took (its Python entry point still runs)."""
+    taken: list = []
+    real = chain.insert_events
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(chain, "insert_events", spy)
+    return taken
+
+
+@NEEDS_C
+def test_c_writer_stores_the_same_rows_as_executemany(tmp_path, monkeypatch):
+    events = sample_events(BATCH) + [EventFields("INSERT", query="q" * 5000, target="é" * 3)]
+    taken = _calls(monkeypatch)
+    select(monkeypatch, "c")
+    fast = make_log(str(tmp_path / "c.db"), 0)
+    store.append(fast, TABLE, events, now_us=1_700_000_000_000_000, max_query_length=1000)
+    store.append(fast, TABLE, events[:5], now_us=1)  # small batch: executemany
+    assert taken == [True, False]
+    select(monkeypatch, "pure")
+    slow = make_log(str(tmp_path / "pure.db"), 0)
+    store.append(slow, TABLE, events, now_us=1_700_000_000_000_000, max_query_length=1000)
+    store.append(slow, TABLE, events[:5], now_us=1)
+    assert taken == [True, False, False, False]
+    assert _rows(fast) == _rows(slow)
+    assert len(_rows(fast)) == len(events) + 5
+    assert verify_chain(fast, TABLE).ok
+    # the Merkle frontier the C path folded is the one the executemany path folded
+    meta = "SELECT value FROM __audit_meta WHERE tbl = ? AND key = 'merkle_tree'"
+    assert list(fast.execute(meta, (TABLE,))) == list(slow.execute(meta, (TABLE,)))
+
+
+@NEEDS_C
+def test_a_text_holding_nul_takes_the_other_path_and_is_stored_as_is(tmp_path, monkeypatch):
+    taken = _calls(monkeypatch)
+    select(monkeypatch, "c")
+    conn = make_log(str(tmp_path / "c.db"), 0)
+    events = sample_events(BATCH)
+    events[7] = events[7]._replace(query="nul\x00inside")
+    store.append(conn, TABLE, events)
+    assert taken == [False]  # refused before writing anything
+    assert conn.execute(f"SELECT query FROM {TABLE} WHERE id = 8").fetchall() == [
+        ("nul\x00inside",)]
+    assert verify_chain(conn, TABLE).ok
+
+
+@pytest.mark.parametrize("body, count", [
+    ("SELECT RAISE(IGNORE)", "dropped"),
+    ("INSERT INTO side VALUES (1)", "added"),
+])
+def test_a_trigger_that_changes_the_row_count_fails_the_batch(tmp_path, monkeypatch, chain_impl,
+                                                              body, count):
+    taken = _calls(monkeypatch)
+    conn = make_log(str(tmp_path / "c.db"), 0)
+    conn.execute("CREATE TABLE side(x)")
+    when = "BEFORE" if count == "dropped" else "AFTER"
+    conn.execute(f"CREATE TRIGGER planted {when} INSERT ON {TABLE} BEGIN {body}; END")
+    with pytest.raises(errors.AuditIntegrityError, match="did not store the 48 event"):
+        store.append(conn, TABLE, sample_events(BATCH))
+    assert taken == [chain_impl == "c"]
+    assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchall() == [(0,)]
+
+
+def test_a_sqlite_error_in_the_batch_is_raised_as_its_heliosdb_class(tmp_path, chain_impl):
+    conn = make_log(str(tmp_path / "c.db"), 3)
+    conn.execute(f"CREATE TRIGGER planted BEFORE INSERT ON {TABLE} WHEN new.id = 20 "
+                 "BEGIN SELECT RAISE(ABORT, 'planted trigger says no'); END")
+    with pytest.raises(errors.IntegrityError, match="planted trigger says no") as info:
+        store.append(conn, TABLE, sample_events(BATCH))
+    assert info.value.sqlite_errorname.startswith("SQLITE_CONSTRAINT")
+    # store.append's own transaction rolled back: nothing of the batch is left
+    assert conn.execute(f"SELECT max(id) FROM {TABLE}").fetchall() == [(3,)]
+    conn.execute("DROP TRIGGER planted")
+    assert verify_chain(conn, TABLE).ok
+
+
+def test_wrong_types_are_refused_like_the_other_path(tmp_path, chain_impl):
+    conn = make_log(str(tmp_path / "c.db"), 0)
+    events = sample_events(BATCH)
+    events[3] = events[3]._replace(affected_rows=True)
+    with pytest.raises(errors.ProgrammingError, match="wrong type"):
+        store.append(conn, TABLE, events)
+    events[3] = events[3]._replace(affected_rows=1 << 64)
+    with pytest.raises(errors.DataError):
+        store.append(conn, TABLE, events)
+    events[3] = events[3]._replace(affected_rows=1, user="\ud800")
+    with pytest.raises(errors.DataError):
+        store.append(conn, TABLE, events)
+    assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchall() == [(0,)]
