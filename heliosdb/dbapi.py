@@ -1832,6 +1832,10 @@ class Connection:
             return
 
         def handler() -> bool:
+            if self._audit is not None and self._audit.trusted_now():
+                # heliosdb's own audit write (and the rollback after a failed one) runs to
+                # its end: interrupting it would leave a change without its event.
+                return False
             try:
                 return bool(progress_handler())
             except Exception as exc:  # noqa: BLE001 - an exception aborts, as in sqlite3

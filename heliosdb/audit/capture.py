@@ -442,6 +442,15 @@ def parameter_columns(sql: str) -> dict:
     return out
 
 
+#: The commit hook that turns every COMMIT into a rollback, installed while a transaction
+#: whose audit write failed could not be rolled back at once (see _abort_transaction).
+_DOOMED_HOOK = "heliosdb-audit-doomed-transaction"
+
+
+def _refuse_commit() -> bool:
+    return True  # True: SQLite rolls the transaction back instead of committing it
+
+
 class _ActorFrames(threading.local):
     """Per-thread stack of ``acting_as`` frames; ``top`` is the one in force (or None)."""
 
@@ -504,6 +513,9 @@ class AuditSession(AuditAPI):
         # Events written in the open transaction: rewritten as failed attempts if it rolls
         # back. _savepoints: (name, len(_pending_tx)) for ROLLBACK TO.
         self._pending_tx: list[EventFields] = []
+        # Why the open transaction may not commit (its audit write failed and the
+        # ROLLBACK after it failed too), or None; a commit hook enforces it meanwhile.
+        self._doomed: Optional[str] = None
         self._unstored = 0  # the last _unstored events of _pending_tx are not stored yet
         self._savepoints: list[tuple[str, int]] = []
         self._deferred: list[EventFields] = []  # failures, written after the transaction
@@ -1008,6 +1020,9 @@ class AuditSession(AuditAPI):
 
     def _on_rollback(self) -> None:
         self._rolled_back = True
+        if self._doomed is not None:
+            self._doomed = None
+            self._db.set_commit_hook(None, id=_DOOMED_HOOK)
 
     def _on_preupdate(self, update: Any) -> None:
         if self._writing:
@@ -1340,7 +1355,11 @@ class AuditSession(AuditAPI):
                 try:
                     db.execute("ROLLBACK")
                 except apsw.Error:
-                    pass
+                    # Still open (an interrupt() while a cursor of the user's runs stops
+                    # the ROLLBACK too): its changes have no events, so it must never
+                    # commit. Until it ends, every COMMIT becomes a rollback.
+                    db.set_commit_hook(_refuse_commit, id=_DOOMED_HOOK)
+                    self._doomed = reason
         # The write may have failed because of a schema object planted on the log since
         # connect: from now on only its removal is accepted.
         self._recheck_neighbourhood()
@@ -1831,10 +1850,19 @@ class AuditSession(AuditAPI):
             if isinstance(exc, apsw.Error):
                 raise translate(exc) from exc
             raise
+        doomed = self._doomed
         try:
             # The user's own COMMIT (not an internal statement: traces show it).
             self._db.execute("COMMIT")
         except apsw.Error as exc:
+            if doomed is not None and self._db.get_autocommit():
+                from ..errors import OperationalError
+
+                self._after_rollback(doomed)
+                raise OperationalError(
+                    f"the transaction was not committed ({doomed}; the ROLLBACK after that "
+                    "failed too, so SQLite rolled it back now: none of its changes may "
+                    "commit without their events)") from exc
             if self._db.get_autocommit():
                 # SQLite gave the transaction up: everything in it is gone.
                 self._after_rollback(f"rolled back: COMMIT failed: {exc}")
