@@ -1413,7 +1413,7 @@ class AuditSession(AuditAPI):
                 raise
         autocommit = db.get_autocommit()
         wrap = autocommit and info[0]
-        just_begun = self._open_statement(cur, wrap)
+        just_begun = self._open_statement(cur, wrap) if wrap or self._just_begun else False
         before = db.total_changes()
         t0 = _perf_ns()
         try:
@@ -1459,8 +1459,9 @@ class AuditSession(AuditAPI):
         wanted = self._wanted_ops.get(op)
         if wanted is None:
             wanted = self._wanted(op)
-        if rows is None and not wrap and wanted and op not in _TX_OPS and op != "SELECT" \
-                and db.get_autocommit():
+        in_tx = not db.get_autocommit()
+        if rows is None and not wrap and wanted and not in_tx and op not in _TX_OPS \
+                and op != "SELECT":
             # PRAGMA, VACUUM, ATTACH ... in autocommit mode: the event is written in a
             # transaction of its own, which cannot commit while this statement is active
             # (PRAGMA journal_mode returns a row): finish it first (small results).
@@ -1469,7 +1470,8 @@ class AuditSession(AuditAPI):
                 rows = list(cur)
             except apsw.ExecutionCompleteError:
                 pass
-        run = StatementRun(db.changes(), db.last_insert_rowid(), rows,
+        changes = db.changes()
+        run = StatementRun(changes, db.last_insert_rowid(), rows,
                            desc if rows is not None else None)
         if op in _TX_OPS:
             self._on_tx_statement(c, sql, was_autocommit=autocommit)
@@ -1478,7 +1480,7 @@ class AuditSession(AuditAPI):
             self._after_rollback("rolled back by SQLite")
         if wanted:
             if op in _DML_OPS:
-                affected = db.changes() if db.total_changes() != before else 0
+                affected = changes if db.total_changes() != before else 0
             else:
                 affected = None
             if self._row_values or (self._capture_params and params):
@@ -1494,8 +1496,8 @@ class AuditSession(AuditAPI):
                                       affected, elapsed)
             if op == "SELECT":
                 self._buffer_select(ev)
-            elif not wrap and self._unstored < _TX_BATCH - 1 and self._pending_begin is None \
-                    and not self._select_buffer and not db.get_autocommit():
+            elif in_tx and not wrap and self._unstored < _TX_BATCH - 1 \
+                    and self._pending_begin is None and not self._select_buffer:
                 # The hot path of _record_change: queued in the open user transaction.
                 self._pending_tx.append(ev)
                 self._unstored += 1
