@@ -556,9 +556,11 @@ int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t t
 }
 
 /* ---- The log writer: a batch of events hashed, bound and inserted in one call ------------
- * heliosdb/audit/store.append's fast path. Python hands over what chain_append takes (the
- * ten texts of every event NUL-joined in one buffer, integer columns as arrays) plus the
- * connection and the INSERT (store._insert_sql: the 16 columns of events.COLUMNS in order).
+ * heliosdb/audit/store.append's fast path. Python hands over the ten texts of every event
+ * NUL-joined in one buffer, a NULL text being the one-byte slot 0x01 (NULL_SLOT: Python
+ * sends a batch where some text is exactly U+0001 down its other path), the integer
+ * columns as arrays, the connection and the INSERT (store._insert_sql: the 16 columns of
+ * events.COLUMNS in order).
  * Per event: encode, SHA-256 link and RFC 6962 leaf, bind (texts straight from the buffer),
  * step. The statement is prepared and finalized inside the call: a statement left prepared
  * would make APSW's Connection.close() spin on SQLITE_BUSY forever, so none outlives it.
@@ -569,12 +571,22 @@ int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t t
  * its own path), -1 when the extension was never loaded, or a positive SQLite extended
  * error code with its message in errmsg (the batch may be partly written: the caller rolls
  * the transaction back, as it does when executemany fails). */
+#define NULL_SLOT 0x01
+
+/* Splits the next slot of the writer's buffer: *is_null when it is the NULL_SLOT byte. */
+static inline int next_text(const char **cur, const char *end, int last, const char **s,
+                            size_t *len, int *is_null) {
+    int rc = next_slot(cur, end, last, s, len);
+    *is_null = !rc && *len == 1 && (unsigned char)**s == NULL_SLOT;
+    return rc;
+}
+
 int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *prev,
                             int64_t first_id, int64_t first_ts, int64_t n,
                             const int64_t *rows, const int64_t *success,
-                            const char *text_nulls, const char *rows_nulls,
-                            const char *texts, int64_t texts_len, unsigned char *leaves,
-                            int64_t *changes, char *errmsg, int64_t errcap) {
+                            const char *rows_nulls, const char *texts, int64_t texts_len,
+                            unsigned char *leaves, int64_t *changes, char *errmsg,
+                            int64_t errcap) {
     sqlite3 *db = (sqlite3 *)db_;
     if (!sqlite3_api) return -1;
     if (n <= 0) { *changes = 0; return 0; }
@@ -586,12 +598,16 @@ int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *pr
     const unsigned char *link = prev;
     int64_t rc = 0;
     for (int64_t i = 0; i < n && !rc; i++) {
-        int64_t mask = rows_nulls[i] ? MASK_ROWS_NULL : 0;
-        const char *tn = text_nulls + i * HELIOSDB_CHAIN_NTEXT;
-        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++)
-            if (tn[f]) mask |= 1LL << f;
-        rc = encode_event(&b, link, first_id + i, first_ts + i, rows[i], success[i], mask, 0,
-                          &cur, end, i == n - 1);
+        rc = encode_head(&b, link, first_id + i, first_ts + i, rows_nulls[i] != 0, rows[i],
+                         success[i]);
+        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT && !rc; f++) {
+            const char *s;
+            size_t len;
+            int is_null;
+            rc = next_text(&cur, end, i == n - 1 && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len,
+                           &is_null);
+            if (!rc) rc = encode_text(&b, is_null ? NULL : (const unsigned char *)s, len, 0);
+        }
         if (rc) break;
         sha256_once(b.p, b.n, cks + 32 * i);
         leaf_of_buffer(&b, leaves + 32 * i);
@@ -609,14 +625,15 @@ int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *pr
     rc = sqlite3_prepare_v3(db, insert_sql, -1, 0, &st, NULL);
     cur = texts;
     for (int64_t i = 0; i < n && rc == SQLITE_OK; i++) {
-        const char *tn = text_nulls + i * HELIOSDB_CHAIN_NTEXT;
         sqlite3_bind_int64(st, 1, first_id + i);
         sqlite3_bind_int64(st, 2, first_ts + i);
         for (int f = 0; f < HELIOSDB_CHAIN_NTEXT; f++) {
             const char *s;
             size_t len;
-            next_slot(&cur, end, i == n - 1 && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
-            if (tn[f]) sqlite3_bind_null(st, text_col[f]);
+            int is_null;
+            next_text(&cur, end, i == n - 1 && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len,
+                      &is_null);
+            if (is_null) sqlite3_bind_null(st, text_col[f]);
             else sqlite3_bind_text64(st, text_col[f], s, len, SQLITE_STATIC, SQLITE_UTF8);
         }
         if (rows_nulls[i]) sqlite3_bind_null(st, 8);

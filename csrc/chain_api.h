@@ -67,9 +67,9 @@ int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t t
 int64_t heliosdb_log_append(void *db, const char *insert_sql, unsigned char *prev,
                             int64_t first_id, int64_t first_ts, int64_t n,
                             const int64_t *rows, const int64_t *success,
-                            const char *text_nulls, const char *rows_nulls,
-                            const char *texts, int64_t texts_len, unsigned char *leaves,
-                            int64_t *changes, char *errmsg, int64_t errcap);
+                            const char *rows_nulls, const char *texts, int64_t texts_len,
+                            unsigned char *leaves, int64_t *changes, char *errmsg,
+                            int64_t errcap);
 int64_t heliosdb_merkle_fold(unsigned char *frontier, int64_t flen, int64_t size, int64_t n,
                              const unsigned char *leaves);
 int64_t heliosdb_merkle_root(const unsigned char *frontier, int64_t flen, unsigned char *out);

@@ -119,3 +119,25 @@ def test_wrong_types_are_refused_like_the_other_path(tmp_path, chain_impl):
     with pytest.raises(errors.DataError):
         store.append(conn, TABLE, events)
     assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchall() == [(0,)]
+
+
+@NEEDS_C
+def test_texts_that_look_like_the_null_slot_are_stored_as_given(tmp_path, monkeypatch):
+    """The C writer's buffer spells NULL as the one-character slot U+0001: a text that is
+    exactly that sends the batch down the other path; one that merely contains it does not."""
+    taken = _calls(monkeypatch)
+    select(monkeypatch, "c")
+    conn = make_log(str(tmp_path / "c.db"), 0)
+    events = sample_events(BATCH)
+    events[2] = events[2]._replace(query="\x01", error=None)
+    events[3] = events[3]._replace(target="a\x01b")
+    store.append(conn, TABLE, events)
+    events[2] = events[2]._replace(query="\x01\x01")
+    store.append(conn, TABLE, events)
+    assert taken == [False, True]
+    got = conn.execute(f"SELECT query, error, target FROM {TABLE} WHERE id IN (3, 4, 51, 52) "
+                       "ORDER BY id").fetchall()
+    assert got == [("\x01", None, events[2].target), (events[3].query, events[3].error, "a\x01b"),
+                   ("\x01\x01", None, events[2].target),
+                   (events[3].query, events[3].error, "a\x01b")]
+    assert verify_chain(conn, TABLE).ok

@@ -115,18 +115,19 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
         return None
     if first_id.__class__ is not int or first_ts.__class__ is not int:
         raise TypeError("id and ts_us must be integers")
-    text_nulls = bytes(map(is_, texts, repeat(None)))
+    if _NULL_SLOT in texts:
+        return None  # a text that reads as the NULL slot: the other path takes the batch
     rows_nulls = bytes(map(is_, rows, repeat(None)))
     rows_v = [0 if r is None else r for r in rows] if any(rows_nulls) else rows
     _check_int_types(rows, success)
-    blob = "\x00".join(["" if t is None else t for t in texts]).encode("utf-8")
+    blob = "\x00".join([_NULL_SLOT if t is None else t for t in texts]).encode("utf-8")
     link = _ffi.new("unsigned char[32]", prev)
     leaves = _ffi.new("unsigned char[]", 32 * n)
     changes = _ffi.new("int64_t *")
     errmsg = _ffi.new("char[512]")
     rc = _lib.heliosdb_log_append(_ffi.cast("void *", conn.sqlite3pointer()),  # type: ignore[attr-defined]
                                   insert_sql.encode("utf-8"), link, first_id, first_ts, n,
-                                  rows_v, success, text_nulls, rows_nulls, blob, len(blob),
+                                  rows_v, success, rows_nulls, blob, len(blob),
                                   leaves, changes, errmsg, 512)
     if rc == _E_MALFORMED or rc == -1:
         return None
@@ -141,6 +142,9 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
             changes[0])
 
 
+#: How the C writer's text buffer spells NULL (csrc/chain.c NULL_SLOT): a slot of that one
+#: character. A batch where some text is exactly it goes the other way.
+_NULL_SLOT = "\x01"
 _sqlite_loaded: Optional[bool] = None
 
 
