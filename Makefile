@@ -33,7 +33,7 @@ demo: $(STAMP)
 # suites that exercise both implementations then run again with the pure chain chosen at
 # import, as a user's HELIOSDB_IMPL=pure does (measured: 38 s on 2 busy cores).
 PURE_SUITES := tests/test_audit_chain.py tests/test_audit_capture.py tests/test_audit_crash.py \
-	tests/test_audit_verify.py
+	tests/test_audit_verify.py tests/test_audit_writer.py tests/test_audit_interrupts.py
 test: $(STAMP)
 	$(BIN)/lint-imports
 	HELIOSDB_IMPL=c $(BIN)/python -m pytest -q -m "not slow"
