@@ -307,7 +307,7 @@ _DML_OPS = frozenset(("INSERT", "UPDATE", "DELETE"))
 #: full database, a log that refused the append); anything else is not swallowed.
 _WRITE_ERRORS = (apsw.Error, HeliosError)
 _perf_ns = time.perf_counter_ns
-_new_event = tuple.__new__  # EventFields from a positional tuple, without its __new__
+_new_event = tuple.__new__  # a NamedTuple from a positional tuple, without its __new__
 #: The field order in which :meth:`AuditSession._stmt_event` (the hot path) builds
 #: EventFields positionally. Checked against the class at import: a reordered or added
 #: field stops the import instead of silently moving values into other columns (and into
@@ -495,6 +495,8 @@ class AuditSession(AuditAPI):
         # acting_as(): per thread, the (user, reason, context overrides) in force.
         self._tls = _ActorFrames()
         self._capture_params = bool(self._cfg.capture_parameters)
+        # execute()'s hot path: not when each event carries parameters or row values.
+        self._hot_allowed = not self._capture_params and not self._cfg.capture_row_values
         self._redaction_key: Optional[bytes] = None
         self._md_parts: Optional[tuple] = None
         self._class_cache: dict[str, _Classification] = {}
@@ -665,6 +667,8 @@ class AuditSession(AuditAPI):
         self._config = new
         self._cfg = new.audit
         self.table = new.audit.table_name
+        self._capture_params = bool(self._cfg.capture_parameters)
+        self._hot_allowed = not self._capture_params and not self._cfg.capture_row_values
         self._wanted_ops = {}
         self._md_parts = None
         self._sql_info = {}
@@ -1114,7 +1118,7 @@ class AuditSession(AuditAPI):
         if cm.database_name:
             md["database_name"] = os.path.basename(self._conn._database) or ":memory:"
         if cm.execution_time and elapsed_ns is not None:
-            md["execution_time_ms"] = round(elapsed_ns / 1e6, 3)
+            md["execution_time_ms"] = (elapsed_ns + 500) // 1000 / 1000  # ms, to the us
         if cm.custom_fields:
             names = cm.custom_field_names
             for k, v in ctx.items():
@@ -1157,7 +1161,7 @@ class AuditSession(AuditAPI):
         if not self._cfg.capture_metadata.execution_time:
             md = whole
         elif prefix is not None:
-            md = prefix + repr(round(elapsed_ns / 1e6, 3)) + suffix
+            md = prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
         else:
             md = self._metadata(elapsed_ns)
         return _new_event(EventFields, (
@@ -1193,7 +1197,7 @@ class AuditSession(AuditAPI):
             if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
                 md = whole
             elif prefix is not None:
-                md = prefix + repr(round(elapsed_ns / 1e6, 3)) + suffix
+                md = prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
             else:
                 md = self._metadata(elapsed_ns)
         return EventFields(
@@ -1373,8 +1377,16 @@ class AuditSession(AuditAPI):
         open the DB-API's implicit transaction first if none is open (decided under the
         lock). Returns what the DB-API cursor reports of the statement."""
         with self._lock:
-            if begin and self._db.get_autocommit():
+            db = self._db
+            if begin and db.get_autocommit():
                 self._conn._begin()
+            info = self._sql_info.get(sql)
+            if info is not None and len(info) > 5 and query is None and self._hot_allowed \
+                    and not self._foreign and not self._just_begun \
+                    and self._unstored < _TX_BATCH - 1 and self._pending_begin is None \
+                    and not self._select_buffer and not self._rolled_back \
+                    and self._tls.top is None and not db.get_autocommit():
+                return self._execute_hot(cur, sql, params, info)
             if self._foreign:
                 try:
                     return self._execute(cur, sql, params, query)
@@ -1387,6 +1399,50 @@ class AuditSession(AuditAPI):
                 # refuse everything but its removal from now on.
                 self._recheck_neighbourhood()
                 raise
+
+    def _execute_hot(self, cur: apsw.Cursor, sql: str, params: Any,
+                     info: tuple) -> StatementRun:
+        """:meth:`_execute` for the statement audited most: DML already classified, in an
+        open transaction whose queue takes its event (execute() checked the rest). Same
+        event, fewer steps; anything unusual after it ran goes to :meth:`_finish`."""
+        db = self._db
+        if self._actions:
+            self._actions = []
+        if self._denied is not None:
+            self._denied = None
+        before = db.total_changes()
+        t0 = _perf_ns()
+        try:
+            cur.execute(sql, params)
+        except BaseException as exc:  # noqa: BLE001
+            elapsed = _perf_ns() - t0
+            explained = _explain_now(db, exc)
+            self._record_failure(sql, exc, elapsed, wrapped=False, before=before,
+                                 query=None, params=params)
+            if explained is not None:
+                raise explained from exc
+            self._raise(exc, sql)
+        elapsed = _perf_ns() - t0
+        if self._actions or self._rolled_back or self._row_values or db.get_autocommit():
+            # Prepared again (the schema changed: classify it again), or the transaction
+            # ended under it: the general path decides.
+            return self._finish(cur, sql, params, None, info, False, False, before, elapsed,
+                                None, None)
+        changes = db.changes()
+        op, target, query = info[5]
+        whole, prefix, suffix = self._md_parts or self._metadata_parts()
+        if not self._cfg.capture_metadata.execution_time:
+            md = whole
+        elif prefix is not None:
+            md = prefix + repr((elapsed + 500) // 1000 / 1000) + suffix
+        else:
+            md = self._metadata(elapsed)
+        self._pending_tx.append(_new_event(EventFields, (
+            op, target, self.user, self.session_id, query,
+            changes if db.total_changes() != before else 0, 1, None, md or None, None, None,
+            self._context.get("reason"))))
+        self._unstored += 1
+        return _new_event(StatementRun, (changes, db.last_insert_rowid(), None, None))
 
     def _execute(self, cur: apsw.Cursor, sql: str, params: Any,
                  query: Optional[str]) -> StatementRun:
@@ -1430,7 +1486,7 @@ class AuditSession(AuditAPI):
                     self._denied = self._vacuum_denied
             else:
                 cur.execute(sql, params, can_cache=info[1])
-            rows = None
+            rows = desc = None
             if info[2]:  # DML ... RETURNING: run it to its end (see StatementRun)
                 try:
                     desc = cur.get_description()
@@ -1450,7 +1506,15 @@ class AuditSession(AuditAPI):
             if explained is not None:
                 raise explained from exc
             self._raise(exc, sql)
-        elapsed = _perf_ns() - t0
+        return self._finish(cur, sql, params, query, info, wrap, autocommit, before,
+                            _perf_ns() - t0, rows, desc if rows is not None else None)
+
+    def _finish(self, cur: apsw.Cursor, sql: str, params: Any, query: Optional[str],
+                info: tuple, wrap: bool, autocommit: bool, before: int, elapsed: int,
+                rows: Optional[list], desc: Any) -> StatementRun:
+        """What follows a statement that ran: classify it, record its event (or hand a
+        transaction-control statement to :meth:`_on_tx_statement`)."""
+        db = self._db
         if self._actions:
             c = self._classification(sql)
         else:  # reused from APSW's statement cache: classified when it was prepared
@@ -1473,6 +1537,19 @@ class AuditSession(AuditAPI):
         changes = db.changes()
         run = StatementRun(changes, db.last_insert_rowid(), rows,
                            desc if rows is not None else None)
+        if query is None and (self._actions or len(info) == 5):
+            # A DML statement classified from the authorizer's account (now, or when it
+            # was prepared): the next runs of this text inside a transaction take the hot
+            # path of execute(), with what it was classified as. Classified again (the
+            # schema changed), the record is replaced, or dropped.
+            if wanted and op in _DML_OPS and rows is None and info[1] \
+                    and not (info[2] or info[3] or info[4]) \
+                    and (self._actions or sql in self._class_cache):
+                maxlen = self._cfg.max_query_length
+                self._sql_info[sql] = info[:5] + (
+                    (op, c.target, sql[:maxlen] if maxlen else sql),)
+            elif len(info) > 5:
+                self._sql_info[sql] = info[:5]
         if op in _TX_OPS:
             self._on_tx_statement(c, sql, was_autocommit=autocommit)
             return run
