@@ -37,7 +37,10 @@ def _open(engine: str, path: str):
         conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
         return conn
     import heliosdb
-    kw = {"config": "default"} if engine in ("heliosdb-audit", "audit-base") else {}
+    kw: dict = {"config": "default"} if engine in ("heliosdb-audit", "audit-base",
+                                                   "heliosdb-enc-audit") else {}
+    if engine.startswith("heliosdb-enc"):
+        kw["key"] = bytes(range(32))  # a raw key: no passphrase derivation in the figures
     conn = heliosdb.connect(path, **kw)
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("PRAGMA synchronous=NORMAL")
