@@ -8,16 +8,17 @@ Every method returns a *new* query, so a base query can be shared and refined::
         print(ev.timestamp, ev.operation, ev.target)
 
 Filters map onto the indexes of the audit table (:func:`heliosdb.audit.store.index_sql`:
-``("user", id)``, ``(target, id)``, and ``(operation, id)`` for the operations that are not
-:data:`~heliosdb.audit.store.BULK_OPERATIONS`), so a filtered query reads the matching
-index range only; a second filter is checked on the rows of the first one's range. Time
-needs no index: ``ts_us`` grows with ``id`` (the writer makes it so), so a time range is
-translated into an id range by a binary search on the primary key (about twenty row
-lookups on a million events) and read as such. Logs created with an earlier layout (the
-covering ``(column, id, ...)`` indexes, or the legacy ``(column, ts_us)`` ones) are served
-by theirs, with the same results. Results are typed
-:class:`heliosdb.audit.events.AuditEvent` rows in time order (``order("desc")`` reverses
-it).
+user and target each followed by ``id``, then the other filter columns, and ``(operation,
+id)`` for the operations that are not :data:`~heliosdb.audit.store.BULK_OPERATIONS`), so a
+filtered query reads the matching index range only, and checks a second filter inside
+the first one's index. A bulk operation alone (INSERT, UPDATE...) is a large share of the
+log, read in id order (or within a time window's id range). Time needs no index:
+``ts_us`` grows with ``id`` (the writer makes it so), so a time range is translated into
+an id range by a binary search on the primary key (about twenty row lookups on a million
+events) and read as such. Logs created with an earlier layout (three covering indexes,
+or the legacy ``(column, ts_us)`` ones) are served by theirs, with the same results.
+Results are typed :class:`heliosdb.audit.events.AuditEvent` rows in time order
+(``order("desc")`` reverses it).
 
 Times (``between``, ``timeline(since=)`` ...) accept a :class:`datetime.datetime` (naive means
 UTC), a :class:`datetime.date` (its UTC midnight), ISO 8601 text, or an integer of UTC
