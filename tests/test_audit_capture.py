@@ -309,6 +309,7 @@ def test_failure_inside_transaction_survives_rollback(db, db_path):
     "ALTER TABLE __audit_log ADD COLUMN x",
     "INSERT INTO __audit_log(id) VALUES (999)",
     "DROP INDEX __audit_log_by_user",
+    "DROP INDEX __audit_log_rare_operation",
     "CREATE INDEX my_idx ON __audit_log(length(query))",
     "CREATE TRIGGER x BEFORE INSERT ON __audit_log BEGIN SELECT RAISE(IGNORE); END",
     "CREATE TEMP TRIGGER x BEFORE INSERT ON main.__audit_log BEGIN SELECT RAISE(IGNORE); END",

@@ -355,7 +355,7 @@ def test_schema_columns_indexes_and_meta(tmp_path, chain_impl):
                     "affected_rows", "success", "error", "metadata", "old_values",
                     "new_values", "reason", "prev_hash", "checksum"]
     idx = {r[1] for r in conn.execute(f"PRAGMA index_list({TABLE})")}
-    assert {f"{TABLE}_by_user", f"{TABLE}_by_operation", f"{TABLE}_by_target"} <= idx
+    assert {f"{TABLE}_by_user", f"{TABLE}_by_target", f"{TABLE}_rare_operation"} == idx
     assert store.head(conn, TABLE) == store.Head(0, GENESIS, None, 0)
     db_id = store.get_meta(conn, TABLE, "database_id")
     store.ensure_schema(conn, TABLE)  # idempotent, keeps the id

@@ -718,6 +718,29 @@ def test_a_look_alike_index_is_foreign(log):
     expect_fault(verify_connection(log, TABLE), "foreign_schema")
 
 
+@pytest.mark.parametrize("sql", [
+    # the partial operation index with another WHERE: it would hide the events it leaves out
+    'CREATE INDEX "__audit_log_rare_operation" ON "__audit_log"(operation, id) '
+    "WHERE operation <> 'INSERT' AND operation <> 'UPDATE' AND operation <> 'DELETE' AND "
+    "operation <> 'SELECT' AND operation <> 'BEGIN' AND operation <> 'COMMIT' AND "
+    "operation <> 'SAVEPOINT'",
+    # an index of a previous layout's name with other SQL
+    'CREATE INDEX "__audit_log_by_operation" ON "__audit_log"(operation)',
+    # a name HeliosDB never used
+    'CREATE INDEX "__audit_log_by_success" ON "__audit_log"(success, id)',
+])
+def test_a_planted_index_next_to_the_current_layout_is_foreign(log, sql):
+    name = sql.split('"')[1]
+    if name == "__audit_log_rare_operation":
+        log.execute(f"DROP INDEX {name}")
+    log.execute(sql)
+    found = find_foreign_schema(log, [TABLE])
+    assert [(f.type, f.name) for f in found] == [("index", name)]
+    r = verify_connection(log, TABLE)
+    expect_fault(r, "foreign_schema")
+    assert name in r.message
+
+
 def test_audit_tables_found_and_clean_files_have_no_findings(tmp_path):
     db = str(tmp_path / "two.db")
     conn = make_log(db, 3)

@@ -23,9 +23,10 @@ Public API (stable; the connection code calls it at connect time):
     connection can protect all of them, not only the one its config names.
 
 What HeliosDB itself creates (anything else is foreign): the audit table, the meta table,
-and the indexes of :func:`heliosdb.audit.store.known_indexes` (the current layout's and
-the legacy one's) with exactly that SQL (SQLite's own ``sqlite_autoindex_*`` indexes are
-accepted).
+and the indexes of :func:`heliosdb.audit.store.known_indexes` (the current layout's, the
+covering one's and the legacy one's, each name with exactly its SQL: a partial index
+whose WHERE differs by a word is foreign) (SQLite's own ``sqlite_autoindex_*`` indexes
+are accepted).
 """
 from __future__ import annotations
 
@@ -225,7 +226,7 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
 
 
 def _expected_indexes(table: str) -> dict[str, str]:
-    return known_indexes(table)  # the current layout's and the legacy one's
+    return known_indexes(table)  # the current layout's, the covering and the legacy one's
 
 
 def find_foreign_schema(db: apsw.Connection,

@@ -8,13 +8,17 @@ Every method returns a *new* query, so a base query can be shared and refined::
         print(ev.timestamp, ev.operation, ev.target)
 
 Filters map onto the indexes of the audit table (:func:`heliosdb.audit.store.index_sql`:
-user, operation and target each followed by ``id``, then the other filter columns), so a
-filtered query reads the matching index range only. Time needs no index: ``ts_us`` grows
-with ``id`` (the writer makes it so), so a time range is translated into an id range by a
-binary search on the primary key (about twenty row lookups on a million events) and read
-as such. Logs created with the legacy indexes (``(column, ts_us)``) are served by those,
-with the same results. Results are typed :class:`heliosdb.audit.events.AuditEvent` rows in
-time order (``order("desc")`` reverses it).
+user and target each followed by ``id``, then the other filter columns, and ``(operation,
+id)`` for the operations that are not :data:`~heliosdb.audit.store.BULK_OPERATIONS`), so a
+filtered query reads the matching index range only, and checks a second filter inside
+the first one's index. A bulk operation alone (INSERT, UPDATE...) is a large share of the
+log, read in id order (or within a time window's id range). Time needs no index:
+``ts_us`` grows with ``id`` (the writer makes it so), so a time range is translated into
+an id range by a binary search on the primary key (about twenty row lookups on a million
+events) and read as such. Logs created with an earlier layout (three covering indexes,
+or the legacy ``(column, ts_us)`` ones) are served by theirs, with the same results.
+Results are typed :class:`heliosdb.audit.events.AuditEvent` rows in time order
+(``order("desc")`` reverses it).
 
 Times (``between``, ``timeline(since=)`` ...) accept a :class:`datetime.datetime` (naive means
 UTC), a :class:`datetime.date` (its UTC midnight), ISO 8601 text, or an integer of UTC
@@ -29,7 +33,7 @@ import apsw
 
 from ..errors import ProgrammingError, translate
 from .events import COLUMNS, AuditEvent
-from .store import has_legacy_indexes, quoted
+from .store import BULK_OPERATIONS, RARE_OPERATION_TERM, index_layout, quoted
 
 __all__ = ["AuditQuery", "to_us"]
 
@@ -163,8 +167,18 @@ class AuditQuery:
         return self._with(order=d)
 
     # -- SQL ---------------------------------------------------------------------------
-    def _where(self) -> tuple[str, list]:
+    def _layout(self) -> str:
+        """The log's index layout (:func:`heliosdb.audit.store.index_layout`)."""
+        s = self._session
+        with s._internal():
+            return index_layout(s._db, s.table)
+
+    def _where(self, layout: Optional[str] = None) -> tuple[str, list]:
+        """The WHERE clause of this query and its parameters, for the log's index
+        ``layout`` (read from the file when not given)."""
         f = self._f
+        if layout is None and f.get("operation"):
+            layout = self._layout()
         terms: list[str] = []
         args: list[Any] = []
 
@@ -181,6 +195,11 @@ class AuditQuery:
             # the planner (which has no statistics) off the operation index (unary +): the
             # user's or target's index reads fewer entries and checks the operation in-index.
             narrower = f.get("user") or f.get("table")
+            if not narrower and layout == "current" \
+                    and not set(f["operation"]) & set(BULK_OPERATIONS):
+                # the operation index is partial: SQLite reads it only for a query that
+                # holds its WHERE term as written (the values asked for imply it)
+                terms.append(RARE_OPERATION_TERM)
             any_of("+operation" if narrower else "operation", f["operation"])
         if f.get("user"):
             any_of('"user"', f["user"])
@@ -252,7 +271,7 @@ class AuditQuery:
 
         A target lists every table a statement touched (``"orders,customers"``), so a
         table can sit anywhere in it. Rather than scan the log with a pattern, the distinct
-        targets are enumerated by seeking the ``(target, ts_us)`` index once per distinct
+        targets are enumerated by seeking the ``target`` index once per distinct
         value (a loose index scan: a few microseconds each, and a log has few distinct
         targets); the query then reads the matching index ranges only.
         """
@@ -269,18 +288,14 @@ class AuditQuery:
 
     def sql(self) -> tuple[str, list]:
         """The SELECT this query runs, and its parameters (for EXPLAIN, or a cursor)."""
-        where, args = self._where()
+        layout = self._layout()
+        where, args = self._where(layout)
         d = "DESC" if self._f.get("order") == "desc" else "ASC"
         # ts_us is strictly increasing with id, so time order is id order. Ordering by the
         # column the indexes end with lets them deliver rows in order (no sort): id for
-        # the current layout, ts_us for a log with the legacy (column, ts_us) indexes.
-        s = self._session
-        with s._internal():
-            try:
-                key = "ts_us" if has_legacy_indexes(s._db, s.table) else "id"
-            except apsw.Error as exc:
-                raise translate(exc) from None
-        sql = f"SELECT {_COLS} FROM {quoted(s.table)}{where} ORDER BY {key} {d}"
+        # the current and covering layouts, ts_us for the legacy (column, ts_us) indexes.
+        key = "ts_us" if layout == "legacy" else "id"
+        sql = f"SELECT {_COLS} FROM {quoted(self._session.table)}{where} ORDER BY {key} {d}"
         lim, off = self._f.get("limit"), self._f.get("offset")
         if lim is not None or off:
             sql += " LIMIT ? OFFSET ?"
@@ -322,7 +337,7 @@ class AuditQuery:
 
     def count(self) -> int:
         """How many events match (``limit``/``offset`` applied)."""
-        where, args = self._where()
+        where, args = self._where(self._layout())
         t = quoted(self._session.table)
         lim, off = self._f.get("limit"), self._f.get("offset")
         if lim is None and not off:

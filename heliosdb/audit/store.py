@@ -27,7 +27,8 @@ from .events import ACCEPTED_OPERATIONS as _known_ops
 __all__ = ["DEFAULT_TABLE", "META_TABLE", "DEFAULT_MAX_QUERY_LENGTH", "Head", "Anchor",
            "ensure_schema", "append", "head", "read_head", "anchor", "read_events",
            "get_meta", "check_table_name", "quoted", "index_sql", "legacy_index_sql",
-           "known_indexes", "has_legacy_indexes"]
+           "covering3_index_sql", "known_indexes", "has_legacy_indexes", "index_layout",
+           "BULK_OPERATIONS", "RARE_OPERATION_TERM"]
 
 DEFAULT_TABLE = "__audit_log"
 #: One small table for every audit table of the database: (tbl, key) -> value.
@@ -78,18 +79,63 @@ def quoted(table: str) -> str:
     return '"' + check_table_name(table) + '"'
 
 
+#: The operations that make up the bulk of a log (one event per statement or transaction):
+#: the operation index leaves them out, so that the events written by the thousand cost it
+#: nothing (:func:`index_sql`). Changing this tuple changes the stored index SQL: never do
+#: it without keeping the old text in :func:`known_indexes`.
+BULK_OPERATIONS: tuple[str, ...] = ("INSERT", "UPDATE", "DELETE", "SELECT", "BEGIN",
+                                    "COMMIT", "SAVEPOINT", "RELEASE")
+#: The WHERE clause of the operation index, as :func:`index_sql` writes it. SQLite uses a
+#: partial index only for a query whose WHERE clause holds these very terms, so
+#: :mod:`heliosdb.audit.query` adds them, text for text, to a query by other operations.
+#: A chain of ``<>``, not ``NOT IN (...)``: SQLite evaluates the WHERE of a partial index
+#: for every row inserted, and codes an IN list of more than two values as a temporary
+#: b-tree filled once per statement run, which ``executemany`` pays again for each row
+#: (about 20,000 instructions per event, more than the index itself).
+RARE_OPERATION_TERM = " AND ".join(f"operation <> '{op}'" for op in BULK_OPERATIONS)
+
+
 def index_sql(table: str) -> list[str]:
     """The ``CREATE INDEX`` statements of a log created by this version, as SQLite stores
     them in ``sqlite_schema`` (docs/AUDIT_FORMAT.md, "Indexes").
 
+    Every index is paid for by every event it holds, so the log has the fewest that keep
+    its filtered queries in milliseconds:
+
+    * ``("user", id, ...)`` and ``(target, id, ...)``: a user's or a target's entries in id
+      (= time) order, so an id range within them is one seek and "the latest 50" reads 50
+      entries; the other filter columns follow, so that a second filter (``operation``,
+      ``success``...) is checked inside the index without reading the rows it rejects
+      (carrying them costs an event about 2% more than ``(column, id)`` alone).
+    * ``(operation, id)`` only for the operations that are not :data:`BULK_OPERATIONS`
+      (logins, DDL, grants, key changes, application events...): those are what a query
+      by operation alone looks for among a million statements; a bulk operation is a large
+      share of the log, read in id order instead (or inside its user's or target's index).
+      An INSERT, UPDATE, DELETE or SELECT event does not touch this index.
+
     Time needs no index: ``ts_us`` grows with ``id``, so a time range is an id range
-    (:mod:`heliosdb.audit.query` finds it by binary search on the primary key). Each index
-    leads with the column it serves, then ``id``, so that its entries for one value are in
-    id (= time) order and an id range within them is one seek; the other filter columns
-    follow, so that a second filter is checked inside the index, without reading rows.
+    (:mod:`heliosdb.audit.query` finds it by binary search on the primary key).
     No partial index of failed events: its pages would be read by no successful write, so
     a damaged one would go unnoticed until a failure is recorded (tests/
-    test_reliability_fuzz.py holds every page of a file to being read by ordinary use).
+    test_reliability_fuzz.py holds every page of a file to being read by ordinary use);
+    the operation index is written by each connection's LOGIN and LOGOUT.
+    """
+    t = quoted(table)
+    return [
+        f'CREATE INDEX "{table}_by_user" ON {t}("user", id, operation, target, success)',
+        f'CREATE INDEX "{table}_by_target" ON {t}(target, id, operation, "user", success)',
+        f'CREATE INDEX "{table}_rare_operation" ON {t}(operation, id) '
+        f'WHERE {RARE_OPERATION_TERM}',
+    ]
+
+
+def covering3_index_sql(table: str) -> list[str]:
+    """The three covering indexes of logs created between the legacy layout and
+    :func:`index_sql` (``by_user`` and ``by_target`` as today, and ``by_operation``
+    holding every event), as stored.
+
+    Files that have them keep them (no DDL runs on an audited log behind its owner's
+    back); :mod:`heliosdb.audit.query` serves them as before.
     """
     t = quoted(table)
     return [
@@ -100,8 +146,9 @@ def index_sql(table: str) -> list[str]:
 
 
 def legacy_index_sql(table: str) -> list[str]:
-    """The six indexes of logs created before :func:`index_sql` (time, user, operation,
-    target and session each with ``ts_us``, and the generated ``timestamp``), as stored.
+    """The six indexes of logs created before :func:`covering3_index_sql` (time, user,
+    operation, target and session each with ``ts_us``, and the generated ``timestamp``),
+    as stored.
 
     Files that have them keep them: opening a file runs no DDL on its log, and queries give
     the same results on either layout (docs/AUDIT_FORMAT.md, "Indexes").
@@ -119,11 +166,32 @@ def legacy_index_sql(table: str) -> list[str]:
 
 def known_indexes(table: str) -> dict[str, str]:
     """Every index HeliosDB creates or created on ``table``: lower-cased name -> its SQL
-    as stored (anything else on the log is foreign: :mod:`heliosdb.audit.neighbourhood`)."""
-    out = {}
-    for sql in legacy_index_sql(table) + index_sql(table):
+    as stored (anything else on the log is foreign: :mod:`heliosdb.audit.neighbourhood`).
+    A name has one SQL in every layout that has it (``by_user`` and ``by_target`` are
+    the same in :func:`covering3_index_sql` and :func:`index_sql`)."""
+    out: dict[str, str] = {}
+    for sql in legacy_index_sql(table) + covering3_index_sql(table) + index_sql(table):
         out[sql.split('"')[1].lower()] = sql
     return out
+
+
+def index_layout(conn: apsw.Connection, table: str) -> str:
+    """Which index layout the log in ``conn`` has: ``"legacy"`` (:func:`legacy_index_sql`:
+    its ``(column, ts_us)`` indexes deliver rows in ``ts_us`` order), ``"covering3"``
+    (:func:`covering3_index_sql`: an operation index of every event) or ``"current"``
+    (:func:`index_sql`, also said of a log with none of them). One read of
+    ``sqlite_schema``."""
+    try:
+        names = {r[0].lower() for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND name IN (?, ?)", (table, f"{table}_ts", f"{table}_by_operation"))}
+    except apsw.Error as exc:
+        raise translate(exc) from None
+    if f"{table}_ts".lower() in names:
+        return "legacy"
+    if f"{table}_by_operation".lower() in names:
+        return "covering3"
+    return "current"
 
 
 def has_legacy_indexes(conn: apsw.Connection, table: str) -> bool:
@@ -175,14 +243,32 @@ def _schema_sql(table: str) -> list[str]:
     ]
 
 
+#: ``ts_us`` as SQLite's ``unixepoch`` modifier rounds it: milliseconds since the Julian
+#: day epoch (``p->iJD = (i64)(ts_us / 1e6 * 1000.0 + 210866760000000.0 + 0.5)`` in
+#: date.c), with the same floating-point steps, so that the text below is the one
+#: ``strftime('%Y-%m-%d %H:%M:%f', ts_us / 1000000.0, 'unixepoch')`` gives, digit for digit.
+_JD_MS = "CAST(ts_us / 1000000.0 * 1000.0 + 210866760000000.0 + 0.5 AS INTEGER)"
 #: Columns computed by SQLite from the stored ones (VIRTUAL: nothing stored, nothing hashed),
 #: so that the queries of the product documents run as written: ``timestamp`` is UTC
 #: ``YYYY-MM-DD HH:MM:SS.SSS`` (what SQLite's date functions compare with, e.g.
 #: ``timestamp >= datetime('now', '-30 days')``) and ``checksum_hex`` the 64 hex digits.
+#:
+#: SQLite computes every generated column of a row on every INSERT, VIRTUAL ones included,
+#: so their cost is paid per event. ``timestamp`` is the ``strftime(..., 'unixepoch')`` text
+#: built from whole seconds (``datetime`` of an integer) and the milliseconds of
+#: :data:`_JD_MS`: about half the instructions of ``strftime`` with ``%f``, identical
+#: text for every ``ts_us`` (tests/test_audit_indexes.py), and nothing newer than SQLite
+#: 3.31 (``datetime(..., 'subsec')``, cheaper still, is 3.42: an older ``sqlite3`` shell
+#: would read NULL). Logs created with the ``strftime`` form keep it (it is in their
+#: stored CREATE TABLE); both give the same text.
 GENERATED_COLUMNS: dict[str, str] = {
-    "timestamp": "strftime('%Y-%m-%d %H:%M:%f', ts_us / 1000000.0, 'unixepoch')",
+    "timestamp": f"datetime({_JD_MS} / 1000 - 210866760000, 'unixepoch') || '.' || "
+                 f"substr({_JD_MS} % 1000 + 1000, 2)",
     "checksum_hex": "lower(hex(checksum))",
 }
+#: The ``timestamp`` expression of logs created before :data:`GENERATED_COLUMNS` took its
+#: cheaper form (same text).
+STRFTIME_TIMESTAMP = "strftime('%Y-%m-%d %H:%M:%f', ts_us / 1000000.0, 'unixepoch')"
 _GENERATED_SQL = ",\n    ".join(
     f'"{name}" TEXT GENERATED ALWAYS AS ({expr}) VIRTUAL'
     for name, expr in GENERATED_COLUMNS.items())
