@@ -141,3 +141,22 @@ def test_texts_that_look_like_the_null_slot_are_stored_as_given(tmp_path, monkey
                    ("\x01\x01", None, events[2].target),
                    (events[3].query, events[3].error, "a\x01b")]
     assert verify_chain(conn, TABLE).ok
+
+
+def test_an_event_read_back_is_the_dataclass_it_would_be_built_as(tmp_path):
+    """AuditEvent.from_row skips the frozen dataclass's __init__: same fields, equality,
+    hash, repr and immutability; a row of the wrong length is refused as __init__ does."""
+    import dataclasses
+
+    from heliosdb.audit.events import AuditEvent
+
+    conn = make_log(str(tmp_path / "r.db"), 20)
+    for ev in store.read_events(conn, TABLE):
+        row = tuple(getattr(ev, c) for c in COLUMNS)
+        built = AuditEvent(*row)
+        assert ev == built and hash(ev) == hash(built) and repr(ev) == repr(built)
+        assert dataclasses.astuple(ev) == row
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ev.id = 0
+    with pytest.raises(TypeError):
+        AuditEvent.from_row(row[:-1])
