@@ -501,6 +501,7 @@ class AuditSession(AuditAPI):
         self._wanted_ops: dict[str, bool] = {}
         self._sql_info: dict[str, tuple] = {}  # sql -> (wrap in autocommit, can_cache)
         self._actions: list = []
+        self._depth = 0  # audited statements running now on this connection (_nested)
         # Our own statements: the authorizer lets them through, on the thread that runs
         # them only (another thread sharing the connection is never trusted).
         self._writing = False
@@ -1373,6 +1374,9 @@ class AuditSession(AuditAPI):
         open the DB-API's implicit transaction first if none is open (decided under the
         lock). Returns what the DB-API cursor reports of the statement."""
         with self._lock:
+            if self._depth:
+                return self._nested(self.execute, cur, sql, params, query=query,
+                                    begin=begin)
             if begin and self._db.get_autocommit():
                 self._conn._begin()
             if self._foreign:
@@ -1381,12 +1385,31 @@ class AuditSession(AuditAPI):
                 finally:
                     self._recheck_neighbourhood()
             try:
+                self._depth += 1
                 return self._execute(cur, sql, params, query)
             except AuditIntegrityError:
                 # The log did not take an append (a trigger planted since connect):
                 # refuse everything but its removal from now on.
                 self._recheck_neighbourhood()
                 raise
+            finally:
+                self._depth -= 1
+
+    def _nested(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """A statement run while another one of this connection is running (a user
+        function calling ``conn.execute``): it gets its own authorizer actions, denial
+        and row values, and the outer statement gets its own back. Shared, the inner
+        statement's actions classified the outer one: ``DELETE FROM t WHERE f(a)``, with
+        f reading ``u``, was recorded against ``u`` (or as a read, unrecorded)."""
+        saved = (self._actions, self._denied, self._row_values)
+        self._actions, self._denied, self._row_values = [], None, []
+        depth = self._depth
+        self._depth = 0
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self._depth = depth
+            self._actions, self._denied, self._row_values = saved
 
     def _execute(self, cur: apsw.Cursor, sql: str, params: Any,
                  query: Optional[str]) -> StatementRun:
@@ -1694,9 +1717,15 @@ class AuditSession(AuditAPI):
         Returns the number of rows changed by the batch (``total_changes`` also counts
         the audit rows)."""
         with self._lock:
+            if self._depth:
+                return self._nested(self.executemany, cur, sql, params_iter, begin=begin)
             if begin and self._db.get_autocommit():
                 self._conn._begin()
-            return self._executemany(cur, sql, params_iter)
+            self._depth += 1
+            try:
+                return self._executemany(cur, sql, params_iter)
+            finally:
+                self._depth -= 1
 
     def _executemany(self, cur: apsw.Cursor, sql: str, params_iter: Iterable[Any]) -> int:
         db = self._db
