@@ -502,6 +502,7 @@ class AuditSession(AuditAPI):
         self._sql_info: dict[str, tuple] = {}  # sql -> (wrap in autocommit, can_cache)
         self._actions: list = []
         self._depth = 0  # audited statements running now on this connection (_nested)
+        self._nested_changes = 0  # rows changed by nested statements (_nested), ever
         # Our own statements: the authorizer lets them through, on the thread that runs
         # them only (another thread sharing the connection is never trusted).
         self._writing = False
@@ -1405,9 +1406,12 @@ class AuditSession(AuditAPI):
         self._actions, self._denied, self._row_values = [], None, []
         depth = self._depth
         self._depth = 0
+        changes = self._db.total_changes()
         try:
             return method(*args, **kwargs)
         finally:
+            # Not the outer statement's rows: executemany counts its own by total_changes.
+            self._nested_changes += self._db.total_changes() - changes
             self._depth = depth
             self._actions, self._denied, self._row_values = saved
 
@@ -1740,6 +1744,7 @@ class AuditSession(AuditAPI):
         wrap = db.get_autocommit()
         just_begun = self._open_statement(cur, wrap)
         before = db.total_changes()
+        nested = self._nested_changes  # a generator may run statements of its own
         t0 = time.perf_counter_ns()
         try:
             for _ in cur.executemany(sql, params_iter, can_cache=info[1]):
@@ -1749,13 +1754,14 @@ class AuditSession(AuditAPI):
             if just_begun:
                 cur.exec_trace = None
             explained = _explain_now(self._db, exc)
+            before += self._nested_changes - nested
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
                                  unprepared_begin=just_begun and not self._prepared)
             if explained is not None:
                 raise explained from exc
             self._raise(exc, sql)
         elapsed = time.perf_counter_ns() - t0
-        count = db.total_changes() - before
+        count = db.total_changes() - before - (self._nested_changes - nested)
         c = self._classification(sql)
         if self._wanted(c.operation):
             old, new = self._take_row_values()
