@@ -2277,6 +2277,9 @@ class Blob:
         return self._call(self._blob.read, n)
 
     def _write_raw(self, data: bytes) -> None:
+        if self._audited is not None:
+            # require_reason: checked before writing (see before_blob_write)
+            self._audited[0].before_blob_write(*self._audited[1:4])
         offset = self._blob.tell()
         self._call(self._blob.write, data)
         if self._audited is not None:

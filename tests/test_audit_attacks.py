@@ -426,3 +426,122 @@ def test_connection_closed_or_dropped_with_a_transaction_open(tmp_path, how):
         gc.collect()
     state, failed, ok = _state(path)
     assert state["t"] == (0, 0) and ok
+
+
+# -- 5. writes outside SQL ----------------------------------------------------------------
+
+def test_require_reason_also_holds_for_blob_writes(tmp_path):
+    # BYPASS (fixed): under require_reason (fda-part11) "UPDATE t SET b = ..." without a
+    # reason was refused, but blobopen(...).write(...) made the same change, recorded
+    # without a reason (the authorizer never sees a blob write).
+    path = tmp_path / "b.db"
+    conn = heliosdb.connect(str(path), config="fda-part11")
+    with conn.audit.acting_as("admin", reason="setup"):
+        conn.execute("CREATE TABLE t(b BLOB)")
+        conn.execute("INSERT INTO t VALUES (zeroblob(4))")
+        conn.commit()
+    with pytest.raises(heliosdb.ReasonRequiredError):
+        with conn.blobopen("t", "b", 1) as blob:
+            blob.write(b"EVIL")
+    conn.commit()
+    with conn.audit.acting_as("admin", reason="ticket 7"):
+        with conn.blobopen("t", "b", 1) as blob:
+            blob.write(b"GOOD")
+        conn.commit()
+    conn.close()
+    conn = heliosdb.connect(str(path), config="fda-part11")
+    try:
+        assert conn.execute("SELECT b FROM t").fetchone()[0] == b"GOOD"
+        rows = conn.execute("SELECT success, reason FROM __audit_log WHERE query LIKE "
+                            "'blob write:%' ORDER BY id").fetchall()
+        assert rows == [(0, None), (1, "ticket 7")]  # the refusal is on record
+        assert conn.audit.verify().ok
+    finally:
+        conn.close()
+
+
+# -- 6. threads sharing one connection -------------------------------------------------------
+
+@pytest.mark.parametrize("other", ["rollback", "savepoint", "executemany"])
+def test_two_threads_one_committing_the_other_rolling_back(tmp_path, other):
+    path = tmp_path / "th.db"
+    conn = heliosdb.connect(str(path), config="default", check_same_thread=False)
+    conn.execute("CREATE TABLE t(a)")
+    conn.execute("CREATE TABLE u(a)")
+    conn.commit()
+
+    def committer():
+        for i in range(100):
+            try:
+                conn.execute("INSERT INTO t VALUES (?)", (i,))
+                conn.execute("INSERT INTO t VALUES (?)", (i,))
+                conn.commit()
+            except Exception:  # noqa: BLE001 - a lost race is an error, never a bypass
+                pass
+
+    def roller():
+        for i in range(100):
+            try:
+                if other == "rollback":
+                    conn.execute("INSERT INTO u VALUES (?)", (i,))
+                    conn.rollback()
+                elif other == "savepoint":
+                    conn.execute("SAVEPOINT s")
+                    conn.execute("INSERT INTO u VALUES (1)")
+                    conn.execute("ROLLBACK TO s")
+                    conn.execute("RELEASE s")
+                else:
+                    conn.executemany("INSERT INTO u VALUES (?)", [(1,), (2,)])
+                    conn.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001
+                pass
+
+    threads = [threading.Thread(target=committer), threading.Thread(target=roller)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if conn.in_transaction:
+        conn.commit()
+    conn.close()
+    state, _failed, ok = _state(path, ("t", "u"))
+    for rows, logged in state.values():
+        assert rows == logged
+    assert ok
+
+
+def test_interrupt_from_another_thread_during_commits(tmp_path):
+    path = tmp_path / "int.db"
+    conn = heliosdb.connect(str(path), config="default", check_same_thread=False)
+    conn.execute("CREATE TABLE t(a)")
+    conn.commit()
+    go, done = threading.Event(), threading.Event()
+
+    def hammer():
+        while not done.is_set():
+            if go.wait(0.05):
+                conn.interrupt()
+
+    th = threading.Thread(target=hammer)
+    th.start()
+    try:
+        for i in range(150):
+            try:
+                for j in range(3):
+                    conn.execute("INSERT INTO t VALUES (?)", (i,))
+                go.set()
+                conn.commit()
+            except heliosdb.Error:
+                pass
+            finally:
+                go.clear()
+            try:
+                conn.commit()  # whatever is still open
+            except heliosdb.Error:
+                pass
+    finally:
+        done.set()
+        th.join()
+    conn.close()
+    state, _failed, ok = _state(path)
+    assert state["t"][0] == state["t"][1] and ok

@@ -689,6 +689,29 @@ class AuditSession(AuditAPI):
         self._buffer_select(self._event("SELECT", target=target, query=query))
 
     @_locked
+    def before_blob_write(self, table: str, column: str, row: int) -> None:
+        """Called before an incremental blob write: refuse it when the policy requires a
+        reason and none is in force. The authorizer never sees a blob write, so without
+        this check require_reason stopped ``UPDATE t SET b = ...`` but let the same change
+        through ``blobopen(...).write(...)``; refusing after the write would leave the
+        change in the transaction without its event."""
+        if self._cfg.require_reason and not self._reason_in_force():
+            from ..errors import ReasonRequiredError
+
+            err = f"not authorized: {_REASON_REQUIRED}"
+            # The denied attempt is on record, as a denied UPDATE is (after the
+            # transaction, whichever way it ends).
+            ev = self._event("UPDATE", target=table,
+                             query=f"blob write: {table}.{column} rowid {row}",
+                             affected_rows=0, success=False, error=err,
+                             details={"denied": True})
+            if self._db.get_autocommit():
+                self._write_or_defer([ev])
+            else:
+                self._deferred.append(ev)
+            raise ReasonRequiredError(err)
+
+    @_locked
     def record_blob_write(self, table: str, column: str, row: int, offset: int,
                           length: int) -> None:
         """An incremental blob write (``Blob.write``): an UPDATE event of the open
