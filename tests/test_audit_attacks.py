@@ -545,3 +545,106 @@ def test_interrupt_from_another_thread_during_commits(tmp_path):
     conn.close()
     state, _failed, ok = _state(path)
     assert state["t"][0] == state["t"][1] and ok
+
+
+# -- 7. a COMMIT that fails and leaves the transaction open ---------------------------------
+
+def _ops(path, config="verbose"):
+    conn = heliosdb.connect(str(path), config=config)
+    try:
+        return conn.execute("SELECT operation, query, success FROM __audit_log WHERE "
+                            "operation IN ('INSERT', 'COMMIT') ORDER BY id").fetchall(), \
+            conn.audit.verify().ok
+    finally:
+        conn.close()
+
+
+def test_a_deferred_foreign_key_failure_leaves_no_commit_event_behind(tmp_path):
+    # BYPASS (fixed, a false record): the COMMIT event was stored in the transaction
+    # before the COMMIT, which a deferred foreign key refused; the transaction stayed
+    # open and the event in it: once committed, the log showed "INSERT c, COMMIT
+    # (success), INSERT p, COMMIT failed, COMMIT": a commit of INSERT c alone that never
+    # happened.
+    path = tmp_path / "fk.db"
+    conn = heliosdb.connect(str(path), config="verbose")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE p(id INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE c(pid REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    conn.commit()
+    conn.execute("INSERT INTO c VALUES (1)")
+    with pytest.raises(heliosdb.IntegrityError):
+        conn.commit()
+    assert conn.in_transaction
+    conn.execute("INSERT INTO p VALUES (1)")
+    conn.commit()
+    conn.close()
+    ops, ok = _ops(path)
+    assert ops[-4:] == [("INSERT", "INSERT INTO c VALUES (1)", 1),
+                        ("INSERT", "INSERT INTO p VALUES (1)", 1),
+                        ("COMMIT", None, 0), ("COMMIT", None, 1)]
+    assert ok
+
+
+def test_a_trace_callback_raising_at_commit_leaves_no_commit_event_behind(tmp_path):
+    path = tmp_path / "ki.db"
+    conn = heliosdb.connect(str(path), config="verbose")
+    conn.execute("CREATE TABLE t(a)")
+    conn.commit()
+    conn.execute("INSERT INTO t VALUES (1)")
+
+    def trace(sql):
+        if sql.strip().upper() == "COMMIT":
+            raise KeyboardInterrupt
+
+    conn.set_trace_callback(trace)
+    with pytest.raises(KeyboardInterrupt):
+        conn.commit()
+    conn.set_trace_callback(None)
+    assert conn.in_transaction
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.commit()
+    conn.close()
+    ops, ok = _ops(path)
+    assert ops[-3:] == [("INSERT", "INSERT INTO t VALUES (1)", 1),
+                        ("INSERT", "INSERT INTO t VALUES (2)", 1), ("COMMIT", None, 1)]
+    assert ok
+    state, _failed, ok = _state(path)
+    assert state["t"] == (2, 2)
+
+
+@pytest.mark.parametrize("where", ["adapter", "progress", "authorizer"])
+def test_keyboard_interrupt_from_a_callback_mid_statement(tmp_path, where):
+    path = tmp_path / "kb.db"
+    conn = _setup(path)
+    conn.isolation_level = None  # autocommit: heliosdb's own wrapper transaction
+
+    class Boom:
+        def __conform__(self, proto):
+            raise KeyboardInterrupt
+
+    calls = [0]
+
+    def progress():
+        calls[0] += 1
+        return calls[0] > 30 and (_ for _ in ()).throw(KeyboardInterrupt)
+
+    def authorizer(code, *a):
+        if code == 18:  # SQLITE_INSERT
+            raise KeyboardInterrupt
+        return 0
+
+    with pytest.raises(BaseException):
+        if where == "adapter":
+            conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (Boom(),)])
+        elif where == "progress":
+            conn.set_progress_handler(progress, 1)
+            conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)])
+        else:
+            conn.set_authorizer(authorizer)
+            conn.execute("INSERT INTO t VALUES (99)")
+    conn.set_progress_handler(None, 1)
+    conn.set_authorizer(None)
+    assert not conn.in_transaction
+    conn.close()
+    state, failed, ok = _state(path)
+    assert state["t"][0] == state["t"][1] and ok and failed >= 1

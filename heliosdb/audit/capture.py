@@ -445,6 +445,8 @@ def parameter_columns(sql: str) -> dict:
 #: The commit hook that turns every COMMIT into a rollback, installed while a transaction
 #: whose audit write failed could not be rolled back at once (see _abort_transaction).
 _DOOMED_HOOK = "heliosdb-audit-doomed-transaction"
+#: The savepoint AuditSession.commit() sets before storing the COMMIT event.
+_COMMIT_SAVEPOINT = "heliosdb_audit_commit_event"
 
 
 def _refuse_commit() -> bool:
@@ -1898,11 +1900,25 @@ class AuditSession(AuditAPI):
         deferred = self._deferred
         self._deferred = []
         events = list(deferred)
-        if self._cfg.log_transactions:
-            events.append(self._event("COMMIT", target=None, query=None))
+        commit_ev = self._event("COMMIT", target=None, query=None) \
+            if self._cfg.log_transactions else None
+        marked = False
+        unstored = 0
         try:
             if events or self._select_buffer or self._pending_begin is not None:
                 self._queue(events)
+            if commit_ev is not None:
+                # The last batch and the COMMIT event go in after a savepoint of our own:
+                # should the COMMIT fail and leave the transaction open (a deferred foreign
+                # key, a busy database, a trace callback raising), they are taken out again
+                # (the batch is stored with the next one). The COMMIT event stayed before,
+                # and the log showed a COMMIT that never happened.
+                with self._internal():
+                    self._db.execute(f"SAVEPOINT {_COMMIT_SAVEPOINT}")
+                marked = True
+                self._pending_tx.append(commit_ev)
+                self._unstored += 1
+                unstored = self._unstored
             self._flush_tx()
         except BaseException as exc:
             # The events of the transaction cannot be stored: it must not commit.
@@ -1914,7 +1930,18 @@ class AuditSession(AuditAPI):
         try:
             # The user's own COMMIT (not an internal statement: traces show it).
             self._db.execute("COMMIT")
-        except apsw.Error as exc:
+        except BaseException as exc:
+            if marked and not self._db.get_autocommit():
+                try:
+                    with self._internal():
+                        self._db.execute(f"ROLLBACK TO {_COMMIT_SAVEPOINT}")
+                        self._db.execute(f"RELEASE {_COMMIT_SAVEPOINT}")
+                    self._pending_tx.pop()  # the COMMIT event: it did not happen
+                    self._unstored = unstored - 1
+                except apsw.Error:
+                    pass
+            if not isinstance(exc, apsw.Error):
+                raise  # KeyboardInterrupt from a trace callback: the transaction stays open
             if doomed is not None and self._db.get_autocommit():
                 from ..errors import OperationalError
 
@@ -1928,9 +1955,7 @@ class AuditSession(AuditAPI):
                 self._after_rollback(f"rolled back: COMMIT failed: {exc}")
             else:
                 # Still open (a deferred foreign key, a busy database): the deferred
-                # failures stay recorded in it; the COMMIT event did not happen.
-                if self._cfg.log_transactions and self._pending_tx:
-                    self._pending_tx.pop()  # the COMMIT event: it did not happen
+                # failures stay recorded in it; the COMMIT event was taken out above.
                 self._deferred.append(self._event("COMMIT", target=None, query=None,
                                                   success=False, error=str(exc)))
             raise translate(exc) from exc
