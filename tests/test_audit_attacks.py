@@ -648,3 +648,32 @@ def test_keyboard_interrupt_from_a_callback_mid_statement(tmp_path, where):
     conn.close()
     state, failed, ok = _state(path)
     assert state["t"][0] == state["t"][1] and ok and failed >= 1
+
+
+def test_a_busy_commit_of_a_failure_record_leaves_no_transaction_open(tmp_path):
+    # BUG (fixed; no unrecorded change, but autocommit writes silently lost): the failure
+    # record's own COMMIT got SQLITE_BUSY (another connection reading, DELETE journal)
+    # and its transaction stayed open; the user's next autocommit INSERTs ran in it,
+    # "succeeded", and were rolled back at close.
+    import apsw
+
+    path = tmp_path / "busy.db"
+    conn = heliosdb.connect(str(path), config="default", timeout=0.05)
+    conn.execute("CREATE TABLE t(a)")
+    conn.commit()
+    conn.isolation_level = None
+    reader = apsw.Connection(str(path))
+    reader.execute("BEGIN")
+    list(reader.execute("SELECT * FROM sqlite_master"))  # holds a SHARED lock
+    with pytest.raises(heliosdb.OperationalError):
+        conn.execute("INSERT INTO nosuch VALUES (1)")
+    assert not conn.in_transaction
+    with pytest.raises(heliosdb.OperationalError):
+        conn.execute("INSERT INTO t VALUES (1)")  # locked: said so, not silently queued
+    assert not conn.in_transaction
+    reader.execute("ROLLBACK")
+    reader.close()
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.close()
+    state, failed, ok = _state(path)
+    assert state["t"] == (1, 1) and ok and failed >= 2

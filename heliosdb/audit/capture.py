@@ -1295,11 +1295,14 @@ class AuditSession(AuditAPI):
                 try:
                     store.append(db, self.table, batch,
                                  max_query_length=self._cfg.max_query_length)
+                    # Inside the try: a COMMIT refused with SQLITE_BUSY (a reader of
+                    # another connection) left this transaction open, and the user's next
+                    # autocommit statements ran in it, to be rolled back at close.
+                    db.execute("COMMIT")
                 except BaseException:
                     if not db.get_autocommit():
                         db.execute("ROLLBACK")
                     raise
-                db.execute("COMMIT")
         except BaseException as exc:
             self._deferred[:0] = carried
             if isinstance(exc, AuditIntegrityError):
