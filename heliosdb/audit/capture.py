@@ -1560,7 +1560,31 @@ class AuditSession(AuditAPI):
                 self._record_change(ev, wrapped=wrap)
         elif wrap:
             self._commit_wrapper()
+        if op == "ATTACH":
+            self._refuse_audited_attachment()
         return run
+
+    def _refuse_audited_attachment(self) -> None:
+        """After an ATTACH: a database with an audit log of its own is detached again and
+        refused. Attached, its tables were written with the events in this connection's
+        log (or none), never in its own: its log said nothing of the change and verified
+        ok. It is opened with heliosdb.connect(), which enforces its policy."""
+        db = self._db
+        with self._internal():
+            names = [r[1] for r in db.execute("PRAGMA database_list")
+                     if r[1] not in ("main", "temp")]
+            for name in names:
+                q = name.replace('"', '""')
+                # (compared here, not with SQL's lower(): a user function may replace it)
+                if any(t.lower() == store.META_TABLE.lower() for (t,) in db.execute(
+                        f'SELECT name FROM "{q}".sqlite_master WHERE type = \'table\'')):
+                    db.execute(f'DETACH "{q}"')
+                    from ..errors import AuditPolicyError
+
+                    raise AuditPolicyError(
+                        f"the database attached as {name} has an audit log of its own: "
+                        "its changes would not be recorded there. Open it with "
+                        "heliosdb.connect() instead")
 
     def _raise(self, exc: BaseException, sql: str) -> None:
         """Raise what the DB-API raises; a denial by the audit layer says why."""
