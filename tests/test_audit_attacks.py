@@ -718,3 +718,46 @@ def test_an_unaudited_connection_cannot_write_an_attached_audited_database(tmp_p
     plain.close()
     state, _failed, ok = _state(x)
     assert state["t"][0] == state["t"][1] and ok
+
+
+@pytest.mark.parametrize("isolation", ["", None])
+@pytest.mark.parametrize("action", ["interrupt", "log", "ROLLBACK", "savepoint", "close"])
+def test_a_function_acting_on_the_connection_mid_statement(tmp_path, action, isolation):
+    path = tmp_path / "mid.db"
+    conn = _setup(path, "t", "r")
+    conn.executemany("INSERT INTO r VALUES (?)", [(i,) for i in range(5)])
+    conn.commit()
+    conn.isolation_level = isolation
+
+    def f(x):
+        if x == 2:
+            try:
+                if action == "interrupt":
+                    conn.interrupt()
+                elif action == "log":
+                    conn.audit.log("CUSTOM", details={"x": x})
+                elif action == "ROLLBACK":
+                    conn.execute("ROLLBACK")
+                elif action == "savepoint":
+                    conn.execute("SAVEPOINT q")
+                    conn.execute("INSERT INTO t VALUES (100)")
+                    conn.execute("ROLLBACK TO q")
+                else:
+                    conn.close()
+            except heliosdb.Error:
+                pass
+        return x
+
+    conn.create_function("f", 1, f)
+    try:
+        conn.execute("INSERT INTO t SELECT f(x) FROM r")
+        conn.commit()
+    except heliosdb.Error:
+        pass
+    try:
+        conn.close()
+    except heliosdb.Error:
+        pass
+    state, _failed, ok = _state(path)
+    assert state["t"][0] == state["t"][1] and ok
+    assert state["t"][0] in (0, 5)
