@@ -761,3 +761,36 @@ def test_a_function_acting_on_the_connection_mid_statement(tmp_path, action, iso
     state, _failed, ok = _state(path)
     assert state["t"][0] == state["t"][1] and ok
     assert state["t"][0] in (0, 5)
+
+
+@pytest.mark.parametrize("sql", ["COMMIT", "END", "RELEASE sp"])
+def test_a_doomed_transaction_cannot_commit_through_sql_either(tmp_path, sql):
+    # The lead's fix (6549f1f) makes commit() refuse a transaction whose ROLLBACK was
+    # interrupted; the same transaction ended by SQL text instead of the method.
+    path = tmp_path / "doom.db"
+    conn = _setup(path, "t", "r")
+    conn.executemany("INSERT INTO r VALUES (?)", [(i,) for i in range(10)])
+    conn.commit()
+    if sql.startswith("RELEASE"):
+        conn.isolation_level = None
+        conn.execute("SAVEPOINT sp")
+    for i in range(20):
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    reader = conn.cursor()
+    reader.execute("SELECT a FROM r")
+    reader.fetchone()
+    conn.interrupt()
+    with pytest.raises(heliosdb.OperationalError):
+        conn.commit()
+    with pytest.raises(heliosdb.OperationalError):
+        reader.fetchall()
+    with pytest.raises(heliosdb.Error):
+        conn.execute(sql)
+    conn.execute("INSERT INTO t VALUES (99)")
+    try:
+        conn.commit()
+    except heliosdb.Error:
+        pass
+    conn.close()
+    state, failed, ok = _state(path, ("t",))
+    assert state["t"][0] == state["t"][1] and state["t"][0] <= 1 and ok and failed >= 20
