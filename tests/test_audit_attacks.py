@@ -794,3 +794,40 @@ def test_a_doomed_transaction_cannot_commit_through_sql_either(tmp_path, sql):
     conn.close()
     state, failed, ok = _state(path, ("t",))
     assert state["t"][0] == state["t"][1] and state["t"][0] <= 1 and ok and failed >= 20
+
+
+# -- 9. user code called back inside heliosdb's own write ------------------------------------
+
+def test_a_callback_inside_the_audit_write_cannot_use_the_trusted_connection(tmp_path):
+    # BYPASS (fixed): a user strftime() (the log's generated "timestamp" column calls
+    # it; trusted_schema is on) ran inside heliosdb's own append of a failure record, on
+    # the writer's thread, where the authorizer trusts every statement: its
+    # "DELETE FROM __audit_log ..." was authorized. User code is refused there now.
+    path = tmp_path / "cb.db"
+    conn = _setup(path)
+    calls, out = [0], []
+
+    def strftime(*args):
+        calls[0] += 1
+        try:
+            if calls[0] == 1:  # denied: its failure record is written at once
+                conn.execute("INSERT INTO __audit_log(id) VALUES (1)")
+            else:  # ... by heliosdb's append, which calls this function again
+                conn.execute("DELETE FROM __audit_log WHERE operation = 'CREATE_TABLE'")
+                out.append("DELETED")
+        except heliosdb.Error as exc:
+            out.append(type(exc).__name__)
+        return "x"
+
+    conn.create_function("strftime", -1, strftime)
+    conn.execute('SELECT "timestamp" FROM __audit_log LIMIT 1').fetchall()
+    conn.create_function("strftime", -1, lambda *a: "x")
+    conn.close()
+    assert "DELETED" not in out
+    conn = _open(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM __audit_log WHERE operation = "
+                            "'CREATE_TABLE'").fetchone()[0] == 1
+        assert conn.audit.verify().ok
+    finally:
+        conn.close()

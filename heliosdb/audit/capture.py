@@ -1403,6 +1403,7 @@ class AuditSession(AuditAPI):
         open the DB-API's implicit transaction first if none is open (decided under the
         lock). Returns what the DB-API cursor reports of the statement."""
         with self._lock:
+            self._refuse_reentry()
             if self._depth:
                 return self._nested(self.execute, cur, sql, params, query=query,
                                     begin=begin)
@@ -1423,6 +1424,16 @@ class AuditSession(AuditAPI):
                 raise
             finally:
                 self._depth -= 1
+
+    def _refuse_reentry(self) -> None:
+        """User code called back while heliosdb writes its own rows (a user function
+        replacing a built-in the log's schema calls, e.g. strftime() of the generated
+        ``timestamp`` column, runs inside the append) may not use the connection: the
+        authorizer trusts every statement of this thread until the write ends, so such a
+        callback could DELETE or rewrite log rows unrecorded."""
+        if self._writing and self._writer_thread == threading.get_ident():
+            raise ProgrammingError(
+                "the connection is writing its audit log: a callback may not use it now")
 
     def _nested(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         """A statement run while another one of this connection is running (a user
@@ -1773,6 +1784,7 @@ class AuditSession(AuditAPI):
         Returns the number of rows changed by the batch (``total_changes`` also counts
         the audit rows)."""
         with self._lock:
+            self._refuse_reentry()
             if self._depth:
                 return self._nested(self.executemany, cur, sql, params_iter, begin=begin)
             if begin and self._db.get_autocommit():
@@ -1922,6 +1934,7 @@ class AuditSession(AuditAPI):
     def commit(self) -> None:
         """Commit: buffered events first, then COMMIT (and its event, if logged). Nothing
         when no transaction is open (decided here, under the session's lock)."""
+        self._refuse_reentry()
         if self._db.get_autocommit():
             return
         deferred = self._deferred
@@ -1995,6 +2008,7 @@ class AuditSession(AuditAPI):
     def rollback(self) -> None:
         """Roll back, then record what was rolled back in a write of its own (nothing
         when no transaction is open)."""
+        self._refuse_reentry()
         if self._db.get_autocommit():
             return
         try:
@@ -2130,6 +2144,7 @@ class AuditSession(AuditAPI):
             reason: Optional[str] = None, error: Optional[str] = None) -> None:
         """Append an application event (LOGIN, GRANT, DATA_SUBJECT_REQUEST, custom ...);
         ``error`` says why a failed one failed (``success=False``)."""
+        self._refuse_reentry()
         if not isinstance(operation, str) or not operation:
             raise ValueError("operation must be a non-empty string")
         if self.readonly:
