@@ -831,3 +831,33 @@ def test_a_callback_inside_the_audit_write_cannot_use_the_trusted_connection(tmp
         assert conn.audit.verify().ok
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("sql,op,target", [
+    ("UPDATE sqlite_sequence SET seq = (SELECT 1000) WHERE name = 't'", "UPDATE",
+     "sqlite_sequence"),
+    ("DELETE FROM sqlite_stat1 WHERE tbl IN (SELECT 't')", "DELETE", "sqlite_stat1"),
+])
+def test_a_change_to_sqlites_own_tables_with_a_subquery_is_recorded(tmp_path, sql, op,
+                                                                    target):
+    # BYPASS (fixed): a change to sqlite_sequence or sqlite_stat1 whose statement holds a
+    # subquery was classified SELECT (the DML actions on SQLite's tables are skipped so
+    # that CREATE TABLE is not named INSERT) and, with reads not logged, not recorded:
+    # the AUTOINCREMENT counter moved with nothing in the log.
+    path = tmp_path / "seq.db"
+    conn = _open(path)
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, a)")
+    conn.execute("INSERT INTO t(a) VALUES (1)")
+    conn.commit()
+    conn.execute("ANALYZE")
+    conn.commit()
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    conn = _open(path)
+    try:
+        rows = conn.execute("SELECT operation, target FROM __audit_log WHERE query = ?",
+                            (sql,)).fetchall()
+        assert rows == [(op, target)]
+    finally:
+        conn.close()

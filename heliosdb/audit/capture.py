@@ -194,6 +194,7 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
     columns: list[str] = []
     tx_verb = None
     savepoint = None
+    schema_dml = None  # (op, table): a change to sqlite_sequence / sqlite_stat1 itself
     for code, a1, a2, dbname in actions:
         if code in _DDL_ACTIONS:
             if ddl is None:
@@ -205,6 +206,8 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
                         targets.insert(0, tbl)
         elif code in _DML_ACTIONS:
             if a1 in _SCHEMA_TABLES:
+                if schema_dml is None:
+                    schema_dml = (_DML_ACTIONS[code], _qualified(a1, dbname))
                 continue
             if dml is None:
                 dml = _DML_ACTIONS[code]
@@ -240,6 +243,12 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
         op = tx_verb
     else:
         op = ddl or dml or other
+        if op is None and schema_dml is not None:
+            # A statement that changes only SQLite's own tables (UPDATE sqlite_sequence
+            # SET seq = (SELECT ...)) is that change, not a read: with a subquery it was
+            # classified SELECT, and not recorded when reads are not logged.
+            op = schema_dml[0]
+            targets.append(schema_dml[1])
         if op is None:
             kw = _keyword_op(sql) if sql else _UNKNOWN
             op = "SELECT" if select or kw in (_UNKNOWN, "SELECT") else kw
