@@ -861,3 +861,52 @@ def test_a_change_to_sqlites_own_tables_with_a_subquery_is_recorded(tmp_path, sq
         assert rows == [(op, target)]
     finally:
         conn.close()
+
+
+# -- 10. statement splitting: a second statement hidden behind the first ----------------------
+
+_HIDDEN = [
+    "SELECT 1 /* ; */; DELETE FROM t;",
+    "SELECT [a;b] FROM (SELECT 1 AS [a;b]); DELETE FROM t;",
+    'SELECT "x""; DELETE FROM t; --" FROM (SELECT 1 AS "x""; DELETE FROM t; --");',
+    "SELECT 'a''; DELETE FROM t; --';",
+    "SELECT `q;` FROM (SELECT 1 AS `q;`); DELETE FROM t;",
+    "SELECT 1 -- comment ; \n; DELETE FROM t;",
+    "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT CASE WHEN 1 THEN 1 END; END; "
+    "DELETE FROM t;",
+    "SELECT 1 /* unterminated ; DELETE FROM t;",
+    "EXPLAIN CREATE TEMP TRIGGER tr3 AFTER INSERT ON t BEGIN SELECT 1; END; DELETE FROM t;",
+    "CREATE TEMP TRIGGER tr4 AFTER INSERT ON t WHEN (SELECT 1) BEGIN SELECT 1; END; "
+    "DELETE FROM t;",
+    "WITH x AS (SELECT 1) SELECT * FROM x; DELETE FROM t;",
+]
+
+
+@pytest.mark.parametrize("how", ["executescript", "execute"])
+@pytest.mark.parametrize("script", _HIDDEN)
+def test_a_delete_hidden_behind_a_read_is_recorded(tmp_path, script, how):
+    path = tmp_path / "h.db"
+    conn = _setup(path)
+    conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    conn.commit()
+    try:
+        if how == "executescript":
+            conn.executescript(script)
+        else:
+            conn.execute(script.rstrip().rstrip(";")).fetchall()
+    except (heliosdb.Error, ValueError):
+        pass
+    try:
+        conn.commit()
+    except heliosdb.Error:
+        pass
+    conn.close()
+    conn = _open(path)
+    try:
+        rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        deletes = conn.execute("SELECT count(*) FROM __audit_log WHERE operation = 'DELETE' "
+                               "AND success = 1").fetchone()[0]
+        assert (rows, deletes) in ((2, 0), (0, 1))
+        assert conn.audit.verify().ok
+    finally:
+        conn.close()
