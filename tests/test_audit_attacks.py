@@ -910,3 +910,28 @@ def test_a_delete_hidden_behind_a_read_is_recorded(tmp_path, script, how):
         assert conn.audit.verify().ok
     finally:
         conn.close()
+
+
+def test_a_flood_of_log_queries_cannot_strip_a_cached_statements_target(tmp_path):
+    # BYPASS (fixed, a target lost): 2,049 distinct SQL texts naming the log (never
+    # cached by APSW, but classified into the same bounded cache) cleared the
+    # classification of "DELETE FROM secrets ...", which APSW still served from its
+    # statement cache without asking the authorizer: its event had no target, and a
+    # search of the log by target missed it.
+    path = tmp_path / "flood.db"
+    conn = _setup(path, "secrets")
+    sql = "DELETE FROM secrets WHERE a = ?"
+    conn.execute(sql, (1,))
+    conn.commit()
+    for i in range(2100):
+        conn.execute(f"SELECT count(*) FROM __audit_log WHERE id > {i}").fetchall()
+    conn.execute(sql, (2,))
+    conn.commit()
+    conn.close()
+    conn = _open(path)
+    try:
+        targets = [r[0] for r in conn.execute(
+            "SELECT target FROM __audit_log WHERE query = ? ORDER BY id", (sql,))]
+        assert targets == ["secrets", "secrets"]
+    finally:
+        conn.close()

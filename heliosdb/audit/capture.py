@@ -1109,6 +1109,13 @@ class AuditSession(AuditAPI):
     def _classification(self, sql: str) -> _Classification:
         if self._actions:
             c = _classify_actions(self._actions, sql)
+            info = self._sql_info.get(sql)
+            if info is not None and not info[1]:
+                # Never served from APSW's statement cache (always prepared, so always
+                # classified afresh): kept out of this cache, so that 2048 such texts
+                # (SQL naming the log) cannot evict the classification of a cached
+                # statement, which then ran with its target unrecorded.
+                return c
             if len(self._class_cache) > 2048:
                 self._class_cache.clear()
             self._class_cache[sql] = c
