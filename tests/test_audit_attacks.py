@@ -935,3 +935,25 @@ def test_a_flood_of_log_queries_cannot_strip_a_cached_statements_target(tmp_path
         assert targets == ["secrets", "secrets"]
     finally:
         conn.close()
+
+
+def test_a_flood_of_distinct_statements_cannot_strip_a_hot_statements_target(tmp_path):
+    # BYPASS (fixed, a target lost): the same with 2,100 distinct cacheable statements
+    # while the DELETE is kept hot in APSW's statement cache (run every 20): the bounded
+    # classification cache was cleared under it. Clearing now expires every prepared
+    # statement (the authorizer is set again), so the DELETE is authorized anew.
+    path = tmp_path / "hot.db"
+    conn = _setup(path, "secrets")
+    sql = "DELETE FROM secrets WHERE a = ?"
+    for i in range(2100):
+        if i % 20 == 0:
+            conn.execute(sql, (i,))
+        conn.execute(f"SELECT {i}").fetchall()
+    conn.commit()
+    conn.close()
+    conn = _open(path)
+    try:
+        assert conn.execute("SELECT DISTINCT target FROM __audit_log WHERE query = ?",
+                            (sql,)).fetchall() == [("secrets",)]
+    finally:
+        conn.close()

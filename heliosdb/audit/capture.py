@@ -1118,6 +1118,10 @@ class AuditSession(AuditAPI):
                 return c
             if len(self._class_cache) > 2048:
                 self._class_cache.clear()
+                # A statement APSW keeps prepared would now run unclassified (no target
+                # recorded): setting the authorizer again expires every prepared
+                # statement, so each is prepared, and authorized, anew.
+                self._db.authorizer = self._db.authorizer
             self._class_cache[sql] = c
             return c
         c = self._class_cache.get(sql)
