@@ -957,3 +957,42 @@ def test_a_flood_of_distinct_statements_cannot_strip_a_hot_statements_target(tmp
                             (sql,)).fetchall() == [("secrets",)]
     finally:
         conn.close()
+
+
+# -- 11. ending the transaction from executemany's parameters ---------------------------------
+
+@pytest.mark.parametrize("isolation", ["", None])
+@pytest.mark.parametrize("end", ["commit()", "COMMIT", "rollback()", "ROLLBACK", "END"])
+def test_executemany_parameters_cannot_end_the_transaction(tmp_path, end, isolation):
+    # BYPASS (fixed): between two rows executemany's statement is reset, so a generator
+    # that called conn.commit() committed the rows so far before their event existed:
+    # killed right after, the file kept 3 rows and no event; had it raised instead, the
+    # log said "INSERT failed, 0 rows" over 3 committed rows.
+    path = tmp_path / "gen.db"
+    conn = _setup(path)
+    conn.isolation_level = isolation
+    seen = []
+
+    def rows():
+        for i in range(3):
+            yield (i,)
+        try:
+            if end == "commit()":
+                conn.commit()
+            elif end == "rollback()":
+                conn.rollback()
+            else:
+                conn.execute(end)
+            seen.append("ended")
+        except heliosdb.ProgrammingError:
+            seen.append("refused")
+        raise RuntimeError("the generator fails after its own commit")
+
+    with pytest.raises(RuntimeError):
+        conn.executemany("INSERT INTO t VALUES (?)", rows())
+    assert seen == ["refused"]
+    if conn.in_transaction:
+        conn.rollback()
+    conn.close()
+    state, _failed, ok = _state(path)
+    assert state["t"][0] == state["t"][1] and ok

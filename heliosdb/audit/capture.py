@@ -514,6 +514,7 @@ class AuditSession(AuditAPI):
         self._actions: list = []
         self._depth = 0  # audited statements running now on this connection (_nested)
         self._nested_changes = 0  # rows changed by nested statements (_nested), ever
+        self._many = 0  # executemany() is drawing its parameters (see _no_tx_end)
         # Our own statements: the authorizer lets them through, on the thread that runs
         # them only (another thread sharing the connection is never trusted).
         self._writing = False
@@ -1424,6 +1425,8 @@ class AuditSession(AuditAPI):
         lock). Returns what the DB-API cursor reports of the statement."""
         with self._lock:
             self._refuse_reentry()
+            if self._many and _keyword_op(sql) in _TX_OPS:
+                self._no_tx_end(sql)
             if self._depth:
                 return self._nested(self.execute, cur, sql, params, query=query,
                                     begin=begin)
@@ -1454,6 +1457,15 @@ class AuditSession(AuditAPI):
         if self._writing and self._writer_thread == threading.get_ident():
             raise ProgrammingError(
                 "the connection is writing its audit log: a callback may not use it now")
+
+    def _no_tx_end(self, what: str) -> None:
+        """Refuse to end (or nest) the transaction while executemany() draws parameters:
+        between two rows its statement is reset, so a COMMIT from the parameter
+        generator committed the rows so far before their event was written (a crash
+        then left them unrecorded; a later error recorded them as 0 rows failed), and a
+        ROLLBACK left the rest to autocommit one by one."""
+        raise ProgrammingError(f"{what} is refused while executemany() is running (from "
+                               "its parameters): end the transaction after it")
 
     def _nested(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         """A statement run while another one of this connection is running (a user
@@ -1830,9 +1842,13 @@ class AuditSession(AuditAPI):
         before = db.total_changes()
         nested = self._nested_changes  # a generator may run statements of its own
         t0 = time.perf_counter_ns()
+        self._many += 1
         try:
-            for _ in cur.executemany(sql, params_iter, can_cache=info[1]):
-                pass
+            try:
+                for _ in cur.executemany(sql, params_iter, can_cache=info[1]):
+                    pass
+            finally:
+                self._many -= 1
         except BaseException as exc:  # noqa: BLE001
             elapsed = time.perf_counter_ns() - t0
             if just_begun:
@@ -1955,6 +1971,8 @@ class AuditSession(AuditAPI):
         """Commit: buffered events first, then COMMIT (and its event, if logged). Nothing
         when no transaction is open (decided here, under the session's lock)."""
         self._refuse_reentry()
+        if self._many:
+            self._no_tx_end("commit()")
         if self._db.get_autocommit():
             return
         deferred = self._deferred
@@ -2029,6 +2047,8 @@ class AuditSession(AuditAPI):
         """Roll back, then record what was rolled back in a write of its own (nothing
         when no transaction is open)."""
         self._refuse_reentry()
+        if self._many:
+            self._no_tx_end("rollback()")
         if self._db.get_autocommit():
             return
         try:
