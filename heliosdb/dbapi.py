@@ -110,6 +110,13 @@ def _reserved_function(name: Any) -> bool:
     return low in _RESERVED_FUNCTIONS or low.startswith("heliosdb_")
 
 
+def _probing(conn: Any, run: Callable[[], Any]) -> Any:
+    """Run a compile-only probe (``run``); on an audited connection its authorizer actions
+    do not reach the statement being classified (see AuditSession.probe)."""
+    audit = conn._audit
+    return run() if audit is None else audit.probe(run)
+
+
 class PrepareProtocol:
     """The protocol object adapters are registered against (``sqlite3.PrepareProtocol``)."""
 
@@ -875,7 +882,7 @@ class Cursor:
 
         probe.exec_trace = trace
         try:
-            probe.execute(sql, params, can_cache=True)
+            _probing(self._connection, lambda: probe.execute(sql, params, can_cache=True))
         except apsw.ExecTraceAbort:
             pass
         except BaseException as exc:  # noqa: BLE001
@@ -940,7 +947,8 @@ class Cursor:
 
         probe.exec_trace = trace
         try:
-            probe.execute(self._sql, self._params, can_cache=True)
+            _probing(self._connection,
+                     lambda: probe.execute(self._sql, self._params, can_cache=True))
         except apsw.ExecTraceAbort:
             pass
         except apsw.Error:
@@ -1676,7 +1684,7 @@ class Connection:
 
         probe.exec_trace = stop
         try:
-            probe.execute(sql, None, can_cache=True, prepare_flags=0)
+            _probing(self, lambda: probe.execute(sql, None, can_cache=True, prepare_flags=0))
         except apsw.ExecTraceAbort:
             pass
         except apsw.BindingsError:

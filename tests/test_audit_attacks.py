@@ -996,3 +996,45 @@ def test_executemany_parameters_cannot_end_the_transaction(tmp_path, end, isolat
     conn.close()
     state, _failed, ok = _state(path)
     assert state["t"][0] == state["t"][1] and ok
+
+
+@pytest.mark.parametrize("probe", ["compile", "description"])
+def test_a_compile_probe_from_a_function_does_not_rename_the_running_statement(tmp_path,
+                                                                               probe):
+    # BYPASS (fixed; "compile"): con(sql) prepares SQL through the authorizer; run from a
+    # user function while a statement APSW served from its cache was running, its
+    # actions were taken for that statement's: "DELETE FROM secrets WHERE f(a)" was
+    # recorded as an INSERT into decoy. ("description", a finished cursor's re-prepare,
+    # held; it goes through the same guard now.)
+    path = tmp_path / "probe.db"
+    conn = _setup(path, "secrets", "decoy")
+    conn.executemany("INSERT INTO secrets VALUES (?)", [(i,) for i in range(6)])
+    conn.commit()
+    finished = conn.cursor()
+    finished.execute("INSERT INTO decoy VALUES (1) RETURNING a").fetchall()
+    conn.rollback()
+    armed = [False]
+
+    def f(x):
+        if armed[0]:
+            if probe == "compile":
+                conn("INSERT INTO decoy VALUES (1)")
+            else:
+                finished.description  # noqa: B018 - prepares the INSERT again
+        return x < 2
+
+    conn.create_function("f", 1, f)
+    sql = "DELETE FROM secrets WHERE f(a)"
+    conn.execute(sql)  # now in APSW's statement cache
+    conn.commit()
+    armed[0] = True
+    conn.execute("UPDATE secrets SET a = a - 2")
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    conn = _open(path)
+    try:
+        assert conn.execute("SELECT operation, target FROM __audit_log WHERE query = ?",
+                            (sql,)).fetchall() == [("DELETE", "secrets")] * 2
+    finally:
+        conn.close()

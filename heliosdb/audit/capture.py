@@ -1448,6 +1448,20 @@ class AuditSession(AuditAPI):
             finally:
                 self._depth -= 1
 
+    def probe(self, run: Any) -> Any:
+        """Run ``run()``, a compile-only probe of user SQL (``con(sql)``, a description or
+        read-only check), with its authorizer actions and denial kept apart: probed from a
+        user function while a statement runs, they were taken for that statement's own, so
+        that "DELETE FROM secrets WHERE f(a)" (cached, f compiling "INSERT INTO decoy ...")
+        was recorded as an INSERT into decoy."""
+        with self._lock:
+            saved = (self._actions, self._denied)
+            self._actions = []
+            try:
+                return run()
+            finally:
+                self._actions, self._denied = saved
+
     def _refuse_reentry(self) -> None:
         """User code called back while heliosdb writes its own rows (a user function
         replacing a built-in the log's schema calls, e.g. strftime() of the generated
