@@ -2119,6 +2119,8 @@ class Connection:
         self._check_thread()
         if self._closed:
             return
+        if self._audit is not None:
+            self._audit.check_closable()  # before anything is closed or rolled back
         try:
             if self._audit is not None:
                 self._audit.close()

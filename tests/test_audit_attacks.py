@@ -1038,3 +1038,51 @@ def test_a_compile_probe_from_a_function_does_not_rename_the_running_statement(t
                             (sql,)).fetchall() == [("DELETE", "secrets")] * 2
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("isolation", ["", None])
+def test_executemany_parameters_cannot_close_the_connection(tmp_path, isolation):
+    # BYPASS (fixed): close() from the generator ran the session's ROLLBACK (undoing the
+    # rows so far) before APSW refused to close; the remaining rows then autocommitted
+    # one by one: with isolation_level None, 2 rows committed under an event saying
+    # "rolled back"; otherwise an event claiming 7 rows (our LOGOUT rows counted) for 2.
+    path = tmp_path / "cl.db"
+    conn = _setup(path)
+    conn.isolation_level = isolation
+
+    def rows():
+        for i in range(3):
+            yield (i,)
+        try:
+            conn.close()
+        except heliosdb.Error:
+            pass
+        for i in range(3, 5):
+            yield (i,)
+
+    try:
+        conn.executemany("INSERT INTO t VALUES (?)", rows())
+    except heliosdb.Error:
+        pass
+    try:
+        conn.close()
+    except heliosdb.Error:
+        pass
+    state, _failed, ok = _state(path)
+    assert state["t"][0] == state["t"][1] and ok
+
+
+def test_events_logged_from_executemany_parameters_are_not_counted_as_its_rows(tmp_path):
+    path = tmp_path / "lg.db"
+    conn = _setup(path)
+
+    def rows():
+        for i in range(4):
+            conn.audit.log("CUSTOM", details={"i": i})
+            yield (i,)
+
+    conn.executemany("INSERT INTO t VALUES (?)", rows())
+    conn.commit()
+    conn.close()
+    state, _failed, ok = _state(path)
+    assert state["t"] == (4, 4) and ok

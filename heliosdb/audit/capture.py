@@ -1855,6 +1855,7 @@ class AuditSession(AuditAPI):
         just_begun = self._open_statement(cur, wrap)
         before = db.total_changes()
         nested = self._nested_changes  # a generator may run statements of its own
+        own = self.own_changes  # ... or write events (conn.audit.log)
         t0 = time.perf_counter_ns()
         self._many += 1
         try:
@@ -1868,14 +1869,15 @@ class AuditSession(AuditAPI):
             if just_begun:
                 cur.exec_trace = None
             explained = _explain_now(self._db, exc)
-            before += self._nested_changes - nested
+            before += self._nested_changes - nested + self.own_changes - own
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
                                  unprepared_begin=just_begun and not self._prepared)
             if explained is not None:
                 raise explained from exc
             self._raise(exc, sql)
         elapsed = time.perf_counter_ns() - t0
-        count = db.total_changes() - before - (self._nested_changes - nested)
+        count = db.total_changes() - before - (self._nested_changes - nested) \
+            - (self.own_changes - own)
         c = self._classification(sql)
         if self._wanted(c.operation):
             old, new = self._take_row_values()
@@ -2071,11 +2073,21 @@ class AuditSession(AuditAPI):
             raise translate(exc) from exc
         self._after_rollback("rolled back")
 
+    def check_closable(self) -> None:
+        """Refuse close() from a callback while a statement of this connection runs
+        (executemany's parameters): the ROLLBACK of close() undid the rows so far, APSW
+        then refused to close, and the rest autocommitted one by one while their event
+        said "rolled back" (or counted the LOGOUT rows as theirs)."""
+        if self._many or self._depth:
+            raise ProgrammingError("close() is refused while a statement of this "
+                                   "connection runs (from a callback)")
+
     @_locked
     def close(self) -> None:
         """Called by Connection.close(): flush, log LOGOUT, detach hooks."""
         if self._closed:
             return
+        self.check_closable()
         self._closed = True
         db = self._db
         if not db.get_autocommit():
