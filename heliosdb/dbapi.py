@@ -97,6 +97,26 @@ _NATIVE_TYPES = (int, float, str, bytes, type(None))
 # --- adapters and converters (module-global registries, as in the stdlib) ------------------
 
 
+# SQL functions that heliosdb's own statements call on the user's connection: verify()'s
+# chain walk (min(id), max(id), typeof, ifnull, the C aggregate heliosdb_chain_check) and
+# the log-present check (count). SQLite lets an application function replace a built-in
+# of the same name, so a user's max() returning 0 made verify() walk nothing and report
+# ok on a tampered log (tests/test_audit_attacks.py). Refused on an audited connection.
+_RESERVED_FUNCTIONS = frozenset(("min", "max", "count", "typeof", "ifnull"))
+
+
+def _reserved_function(name: Any) -> bool:
+    low = name.lower() if isinstance(name, str) else ""
+    return low in _RESERVED_FUNCTIONS or low.startswith("heliosdb_")
+
+
+def _probing(conn: Any, run: Callable[[], Any]) -> Any:
+    """Run a compile-only probe (``run``); on an audited connection its authorizer actions
+    do not reach the statement being classified (see AuditSession.probe)."""
+    audit = conn._audit
+    return run() if audit is None else audit.probe(run)
+
+
 class PrepareProtocol:
     """The protocol object adapters are registered against (``sqlite3.PrepareProtocol``)."""
 
@@ -862,7 +882,7 @@ class Cursor:
 
         probe.exec_trace = trace
         try:
-            probe.execute(sql, params, can_cache=True)
+            _probing(self._connection, lambda: probe.execute(sql, params, can_cache=True))
         except apsw.ExecTraceAbort:
             pass
         except BaseException as exc:  # noqa: BLE001
@@ -927,7 +947,8 @@ class Cursor:
 
         probe.exec_trace = trace
         try:
-            probe.execute(self._sql, self._params, can_cache=True)
+            _probing(self._connection,
+                     lambda: probe.execute(self._sql, self._params, can_cache=True))
         except apsw.ExecTraceAbort:
             pass
         except apsw.Error:
@@ -1663,7 +1684,7 @@ class Connection:
 
         probe.exec_trace = stop
         try:
-            probe.execute(sql, None, can_cache=True, prepare_flags=0)
+            _probing(self, lambda: probe.execute(sql, None, can_cache=True, prepare_flags=0))
         except apsw.ExecTraceAbort:
             pass
         except apsw.BindingsError:
@@ -1708,10 +1729,20 @@ class Connection:
         return self.cursor().executescript(sql_script)
 
     # -- user functions --
+    def _refuse_reserved_function(self, name: Any, what: str) -> None:
+        """On an audited connection, a function heliosdb's own SQL calls may not be
+        replaced (see _RESERVED_FUNCTIONS): verify() would compute with the user's code."""
+        if (self._audit is not None or self._internal_authorizer is not None) \
+                and _reserved_function(name):
+            raise errors.AuditPolicyError(
+                f"{what}({name!r}) is refused on an audited database: heliosdb's own SQL "
+                "(the audit log's verification) calls that function")
+
     def create_function(self, name: str, narg: int, func: Optional[Callable[..., Any]], *,
                         deterministic: bool = False) -> None:
         """Register (or, with ``func=None``, remove) a SQL function."""
         self._check()
+        self._refuse_reserved_function(name, "create_function")
         if not isinstance(narg, int) or narg < -1 or narg > 127:
             raise OperationalError("Error creating function")
         try:
@@ -1730,6 +1761,7 @@ class Connection:
     def create_aggregate(self, name: str, n_arg: int, aggregate_class: Optional[Any]) -> None:
         """Register (or remove) an aggregate: a class with ``step`` and ``finalize``."""
         self._check()
+        self._refuse_reserved_function(name, "create_aggregate")
         if not isinstance(n_arg, int) or n_arg < -1 or n_arg > 127:
             raise OperationalError("Error creating aggregate")
         try:
@@ -2004,6 +2036,7 @@ class Connection:
         """Register (or remove) a window function: a class with step, inverse, value and
         finalize (sqlite3 3.11+)."""
         self._check()
+        self._refuse_reserved_function(name, "create_window_function")
         try:
             if aggregate_class is None:
                 self._apsw.create_window_function(name, None, num_params)
@@ -2086,6 +2119,8 @@ class Connection:
         self._check_thread()
         if self._closed:
             return
+        if self._audit is not None:
+            self._audit.check_closable()  # before anything is closed or rolled back
         try:
             if self._audit is not None:
                 self._audit.close()
@@ -2252,6 +2287,9 @@ class Blob:
         return self._call(self._blob.read, n)
 
     def _write_raw(self, data: bytes) -> None:
+        if self._audited is not None:
+            # require_reason: checked before writing (see before_blob_write)
+            self._audited[0].before_blob_write(*self._audited[1:4])
         offset = self._blob.tell()
         self._call(self._blob.write, data)
         if self._audited is not None:

@@ -194,6 +194,7 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
     columns: list[str] = []
     tx_verb = None
     savepoint = None
+    schema_dml = None  # (op, table): a change to sqlite_sequence / sqlite_stat1 itself
     for code, a1, a2, dbname in actions:
         if code in _DDL_ACTIONS:
             if ddl is None:
@@ -205,6 +206,8 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
                         targets.insert(0, tbl)
         elif code in _DML_ACTIONS:
             if a1 in _SCHEMA_TABLES:
+                if schema_dml is None:
+                    schema_dml = (_DML_ACTIONS[code], _qualified(a1, dbname))
                 continue
             if dml is None:
                 dml = _DML_ACTIONS[code]
@@ -240,6 +243,12 @@ def _classify_actions(actions: list, sql: str = "") -> _Classification:
         op = tx_verb
     else:
         op = ddl or dml or other
+        if op is None and schema_dml is not None:
+            # A statement that changes only SQLite's own tables (UPDATE sqlite_sequence
+            # SET seq = (SELECT ...)) is that change, not a read: with a subquery it was
+            # classified SELECT, and not recorded when reads are not logged.
+            op = schema_dml[0]
+            targets.append(schema_dml[1])
         if op is None:
             kw = _keyword_op(sql) if sql else _UNKNOWN
             op = "SELECT" if select or kw in (_UNKNOWN, "SELECT") else kw
@@ -445,6 +454,8 @@ def parameter_columns(sql: str) -> dict:
 #: The commit hook that turns every COMMIT into a rollback, installed while a transaction
 #: whose audit write failed could not be rolled back at once (see _abort_transaction).
 _DOOMED_HOOK = "heliosdb-audit-doomed-transaction"
+#: The savepoint AuditSession.commit() sets before storing the COMMIT event.
+_COMMIT_SAVEPOINT = "heliosdb_audit_commit_event"
 
 
 def _refuse_commit() -> bool:
@@ -477,6 +488,10 @@ class AuditSession(AuditAPI):
     Reached as ``conn.audit``. Created by :func:`attach_audit`.
     """
 
+    #: Also a class attribute: the rollback hook reads it, and may run on a session whose
+    #: __init__ did not get that far (a connection collected half-built).
+    _doomed: Optional[str] = None
+
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
                  enforced: bool = False) -> None:
@@ -503,6 +518,9 @@ class AuditSession(AuditAPI):
         self._wanted_ops: dict[str, bool] = {}
         self._sql_info: dict[str, tuple] = {}  # sql -> (wrap in autocommit, can_cache)
         self._actions: list = []
+        self._depth = 0  # audited statements running now on this connection (_nested)
+        self._nested_changes = 0  # rows changed by nested statements (_nested), ever
+        self._many = 0  # executemany() is drawing its parameters (see _no_tx_end)
         # Our own statements: the authorizer lets them through, on the thread that runs
         # them only (another thread sharing the connection is never trusted).
         self._writing = False
@@ -689,6 +707,29 @@ class AuditSession(AuditAPI):
         if not self._wanted("SELECT"):
             return
         self._buffer_select(self._event("SELECT", target=target, query=query))
+
+    @_locked
+    def before_blob_write(self, table: str, column: str, row: int) -> None:
+        """Called before an incremental blob write: refuse it when the policy requires a
+        reason and none is in force. The authorizer never sees a blob write, so without
+        this check require_reason stopped ``UPDATE t SET b = ...`` but let the same change
+        through ``blobopen(...).write(...)``; refusing after the write would leave the
+        change in the transaction without its event."""
+        if self._cfg.require_reason and not self._reason_in_force():
+            from ..errors import ReasonRequiredError
+
+            err = f"not authorized: {_REASON_REQUIRED}"
+            # The denied attempt is on record, as a denied UPDATE is (after the
+            # transaction, whichever way it ends).
+            ev = self._event("UPDATE", target=table,
+                             query=f"blob write: {table}.{column} rowid {row}",
+                             affected_rows=0, success=False, error=err,
+                             details={"denied": True})
+            if self._db.get_autocommit():
+                self._write_or_defer([ev])
+            else:
+                self._deferred.append(ev)
+            raise ReasonRequiredError(err)
 
     @_locked
     def record_blob_write(self, table: str, column: str, row: int, offset: int,
@@ -1077,8 +1118,19 @@ class AuditSession(AuditAPI):
     def _classification(self, sql: str) -> _Classification:
         if self._actions:
             c = _classify_actions(self._actions, sql)
+            info = self._sql_info.get(sql)
+            if info is not None and not info[1]:
+                # Never served from APSW's statement cache (always prepared, so always
+                # classified afresh): kept out of this cache, so that 2048 such texts
+                # (SQL naming the log) cannot evict the classification of a cached
+                # statement, which then ran with its target unrecorded.
+                return c
             if len(self._class_cache) > 2048:
                 self._class_cache.clear()
+                # A statement APSW keeps prepared would now run unclassified (no target
+                # recorded): setting the authorizer again expires every prepared
+                # statement, so each is prepared, and authorized, anew.
+                self._db.authorizer = self._db.authorizer
             self._class_cache[sql] = c
             return c
         c = self._class_cache.get(sql)
@@ -1272,11 +1324,14 @@ class AuditSession(AuditAPI):
                 try:
                     store.append(db, self.table, batch,
                                  max_query_length=self._cfg.max_query_length)
+                    # Inside the try: a COMMIT refused with SQLITE_BUSY (a reader of
+                    # another connection) left this transaction open, and the user's next
+                    # autocommit statements ran in it, to be rolled back at close.
+                    db.execute("COMMIT")
                 except BaseException:
                     if not db.get_autocommit():
                         db.execute("ROLLBACK")
                     raise
-                db.execute("COMMIT")
         except BaseException as exc:
             self._deferred[:0] = carried
             if isinstance(exc, AuditIntegrityError):
@@ -1377,6 +1432,12 @@ class AuditSession(AuditAPI):
         open the DB-API's implicit transaction first if none is open (decided under the
         lock). Returns what the DB-API cursor reports of the statement."""
         with self._lock:
+            self._refuse_reentry()
+            if self._many and _keyword_op(sql) in _TX_OPS:
+                self._no_tx_end(sql)
+            if self._depth:
+                return self._nested(self.execute, cur, sql, params, query=query,
+                                    begin=begin)
             db = self._db
             if begin and db.get_autocommit():
                 self._conn._begin()
@@ -1386,19 +1447,78 @@ class AuditSession(AuditAPI):
                     and self._unstored < _TX_BATCH - 1 and self._pending_begin is None \
                     and not self._select_buffer and not self._rolled_back \
                     and self._tls.top is None and not db.get_autocommit():
-                return self._execute_hot(cur, sql, params, info)
+                self._depth += 1
+                try:
+                    return self._execute_hot(cur, sql, params, info)
+                finally:
+                    self._depth -= 1
             if self._foreign:
                 try:
                     return self._execute(cur, sql, params, query)
                 finally:
                     self._recheck_neighbourhood()
             try:
+                self._depth += 1
                 return self._execute(cur, sql, params, query)
             except AuditIntegrityError:
                 # The log did not take an append (a trigger planted since connect):
                 # refuse everything but its removal from now on.
                 self._recheck_neighbourhood()
                 raise
+            finally:
+                self._depth -= 1
+
+    def probe(self, run: Any) -> Any:
+        """Run ``run()``, a compile-only probe of user SQL (``con(sql)``, a description or
+        read-only check), with its authorizer actions and denial kept apart: probed from a
+        user function while a statement runs, they were taken for that statement's own, so
+        that "DELETE FROM secrets WHERE f(a)" (cached, f compiling "INSERT INTO decoy ...")
+        was recorded as an INSERT into decoy."""
+        with self._lock:
+            saved = (self._actions, self._denied)
+            self._actions = []
+            try:
+                return run()
+            finally:
+                self._actions, self._denied = saved
+
+    def _refuse_reentry(self) -> None:
+        """User code called back while heliosdb writes its own rows (a user function
+        replacing a built-in the log's schema calls, e.g. strftime() of the generated
+        ``timestamp`` column, runs inside the append) may not use the connection: the
+        authorizer trusts every statement of this thread until the write ends, so such a
+        callback could DELETE or rewrite log rows unrecorded."""
+        if self._writing and self._writer_thread == threading.get_ident():
+            raise ProgrammingError(
+                "the connection is writing its audit log: a callback may not use it now")
+
+    def _no_tx_end(self, what: str) -> None:
+        """Refuse to end (or nest) the transaction while executemany() draws parameters:
+        between two rows its statement is reset, so a COMMIT from the parameter
+        generator committed the rows so far before their event was written (a crash
+        then left them unrecorded; a later error recorded them as 0 rows failed), and a
+        ROLLBACK left the rest to autocommit one by one."""
+        raise ProgrammingError(f"{what} is refused while executemany() is running (from "
+                               "its parameters): end the transaction after it")
+
+    def _nested(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """A statement run while another one of this connection is running (a user
+        function calling ``conn.execute``): it gets its own authorizer actions, denial
+        and row values, and the outer statement gets its own back. Shared, the inner
+        statement's actions classified the outer one: ``DELETE FROM t WHERE f(a)``, with
+        f reading ``u``, was recorded against ``u`` (or as a read, unrecorded)."""
+        saved = (self._actions, self._denied, self._row_values)
+        self._actions, self._denied, self._row_values = [], None, []
+        depth = self._depth
+        self._depth = 0
+        changes = self._db.total_changes()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            # Not the outer statement's rows: executemany counts its own by total_changes.
+            self._nested_changes += self._db.total_changes() - changes
+            self._depth = depth
+            self._actions, self._denied, self._row_values = saved
 
     def _execute_hot(self, cur: apsw.Cursor, sql: str, params: Any,
                      info: tuple) -> StatementRun:
@@ -1582,7 +1702,31 @@ class AuditSession(AuditAPI):
                 self._record_change(ev, wrapped=wrap)
         elif wrap:
             self._commit_wrapper()
+        if op == "ATTACH":
+            self._refuse_audited_attachment()
         return run
+
+    def _refuse_audited_attachment(self) -> None:
+        """After an ATTACH: a database with an audit log of its own is detached again and
+        refused. Attached, its tables were written with the events in this connection's
+        log (or none), never in its own: its log said nothing of the change and verified
+        ok. It is opened with heliosdb.connect(), which enforces its policy."""
+        db = self._db
+        with self._internal():
+            names = [r[1] for r in db.execute("PRAGMA database_list")
+                     if r[1] not in ("main", "temp")]
+            for name in names:
+                q = name.replace('"', '""')
+                # (compared here, not with SQL's lower(): a user function may replace it)
+                if any(t.lower() == store.META_TABLE.lower() for (t,) in db.execute(
+                        f'SELECT name FROM "{q}".sqlite_master WHERE type = \'table\'')):
+                    db.execute(f'DETACH "{q}"')
+                    from ..errors import AuditPolicyError
+
+                    raise AuditPolicyError(
+                        f"the database attached as {name} has an audit log of its own: "
+                        "its changes would not be recorded there. Open it with "
+                        "heliosdb.connect() instead")
 
     def _raise(self, exc: BaseException, sql: str) -> None:
         """Raise what the DB-API raises; a denial by the audit layer says why."""
@@ -1771,9 +1915,16 @@ class AuditSession(AuditAPI):
         Returns the number of rows changed by the batch (``total_changes`` also counts
         the audit rows)."""
         with self._lock:
+            self._refuse_reentry()
+            if self._depth:
+                return self._nested(self.executemany, cur, sql, params_iter, begin=begin)
             if begin and self._db.get_autocommit():
                 self._conn._begin()
-            return self._executemany(cur, sql, params_iter)
+            self._depth += 1
+            try:
+                return self._executemany(cur, sql, params_iter)
+            finally:
+                self._depth -= 1
 
     def _executemany(self, cur: apsw.Cursor, sql: str, params_iter: Iterable[Any]) -> int:
         db = self._db
@@ -1788,22 +1939,30 @@ class AuditSession(AuditAPI):
         wrap = db.get_autocommit()
         just_begun = self._open_statement(cur, wrap)
         before = db.total_changes()
+        nested = self._nested_changes  # a generator may run statements of its own
+        own = self.own_changes  # ... or write events (conn.audit.log)
         t0 = time.perf_counter_ns()
+        self._many += 1
         try:
-            for _ in cur.executemany(sql, params_iter, can_cache=info[1]):
-                pass
+            try:
+                for _ in cur.executemany(sql, params_iter, can_cache=info[1]):
+                    pass
+            finally:
+                self._many -= 1
         except BaseException as exc:  # noqa: BLE001
             elapsed = time.perf_counter_ns() - t0
             if just_begun:
                 cur.exec_trace = None
             explained = _explain_now(self._db, exc)
+            before += self._nested_changes - nested + self.own_changes - own
             self._record_failure(sql, exc, elapsed, wrapped=wrap, before=before,
                                  unprepared_begin=just_begun and not self._prepared)
             if explained is not None:
                 raise explained from exc
             self._raise(exc, sql)
         elapsed = time.perf_counter_ns() - t0
-        count = db.total_changes() - before
+        count = db.total_changes() - before - (self._nested_changes - nested) \
+            - (self.own_changes - own)
         c = self._classification(sql)
         if self._wanted(c.operation):
             old, new = self._take_row_values()
@@ -1912,16 +2071,33 @@ class AuditSession(AuditAPI):
     def commit(self) -> None:
         """Commit: buffered events first, then COMMIT (and its event, if logged). Nothing
         when no transaction is open (decided here, under the session's lock)."""
+        self._refuse_reentry()
+        if self._many:
+            self._no_tx_end("commit()")
         if self._db.get_autocommit():
             return
         deferred = self._deferred
         self._deferred = []
         events = list(deferred)
-        if self._cfg.log_transactions:
-            events.append(self._event("COMMIT", target=None, query=None))
+        commit_ev = self._event("COMMIT", target=None, query=None) \
+            if self._cfg.log_transactions else None
+        marked = False
+        unstored = 0
         try:
             if events or self._select_buffer or self._pending_begin is not None:
                 self._queue(events)
+            if commit_ev is not None:
+                # The last batch and the COMMIT event go in after a savepoint of our own:
+                # should the COMMIT fail and leave the transaction open (a deferred foreign
+                # key, a busy database, a trace callback raising), they are taken out again
+                # (the batch is stored with the next one). The COMMIT event stayed before,
+                # and the log showed a COMMIT that never happened.
+                with self._internal():
+                    self._db.execute(f"SAVEPOINT {_COMMIT_SAVEPOINT}")
+                marked = True
+                self._pending_tx.append(commit_ev)
+                self._unstored += 1
+                unstored = self._unstored
             self._flush_tx()
         except BaseException as exc:
             # The events of the transaction cannot be stored: it must not commit.
@@ -1933,7 +2109,18 @@ class AuditSession(AuditAPI):
         try:
             # The user's own COMMIT (not an internal statement: traces show it).
             self._db.execute("COMMIT")
-        except apsw.Error as exc:
+        except BaseException as exc:
+            if marked and not self._db.get_autocommit():
+                try:
+                    with self._internal():
+                        self._db.execute(f"ROLLBACK TO {_COMMIT_SAVEPOINT}")
+                        self._db.execute(f"RELEASE {_COMMIT_SAVEPOINT}")
+                    self._pending_tx.pop()  # the COMMIT event: it did not happen
+                    self._unstored = unstored - 1
+                except apsw.Error:
+                    pass
+            if not isinstance(exc, apsw.Error):
+                raise  # KeyboardInterrupt from a trace callback: the transaction stays open
             if doomed is not None and self._db.get_autocommit():
                 from ..errors import OperationalError
 
@@ -1947,9 +2134,7 @@ class AuditSession(AuditAPI):
                 self._after_rollback(f"rolled back: COMMIT failed: {exc}")
             else:
                 # Still open (a deferred foreign key, a busy database): the deferred
-                # failures stay recorded in it; the COMMIT event did not happen.
-                if self._cfg.log_transactions and self._pending_tx:
-                    self._pending_tx.pop()  # the COMMIT event: it did not happen
+                # failures stay recorded in it; the COMMIT event was taken out above.
                 self._deferred.append(self._event("COMMIT", target=None, query=None,
                                                   success=False, error=str(exc)))
             raise translate(exc) from exc
@@ -1962,6 +2147,9 @@ class AuditSession(AuditAPI):
     def rollback(self) -> None:
         """Roll back, then record what was rolled back in a write of its own (nothing
         when no transaction is open)."""
+        self._refuse_reentry()
+        if self._many:
+            self._no_tx_end("rollback()")
         if self._db.get_autocommit():
             return
         try:
@@ -1970,11 +2158,21 @@ class AuditSession(AuditAPI):
             raise translate(exc) from exc
         self._after_rollback("rolled back")
 
+    def check_closable(self) -> None:
+        """Refuse close() from a callback while a statement of this connection runs
+        (executemany's parameters): the ROLLBACK of close() undid the rows so far, APSW
+        then refused to close, and the rest autocommitted one by one while their event
+        said "rolled back" (or counted the LOGOUT rows as theirs)."""
+        if self._many or self._depth:
+            raise ProgrammingError("close() is refused while a statement of this "
+                                   "connection runs (from a callback)")
+
     @_locked
     def close(self) -> None:
         """Called by Connection.close(): flush, log LOGOUT, detach hooks."""
         if self._closed:
             return
+        self.check_closable()
         self._closed = True
         db = self._db
         if not db.get_autocommit():
@@ -2097,6 +2295,7 @@ class AuditSession(AuditAPI):
             reason: Optional[str] = None, error: Optional[str] = None) -> None:
         """Append an application event (LOGIN, GRANT, DATA_SUBJECT_REQUEST, custom ...);
         ``error`` says why a failed one failed (``success=False``)."""
+        self._refuse_reentry()
         if not isinstance(operation, str) or not operation:
             raise ValueError("operation must be a non-empty string")
         if self.readonly:

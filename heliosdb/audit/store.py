@@ -296,11 +296,13 @@ def _run(conn: apsw.Connection, fn: Any, *args: Any, write: bool = True) -> Any:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = fn(conn, *args)
+            # (inside the try: a COMMIT refused with SQLITE_BUSY leaves the transaction
+            # open, and the caller's next statements would run in it unknowingly)
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return result
     except apsw.Error as exc:
         raise translate(exc) from None
