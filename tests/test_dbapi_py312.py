@@ -197,3 +197,15 @@ def test_named_parameters_bound_from_a_sequence_warn_as_sqlite3_does(mod, tmp_pa
     assert out[0][3][0][1].startswith("Binding 1 (':a') is a named parameter")
     assert out[0][3][0][2] == __file__  # the warning points at the caller
     assert len(out[6][3]) == 4  # two rows of three are sequences, two names each
+
+
+def test_connection_left_open_at_exit_prints_what_sqlite3_prints(tmp_path):
+    """3.13's sqlite3 warns (ResourceWarning, ignored by default) for a connection never
+    closed; heliosdb's warning must not fail once Python is shutting down."""
+    from helpers.processes import run_python
+
+    code = ("import sys\nmod = __import__(sys.argv[1])\n"
+            "con = mod.connect(sys.argv[2])\ncon.execute('create table t(a)')\n")
+    want = run_python(code, "sqlite3", str(tmp_path / "s.db"))
+    got = run_python(code, "heliosdb", str(tmp_path / "h.db"))
+    assert (got.returncode, got.stderr) == (want.returncode, want.stderr) == (0, "")
