@@ -71,7 +71,7 @@ native: $(STAMP)
 # not installed; fails if any that ran failed, not for one that is not installed. A venv
 # is made again when pyproject.toml or setup.py changed, or pyenv's interpreter did.
 # Not part of `make test` nor of CI. Measured on 2 cores shared with other work: 40 min
-# with fresh venvs (3 of them installing), 26 min with existing ones (6-7 min a suite).
+# with fresh venvs (making the 4 took about 3 min), 26 min with existing ones.
 PYENV_ROOT ?= $(HOME)/.pyenv
 SUPPORTED_PYTHONS ?= 3.10 3.11 3.12 3.13
 test-pythons:
