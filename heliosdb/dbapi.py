@@ -26,6 +26,7 @@ import operator
 import os
 import sys
 import threading
+import warnings as _warnings
 import weakref
 from threading import get_ident as _get_ident
 import time
@@ -255,6 +256,7 @@ def complete_statement(statement: str) -> bool:
 from .statements import (  # noqa: E402 - the short private names keep the hot path's text
     DML as _DML, EMPTY as _EMPTY, MULTI as _MULTI, NAMED as _NAMED, RETURNING as _RETURNING,
     TRAILING as _TRAILING, StatementCache as _StatementCache,
+    NUMBERED_ARE_NAMED as _NUMBERED_ARE_NAMED,
     first_statement as _first_statement, named_parameters as _named_parameters,
     split_statements,
 )
@@ -263,12 +265,21 @@ from .statements import (  # noqa: E402 - the short private names keep the hot p
 def _warn_named_sequence(sql: str) -> None:
     import warnings
 
-    for index, name in _named_parameters(sql):
+    for index, name in _named_parameters(sql, _NUMBERED_ARE_NAMED):
         warnings.warn(
-            f"Binding {index} (\"{name}\") is a named parameter, but you supplied a "
+            f"Binding {index} ('{name}') is a named parameter, but you supplied a "
             "sequence which requires nameless (qmark) placeholders. Starting with Python "
             "3.14 an sqlite3.ProgrammingError will be raised.",
             DeprecationWarning, skip_file_prefixes=(_PACKAGE_DIR,))
+
+
+def _warn_named_rows(rows: Iterable[Any], sql: str) -> Iterator[Any]:
+    """executemany's parameter sets, with sqlite3's warning (3.12+) for each one that is
+    bound as a sequence to a statement with named parameters, as it is bound."""
+    for row in rows:
+        if not isinstance(row, dict):
+            _warn_named_sequence(sql)
+        yield row
 
 
 # --- errors raised inside user callbacks ------------------------------------------------
@@ -831,6 +842,8 @@ class Cursor:
                 seq_of_parameters = itertools.chain([first], seq_of_parameters)
                 if self._is_readonly(sql, self._prepare_params(first, sql)):
                     raise ProgrammingError("executemany() can only execute DML statements.")
+        if flags & _NAMED:
+            seq_of_parameters = _warn_named_rows(iter(seq_of_parameters), sql)
         self._reset()
         self.rowcount = -1
         self._sql = sql
@@ -2151,10 +2164,9 @@ class Connection:
     def __del__(self) -> None:
         if not getattr(self, "_closed", True) and self._apsw is not None:
             if sys.version_info >= (3, 13):
-                import warnings
-
-                warnings.warn(f"unclosed database in {self!r}", ResourceWarning,
-                              source=self)
+                # (imported with the module: an import fails once Python is shutting down)
+                _warnings.warn(f"unclosed database in {self!r}", ResourceWarning,
+                               source=self)
             audit = getattr(self, "_audit", None)
             try:
                 if audit is not None:

@@ -26,12 +26,16 @@ RETURNING = 8  # DML with a RETURNING clause: yields rows
 TRAILING = 16  # only space and comments after the statement's ';': run without them
 NAMED = 32  # 3.12+: has named parameters (bound from a sequence: a DeprecationWarning)
 WARN_NAMED_SEQUENCE = sys.version_info >= (3, 12)
+#: sqlite3 of CPython 3.12.0-3.12.3 also takes a numbered parameter (?NNN, named "?NNN" by
+#: SQLite) as a named one and warns for it; 3.12.4 and 3.13 do not (CPython gh-117995).
+NUMBERED_ARE_NAMED = (3, 12) <= sys.version_info < (3, 12, 4)
 _IDENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 
 
-def named_parameters(sql: str) -> list:
+def named_parameters(sql: str, numbered: bool = False) -> list:
     """[(index, name)] of the named parameters (:a, @a, $a) in ``sql``, numbered as
-    SQLite numbers parameters; quotes, identifiers and comments are skipped."""
+    SQLite numbers parameters; quotes, identifiers and comments are skipped. With
+    ``numbered``, ?NNN parameters too (named "?NNN", at index NNN), in index order."""
     out: list = []
     seen: dict = {}
     top = 0
@@ -50,7 +54,14 @@ def named_parameters(sql: str) -> list:
             j = i + 1
             while j < n and sql[j].isdigit():
                 j += 1
-            top = max(top, int(sql[i + 1:j])) if j > i + 1 else top + 1
+            if j > i + 1:
+                num = int(sql[i + 1:j])
+                top = max(top, num)
+                if numbered and sql[i:j] not in seen and num not in seen.values():
+                    seen[sql[i:j]] = num
+                    out.append((num, sql[i:j]))
+            else:
+                top += 1
             i = j
         elif ch in ":@$" and i + 1 < n and sql[i + 1] in _IDENT and \
                 (i == 0 or sql[i - 1] not in _IDENT):
@@ -65,7 +76,7 @@ def named_parameters(sql: str) -> list:
             i = j
         else:
             i += 1
-    return out
+    return sorted(out) if numbered else out
 
 
 def skip_space_and_comments(sql: str, i: int = 0) -> int:
@@ -118,8 +129,9 @@ def classify(sql: str) -> int:
                 flags |= TRAILING
             break
         pos = sql.find(";", pos + 1)
-    if WARN_NAMED_SEQUENCE and (":" in sql or "@" in sql or "$" in sql) \
-            and named_parameters(sql):
+    if WARN_NAMED_SEQUENCE and (":" in sql or "@" in sql or "$" in sql
+                                or NUMBERED_ARE_NAMED and "?" in sql) \
+            and named_parameters(sql, NUMBERED_ARE_NAMED):
         flags |= NAMED
     return flags
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from helpers import TESTS_DIR, chain_impl as _impl
+from helpers import TESTS_DIR, chain_impl as _impl, summary as _summary
 
 
 def pytest_configure(config):
@@ -15,6 +15,12 @@ def pytest_configure(config):
     path = os.environ.get("PYTHONPATH", "")
     if TESTS_DIR not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, path) if p)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What tests asked to show (helpers.summary), e.g. CPython's sqlite3 suite's counts."""
+    for line in terminalreporter.config.stash.get(_summary.LINES, []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 import heliosdb
 from heliosdb.audit import store
 
+from helpers.apsw_leak import EXIT_LEAK
 from helpers.processes import run_python
 
 pytestmark = pytest.mark.usefixtures("chain_impl")
@@ -1168,6 +1169,7 @@ def test_committed_events_replay_to_table(tmp_path_factory, steps):
     assert_verified(path)
 
 
+@EXIT_LEAK
 def test_a_connection_left_open_at_interpreter_exit_still_logs_out(tmp_path) -> None:
     """Never closed, dropped while Python shuts down: its session still ends with LOGOUT,
     and nothing is reported as ignored (the store imports nothing lazily on that path)."""

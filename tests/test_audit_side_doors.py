@@ -19,6 +19,7 @@ import pytest
 import heliosdb
 from heliosdb.errors import AuditPolicyError, DatabaseError
 
+from helpers.apsw_leak import BEGIN_LEAK
 from helpers.threads import run_threads
 
 KEY = bytes(range(32))
@@ -323,6 +324,7 @@ def test_vacuum_trusts_only_its_own_copy(tmp_path):
     assert heliosdb.audit.verify(p).ok
 
 
+@BEGIN_LEAK
 def test_denied_attempts_survive_a_connection_dropped_without_close(audited):
     conn = audited.connect()
     conn.execute("INSERT INTO patients(name) VALUES ('pending')")

@@ -156,3 +156,56 @@ def _py313(mod, path):
 @py313
 def test_python_313_changes(mod, tmp_path):
     same(_py313, mod, tmp_path)
+
+
+def _named_with_sequence(mod, path):
+    """sqlite3 3.12+ warns for each named parameter bound from a sequence, by execute and
+    by executemany (once per parameter set); 3.12.0-3.12.3 count ?NNN as named too."""
+    import warnings
+
+    con = mod.connect(":memory:")
+    con.execute("create table t(a, b)")
+    out = []
+    cases = [
+        ("execute", "select :a, :b", (1, 2)),
+        ("execute", "select ?1, ?2, ?1", (1, 2)),
+        ("execute", "select @a, ?, $b", (1, 2, 3)),
+        ("execute", "select :a, ?3", (1, 2, 3)),
+        ("execute", "select ':a', ?", (1,)),  # in a string: no parameter
+        ("execute", "select :a", {"a": 1}),
+        ("executemany", "insert into t values (:a, :b)", [(1, 2), {"a": 3, "b": 4}, [5, 6]]),
+        ("executemany", "insert into t values (?2, ?1)", [(1, 2)]),
+        ("executemany", "insert into t values (:a, :b)", iter([(7, 8)])),
+    ]
+    for method, sql, params in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = attempt(mod, lambda: getattr(con, method)(sql, params).fetchall())
+        out.append((method, sql, result,
+                    [(w.category.__name__, str(w.message), w.filename) for w in caught]))
+    out.append(con.execute("select * from t order by rowid").fetchall())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out.append(attempt(mod, lambda: con.executemany("insert into t values (:a, 0)", [(9,)])))
+    con.close()
+    return out
+
+
+@py312
+def test_named_parameters_bound_from_a_sequence_warn_as_sqlite3_does(mod, tmp_path):
+    out = same(_named_with_sequence, mod, tmp_path)
+    assert out[0][3][0][1].startswith("Binding 1 (':a') is a named parameter")
+    assert out[0][3][0][2] == __file__  # the warning points at the caller
+    assert len(out[6][3]) == 4  # two rows of three are sequences, two names each
+
+
+def test_connection_left_open_at_exit_prints_what_sqlite3_prints(tmp_path):
+    """3.13's sqlite3 warns (ResourceWarning, ignored by default) for a connection never
+    closed; heliosdb's warning must not fail once Python is shutting down."""
+    from helpers.processes import run_python
+
+    code = ("import sys\nmod = __import__(sys.argv[1])\n"
+            "con = mod.connect(sys.argv[2])\ncon.execute('create table t(a)')\n")
+    want = run_python(code, "sqlite3", str(tmp_path / "s.db"))
+    got = run_python(code, "heliosdb", str(tmp_path / "h.db"))
+    assert (got.returncode, got.stderr) == (want.returncode, want.stderr) == (0, "")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import summary
+
 HERE = Path(__file__).resolve().parent
 KNOWN = HERE / "known_differences.txt"
 TIMEOUT = 900
@@ -130,7 +132,7 @@ def test_rewrite_touches_only_sqlite3_imports():
         assert rewrite_line(keep) == keep
 
 
-def test_cpython_sqlite3_suite(tmp_path):
+def test_cpython_sqlite3_suite(tmp_path, pytestconfig):
     src = _test_package_dir()
     if src is None:
         pytest.skip(f"CPython's sqlite3 tests ({'.'.join(_PACKAGE)}) are not installed with "
@@ -149,8 +151,11 @@ def test_cpython_sqlite3_suite(tmp_path):
                      and t not in known)
     stale = sorted(t for t in known if t in passed and helios.get(t, {}).get("outcome") == "pass")
     ok = sum(1 for t in passed if helios.get(t, {}).get("outcome") == "pass")
-    print(f"\nCPython {sys.version.split()[0]} {'.'.join(_PACKAGE)}: stdlib passes {len(passed)}, "
-          f"heliosdb passes {ok} of them; {len(known)} listed as known differences")
+    counts = (f"CPython {sys.version.split()[0]} {'.'.join(_PACKAGE)}: stdlib passes "
+              f"{len(passed)}, heliosdb passes {ok} of them; {len(known)} listed as known "
+              f"differences")
+    print("\n" + counts)
+    summary.add(pytestconfig, counts)
     report = []
     for t in crashes + missing:
         r = helios.get(t, {"outcome": "missing", "detail": ""})
