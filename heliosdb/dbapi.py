@@ -539,6 +539,12 @@ Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
 # --- Cursor -------------------------------------------------------------------------------
 
 
+# Statements that yield no rows run on spare APSW cursors the connection keeps (Connection.
+# _spare) rather than on one made for them. Not on Python 3.10: APSW 3.54.0, the newest
+# there, leaks a reference to every live cursor of a connection each time it makes a
+# cursor, and a spare one so leaked would keep a connection dropped without close() alive.
+_SPARE_CURSORS = not _versions.PY310
+
 # Cursor._peek of a cursor reset by a 3.10 rollback(): fetching raises InterfaceError.
 _RESET_BY_ROLLBACK: tuple = ("reset by rollback",)
 
@@ -568,6 +574,10 @@ class Cursor:
     _locked = False  # converters / row factory running: the cursor may not be re-entered
 
     _connection: Any = None  # set below: _UNINIT_CONNECTION
+    # The APSW cursor, made when a statement first needs its own (one that yields rows, or
+    # anything but plain DML): a statement that yields none runs on one of the connection's
+    # spare APSW cursors (Connection._spare), as making one costs more than the statement.
+    _cur: Any = None
 
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
@@ -576,8 +586,6 @@ class Cursor:
             raise ProgrammingError("Recursive use of cursors not allowed.")
         connection._check()
         self._connection = connection
-        # APSW applies the connection's convert_binding (adapters) to every cursor.
-        self._cur = connection._apsw.cursor()
         if connection._cursors is not None:
             connection._cursors.add(self)
         if connection.row_factory is not None:
@@ -682,10 +690,10 @@ class Cursor:
             conn._binding_source = None
         else:
             params = self._prepare_params(parameters, sql)
-        self._sql = sql
-        self._params = params
         db = conn._apsw
         if conn._audit is not None:
+            self._sql = sql
+            self._params = params
             self._active = False
             self._desc = None
             self._converters = None
@@ -694,40 +702,73 @@ class Cursor:
             cur = self._apsw_cursor()
             # The hook: the audit session runs the statement and records it, and decides
             # on BEGIN under its lock (threads sharing the connection).
-            self._after_audited(flags, conn._audit.execute(
-                cur, sql, params, begin=bool(flags & _DML) and conn._begin_sql is not None))
+            outer, conn._begin_cursor = conn._begin_cursor, cur  # for _begin() on 3.10
+            try:
+                run = conn._audit.execute(
+                    cur, sql, params, begin=bool(flags & _DML) and conn._begin_sql is not None)
+            except BaseException:
+                if not _SPARE_CURSORS:
+                    self._close_apsw_cursor()
+                raise
+            finally:
+                conn._begin_cursor = outer
+            self._after_audited(flags, run)
             return self
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
         # after the statement ran, or reset by _failed() when it did not.)
-        if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
-            # Like sqlite3, BEGIN only once the statement is prepared: a statement that
-            # fails to compile (syntax, missing table, locked schema) opens no transaction.
-            cur = self._cur
-            cur.exec_trace = conn._begin_tracer
+        cur = self._cur
+        if flags & (_DML | _RETURNING) == _DML:
+            # DML without RETURNING yields no rows: it needs no cursor of its own after it
+            # ran, so (unless this cursor has one already) a spare one of the connection
+            # runs it. Its state afterwards is the class defaults but rowcount, lastrowid.
+            spare = None
+            if cur is None:
+                if _SPARE_CURSORS:
+                    spare = conn._spare
+                    try:
+                        cur = spare.pop()
+                    except IndexError:  # none yet, or all in use (nested, other threads)
+                        cur = db.cursor()
+                else:
+                    cur = self._cur = db.cursor()
             try:
+                if conn._begin_sql is not None and db.get_autocommit():
+                    conn._implicit_begin(sql, None if _SPARE_CURSORS else cur)
                 cur.execute(sql, params)
             except BaseException as exc:  # noqa: BLE001
+                if spare is not None:
+                    spare.append(cur)
                 self._failed()
                 _raise_sql_error(conn, exc, sql)
-            finally:
-                cur.exec_trace = None
-        else:
-            try:
-                self._cur.execute(sql, params)
-            except BaseException as exc:  # noqa: BLE001
-                self._failed()
-                _raise_sql_error(conn, exc, sql)
+            if spare is not None:
+                spare.append(cur)
+            self.rowcount = db.changes()
+            self._count_at_end = False
+            self._rows_kind = False
+            self._active = False
+            self._desc = None
+            self._desc_known = True
+            self._converters = None
+            self._peek = None
+            self.lastrowid = db.last_insert_rowid()
+            return self
+        if cur is None:
+            cur = self._cur = db.cursor()
+        self._sql = sql
+        self._params = params
+        try:
+            if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
+                conn._implicit_begin(sql, None if _SPARE_CURSORS else cur)  # ... RETURNING
+            cur.execute(sql, params)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed()
+            _raise_sql_error(conn, exc, sql)
         # _after_execute(flags), inlined.
-        if flags & _DML:
-            if flags & _RETURNING:
-                self.rowcount = 0
-                self._count_at_end = True
-                self._end_count = None
-                self._rows_kind = True
-            else:
-                self.rowcount = db.changes()
-                self._count_at_end = False
-                self._rows_kind = False
+        if flags & _DML:  # ... RETURNING
+            self.rowcount = 0
+            self._count_at_end = True
+            self._end_count = None
+            self._rows_kind = True
         else:
             self.rowcount = -1
             self._count_at_end = False
@@ -754,9 +795,24 @@ class Cursor:
         """The APSW cursor again, after an audited statement's rows were served from a
         :class:`_Drained` stand-in (the audit runs statements on the real one)."""
         cur = self._cur
-        if cur.__class__ is _Drained:
+        if cur is None:
+            cur = self._cur = self._connection._apsw.cursor()
+        elif cur.__class__ is _Drained:
             cur = self._cur = cur.real
         return cur
+
+    def _close_apsw_cursor(self) -> None:
+        """Python 3.10: close this cursor's APSW cursor after an audited statement failed.
+        The audit made cursors of its own meanwhile (to roll back, to record the attempt),
+        each leaking a reference to this one (APSW 3.54.0, see _SPARE_CURSORS); closed,
+        it no longer holds the connection, which can then be collected when dropped."""
+        cur = self._cur
+        self._cur = None
+        if cur is not None:
+            try:
+                cur.close(True)
+            except apsw.Error:
+                pass
 
     def _after_audited(self, flags: int, run: Any) -> None:
         """Record rowcount, lastrowid and result state after an audited statement ran:
@@ -815,7 +871,6 @@ class Cursor:
         self.rowcount = -1
         self._sql = sql
         db = conn._apsw
-        begin = conn._begin_sql is not None and db.get_autocommit()
         if type(seq_of_parameters) in (list, tuple) and not _base_type_adapted \
                 and set(map(type, seq_of_parameters)) <= {tuple}:
             # Tuples of parameters need no preparation: APSW binds them as they are, with no
@@ -828,19 +883,35 @@ class Cursor:
         before = db.total_changes()
         if conn._audit is not None:
             cur = self._apsw_cursor()
-            audited_rows = conn._audit.executemany(cur, sql, params_iter,
-                                                   begin=conn._begin_sql is not None)
-        else:
-            if begin:
-                self._cur.exec_trace = conn._begin_tracer
+            outer, conn._begin_cursor = conn._begin_cursor, cur  # for _begin() on 3.10
             try:
-                for _ in self._cur.executemany(sql, params_iter, can_cache=True):
+                audited_rows = conn._audit.executemany(cur, sql, params_iter,
+                                                       begin=conn._begin_sql is not None)
+            finally:
+                conn._begin_cursor = outer
+        else:
+            cur = self._cur
+            spare = None
+            if cur is None:  # it yields no rows: a spare cursor of the connection runs it
+                if _SPARE_CURSORS:
+                    spare = conn._spare
+                    try:
+                        cur = spare.pop()
+                    except IndexError:
+                        cur = db.cursor()
+                else:
+                    cur = self._cur = db.cursor()
+            try:
+                if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
+                    # As sqlite3: compiled first, then BEGIN, even with no parameter sets.
+                    conn._implicit_begin(sql, None if _SPARE_CURSORS else cur)
+                for _ in cur.executemany(sql, params_iter, can_cache=True):
                     pass
             except BaseException as exc:  # noqa: BLE001
                 _raise_sql_error(conn, exc, sql)
             finally:
-                if begin:
-                    self._cur.exec_trace = None
+                if spare is not None:
+                    spare.append(cur)
         if not flags & _DML:
             self.rowcount = -1
         elif conn._audit is not None:
@@ -895,8 +966,11 @@ class Cursor:
             try:
                 # One statement at a time, as sqlite3 does (the trace callback then sees
                 # each statement's own text, leading whitespace included).
+                cur = self._cur
+                if cur is None:
+                    cur = self._cur = db.cursor()
                 for stmt in split_statements(sql_script):
-                    for _ in self._cur.execute(stmt, can_cache=False):
+                    for _ in cur.execute(stmt, can_cache=False):
                         pass
             except BaseException as exc:  # noqa: BLE001
                 _raise_translated(exc, None, db)
@@ -1052,10 +1126,11 @@ class Cursor:
             return
         if not self._desc_known:
             self._build_description()
-        try:
-            self._cur.close(True)
-        except apsw.Error:
-            pass
+        if self._cur is not None:
+            try:
+                self._cur.close(True)
+            except apsw.Error:
+                pass
         self._cur = self._connection._apsw.cursor()
         self._active = True  # so that fetching reaches _next_returning, which raises
         self._count_at_end = False
@@ -1174,10 +1249,11 @@ class Cursor:
                 self._build_description()
             self._closed = True
             self._active = False
-            try:
-                self._cur.close(True)
-            except apsw.Error:
-                pass
+            if self._cur is not None:
+                try:
+                    self._cur.close(True)
+                except apsw.Error:
+                    pass
 
     def setinputsizes(self, sizes: Any, /) -> None:
         """Required by PEP 249; does nothing."""
@@ -1187,6 +1263,11 @@ class Cursor:
 
 
 _new_cursor = object.__new__
+
+
+def _stop_trace(_cursor: Any, _sql: str, _bindings: Any) -> bool:
+    """An exec tracer that stops a statement once it is prepared (ExecTraceAbort)."""
+    return False
 
 
 class _UninitialisedCursorConnection:
@@ -1269,6 +1350,7 @@ class Connection:
     _thread_id = 0
     _autocommit: Any = LEGACY_TRANSACTION_CONTROL
     _cursors: Optional[weakref.WeakSet] = None
+    _begin_cursor: Any = None  # see _begin
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
@@ -1292,6 +1374,11 @@ class Connection:
         self._audit: Any = None
         self._binding_source: Optional[list] = None  # see Cursor._prepare_params
         self._binding_len = 0
+        # APSW cursors that run statements yielding no rows (Cursor.execute), taken with
+        # pop() and given back with append(): each user of one has it to itself. Never
+        # give one an exec tracer (see _implicit_begin).
+        self._spare: list = []
+        self._probes: list = []  # the same for _implicit_begin's compile checks
         # Python 3.10: every cursor, so that rollback() can reset them (_reset_by_rollback).
         self._cursors: Optional[weakref.WeakSet] = (
             weakref.WeakSet() if _versions.ROLLBACK_RESETS_CURSORS else None)
@@ -1359,10 +1446,6 @@ class Connection:
         self._begin_sql: Optional[str] = None
         self._isolation_level: Optional[str] = None
         self._set_isolation_level(isolation_level, commit=False)
-        # One bound method, held here: the tracer replaces itself while APSW runs it, and
-        # APSW (3.54) frees a tracer replaced during its own call that then raises (a BEGIN
-        # interrupted by the progress handler crashed the process): keep it alive.
-        self._begin_tracer = self._begin_trace
         self._stmt_cache = _StatementCache(int(cached_statements))
         self._stmt_flags = self._stmt_cache.data
         self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
@@ -1478,25 +1561,69 @@ class Connection:
         legacy = self._autocommit is not True and self._autocommit is not False
         self._begin_sql = "BEGIN " + level if legacy else None
 
-    def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
-        # Installed as a cursor's exec tracer for one statement: runs after the statement
-        # is prepared and bound, before it steps. Uninstalls itself (executemany).
-        # (executemany: APSW keeps calling the cursor's tracer for each row, so hand the
-        # following rows to the connection's tracer, as a cursor without one would.)
-        cursor.exec_trace = self._trace
-        if self._apsw.get_autocommit():
-            self._begin()
-        # A cursor's exec tracer hides the connection's: pass the statement on to it.
-        if self._trace is not None:
-            self._trace(cursor, sql, bindings)
-        return True
+    def _implicit_begin(self, sql: str, cur: Any = None) -> None:
+        """The implicit BEGIN before the DML statement ``sql``, in sqlite3's order: once
+        the statement compiled (one that does not, a syntax error or a missing table,
+        raises its error here and opens no transaction) and before its parameters are
+        bound (a binding error leaves the transaction open, as in sqlite3).
 
-    def _begin(self, sql: Optional[str] = None) -> None:
-        """BEGIN (the isolation level's, or ``sql``), telling the audit session."""
+        Issued between statements, never from inside an exec tracer: APSW 3.54.0 (the
+        newest for Python 3.10) leaks a reference to the running cursor when a tracer runs
+        SQL, which kept a connection dropped without close() from ever being collected.
+        (That is one case of its bug: there, every cursor made leaks a reference to each
+        cursor of the connection still alive. So on 3.10 ``cur``, the statement's own
+        cursor, runs the check and the BEGIN, and no other cursor is made meanwhile.)"""
+        if cur is not None:
+            cur.exec_trace = _stop_trace
+            try:
+                cur.execute(sql, None, can_cache=True)
+            except (apsw.ExecTraceAbort, apsw.BindingsError):
+                pass
+            finally:
+                cur.exec_trace = self._trace  # (None would hide the connection's tracer)
+            self._begin(cursor=cur)
+            return
+        probes = self._probes
         try:
-            self._apsw.execute(sql or self._begin_sql)
+            probe = probes.pop()
+        except IndexError:
+            # Its own cursors: APSW (3.54) has no way back to "no tracer of its own" for a
+            # cursor once one was set (None then hides the connection's tracer too).
+            probe = self._apsw.cursor()
+            probe.exec_trace = _stop_trace
+        try:
+            # Compiled (from APSW's statement cache, where the statement then waits for
+            # its run) and stopped before it steps: by the tracer, or before binding when
+            # it has parameters.
+            probe.execute(sql, None, can_cache=True)
+        except (apsw.ExecTraceAbort, apsw.BindingsError):
+            pass
+        finally:
+            probes.append(probe)
+        self._begin()
+
+    def _begin(self, sql: Optional[str] = None, *, cursor: Any = None) -> None:
+        """BEGIN (the isolation level's, or ``sql``), telling the audit session; run on
+        ``cursor`` if given, else on a spare cursor (see _implicit_begin for 3.10)."""
+        spare = None
+        cur = cursor
+        if cur is None:
+            if _SPARE_CURSORS:
+                spare = self._spare
+                try:
+                    cur = spare.pop()
+                except IndexError:
+                    cur = self._apsw.cursor()
+            else:
+                # 3.10: the cursor of the audited statement this BEGIN is for, if any
+                cur = self._begin_cursor or self._apsw
+        try:
+            cur.execute(sql or self._begin_sql)
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
+        finally:
+            if spare is not None:
+                spare.append(cur)
         if self._audit is not None:
             self._audit.on_begin()
 
@@ -1687,17 +1814,42 @@ class Connection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        if self._closed:
-            self._raise_closed()
-        # Cursor(self) without its __init__ frame (DESIGN.md 1: per-statement cost).
+        if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
+            self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
+        # Cursor(self) without its __init__ frame (DESIGN.md 1: per-statement cost); its
+        # APSW cursor is made when its statement needs one (Cursor._cur).
         cur = _new_cursor(Cursor)
         cur._connection = self
-        cur._cur = self._apsw.cursor()
         if self._cursors is not None:
             self._cursors.add(cur)
         if self.row_factory is not None:
             cur.row_factory = self.row_factory
-        return cur.execute(sql, parameters)
+        if self._stmt_flags.get(sql) != _DML or type(parameters) is not tuple \
+                or _base_type_adapted or self._audit is not None or not _SPARE_CURSORS:
+            return cur.execute(sql, parameters)
+        # Plain DML (no RETURNING, tuple parameters, not audited): Cursor.execute's path
+        # for it, inlined (DESIGN.md 1: no second Python frame per statement). A new
+        # cursor's class defaults are already the state it leaves but for rowcount and
+        # lastrowid.
+        db = self._apsw
+        if self._begin_sql is not None and db.get_autocommit():
+            return cur.execute(sql, parameters)  # the implicit BEGIN (once a transaction)
+        self._binding_source = None
+        spare = self._spare
+        try:
+            apsw_cur = spare.pop()
+        except IndexError:
+            apsw_cur = db.cursor()
+        try:
+            apsw_cur.execute(sql, parameters)
+        except BaseException as exc:  # noqa: BLE001
+            spare.append(apsw_cur)
+            cur._failed()
+            _raise_sql_error(self, exc, sql)
+        spare.append(apsw_cur)
+        cur.rowcount = db.changes()
+        cur.lastrowid = db.last_insert_rowid()
+        return cur
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""
