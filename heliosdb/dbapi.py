@@ -729,6 +729,11 @@ class Cursor:
                         cur = spare.pop()
                     except IndexError:  # none yet, or all in use (nested, other threads)
                         cur = db.cursor()
+                    if flags == _DML:
+                        plain = conn._plain_dml
+                        if len(plain) >= 256:
+                            plain.clear()
+                        plain[sql] = None
                 else:
                     cur = self._cur = db.cursor()
             try:
@@ -1157,14 +1162,13 @@ class Cursor:
     def fetchone(self) -> Any:
         """The next row, or None when there are no more."""
         conn = self._connection
-        # The hot path (plain rows): _check() and _next_raw() inlined.
-        if self._locked or self._closed or conn._closed or (
-                conn._check_same_thread and _get_ident() != conn._thread_id):
-            self._check()
-        if not self._active:
-            return None
-        if self.row_factory is None and not conn._detect_types and conn.text_factory is str \
-                and not self._count_at_end and self._peek is None:
+        # The hot path: a plain row of a statement still running. (A closed cursor is not
+        # active; a locked one has a row factory or converters; a connection closed since
+        # closed the APSW cursor, whose error leads to _check().)
+        if self._active and self._peek is None and not self._count_at_end \
+                and self.row_factory is None and conn.text_factory is str \
+                and not conn._detect_types and not (
+                    conn._check_same_thread and _get_ident() != conn._thread_id):
             try:
                 return next(self._cur)
             except StopIteration:
@@ -1172,7 +1176,18 @@ class Cursor:
                 return None
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
+                self._check()
                 self._raise_fetch_error(exc)
+        return self._fetchone_checked()
+
+    def _fetchone_checked(self) -> Any:
+        """fetchone() with every check, whatever the row needs."""
+        conn = self._connection
+        if self._locked or self._closed or conn._closed or (
+                conn._check_same_thread and _get_ident() != conn._thread_id):
+            self._check()
+        if not self._active:
+            return None
         return self._fetchone()
 
     def _fetchone(self) -> Any:
@@ -1234,7 +1249,22 @@ class Cursor:
         return self
 
     def __next__(self) -> Any:
-        row = self.fetchone()
+        conn = self._connection
+        # fetchone()'s hot path, inlined: one Python frame per row.
+        if self._active and self._peek is None and not self._count_at_end \
+                and self.row_factory is None and conn.text_factory is str \
+                and not conn._detect_types and not (
+                    conn._check_same_thread and _get_ident() != conn._thread_id):
+            try:
+                return next(self._cur)
+            except StopIteration:
+                self._active = False
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                self._active = False
+                self._check()
+                self._raise_fetch_error(exc)
+        row = self._fetchone_checked()
         if row is None:
             raise StopIteration
         return row
@@ -1379,6 +1409,9 @@ class Connection:
         # give one an exec tracer (see _implicit_begin).
         self._spare: list = []
         self._probes: list = []  # the same for _implicit_begin's compile checks
+        # SQL texts Connection.execute runs on its shortest path: DML without RETURNING,
+        # named parameters or anything after it, seen once on this (unaudited) connection.
+        self._plain_dml: dict = {}
         # Python 3.10: every cursor, so that rollback() can reset them (_reset_by_rollback).
         self._cursors: Optional[weakref.WeakSet] = (
             weakref.WeakSet() if _versions.ROLLBACK_RESETS_CURSORS else None)
@@ -1816,38 +1849,59 @@ class Connection:
         """Shortcut: a new cursor's ``execute``."""
         if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
             self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
-        # Cursor(self) without its __init__ frame (DESIGN.md 1: per-statement cost); its
-        # APSW cursor is made when its statement needs one (Cursor._cur).
+        # Cursor.execute's paths for the two common kinds of statement, inlined here
+        # (DESIGN.md 1: no second Python frame per statement), on a Cursor made without
+        # its __init__ frame; a new cursor's class defaults are already most of the state
+        # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
+        # to open: on a spare APSW cursor, as Cursor.execute runs it.
+        if sql in self._plain_dml and type(parameters) is tuple and not _base_type_adapted \
+                and (self._begin_sql is None or not self._apsw.get_autocommit()):
+            cur = _new_cursor(Cursor)
+            cur._connection = self
+            if self.row_factory is not None:
+                cur.row_factory = self.row_factory
+            db = self._apsw
+            self._binding_source = None
+            spare = self._spare
+            try:
+                apsw_cur = spare.pop()
+            except IndexError:
+                apsw_cur = db.cursor()
+            try:
+                apsw_cur.execute(sql, parameters)
+            except BaseException as exc:  # noqa: BLE001
+                spare.append(apsw_cur)
+                cur._failed()
+                _raise_sql_error(self, exc, sql)
+            spare.append(apsw_cur)
+            cur.rowcount = db.changes()
+            cur.lastrowid = db.last_insert_rowid()
+            return cur
         cur = _new_cursor(Cursor)
         cur._connection = self
         if self._cursors is not None:
             self._cursors.add(cur)
-        if self.row_factory is not None:
-            cur.row_factory = self.row_factory
-        if self._stmt_flags.get(sql) != _DML or type(parameters) is not tuple \
-                or _base_type_adapted or self._audit is not None or not _SPARE_CURSORS:
+        cur.row_factory = self.row_factory  # (set even if None: read faster once set)
+        if self._stmt_flags.get(sql) != 0 or type(parameters) is not tuple \
+                or _base_type_adapted or self._audit is not None:
+            # not classified yet, DML, several statements, named parameters, audited...
             return cur.execute(sql, parameters)
-        # Plain DML (no RETURNING, tuple parameters, not audited): Cursor.execute's path
-        # for it, inlined (DESIGN.md 1: no second Python frame per statement). A new
-        # cursor's class defaults are already the state it leaves but for rowcount and
-        # lastrowid.
+        # One statement that is not DML (a query, DDL, PRAGMA...): on its own APSW cursor.
         db = self._apsw
-        if self._begin_sql is not None and db.get_autocommit():
-            return cur.execute(sql, parameters)  # the implicit BEGIN (once a transaction)
         self._binding_source = None
-        spare = self._spare
-        try:
-            apsw_cur = spare.pop()
-        except IndexError:
-            apsw_cur = db.cursor()
+        cur._cur = apsw_cur = db.cursor()
+        cur._sql = sql
+        cur._params = parameters
         try:
             apsw_cur.execute(sql, parameters)
         except BaseException as exc:  # noqa: BLE001
-            spare.append(apsw_cur)
             cur._failed()
             _raise_sql_error(self, exc, sql)
-        spare.append(apsw_cur)
-        cur.rowcount = db.changes()
+        cur._rows_kind = True
+        cur._active = True
+        cur._desc_known = False
+        cur._peek = None  # (class defaults, set: fetchone reads them faster)
+        cur._count_at_end = False
         cur.lastrowid = db.last_insert_rowid()
         return cur
 
