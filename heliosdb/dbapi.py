@@ -712,6 +712,7 @@ class Cursor:
                 raise
             finally:
                 conn._begin_cursor = outer
+                conn._binding_source = None
             self._after_audited(flags, run)
             return self
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
@@ -747,6 +748,7 @@ class Cursor:
                 _raise_sql_error(conn, exc, sql)
             if spare is not None:
                 spare.append(cur)
+            conn._binding_source = None  # (the paths that bind tuples never set it)
             self.rowcount = db.changes()
             self._count_at_end = False
             self._rows_kind = False
@@ -768,6 +770,7 @@ class Cursor:
         except BaseException as exc:  # noqa: BLE001
             self._failed()
             _raise_sql_error(conn, exc, sql)
+        conn._binding_source = None
         # _after_execute(flags), inlined.
         if flags & _DML:  # ... RETURNING
             self.rowcount = 0
@@ -795,6 +798,7 @@ class Cursor:
         self._count_at_end = False
         self._peek = None
         self.rowcount = -1
+        self._connection._binding_source = None
 
     def _apsw_cursor(self) -> Any:
         """The APSW cursor again, after an audited statement's rows were served from a
@@ -894,6 +898,7 @@ class Cursor:
                                                        begin=conn._begin_sql is not None)
             finally:
                 conn._begin_cursor = outer
+                conn._binding_source = None
         else:
             cur = self._cur
             spare = None
@@ -915,6 +920,7 @@ class Cursor:
             except BaseException as exc:  # noqa: BLE001
                 _raise_sql_error(conn, exc, sql)
             finally:
+                conn._binding_source = None
                 if spare is not None:
                     spare.append(cur)
         if not flags & _DML:
@@ -1402,7 +1408,9 @@ class Connection:
         self._apsw: Any = None
         self._closed = True
         self._audit: Any = None
-        self._binding_source: Optional[list] = None  # see Cursor._prepare_params
+        # see Cursor._prepare_params; None again once the statement that bound it ran, so
+        # that the paths binding tuples need not reset it
+        self._binding_source: Optional[list] = None
         self._binding_len = 0
         # APSW cursors that run statements yielding no rows (Cursor.execute), taken with
         # pop() and given back with append(): each user of one has it to itself. Never
@@ -1412,6 +1420,7 @@ class Connection:
         # SQL texts Connection.execute runs on its shortest path: DML without RETURNING,
         # named parameters or anything after it, seen once on this (unaudited) connection.
         self._plain_dml: dict = {}
+        self._slot: Any = None  # Connection.execute's own spare cursor
         # Python 3.10: every cursor, so that rollback() can reset them (_reset_by_rollback).
         self._cursors: Optional[weakref.WeakSet] = (
             weakref.WeakSet() if _versions.ROLLBACK_RESETS_CURSORS else None)
@@ -1854,26 +1863,28 @@ class Connection:
         # its __init__ frame; a new cursor's class defaults are already most of the state
         # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
         # to open: on a spare APSW cursor, as Cursor.execute runs it.
+        db = self._apsw
         if sql in self._plain_dml and type(parameters) is tuple and not _base_type_adapted \
-                and (self._begin_sql is None or not self._apsw.get_autocommit()):
+                and (self._begin_sql is None or not db.get_autocommit()):
             cur = _new_cursor(Cursor)
             cur._connection = self
             if self.row_factory is not None:
                 cur.row_factory = self.row_factory
-            db = self._apsw
-            self._binding_source = None
-            spare = self._spare
-            try:
-                apsw_cur = spare.pop()
-            except IndexError:
+            # The spare cursor of this path: taken and put back as plain attribute reads
+            # and writes, between which CPython never switches threads (a statement run
+            # meanwhile, from inside this one or by another thread, finds None and makes
+            # a cursor; APSW refuses a cursor used twice at once rather than misbehave).
+            apsw_cur = self._slot
+            self._slot = None
+            if apsw_cur is None:
                 apsw_cur = db.cursor()
             try:
                 apsw_cur.execute(sql, parameters)
             except BaseException as exc:  # noqa: BLE001
-                spare.append(apsw_cur)
+                self._slot = apsw_cur
                 cur._failed()
                 _raise_sql_error(self, exc, sql)
-            spare.append(apsw_cur)
+            self._slot = apsw_cur
             cur.rowcount = db.changes()
             cur.lastrowid = db.last_insert_rowid()
             return cur
@@ -1887,8 +1898,6 @@ class Connection:
             # not classified yet, DML, several statements, named parameters, audited...
             return cur.execute(sql, parameters)
         # One statement that is not DML (a query, DDL, PRAGMA...): on its own APSW cursor.
-        db = self._apsw
-        self._binding_source = None
         cur._cur = apsw_cur = db.cursor()
         cur._sql = sql
         cur._params = parameters
