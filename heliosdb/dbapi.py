@@ -1301,6 +1301,30 @@ class Cursor:
 _new_cursor = object.__new__
 
 
+class _OpenModules:
+    """The modules every connect() uses, imported once: an import statement run in a
+    function costs about 10,000 instructions each time even when the module is loaded
+    (W7, bench/dbapi_callgrind.py). Names are read from them at each call, as the import
+    statements did."""
+
+    __slots__ = ("config", "crypto", "keys", "capture")
+
+
+_OPEN_MODULES: Optional[_OpenModules] = None
+
+
+def _open_modules() -> _OpenModules:
+    global _OPEN_MODULES
+    from . import config, crypto
+    from .audit import capture
+    from .crypto import keys
+
+    mods = _OpenModules()
+    mods.config, mods.crypto, mods.keys, mods.capture = config, crypto, keys, capture
+    _OPEN_MODULES = mods
+    return mods
+
+
 def _stop_trace(_cursor: Any, _sql: str, _bindings: Any) -> bool:
     """An exec tracer that stops a statement once it is prepared (ExecTraceAbort)."""
     return False
@@ -1431,14 +1455,13 @@ class Connection:
             raise _versions.timeout_type_error(timeout)
         if uri:
             database = _shared_memory_uri(database)
-        from .config import load_config  # the config module owns presets and validation
-
-        self._config = load_config(config)
+        mods = _OPEN_MODULES or _open_modules()
+        self._config = mods.config.load_config(config)  # it owns presets and validation
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         if uri:
             flags |= apsw.SQLITE_OPEN_URI
-        from .crypto import open_connection
-        from .crypto.keys import coerce_key
+        open_connection = mods.crypto.open_connection
+        coerce_key = mods.keys.coerce_key
 
         if key is not None:
             try:
@@ -1500,10 +1523,8 @@ class Connection:
         self._apply_database_config()
         # Whatever config= says, a database whose file holds an audit policy runs under at
         # least that policy (heliosdb.audit.policy).
-        from .audit.capture import attach_audit
-
-        self._audit, self._config = attach_audit(self, self._config, user=audit_user,
-                                                 context=audit_context)
+        self._audit, self._config = (_OPEN_MODULES or _open_modules()).capture.attach_audit(
+            self, self._config, user=audit_user, context=audit_context)
 
     # -- open-time set-up --
     def _apply_database_config(self) -> None:
@@ -1991,10 +2012,8 @@ class Connection:
         self._apply_authorizer()
 
     def _apply_authorizer(self) -> None:
-        from .crypto import is_encrypted
-
         internal, user = self._internal_authorizer, self._user_authorizer
-        encrypted = is_encrypted(self._apsw)
+        encrypted = (_OPEN_MODULES or _open_modules()).crypto.is_encrypted(self._apsw)
         if internal is None and user is None and not encrypted:
             self._apsw.authorizer = None
             return
