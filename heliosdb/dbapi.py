@@ -109,6 +109,8 @@ converters: dict[str, Callable[[bytes], Any]] = {}
 # True once an adapter is registered for a type SQLite binds natively: bindings must then
 # be walked in Python, since APSW binds those types without asking.
 _base_type_adapted = False
+# Every connection opened (for register_adapter: see Connection._plain_dml).
+_open_connections: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 
 
 def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
@@ -116,6 +118,8 @@ def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
     global _base_type_adapted
     if type_ in (int, float, str, bytearray):
         _base_type_adapted = True
+        for conn in list(_open_connections):
+            conn._plain_dml.clear()  # its shortest path binds without asking adapters
     adapters[(type_, PrepareProtocol)] = adapter
 
 
@@ -730,7 +734,7 @@ class Cursor:
                         cur = spare.pop()
                     except IndexError:  # none yet, or all in use (nested, other threads)
                         cur = db.cursor()
-                    if flags == _DML:
+                    if flags == _DML and not _base_type_adapted:
                         plain = conn._plain_dml
                         if len(plain) >= 256:
                             plain.clear()
@@ -1411,6 +1415,7 @@ class Connection:
     _autocommit: Any = LEGACY_TRANSACTION_CONTROL
     _cursors: Optional[weakref.WeakSet] = None
     _begin_cursor: Any = None  # see _begin
+    _plain_dml: Any = frozenset()  # (never initialised: nothing takes the shortest path)
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
@@ -1442,7 +1447,9 @@ class Connection:
         self._spare: list = []
         self._probes: list = []  # the same for _implicit_begin's compile checks
         # SQL texts Connection.execute runs on its shortest path: DML without RETURNING,
-        # named parameters or anything after it, seen once on this (unaudited) connection.
+        # named parameters or anything after it, seen once on this (unaudited) connection
+        # while no adapter for a type SQLite binds natively was registered. Empty while the
+        # connection is closed: a text found here means an open connection.
         self._plain_dml: dict = {}
         self._slot: Any = None  # Connection.execute's own spare cursor
         # Python 3.10: every cursor, so that rollback() can reset them (_reset_by_rollback).
@@ -1482,6 +1489,7 @@ class Connection:
             # Misuse (a closed Key, a bad key source...): a heliosdb error, not a bare one.
             raise ProgrammingError(str(exc)) from None
         self._closed = False
+        _open_connections.add(self)
         self._database = database
         try:
             self._autocommit = autocommit
@@ -1493,6 +1501,7 @@ class Connection:
             # Never leave a half-open connection behind: it would keep the file, and an
             # encrypted file's key, registered until a garbage collection.
             self._closed = True
+            self._plain_dml.clear()
             try:
                 self._apsw.close(True)
             except apsw.Error:
@@ -1877,15 +1886,14 @@ class Connection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
-            self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
         # Cursor.execute's paths for the two common kinds of statement, inlined here
         # (DESIGN.md 1: no second Python frame per statement), on a Cursor made without
         # its __init__ frame; a new cursor's class defaults are already most of the state
         # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
         # to open: on a spare APSW cursor, as Cursor.execute runs it.
         db = self._apsw
-        if sql in self._plain_dml and type(parameters) is tuple and not _base_type_adapted \
+        if sql in self._plain_dml and type(parameters) is tuple and not (
+                self._check_same_thread and _get_ident() != self._thread_id) \
                 and (self._begin_sql is None or not db.get_autocommit()):
             cur = _new_cursor(Cursor)
             cur._connection = self
@@ -1909,6 +1917,8 @@ class Connection:
             cur.rowcount = db.changes()
             cur.lastrowid = db.last_insert_rowid()
             return cur
+        if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
+            self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
         cur = _new_cursor(Cursor)
         cur._connection = self
         if self._cursors is not None:
@@ -2326,6 +2336,7 @@ class Connection:
                     pass
         finally:
             self._closed = True
+            self._plain_dml.clear()
             try:
                 self._apsw.close(True)
             except apsw.Error as exc:

@@ -283,3 +283,34 @@ def test_a_connection_dropped_without_close_is_collected(tmp_path):
         del conn
         gc.collect()
         assert ref() is None, f"connection (audited={audited}) dropped but never collected"
+
+
+_ADAPTED_LATER = r"""
+import sqlite3, heliosdb
+out = []
+for mod in (sqlite3, heliosdb):
+    conn = mod.connect(":memory:")
+    conn.execute("CREATE TABLE t(a)")
+    for i in range(3):  # the text is known to take the shortest path by now
+        conn.execute("INSERT INTO t VALUES (?)", (i,))
+    mod.register_adapter(int, lambda v: v * 10)  # registered while the connection is open
+    conn.execute("INSERT INTO t VALUES (?)", (5,))
+    other = mod.connect(":memory:")
+    other.execute("CREATE TABLE t(a)")
+    other.execute("INSERT INTO t VALUES (?)", (6,))
+    other.execute("INSERT INTO t VALUES (?)", (7,))
+    out.append((conn.execute("SELECT a FROM t").fetchall(),
+                other.execute("SELECT a FROM t").fetchall()))
+print(repr(out[0] == out[1]), repr(out))
+"""
+
+
+def test_an_int_adapter_registered_later_applies_to_known_statements():
+    # In a child process: an adapter for int stays registered for the process's life.
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _ADAPTED_LATER], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("True"), res.stdout
