@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 NATIVE_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/*.cdef csrc/*.py)
 
-.PHONY: demo test stress bench bench-quick bench-audit install check-headers clean test-pythons
+.PHONY: demo test stress bench bench-quick bench-audit bench-dbapi install check-headers clean test-pythons
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	@$(MAKE) --no-print-directory check-headers
@@ -56,6 +56,11 @@ bench-quick: $(STAMP)
 # machine, unlike times): prints a markdown table, writes bench/results/audit_callgrind.md.
 bench-audit: $(STAMP)
 	$(BIN)/python bench/audit_callgrind.py
+
+# The same for the plain DB-API path (issue 17, item 4: never slower than stdlib sqlite3):
+# heliosdb vs sqlite3 vs APSW per statement; writes bench/results/dbapi_callgrind.md.
+bench-dbapi: $(STAMP)
+	$(BIN)/python bench/dbapi_callgrind.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info heliosdb/_native*.so heliosdb/_native.c

@@ -130,6 +130,8 @@ converters: dict[str, Callable[[bytes], Any]] = {}
 # True once an adapter is registered for a type SQLite binds natively: bindings must then
 # be walked in Python, since APSW binds those types without asking.
 _base_type_adapted = False
+# Every connection opened (for register_adapter: see Connection._plain_dml).
+_open_connections: "weakref.WeakSet[Connection]" = weakref.WeakSet()
 
 
 def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
@@ -137,6 +139,8 @@ def register_adapter(type_: type, adapter: Callable[[Any], Any], /) -> None:
     global _base_type_adapted
     if type_ in (int, float, str, bytearray):
         _base_type_adapted = True
+        for conn in list(_open_connections):
+            conn._plain_dml.clear()  # its shortest path binds without asking adapters
     adapters[(type_, PrepareProtocol)] = adapter
 
 
@@ -570,6 +574,12 @@ Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
 # --- Cursor -------------------------------------------------------------------------------
 
 
+# Statements that yield no rows run on spare APSW cursors the connection keeps (Connection.
+# _spare) rather than on one made for them. Not on Python 3.10: APSW 3.54.0, the newest
+# there, leaks a reference to every live cursor of a connection each time it makes a
+# cursor, and a spare one so leaked would keep a connection dropped without close() alive.
+_SPARE_CURSORS = not _versions.PY310
+
 # Cursor._peek of a cursor reset by a 3.10 rollback(): fetching raises InterfaceError.
 _RESET_BY_ROLLBACK: tuple = ("reset by rollback",)
 
@@ -599,6 +609,10 @@ class Cursor:
     _locked = False  # converters / row factory running: the cursor may not be re-entered
 
     _connection: Any = None  # set below: _UNINIT_CONNECTION
+    # The APSW cursor, made when a statement first needs its own (one that yields rows, or
+    # anything but plain DML): a statement that yields none runs on one of the connection's
+    # spare APSW cursors (Connection._spare), as making one costs more than the statement.
+    _cur: Any = None
 
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
@@ -607,8 +621,6 @@ class Cursor:
             raise ProgrammingError("Recursive use of cursors not allowed.")
         connection._check()
         self._connection = connection
-        # APSW applies the connection's convert_binding (adapters) to every cursor.
-        self._cur = connection._apsw.cursor()
         if connection._cursors is not None:
             connection._cursors.add(self)
         if connection.row_factory is not None:
@@ -713,10 +725,10 @@ class Cursor:
             conn._binding_source = None
         else:
             params = self._prepare_params(parameters, sql)
-        self._sql = sql
-        self._params = params
         db = conn._apsw
         if conn._audit is not None:
+            self._sql = sql
+            self._params = params
             self._active = False
             self._desc = None
             self._converters = None
@@ -725,40 +737,81 @@ class Cursor:
             cur = self._apsw_cursor()
             # The hook: the audit session runs the statement and records it, and decides
             # on BEGIN under its lock (threads sharing the connection).
-            self._after_audited(flags, conn._audit.execute(
-                cur, sql, params, begin=bool(flags & _DML) and conn._begin_sql is not None))
+            outer, conn._begin_cursor = conn._begin_cursor, cur  # for _begin() on 3.10
+            try:
+                run = conn._audit.execute(
+                    cur, sql, params, begin=bool(flags & _DML) and conn._begin_sql is not None)
+            except BaseException:
+                if not _SPARE_CURSORS:
+                    self._close_apsw_cursor()
+                raise
+            finally:
+                conn._begin_cursor = outer
+                conn._binding_source = None
+            self._after_audited(flags, run)
             return self
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
         # after the statement ran, or reset by _failed() when it did not.)
-        if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
-            # Like sqlite3, BEGIN only once the statement is prepared: a statement that
-            # fails to compile (syntax, missing table, locked schema) opens no transaction.
-            cur = self._cur
-            cur.exec_trace = conn._begin_tracer
+        cur = self._cur
+        if flags & (_DML | _RETURNING) == _DML:
+            # DML without RETURNING yields no rows: it needs no cursor of its own after it
+            # ran, so (unless this cursor has one already) a spare one of the connection
+            # runs it. Its state afterwards is the class defaults but rowcount, lastrowid.
+            spare = None
+            if cur is None:
+                if _SPARE_CURSORS:
+                    spare = conn._spare
+                    try:
+                        cur = spare.pop()
+                    except IndexError:  # none yet, or all in use (nested, other threads)
+                        cur = db.cursor()
+                    if flags == _DML and not _base_type_adapted:
+                        plain = conn._plain_dml
+                        if len(plain) >= 256:
+                            plain.clear()
+                        plain[sql] = None
+                else:
+                    cur = self._cur = db.cursor()
             try:
+                if conn._begin_sql is not None and db.get_autocommit():
+                    conn._implicit_begin(sql, None if _SPARE_CURSORS else cur)
                 cur.execute(sql, params)
             except BaseException as exc:  # noqa: BLE001
+                if spare is not None:
+                    spare.append(cur)
                 self._failed()
                 _raise_sql_error(conn, exc, sql)
-            finally:
-                cur.exec_trace = None
-        else:
-            try:
-                self._cur.execute(sql, params)
-            except BaseException as exc:  # noqa: BLE001
-                self._failed()
-                _raise_sql_error(conn, exc, sql)
+            if spare is not None:
+                spare.append(cur)
+            conn._binding_source = None  # (the paths that bind tuples never set it)
+            self.rowcount = db.changes()
+            self._count_at_end = False
+            self._rows_kind = False
+            self._active = False
+            self._desc = None
+            self._desc_known = True
+            self._converters = None
+            self._peek = None
+            self.lastrowid = db.last_insert_rowid()
+            return self
+        if cur is None:
+            cur = self._cur = db.cursor()
+        self._sql = sql
+        self._params = params
+        try:
+            if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
+                conn._implicit_begin(sql, None if _SPARE_CURSORS else cur)  # ... RETURNING
+            cur.execute(sql, params)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed()
+            _raise_sql_error(conn, exc, sql)
+        conn._binding_source = None
         # _after_execute(flags), inlined.
-        if flags & _DML:
-            if flags & _RETURNING:
-                self.rowcount = 0
-                self._count_at_end = True
-                self._end_count = None
-                self._rows_kind = True
-            else:
-                self.rowcount = db.changes()
-                self._count_at_end = False
-                self._rows_kind = False
+        if flags & _DML:  # ... RETURNING
+            self.rowcount = 0
+            self._count_at_end = True
+            self._end_count = None
+            self._rows_kind = True
         else:
             self.rowcount = -1
             self._count_at_end = False
@@ -780,14 +833,30 @@ class Cursor:
         self._count_at_end = False
         self._peek = None
         self.rowcount = -1
+        self._connection._binding_source = None
 
     def _apsw_cursor(self) -> Any:
         """The APSW cursor again, after an audited statement's rows were served from a
         :class:`_Drained` stand-in (the audit runs statements on the real one)."""
         cur = self._cur
-        if cur.__class__ is _Drained:
+        if cur is None:
+            cur = self._cur = self._connection._apsw.cursor()
+        elif cur.__class__ is _Drained:
             cur = self._cur = cur.real
         return cur
+
+    def _close_apsw_cursor(self) -> None:
+        """Python 3.10: close this cursor's APSW cursor after an audited statement failed.
+        The audit made cursors of its own meanwhile (to roll back, to record the attempt),
+        each leaking a reference to this one (APSW 3.54.0, see _SPARE_CURSORS); closed,
+        it no longer holds the connection, which can then be collected when dropped."""
+        cur = self._cur
+        self._cur = None
+        if cur is not None:
+            try:
+                cur.close(True)
+            except apsw.Error:
+                pass
 
     def _after_audited(self, flags: int, run: Any) -> None:
         """Record rowcount, lastrowid and result state after an audited statement ran:
@@ -848,7 +917,6 @@ class Cursor:
         self.rowcount = -1
         self._sql = sql
         db = conn._apsw
-        begin = conn._begin_sql is not None and db.get_autocommit()
         if type(seq_of_parameters) in (list, tuple) and not _base_type_adapted \
                 and set(map(type, seq_of_parameters)) <= {tuple}:
             # Tuples of parameters need no preparation: APSW binds them as they are, with no
@@ -861,19 +929,37 @@ class Cursor:
         before = db.total_changes()
         if conn._audit is not None:
             cur = self._apsw_cursor()
-            audited_rows = conn._audit.executemany(cur, sql, params_iter,
-                                                   begin=conn._begin_sql is not None)
-        else:
-            if begin:
-                self._cur.exec_trace = conn._begin_tracer
+            outer, conn._begin_cursor = conn._begin_cursor, cur  # for _begin() on 3.10
             try:
-                for _ in self._cur.executemany(sql, params_iter, can_cache=True):
+                audited_rows = conn._audit.executemany(cur, sql, params_iter,
+                                                       begin=conn._begin_sql is not None)
+            finally:
+                conn._begin_cursor = outer
+                conn._binding_source = None
+        else:
+            cur = self._cur
+            spare = None
+            if cur is None:  # it yields no rows: a spare cursor of the connection runs it
+                if _SPARE_CURSORS:
+                    spare = conn._spare
+                    try:
+                        cur = spare.pop()
+                    except IndexError:
+                        cur = db.cursor()
+                else:
+                    cur = self._cur = db.cursor()
+            try:
+                if flags & _DML and conn._begin_sql is not None and db.get_autocommit():
+                    # As sqlite3: compiled first, then BEGIN, even with no parameter sets.
+                    conn._implicit_begin(sql, None if _SPARE_CURSORS else cur)
+                for _ in cur.executemany(sql, params_iter, can_cache=True):
                     pass
             except BaseException as exc:  # noqa: BLE001
                 _raise_sql_error(conn, exc, sql)
             finally:
-                if begin:
-                    self._cur.exec_trace = None
+                conn._binding_source = None
+                if spare is not None:
+                    spare.append(cur)
         if not flags & _DML:
             self.rowcount = -1
         elif conn._audit is not None:
@@ -928,8 +1014,11 @@ class Cursor:
             try:
                 # One statement at a time, as sqlite3 does (the trace callback then sees
                 # each statement's own text, leading whitespace included).
+                cur = self._cur
+                if cur is None:
+                    cur = self._cur = db.cursor()
                 for stmt in split_statements(sql_script):
-                    for _ in self._cur.execute(stmt, can_cache=False):
+                    for _ in cur.execute(stmt, can_cache=False):
                         pass
             except BaseException as exc:  # noqa: BLE001
                 _raise_translated(exc, None, db)
@@ -1086,10 +1175,11 @@ class Cursor:
             return
         if not self._desc_known:
             self._build_description()
-        try:
-            self._cur.close(True)
-        except apsw.Error:
-            pass
+        if self._cur is not None:
+            try:
+                self._cur.close(True)
+            except apsw.Error:
+                pass
         self._cur = self._connection._apsw.cursor()
         self._active = True  # so that fetching reaches _next_returning, which raises
         self._count_at_end = False
@@ -1116,14 +1206,13 @@ class Cursor:
     def fetchone(self) -> Any:
         """The next row, or None when there are no more."""
         conn = self._connection
-        # The hot path (plain rows): _check() and _next_raw() inlined.
-        if self._locked or self._closed or conn._closed or (
-                conn._check_same_thread and _get_ident() != conn._thread_id):
-            self._check()
-        if not self._active:
-            return None
-        if self.row_factory is None and not conn._detect_types and conn.text_factory is str \
-                and not self._count_at_end and self._peek is None:
+        # The hot path: a plain row of a statement still running. (A closed cursor is not
+        # active; a locked one has a row factory or converters; a connection closed since
+        # closed the APSW cursor, whose error leads to _check().)
+        if self._active and self._peek is None and not self._count_at_end \
+                and self.row_factory is None and conn.text_factory is str \
+                and not conn._detect_types and not (
+                    conn._check_same_thread and _get_ident() != conn._thread_id):
             try:
                 return next(self._cur)
             except StopIteration:
@@ -1131,7 +1220,18 @@ class Cursor:
                 return None
             except BaseException as exc:  # noqa: BLE001
                 self._active = False
+                self._check()
                 self._raise_fetch_error(exc)
+        return self._fetchone_checked()
+
+    def _fetchone_checked(self) -> Any:
+        """fetchone() with every check, whatever the row needs."""
+        conn = self._connection
+        if self._locked or self._closed or conn._closed or (
+                conn._check_same_thread and _get_ident() != conn._thread_id):
+            self._check()
+        if not self._active:
+            return None
         return self._fetchone()
 
     def _fetchone(self) -> Any:
@@ -1193,7 +1293,22 @@ class Cursor:
         return self
 
     def __next__(self) -> Any:
-        row = self.fetchone()
+        conn = self._connection
+        # fetchone()'s hot path, inlined: one Python frame per row.
+        if self._active and self._peek is None and not self._count_at_end \
+                and self.row_factory is None and conn.text_factory is str \
+                and not conn._detect_types and not (
+                    conn._check_same_thread and _get_ident() != conn._thread_id):
+            try:
+                return next(self._cur)
+            except StopIteration:
+                self._active = False
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                self._active = False
+                self._check()
+                self._raise_fetch_error(exc)
+        row = self._fetchone_checked()
         if row is None:
             raise StopIteration
         return row
@@ -1208,10 +1323,11 @@ class Cursor:
                 self._build_description()
             self._closed = True
             self._active = False
-            try:
-                self._cur.close(True)
-            except apsw.Error:
-                pass
+            if self._cur is not None:
+                try:
+                    self._cur.close(True)
+                except apsw.Error:
+                    pass
 
     def setinputsizes(self, sizes: Any, /) -> None:
         """Required by PEP 249; does nothing."""
@@ -1221,6 +1337,35 @@ class Cursor:
 
 
 _new_cursor = object.__new__
+
+
+class _OpenModules:
+    """The modules every connect() uses, imported once: an import statement run in a
+    function costs about 10,000 instructions each time even when the module is loaded
+    (W7, bench/dbapi_callgrind.py). Names are read from them at each call, as the import
+    statements did."""
+
+    __slots__ = ("config", "crypto", "keys", "capture")
+
+
+_OPEN_MODULES: Optional[_OpenModules] = None
+
+
+def _open_modules() -> _OpenModules:
+    global _OPEN_MODULES
+    from . import config, crypto
+    from .audit import capture
+    from .crypto import keys
+
+    mods = _OpenModules()
+    mods.config, mods.crypto, mods.keys, mods.capture = config, crypto, keys, capture
+    _OPEN_MODULES = mods
+    return mods
+
+
+def _stop_trace(_cursor: Any, _sql: str, _bindings: Any) -> bool:
+    """An exec tracer that stops a statement once it is prepared (ExecTraceAbort)."""
+    return False
 
 
 class _UninitialisedCursorConnection:
@@ -1303,6 +1448,8 @@ class Connection:
     _thread_id = 0
     _autocommit: Any = LEGACY_TRANSACTION_CONTROL
     _cursors: Optional[weakref.WeakSet] = None
+    _begin_cursor: Any = None  # see _begin
+    _plain_dml: Any = frozenset()  # (never initialised: nothing takes the shortest path)
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,
                  isolation_level: Optional[str] = "", check_same_thread: bool = True,
@@ -1324,8 +1471,21 @@ class Connection:
         self._apsw: Any = None
         self._closed = True
         self._audit: Any = None
-        self._binding_source: Optional[list] = None  # see Cursor._prepare_params
+        # see Cursor._prepare_params; None again once the statement that bound it ran, so
+        # that the paths binding tuples need not reset it
+        self._binding_source: Optional[list] = None
         self._binding_len = 0
+        # APSW cursors that run statements yielding no rows (Cursor.execute), taken with
+        # pop() and given back with append(): each user of one has it to itself. Never
+        # give one an exec tracer (see _implicit_begin).
+        self._spare: list = []
+        self._probes: list = []  # the same for _implicit_begin's compile checks
+        # SQL texts Connection.execute runs on its shortest path: DML without RETURNING,
+        # named parameters or anything after it, seen once on this (unaudited) connection
+        # while no adapter for a type SQLite binds natively was registered. Empty while the
+        # connection is closed: a text found here means an open connection.
+        self._plain_dml: dict = {}
+        self._slot: Any = None  # Connection.execute's own spare cursor
         # Python 3.10: every cursor, so that rollback() can reset them (_reset_by_rollback).
         self._cursors: Optional[weakref.WeakSet] = (
             weakref.WeakSet() if _versions.ROLLBACK_RESETS_CURSORS else None)
@@ -1336,14 +1496,13 @@ class Connection:
             raise _versions.timeout_type_error(timeout)
         if uri:
             database = _shared_memory_uri(database)
-        from .config import load_config  # the config module owns presets and validation
-
-        self._config = load_config(config)
+        mods = _OPEN_MODULES or _open_modules()
+        self._config = mods.config.load_config(config)  # it owns presets and validation
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         if uri:
             flags |= apsw.SQLITE_OPEN_URI
-        from .crypto import open_connection
-        from .crypto.keys import coerce_key
+        open_connection = mods.crypto.open_connection
+        coerce_key = mods.keys.coerce_key
 
         if key is not None:
             try:
@@ -1364,6 +1523,7 @@ class Connection:
             # Misuse (a closed Key, a bad key source...): a heliosdb error, not a bare one.
             raise ProgrammingError(str(exc)) from None
         self._closed = False
+        _open_connections.add(self)
         self._database = database
         try:
             self._autocommit = autocommit
@@ -1375,6 +1535,7 @@ class Connection:
             # Never leave a half-open connection behind: it would keep the file, and an
             # encrypted file's key, registered until a garbage collection.
             self._closed = True
+            self._plain_dml.clear()
             try:
                 self._apsw.close(True)
             except apsw.Error:
@@ -1393,10 +1554,6 @@ class Connection:
         self._begin_sql: Optional[str] = None
         self._isolation_level: Optional[str] = None
         self._set_isolation_level(isolation_level, commit=False)
-        # One bound method, held here: the tracer replaces itself while APSW runs it, and
-        # APSW (3.54) frees a tracer replaced during its own call that then raises (a BEGIN
-        # interrupted by the progress handler crashed the process): keep it alive.
-        self._begin_tracer = self._begin_trace
         self._stmt_cache = _StatementCache(int(cached_statements))
         self._stmt_flags = self._stmt_cache.data
         self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
@@ -1409,10 +1566,8 @@ class Connection:
         self._apply_database_config()
         # Whatever config= says, a database whose file holds an audit policy runs under at
         # least that policy (heliosdb.audit.policy).
-        from .audit.capture import attach_audit
-
-        self._audit, self._config = attach_audit(self, self._config, user=audit_user,
-                                                 context=audit_context)
+        self._audit, self._config = (_OPEN_MODULES or _open_modules()).capture.attach_audit(
+            self, self._config, user=audit_user, context=audit_context)
 
     # -- open-time set-up --
     def _apply_database_config(self) -> None:
@@ -1512,25 +1667,69 @@ class Connection:
         legacy = self._autocommit is not True and self._autocommit is not False
         self._begin_sql = "BEGIN " + level if legacy else None
 
-    def _begin_trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
-        # Installed as a cursor's exec tracer for one statement: runs after the statement
-        # is prepared and bound, before it steps. Uninstalls itself (executemany).
-        # (executemany: APSW keeps calling the cursor's tracer for each row, so hand the
-        # following rows to the connection's tracer, as a cursor without one would.)
-        cursor.exec_trace = self._trace
-        if self._apsw.get_autocommit():
-            self._begin()
-        # A cursor's exec tracer hides the connection's: pass the statement on to it.
-        if self._trace is not None:
-            self._trace(cursor, sql, bindings)
-        return True
+    def _implicit_begin(self, sql: str, cur: Any = None) -> None:
+        """The implicit BEGIN before the DML statement ``sql``, in sqlite3's order: once
+        the statement compiled (one that does not, a syntax error or a missing table,
+        raises its error here and opens no transaction) and before its parameters are
+        bound (a binding error leaves the transaction open, as in sqlite3).
 
-    def _begin(self, sql: Optional[str] = None) -> None:
-        """BEGIN (the isolation level's, or ``sql``), telling the audit session."""
+        Issued between statements, never from inside an exec tracer: APSW 3.54.0 (the
+        newest for Python 3.10) leaks a reference to the running cursor when a tracer runs
+        SQL, which kept a connection dropped without close() from ever being collected.
+        (That is one case of its bug: there, every cursor made leaks a reference to each
+        cursor of the connection still alive. So on 3.10 ``cur``, the statement's own
+        cursor, runs the check and the BEGIN, and no other cursor is made meanwhile.)"""
+        if cur is not None:
+            cur.exec_trace = _stop_trace
+            try:
+                cur.execute(sql, None, can_cache=True)
+            except (apsw.ExecTraceAbort, apsw.BindingsError):
+                pass
+            finally:
+                cur.exec_trace = self._trace  # (None would hide the connection's tracer)
+            self._begin(cursor=cur)
+            return
+        probes = self._probes
         try:
-            self._apsw.execute(sql or self._begin_sql)
+            probe = probes.pop()
+        except IndexError:
+            # Its own cursors: APSW (3.54) has no way back to "no tracer of its own" for a
+            # cursor once one was set (None then hides the connection's tracer too).
+            probe = self._apsw.cursor()
+            probe.exec_trace = _stop_trace
+        try:
+            # Compiled (from APSW's statement cache, where the statement then waits for
+            # its run) and stopped before it steps: by the tracer, or before binding when
+            # it has parameters.
+            probe.execute(sql, None, can_cache=True)
+        except (apsw.ExecTraceAbort, apsw.BindingsError):
+            pass
+        finally:
+            probes.append(probe)
+        self._begin()
+
+    def _begin(self, sql: Optional[str] = None, *, cursor: Any = None) -> None:
+        """BEGIN (the isolation level's, or ``sql``), telling the audit session; run on
+        ``cursor`` if given, else on a spare cursor (see _implicit_begin for 3.10)."""
+        spare = None
+        cur = cursor
+        if cur is None:
+            if _SPARE_CURSORS:
+                spare = self._spare
+                try:
+                    cur = spare.pop()
+                except IndexError:
+                    cur = self._apsw.cursor()
+            else:
+                # 3.10: the cursor of the audited statement this BEGIN is for, if any
+                cur = self._begin_cursor or self._apsw
+        try:
+            cur.execute(sql or self._begin_sql)
         except apsw.Error as exc:
             raise _translate(self._apsw, exc) from exc
+        finally:
+            if spare is not None:
+                spare.append(cur)
         if self._audit is not None:
             self._audit.on_begin()
 
@@ -1721,17 +1920,64 @@ class Connection:
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Shortcut: a new cursor's ``execute``."""
-        if self._closed:
-            self._raise_closed()
-        # Cursor(self) without its __init__ frame (DESIGN.md 1: per-statement cost).
+        # Cursor.execute's paths for the two common kinds of statement, inlined here
+        # (DESIGN.md 1: no second Python frame per statement), on a Cursor made without
+        # its __init__ frame; a new cursor's class defaults are already most of the state
+        # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
+        # to open: on a spare APSW cursor, as Cursor.execute runs it.
+        db = self._apsw
+        if sql in self._plain_dml and type(parameters) is tuple and not (
+                self._check_same_thread and _get_ident() != self._thread_id) \
+                and (self._begin_sql is None or not db.get_autocommit()):
+            cur = _new_cursor(Cursor)
+            cur._connection = self
+            if self.row_factory is not None:
+                cur.row_factory = self.row_factory
+            # The spare cursor of this path: taken and put back as plain attribute reads
+            # and writes, between which CPython never switches threads (a statement run
+            # meanwhile, from inside this one or by another thread, finds None and makes
+            # a cursor; APSW refuses a cursor used twice at once rather than misbehave).
+            apsw_cur = self._slot
+            self._slot = None
+            if apsw_cur is None:
+                apsw_cur = db.cursor()
+            try:
+                apsw_cur.execute(sql, parameters)
+            except BaseException as exc:  # noqa: BLE001
+                self._slot = apsw_cur
+                cur._failed()
+                _raise_sql_error(self, exc, sql)
+            self._slot = apsw_cur
+            cur.rowcount = db.changes()
+            cur.lastrowid = db.last_insert_rowid()
+            return cur
+        if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
+            self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
         cur = _new_cursor(Cursor)
         cur._connection = self
-        cur._cur = self._apsw.cursor()
         if self._cursors is not None:
             self._cursors.add(cur)
-        if self.row_factory is not None:
-            cur.row_factory = self.row_factory
-        return cur.execute(sql, parameters)
+        cur.row_factory = self.row_factory  # (set even if None: read faster once set)
+        if self._stmt_flags.get(sql) != 0 or type(parameters) is not tuple \
+                or _base_type_adapted or self._audit is not None:
+            # not classified yet, DML, several statements, named parameters, audited...
+            return cur.execute(sql, parameters)
+        # One statement that is not DML (a query, DDL, PRAGMA...): on its own APSW cursor.
+        cur._cur = apsw_cur = db.cursor()
+        cur._sql = sql
+        cur._params = parameters
+        try:
+            apsw_cur.execute(sql, parameters)
+        except BaseException as exc:  # noqa: BLE001
+            cur._failed()
+            _raise_sql_error(self, exc, sql)
+        cur._rows_kind = True
+        cur._active = True
+        cur._desc_known = False
+        cur._peek = None  # (class defaults, set: fetchone reads them faster)
+        cur._count_at_end = False
+        cur.lastrowid = db.last_insert_rowid()
+        return cur
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         """Shortcut: a new cursor's ``executemany``."""
@@ -1821,10 +2067,8 @@ class Connection:
         self._apply_authorizer()
 
     def _apply_authorizer(self) -> None:
-        from .crypto import is_encrypted
-
         internal, user = self._internal_authorizer, self._user_authorizer
-        encrypted = is_encrypted(self._apsw)
+        encrypted = (_OPEN_MODULES or _open_modules()).crypto.is_encrypted(self._apsw)
         if internal is None and user is None and not encrypted:
             self._apsw.authorizer = None
             return
@@ -2144,6 +2388,7 @@ class Connection:
                     pass
         finally:
             self._closed = True
+            self._plain_dml.clear()
             try:
                 self._apsw.close(True)
             except apsw.Error as exc:
