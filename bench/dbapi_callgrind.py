@@ -14,12 +14,13 @@ units of work, and the figure is the difference of the two totals divided by N: 
 Engines: ``sqlite3`` (the stdlib module of this interpreter), ``apsw`` (plain APSW, the
 floor: no DB-API at all) and ``heliosdb`` (plain: neither encrypted nor audited). Every
 statement goes through ``conn.execute`` (a new cursor per statement), as bench/worker.py
-does. Workloads (table ``t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT, c REAL)``, WAL,
+does, except in ``single-cursor`` (one cursor reused, the other common pattern). Workloads (table ``t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT, c REAL)``, WAL,
 synchronous=NORMAL):
 
   single         single-row INSERT, transactions of 1,000 opened by the DB-API's implicit
                  BEGIN and ended by ``commit()`` (the default isolation_level)
   single-explicit  the same with isolation_level=None and BEGIN / COMMIT statements (W5)
+  single-cursor  ``single`` through one cursor's ``execute``, made once
   many           executemany of 1,000 rows per call, one transaction per call (W5m, W1);
                  figure per row
   update         UPDATE t SET a = a + 1 WHERE id = ?, implicit BEGIN, commit() every 1,000
@@ -47,8 +48,8 @@ import tempfile
 import time
 
 ENGINES = ("sqlite3", "apsw", "heliosdb")
-WORKLOADS = ("single", "single-explicit", "many", "update", "update-explicit", "select",
-             "scan", "open")
+WORKLOADS = ("single", "single-explicit", "single-cursor", "many", "update",
+             "update-explicit", "select", "scan", "open")
 BATCH = 1000
 RESULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                       "dbapi_callgrind.md")
@@ -102,11 +103,11 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> float:
     try:
         path = os.path.join(d, "db.sqlite")
         explicit = workload.endswith("-explicit") or engine == "apsw"
-        base = workload.replace("-explicit", "")
+        base = workload.replace("-explicit", "").replace("-cursor", "")
         conn = _connect(engine, path, explicit)
         _prefill(engine, conn, prefill if base in ("update", "select", "open") else
                  BATCH if base == "scan" else 0)
-        ex = conn.execute
+        ex = conn.cursor().execute if workload.endswith("-cursor") else conn.execute
         if base == "open":
             conn.close()
         pc = time.perf_counter
