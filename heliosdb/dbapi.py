@@ -258,10 +258,12 @@ def complete_statement(statement: str) -> bool:
 # --- statement classification: heliosdb.statements (shared with the audit) ---------------
 
 from .statements import (  # noqa: E402 - the short private names keep the hot path's text
+    ATTACH as _ATTACH,
     DML as _DML, EMPTY as _EMPTY, MULTI as _MULTI, NAMED as _NAMED, RETURNING as _RETURNING,
     TRAILING as _TRAILING, StatementCache as _StatementCache,
     NUMBERED_ARE_NAMED as _NUMBERED_ARE_NAMED,
-    first_statement as _first_statement, named_parameters as _named_parameters,
+    classify as _classify, first_statement as _first_statement,
+    named_parameters as _named_parameters,
     split_statements,
 )
 
@@ -711,12 +713,23 @@ class Cursor:
             if not isinstance(sql, str):
                 raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
             flags = conn._stmt_cache.flags(sql)
-        if flags & (_MULTI | _TRAILING | _NAMED):
+        if flags & (_MULTI | _TRAILING | _NAMED | _ATTACH):
             if flags & _MULTI:
                 # sqlite3 compiles the first statement before it looks at the rest: an
                 # error in it is the one raised.
                 Connection.__call__(conn, sql)
                 raise _versions.multiple_statements()
+            if flags & _ATTACH and conn._audit is None and not conn._attaching:
+                # A connection without audit (an audited one's session does this) may
+                # not write a database that has an audit log of its own: it would be
+                # recorded nowhere. Run the ATTACH, then look at what it attached.
+                conn._attaching = True
+                try:
+                    self.execute(sql, parameters)
+                finally:
+                    conn._attaching = False
+                conn._refuse_audited_attachments()
+                return self
             if flags & _NAMED and not isinstance(parameters, dict):
                 _warn_named_sequence(sql)
             if flags & _TRAILING:
@@ -1026,7 +1039,11 @@ class Cursor:
                 for stmt in split_statements(sql_script):
                     for _ in cur.execute(stmt, can_cache=False):
                         pass
+                    if "attach" in stmt.lower() and _classify(stmt) & _ATTACH:
+                        conn._refuse_audited_attachments()  # as execute() does
             except BaseException as exc:  # noqa: BLE001
+                if isinstance(exc, errors.Error):
+                    raise
                 _raise_translated(exc, None, db)
         self._active = False
         self._rows_kind = False
@@ -1455,6 +1472,18 @@ class Connection:
     _autocommit: Any = LEGACY_TRANSACTION_CONTROL
     _cursors: Optional[weakref.WeakSet] = None
     _begin_cursor: Any = None  # see _begin
+    _attaching = False  # Cursor.execute runs an ATTACH, then checks what it attached
+
+    def _refuse_audited_attachments(self) -> None:
+        """After an ATTACH on a connection without audit: an attached database that has an
+        audit log of its own is detached again and refused (AuditPolicyError)."""
+        from .audit.capture import refuse_audited_attachments
+        from .audit.neighbourhood import audited_attachments
+
+        try:
+            refuse_audited_attachments(self._apsw, audited_attachments(self._apsw))
+        except apsw.Error as exc:
+            raise _translate(self._apsw, exc) from exc
     _plain_dml: Any = frozenset()  # (never initialised: nothing takes the shortest path)
 
     def __init__(self, database: Any, timeout: float = 5.0, detect_types: int = 0,

@@ -25,6 +25,7 @@ EMPTY = 4  # only whitespace and comments
 RETURNING = 8  # DML with a RETURNING clause: yields rows
 TRAILING = 16  # only space and comments after the statement's ';': run without them
 NAMED = 32  # 3.12+: has named parameters (bound from a sequence: a DeprecationWarning)
+ATTACH = 64  # ATTACH: a connection without audit checks what it attached (dbapi)
 WARN_NAMED_SEQUENCE = sys.version_info >= (3, 12)
 #: sqlite3 of CPython 3.12.0-3.12.3 also takes a numbered parameter (?NNN, named "?NNN" by
 #: SQLite) as a named one and warns for it; 3.12.4 and 3.13 do not (CPython gh-117995).
@@ -117,6 +118,8 @@ def classify(sql: str) -> int:
         flags |= DML
         if "RETURNING" in sql.upper():
             flags |= RETURNING
+    elif head.startswith("ATTACH"):
+        flags |= ATTACH
     # Find the end of the first statement: the first ';' at which the prefix is complete
     # (sqlite3_complete understands quotes, comments and trigger bodies).
     pos = sql.find(";", start)

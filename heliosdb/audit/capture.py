@@ -451,6 +451,21 @@ def parameter_columns(sql: str) -> dict:
     return out
 
 
+def refuse_audited_attachments(db: apsw.Connection, names: list) -> None:
+    """Detach the databases ``names`` (attached ones with an audit log of their own, see
+    :func:`heliosdb.audit.neighbourhood.audited_attachments`) and refuse: written through
+    this connection, their changes would be recorded in no log of theirs (in this
+    connection's, if it has one, or none). They are opened with heliosdb.connect(), which
+    enforces their own policy. Used after every ATTACH, audited connection or not."""
+    for name in names:
+        db.execute(f'DETACH "{name.replace(chr(34), chr(34) * 2)}"')
+        from ..errors import AuditPolicyError
+
+        raise AuditPolicyError(
+            f"the database attached as {name} has an audit log of its own: its changes "
+            "would not be recorded there. Open it with heliosdb.connect() instead")
+
+
 #: The commit hook that turns every COMMIT into a rollback, installed while a transaction
 #: whose audit write failed could not be rolled back at once (see _abort_transaction).
 _DOOMED_HOOK = "heliosdb-audit-doomed-transaction"
@@ -1711,22 +1726,10 @@ class AuditSession(AuditAPI):
         refused. Attached, its tables were written with the events in this connection's
         log (or none), never in its own: its log said nothing of the change and verified
         ok. It is opened with heliosdb.connect(), which enforces its policy."""
-        db = self._db
-        with self._internal():
-            names = [r[1] for r in db.execute("PRAGMA database_list")
-                     if r[1] not in ("main", "temp")]
-            for name in names:
-                q = name.replace('"', '""')
-                # (compared here, not with SQL's lower(): a user function may replace it)
-                if any(t.lower() == store.META_TABLE.lower() for (t,) in db.execute(
-                        f'SELECT name FROM "{q}".sqlite_master WHERE type = \'table\'')):
-                    db.execute(f'DETACH "{q}"')
-                    from ..errors import AuditPolicyError
+        from .neighbourhood import audited_attachments
 
-                    raise AuditPolicyError(
-                        f"the database attached as {name} has an audit log of its own: "
-                        "its changes would not be recorded there. Open it with "
-                        "heliosdb.connect() instead")
+        with self._internal():
+            refuse_audited_attachments(self._db, audited_attachments(self._db))
 
     def _raise(self, exc: BaseException, sql: str) -> None:
         """Raise what the DB-API raises; a denial by the audit layer says why."""

@@ -40,7 +40,7 @@ from ..errors import translate
 from .events import COLUMNS
 from .store import DEFAULT_TABLE, META_TABLE, TABLE_NAME_RE, known_indexes
 
-__all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables",
+__all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables", "audited_attachments",
            "recorded_audit_tables"]
 
 
@@ -184,6 +184,17 @@ def _rows(db: apsw.Connection, schema: str) -> list[tuple]:
         return list(db.execute(f"SELECT type, name, tbl_name, sql FROM {_master(schema)}"))
     except apsw.Error as exc:
         raise translate(exc) from None
+
+
+def audited_attachments(db: apsw.Connection) -> list[str]:
+    """The attached databases (not main, not temp) that hold an audit log of their own
+    (a ``__audit_meta`` table). Written through another connection's attachment, their
+    changes would be recorded in no log of theirs. Names are compared here, not with
+    SQL's lower(), which a user function may replace."""
+    meta = META_TABLE.lower()
+    return [schema for schema in _schemas(db) if schema not in ("main", "temp")
+            and any(t == "table" and n.lower() == meta for t, n, _tbl, _sql in
+                    _rows(db, schema))]
 
 
 def find_audit_tables(db: apsw.Connection) -> list[str]:
