@@ -193,8 +193,30 @@ def audited_attachments(db: apsw.Connection) -> list[str]:
     SQL's lower(), which a user function may replace."""
     meta = META_TABLE.lower()
     return [schema for schema in _schemas(db) if schema not in ("main", "temp")
-            and any(t == "table" and n.lower() == meta for t, n, _tbl, _sql in
-                    _rows(db, schema))]
+            and any(t == "table" and n.lower() == meta for t, n in
+                    _tables_of_attached(db, schema))]
+
+
+def _tables_of_attached(db: apsw.Connection, schema: str) -> list[tuple]:
+    """(type, name) of the schema objects of an attached database, read through a
+    connection of their own when the file can be opened so: read through ``db`` inside an
+    open transaction, the schema stays locked until it ends, and the DETACH that refuses
+    an audited file would fail ("database is locked")."""
+    path = db.db_filename(schema)
+    if path:
+        try:
+            other = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY,
+                                    vfs=db.vfsname(schema) or None)
+        except apsw.Error:
+            other = None
+        if other is not None:
+            try:
+                return [(t, n) for t, n, _tbl, _sql in _rows(other, "main")]
+            except Exception:  # noqa: BLE001 - unreadable so: read it through db
+                pass
+            finally:
+                other.close()
+    return [(t, n) for t, n, _tbl, _sql in _rows(db, schema)]
 
 
 def find_audit_tables(db: apsw.Connection) -> list[str]:
