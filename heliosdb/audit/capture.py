@@ -1214,6 +1214,17 @@ class AuditSession(AuditAPI):
             self._md_parts = parts
         return parts
 
+    def _timed_metadata(self, elapsed_ns: Optional[int]) -> Any:
+        """The metadata of an event without details: canonical JSON text built from the
+        cached parts (see :meth:`_metadata_parts`), its ``execution_time_ms`` to the
+        microsecond; a dict when no shortcut applies; None when there is none."""
+        whole, prefix, suffix = self._md_parts or self._metadata_parts()
+        if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
+            return whole
+        if prefix is not None:
+            return prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
+        return self._metadata(elapsed_ns)
+
     def _stmt_event(self, operation: str, target: Optional[str], query: Optional[str],
                     affected_rows: Optional[int], elapsed_ns: int) -> EventFields:
         """:meth:`_event` for a successful statement without details or row values (the
@@ -1224,13 +1235,7 @@ class AuditSession(AuditAPI):
         if self._tls.top is not None:  # inside acting_as(): the general path
             return self._event(operation, target=target, query=query,
                                affected_rows=affected_rows, elapsed_ns=elapsed_ns)
-        whole, prefix, suffix = self._md_parts or self._metadata_parts()
-        if not self._cfg.capture_metadata.execution_time:
-            md = whole
-        elif prefix is not None:
-            md = prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
-        else:
-            md = self._metadata(elapsed_ns)
+        md = self._timed_metadata(elapsed_ns)
         return _new_event(EventFields, (
             operation, target, self.user, self.session_id, query, affected_rows, 1, None,
             md or None, None, None, self._context.get("reason")))
@@ -1260,13 +1265,7 @@ class AuditSession(AuditAPI):
             if params is not None:
                 md["params"] = params
         else:
-            whole, prefix, suffix = self._md_parts or self._metadata_parts()
-            if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
-                md = whole
-            elif prefix is not None:
-                md = prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
-            else:
-                md = self._metadata(elapsed_ns)
+            md = self._timed_metadata(elapsed_ns)
         return EventFields(
             operation=operation, target=target, user=user, session_id=self.session_id,
             query=query, affected_rows=affected_rows, success=1 if success else 0,
@@ -1565,13 +1564,9 @@ class AuditSession(AuditAPI):
                                 None, None)
         changes = db.changes()
         op, target, query = info[5]
-        whole, prefix, suffix = self._md_parts or self._metadata_parts()
-        if not self._cfg.capture_metadata.execution_time:
-            md = whole
-        elif prefix is not None:
-            md = prefix + repr((elapsed + 500) // 1000 / 1000) + suffix
-        else:
-            md = self._metadata(elapsed)
+        # _stmt_event's tuple, built here: the hot record holds the query already cut to
+        # max_query_length, and execute() checked that no acting_as() frame is open.
+        md = self._timed_metadata(elapsed)
         self._pending_tx.append(_new_event(EventFields, (
             op, target, self.user, self.session_id, query,
             changes if db.total_changes() != before else 0, 1, None, md or None, None, None,
