@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from audit_hotpath import _executemany_committed, _open, _schema  # noqa: E402  (same engines, schema, transactions)
+import callgrind as _callgrind  # noqa: E402
 
 ENGINES = ("apsw", "apsw-trigger", "heliosdb", "heliosdb-audit", "heliosdb-enc-audit")
 WORKLOADS = ("single", "many", "update", "autocommit")
@@ -91,22 +90,9 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
-
-
 def instructions(engine: str, workload: str, n: int, prefill: int) -> int:
     """Total instructions (callgrind ``Ir``) of one driver process running ``n`` statements."""
-    with tempfile.TemporaryDirectory(prefix="audit_callgrind_out_") as out:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
-               sys.executable, os.path.abspath(__file__), "--drive", engine, workload,
-               str(n), str(prefill)]
-        # a fixed hash seed: set and dict layouts, hence the instructions, repeat run to run
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        m = _COLLECTED.search(proc.stderr)
-        if proc.returncode != 0 or m is None:
-            raise SystemExit(f"callgrind run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        return int(m.group(1))
+    return _callgrind.instructions(__file__, engine, workload, n, prefill)
 
 
 def per_statement(engine: str, workload: str, n: int) -> float:

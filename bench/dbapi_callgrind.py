@@ -39,13 +39,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import callgrind as _callgrind  # noqa: E402  (bench/callgrind.py)
 
 ENGINES = ("sqlite3", "apsw", "heliosdb")
 WORKLOADS = ("single", "single-explicit", "single-cursor", "many", "update",
@@ -173,22 +175,9 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
-_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
-
-
 def instructions(engine: str, workload: str, n: int, prefill: int) -> int:
     """Total instructions (callgrind ``Ir``) of one driver process running ``n`` units."""
-    with tempfile.TemporaryDirectory(prefix="dbapi_callgrind_out_") as out:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
-               sys.executable, os.path.abspath(__file__), "--drive", engine, workload,
-               str(n), str(prefill)]
-        # a fixed hash seed: set and dict layouts, hence the instructions, repeat run to run
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        m = _COLLECTED.search(proc.stderr)
-        if proc.returncode != 0 or m is None:
-            raise SystemExit(f"callgrind run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        return int(m.group(1))
+    return _callgrind.instructions(__file__, engine, workload, n, prefill)
 
 
 def _units(workload: str, n: int) -> int:
