@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import closing
 
 import pytest
 
@@ -23,8 +24,7 @@ def _open(path):
 def _state(path, tables=("t",)):
     """{table: (rows, rows the successful INSERT events say were added)}, failed INSERT
     events, verify().ok -- read on a clean connection."""
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         out = {}
         for t in tables:
             rows = conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
@@ -38,8 +38,6 @@ def _state(path, tables=("t",)):
             out[t] = (rows, logged)
         failed = conn.execute("SELECT count(*) FROM __audit_log WHERE success = 0").fetchone()[0]
         return out, failed, conn.audit.verify().ok
-    finally:
-        conn.close()
 
 
 def _setup(path, *tables):
@@ -69,8 +67,7 @@ def test_a_user_function_cannot_make_verify_pass_a_tampered_log(tmp_path, name, 
     raw.execute("UPDATE __audit_log SET query = 'nothing happened' WHERE operation = 'INSERT'")
     raw.commit()
     raw.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         class Agg:
             def step(self, *a):
                 pass
@@ -92,8 +89,6 @@ def test_a_user_function_cannot_make_verify_pass_a_tampered_log(tmp_path, name, 
             else:
                 conn.create_window_function(name, 1, Agg)
         assert not conn.audit.verify().ok
-    finally:
-        conn.close()
 
 
 def test_ordinary_user_functions_still_register(tmp_path):
@@ -188,13 +183,10 @@ def test_a_statement_run_from_inside_another_keeps_the_outer_ones_classification
     conn.execute("INSERT INTO t VALUES (peek(7))")
     conn.commit()
     conn.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         rows = conn.execute("SELECT operation, target, affected_rows FROM __audit_log WHERE "
                             "query LIKE '%peek(%' ORDER BY id").fetchall()
         assert rows == [("DELETE", "t", 2), ("INSERT", "t", 1)]
-    finally:
-        conn.close()
     state, _failed, ok = _state(path, ("u",))
     assert state["u"][0] == state["u"][1] and ok
 
@@ -318,8 +310,7 @@ def test_transaction_mode_changed_while_a_transaction_is_open(tmp_path, how):
 def _named_targets(path):
     """{table: rows} for user tables, and the set of tables named by successful change
     events (their target lists)."""
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         tables = [r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_\\_%' "
             "ESCAPE '\\' AND name NOT LIKE 'sqlite%'")]
@@ -330,8 +321,6 @@ def _named_targets(path):
                 "('INSERT', 'UPDATE', 'DELETE') AND target IS NOT NULL"):
             named.update(target.split(","))
         return rows, named, conn.audit.verify().ok
-    finally:
-        conn.close()
 
 
 def test_triggers_cascades_replace_upsert_and_instead_of_name_every_table(tmp_path):
@@ -854,13 +843,10 @@ def test_a_callback_inside_the_audit_write_cannot_use_the_trusted_connection(tmp
     conn.create_function("strftime", -1, lambda *a: "x")
     conn.close()
     assert "DELETED" not in out
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         assert conn.execute("SELECT count(*) FROM __audit_log WHERE operation = "
                             "'CREATE_TABLE'").fetchone()[0] == 1
         assert conn.audit.verify().ok
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("sql,op,target", [
@@ -884,13 +870,10 @@ def test_a_change_to_sqlites_own_tables_with_a_subquery_is_recorded(tmp_path, sq
     conn.execute(sql)
     conn.commit()
     conn.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         rows = conn.execute("SELECT operation, target FROM __audit_log WHERE query = ?",
                             (sql,)).fetchall()
         assert rows == [(op, target)]
-    finally:
-        conn.close()
 
 
 # -- 10. statement splitting: a second statement hidden behind the first ----------------------
@@ -931,15 +914,12 @@ def test_a_delete_hidden_behind_a_read_is_recorded(tmp_path, script, how):
     except heliosdb.Error:
         pass
     conn.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
         deletes = conn.execute("SELECT count(*) FROM __audit_log WHERE operation = 'DELETE' "
                                "AND success = 1").fetchone()[0]
         assert (rows, deletes) in ((2, 0), (0, 1))
         assert conn.audit.verify().ok
-    finally:
-        conn.close()
 
 
 def test_a_flood_of_log_queries_cannot_strip_a_cached_statements_target(tmp_path):
@@ -958,13 +938,10 @@ def test_a_flood_of_log_queries_cannot_strip_a_cached_statements_target(tmp_path
     conn.execute(sql, (2,))
     conn.commit()
     conn.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         targets = [r[0] for r in conn.execute(
             "SELECT target FROM __audit_log WHERE query = ? ORDER BY id", (sql,))]
         assert targets == ["secrets", "secrets"]
-    finally:
-        conn.close()
 
 
 def test_a_flood_of_distinct_statements_cannot_strip_a_hot_statements_target(tmp_path):
@@ -981,12 +958,9 @@ def test_a_flood_of_distinct_statements_cannot_strip_a_hot_statements_target(tmp
         conn.execute(f"SELECT {i}").fetchall()
     conn.commit()
     conn.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         assert conn.execute("SELECT DISTINCT target FROM __audit_log WHERE query = ?",
                             (sql,)).fetchall() == [("secrets",)]
-    finally:
-        conn.close()
 
 
 # -- 11. ending the transaction from executemany's parameters ---------------------------------
@@ -1062,12 +1036,9 @@ def test_a_compile_probe_from_a_function_does_not_rename_the_running_statement(t
     conn.execute(sql)
     conn.commit()
     conn.close()
-    conn = _open(path)
-    try:
+    with closing(_open(path)) as conn:
         assert conn.execute("SELECT operation, target FROM __audit_log WHERE query = ?",
                             (sql,)).fetchall() == [("DELETE", "secrets")] * 2
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("isolation", ["", None])
