@@ -40,7 +40,7 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import apsw
 
@@ -451,19 +451,46 @@ def parameter_columns(sql: str) -> dict:
     return out
 
 
-def refuse_audited_attachments(db: apsw.Connection, names: list) -> None:
+def refuse_audited_attachments(db: apsw.Connection, names: list,
+                               rollback: Optional[Callable[[str], None]] = None) -> None:
     """Detach the databases ``names`` (attached ones with an audit log of their own, see
     :func:`heliosdb.audit.neighbourhood.audited_attachments`) and refuse: written through
     this connection, their changes would be recorded in no log of theirs (in this
     connection's, if it has one, or none). They are opened with heliosdb.connect(), which
-    enforces their own policy. Used after every ATTACH, audited connection or not."""
-    for name in names:
-        db.execute(f'DETACH "{name.replace(chr(34), chr(34) * 2)}"')
-        from ..errors import AuditPolicyError
+    enforces their own policy. Used after every ATTACH, audited connection or not.
 
-        raise AuditPolicyError(
-            f"the database attached as {name} has an audit log of its own: its changes "
-            "would not be recorded there. Open it with heliosdb.connect() instead")
+    Fails closed: when the DETACH fails inside an open transaction (the check had to read
+    the file through this connection, which keeps its schema locked until the transaction
+    ends), the transaction is rolled back with ``rollback(reason)`` (a plain ROLLBACK if
+    None) and the DETACH retried; if the database still cannot be detached, the
+    connection is closed. Either way the error says what happened."""
+    from ..errors import AuditPolicyError
+
+    for name in names:
+        detach = f'DETACH "{name.replace(chr(34), chr(34) * 2)}"'
+        said = (f"the database attached as {name} has an audit log of its own: its "
+                "changes would not be recorded there. Open it with heliosdb.connect() "
+                "instead")
+        try:
+            db.execute(detach)
+        except apsw.Error:
+            if db.get_autocommit():
+                db.close()
+                raise AuditPolicyError(said + "; it could not be detached, so the "
+                                       "connection was closed") from None
+            try:
+                if rollback is None:
+                    db.execute("ROLLBACK")
+                else:
+                    rollback(f"an audited database was attached as {name}")
+                db.execute(detach)
+            except apsw.Error:
+                db.close()
+                raise AuditPolicyError(said + "; it could not be detached, so the "
+                                       "connection was closed") from None
+            raise AuditPolicyError(said + "; the open transaction was rolled back to "
+                                   "detach it") from None
+        raise AuditPolicyError(said)
 
 
 #: The commit hook that turns every COMMIT into a rollback, installed while a transaction
@@ -1724,7 +1751,8 @@ class AuditSession(AuditAPI):
         from .neighbourhood import audited_attachments
 
         with self._internal():
-            refuse_audited_attachments(self._db, audited_attachments(self._db))
+            refuse_audited_attachments(self._db, audited_attachments(self._db),
+                                       self._abort_transaction)
 
     def _raise(self, exc: BaseException, sql: str) -> None:
         """Raise what the DB-API raises; a denial by the audit layer says why."""

@@ -204,9 +204,11 @@ def _tables_of_attached(db: apsw.Connection, schema: str) -> list[tuple]:
     an audited file would fail ("database is locked")."""
     path = db.db_filename(schema)
     if path:
+        # vfsname() names the stack of shims the file is open through ("heliosdb/unix"
+        # for an encrypted one): the outermost is the VFS to open it with.
+        vfs = (db.vfsname(schema) or "").split("/")[0] or None
         try:
-            other = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY,
-                                    vfs=db.vfsname(schema) or None)
+            other = _open_read_only(path, vfs)
         except apsw.Error:
             other = None
         if other is not None:
@@ -217,6 +219,10 @@ def _tables_of_attached(db: apsw.Connection, schema: str) -> list[tuple]:
             finally:
                 other.close()
     return [(t, n) for t, n, _tbl, _sql in _rows(db, schema)]
+
+
+def _open_read_only(path: str, vfs: Optional[str]) -> apsw.Connection:
+    return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs)
 
 
 def find_audit_tables(db: apsw.Connection) -> list[str]:
