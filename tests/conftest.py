@@ -48,14 +48,37 @@ def chain_impl(request, monkeypatch):
 def _remove_leftover_wal_index_objects():
     """Crash tests kill processes that hold an encrypted WAL database open: their WAL index
     (a POSIX shared-memory object, docs/FORMAT.md) stays in RAM until the database is next
-    closed cleanly. Remove the objects this session left behind, not others."""
+    closed cleanly. Remove the objects this session left behind, not others: not those
+    that were there before it, nor those a live process still maps (another test run on
+    the same machine, whose databases are open: removing theirs broke them)."""
     import glob
 
     pattern = "/dev/shm/heliosdb-*"
     before = set(glob.glob(pattern))
     yield
-    for path in set(glob.glob(pattern)) - before:
+    left = set(glob.glob(pattern)) - before
+    if left:
+        left -= _mapped_by_a_live_process(left)
+    for path in left:
         try:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _mapped_by_a_live_process(paths: set) -> set:
+    """Those of ``paths`` that some process has mapped (read from /proc/*/maps)."""
+    import glob
+
+    mapped = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if "/dev/shm/heliosdb-" in line:
+                        name = line.rsplit(None, 1)[-1]
+                        if name in paths:
+                            mapped.add(name)
+        except OSError:
+            continue  # the process ended meanwhile, or its maps are not ours to read
+    return mapped
