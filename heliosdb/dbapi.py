@@ -38,6 +38,7 @@ import apsw
 from . import errors
 from . import stdlib_versions as _versions
 from .errors import InterfaceError, OperationalError, ProgrammingError, translate
+from .shared_connection import share_connection, share_cursor
 
 __all__ = [
     "Connection", "Cursor", "Row", "Blob", "PrepareProtocol", "connect",
@@ -624,6 +625,8 @@ class Cursor:
             raise ProgrammingError("Recursive use of cursors not allowed.")
         connection._check()
         self._connection = connection
+        if connection._serial is not None:
+            share_cursor(self)
         if connection._cursors is not None:
             connection._cursors.add(self)
         if connection.row_factory is not None:
@@ -1473,6 +1476,7 @@ class Connection:
     _cursors: Optional[weakref.WeakSet] = None
     _begin_cursor: Any = None  # see _begin
     _attaching = False  # Cursor.execute runs an ATTACH, then checks what it attached
+    _serial: Any = None  # the lock of a connection threads share (check_same_thread=False)
 
     def _refuse_audited_attachments(self) -> None:
         """After an ATTACH on a connection without audit: an attached database that has an
@@ -1526,6 +1530,10 @@ class Connection:
             weakref.WeakSet() if _versions.ROLLBACK_RESETS_CURSORS else None)
         self._thread_id = threading.get_ident()
         self._check_same_thread = bool(check_same_thread)
+        # Threads may share it: their calls are serialized (heliosdb.shared_connection),
+        # the audit session's included, under this one lock.
+        self._serial = None if self._check_same_thread else (
+            self._serial or threading.RLock())
         database = _fspath(database)
         if not isinstance(timeout, (int, float)):
             raise _versions.timeout_type_error(timeout)
@@ -1577,6 +1585,8 @@ class Connection:
                 pass  # the original error is what matters
             raise
         self._initialized = True
+        if self._serial is not None:
+            share_connection(self)
 
     def _finish_open(self, timeout: float, detect_types: int, isolation_level: Any,
                      cached_statements: int, audit_user: Optional[str],
@@ -1602,7 +1612,7 @@ class Connection:
         # Whatever config= says, a database whose file holds an audit policy runs under at
         # least that policy (heliosdb.audit.policy).
         self._audit, self._config = (_OPEN_MODULES or _open_modules()).capture.attach_audit(
-            self, self._config, user=audit_user, context=audit_context)
+            self, self._config, user=audit_user, context=audit_context, lock=self._serial)
 
     # -- open-time set-up --
     def _apply_database_config(self) -> None:

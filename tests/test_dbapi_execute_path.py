@@ -176,8 +176,8 @@ def test_dml_run_from_a_function_inside_dml(mod, tmp_path):
 
 
 def _threads(mod, path):
-    # Turns taken under a lock: APSW refuses a connection method while another thread is
-    # inside a statement ("Connection is busy in another thread"), heliosdb as before.
+    # Turns taken under a lock, so that sqlite3's outcome is fixed too (without one, its
+    # implicit BEGIN races: tests/test_dbapi_threads.py).
     conn = _open(mod, path, check_same_thread=False)
     conn.commit()
     errors = []

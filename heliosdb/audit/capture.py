@@ -536,7 +536,7 @@ class AuditSession(AuditAPI):
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
-                 enforced: bool = False) -> None:
+                 enforced: bool = False, lock: Any = None) -> None:
         self._conn = conn
         self._db = conn._apsw
         self._cfg = config.audit
@@ -570,8 +570,10 @@ class AuditSession(AuditAPI):
         self._vacuuming = False  # VACUUM's own copy (schema "vacuum_*") is trusted
         self._vacuum_denied: Optional[str] = None
         # One connection used from several threads: one audit session at a time, so no
-        # event, denial or row is lost and no check fails open.
-        self._lock = threading.RLock()
+        # event, denial or row is lost and no check fails open. A connection threads share
+        # passes its own lock (an RLock), which orders its every call, this session's too.
+        self._lock = lock if lock is not None else threading.RLock()
+        self.shared_by_threads = lock is not None  # lazy reads take the lock row by row
         # Events written in the open transaction: rewritten as failed attempts if it rolls
         # back. _savepoints: (name, len(_pending_tx)) for ROLLBACK TO.
         self._pending_tx: list[EventFields] = []
@@ -2337,7 +2339,8 @@ class AuditSession(AuditAPI):
 
 
 def attach_audit(conn: Any, config: Any, *, user: Optional[str],
-                 context: Optional[dict]) -> tuple[Optional[AuditSession], Any]:
+                 context: Optional[dict], lock: Any = None,
+                 ) -> tuple[Optional[AuditSession], Any]:
     """The audit session of a new connection and the config it runs under (called by
     ``Connection.__init__``).
 
@@ -2366,7 +2369,8 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
             _defensive(db)
         return None, effective
     session = AuditSession(conn, effective, user, context, overridden=overridden,
-                           enforced=stored is not None and not config.audit.enabled)
+                           enforced=stored is not None and not config.audit.enabled,
+                           lock=lock)
     return session, effective
 
 

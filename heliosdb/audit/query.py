@@ -305,11 +305,33 @@ class AuditQuery:
     # -- results -------------------------------------------------------------------------
     def _run(self, sql: str, args: list) -> Iterator[tuple]:
         s = self._session
+        if s.shared_by_threads:
+            yield from self._run_shared(sql, args)
+            return
         s._flush_for_read()
         try:
             with s._internal():
                 cur = s._db.execute(sql, args)
             for row in cur:
+                yield row
+        except apsw.Error as exc:
+            raise translate(exc) from None
+
+    def _run_shared(self, sql: str, args: list) -> Iterator[tuple]:
+        """:meth:`_run` on a connection threads share: each step holds the connection's
+        lock (heliosdb.shared_connection), released between the rows it yields."""
+        s = self._session
+        lock = s._lock
+        try:
+            with lock:
+                s._flush_for_read()
+                with s._internal():
+                    cur = s._db.execute(sql, args)
+            while True:
+                with lock:
+                    row = next(cur, None)
+                if row is None:
+                    return
                 yield row
         except apsw.Error as exc:
             raise translate(exc) from None
