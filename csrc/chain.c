@@ -27,6 +27,10 @@
 #define TAG_INT 0x01
 #define TAG_TEXT 0x02
 #define MASK_ROWS_NULL (1LL << HELIOSDB_CHAIN_NTEXT)
+/* Set in a mask: a NULL text is the one-byte slot NULL_SLOT (the log writer's buffer),
+ * not an empty slot with its bit set (the chain and verify calls' convention). */
+#define MASK_NULL_SLOTS (1LL << 62)
+#define NULL_SLOT 0x01
 
 #define E_MALFORMED (-2)
 #define E_TOOLONG (-3)
@@ -233,8 +237,13 @@ static int encode_event(buf_t *b, const unsigned char *prev, int64_t id, int64_t
         size_t len;
         rc = next_slot(cur, end, last_event && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len);
         if (rc) return rc;
-        int is_null = (mask & (1LL << f)) != 0;
-        if (is_null && len) return E_MALFORMED; /* a NULL field must have an empty slot */
+        int is_null;
+        if (mask & MASK_NULL_SLOTS) {
+            is_null = len == 1 && (unsigned char)*s == NULL_SLOT;
+        } else {
+            is_null = (mask & (1LL << f)) != 0;
+            if (is_null && len) return E_MALFORMED; /* a NULL field must have an empty slot */
+        }
         rc = encode_text(b, is_null ? NULL : (const unsigned char *)s, len, check_utf8);
         if (rc) return rc;
     }
@@ -571,8 +580,6 @@ int64_t heliosdb_chain_one_leaf(const unsigned char *prev, int64_t id, int64_t t
  * its own path), -1 when the extension was never loaded, or a positive SQLite extended
  * error code with its message in errmsg (the batch may be partly written: the caller rolls
  * the transaction back, as it does when executemany fails). */
-#define NULL_SLOT 0x01
-
 /* Splits the next slot of the writer's buffer: *is_null when it is the NULL_SLOT byte. */
 static inline int next_text(const char **cur, const char *end, int last, const char **s,
                             size_t *len, int *is_null) {
@@ -598,16 +605,9 @@ int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *pr
     const unsigned char *link = prev;
     int64_t rc = 0;
     for (int64_t i = 0; i < n && !rc; i++) {
-        rc = encode_head(&b, link, first_id + i, first_ts + i, rows_nulls[i] != 0, rows[i],
-                         success[i]);
-        for (int f = 0; f < HELIOSDB_CHAIN_NTEXT && !rc; f++) {
-            const char *s;
-            size_t len;
-            int is_null;
-            rc = next_text(&cur, end, i == n - 1 && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len,
-                           &is_null);
-            if (!rc) rc = encode_text(&b, is_null ? NULL : (const unsigned char *)s, len, 0);
-        }
+        int64_t mask = MASK_NULL_SLOTS | (rows_nulls[i] ? MASK_ROWS_NULL : 0);
+        rc = encode_event(&b, link, first_id + i, first_ts + i, rows[i], success[i], mask, 0,
+                          &cur, end, i == n - 1);
         if (rc) break;
         sha256_once(b.p, b.n, cks + 32 * i);
         leaf_of_buffer(&b, leaves + 32 * i);
