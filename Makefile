@@ -103,7 +103,7 @@ $(PYTHONS_DIR)/%/.installed: pyproject.toml setup.py $(NATIVE_SOURCES)
 	|| { echo "pythons: making the Python $* venv FAILED (see above)"; rm -f $@; exit 1; }
 
 $(PYTHONS_DIR)/%/.installed-test: $(PYTHONS_DIR)/%/.installed
-	@$(PYTHONS_DIR)/$*/bin/python -m pip install -q --no-build-isolation -e '.[test]' \
+	@HELIOSDB_REQUIRE_NATIVE=1 $(PYTHONS_DIR)/$*/bin/python -m pip install -q --no-build-isolation -e '.[test]' \
 	&& cp $< $@ || { echo "pythons: installing the test extra in Python $* FAILED"; exit 1; }
 
 # $(call run_pythons,<minors>,<stamp>,<pytest arguments>,<label>)
