@@ -16,6 +16,7 @@ import apsw
 import pytest
 
 import heliosdb
+from helpers.apsw_leak import EXIT_LEAK
 
 
 def _open(path):
@@ -402,7 +403,7 @@ def test_executemany_generator_that_raises_or_reenters(tmp_path, isolation):
     assert state == {"t": (9, 9), "u": (4, 4)} and ok
 
 
-@pytest.mark.parametrize("how", ["close", "del"])
+@pytest.mark.parametrize("how", ["close", pytest.param("del", marks=EXIT_LEAK)])
 def test_connection_closed_or_dropped_with_a_transaction_open(tmp_path, how):
     import gc
 
@@ -908,8 +909,8 @@ def test_a_delete_hidden_behind_a_read_is_recorded(tmp_path, script, how):
             conn.executescript(script)
         else:
             conn.execute(script.rstrip().rstrip(";")).fetchall()
-    except (heliosdb.Error, ValueError):
-        pass
+    except (heliosdb.Error, heliosdb.Warning, ValueError):
+        pass  # Warning: Python 3.10's sqlite3 (and heliosdb there) for two statements
     try:
         conn.commit()
     except heliosdb.Error:
