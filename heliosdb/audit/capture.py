@@ -51,6 +51,10 @@ from ..errors import Error as HeliosError
 from . import store
 from .api import AuditAPI
 from .events import EventFields, canonical_json
+# Module level, not inside the functions of the open path: an import statement run in a
+# function costs about 10,000 instructions each time even when the module is loaded.
+from .neighbourhood import audited_attachments, find_audit_tables, find_foreign_schema
+from .policy import POLICY_ROW, enforce, read_stored_policy
 
 # Authorizer action codes -> audit operation, in priority order: the first one seen in
 # this list names the statement (a CREATE TABLE also reports an INSERT into
@@ -989,8 +993,6 @@ class AuditSession(AuditAPI):
 
     def _refresh_protected(self) -> list[str]:
         """Protect every audit table the file holds, not only this session's."""
-        from .neighbourhood import find_audit_tables
-
         names = {self.table.lower(), store.META_TABLE.lower()}
         tables = find_audit_tables(self._db)
         names.update(t.lower() for t in tables)
@@ -999,8 +1001,6 @@ class AuditSession(AuditAPI):
 
     def _point_policy(self) -> None:
         """Record this session's table as the one whose config is the policy in force."""
-        from .policy import POLICY_ROW
-
         if store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) != self.table:
             store.set_meta(self._db, POLICY_ROW[0], POLICY_ROW[1], self.table)
 
@@ -1009,8 +1009,6 @@ class AuditSession(AuditAPI):
         did not create: while any is there, this connection refuses every statement but
         the DROP that removes it (recorded like any DROP). ``audit_tables``: what
         :meth:`_refresh_protected` just found (else the file is scanned again)."""
-        from .neighbourhood import find_foreign_schema
-
         self._foreign = [(f.type, f.name, f.table) for f in find_foreign_schema(
             self._db, sorted(self._protected - {store.META_TABLE.lower()}),
             audit_tables=audit_tables)]
@@ -1748,8 +1746,6 @@ class AuditSession(AuditAPI):
         refused. Attached, its tables were written with the events in this connection's
         log (or none), never in its own: its log said nothing of the change and verified
         ok. It is opened with heliosdb.connect(), which enforces its policy."""
-        from .neighbourhood import audited_attachments
-
         with self._internal():
             refuse_audited_attachments(self._db, audited_attachments(self._db),
                                        self._abort_transaction)
@@ -2346,14 +2342,13 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
     neither the config nor the file asks for audit; a file whose stored policy switched
     capture off still gets its audit tables protected.
     """
-    from .neighbourhood import find_audit_tables
-    from .policy import enforce, read_stored_policy
-
     db = conn._apsw
     try:
         stored = read_stored_policy(db)
     except apsw.Error as exc:
         raise translate(exc) from exc
+    if stored is None and not config.audit.enabled:
+        return None, config  # what enforce() answers: most connections (W7)
     effective, overridden = enforce(config, stored)
     if not effective.audit.enabled:
         if stored is not None:
