@@ -8,7 +8,11 @@ must not change with it: nothing about a file is remembered from one open to the
 (a file that becomes audited, by this process or another, is audited at its next open,
 WAL mode included); an encrypted file opened without a key is refused with the clear
 error before anything reads or writes it; a schema that cannot be read is an error, never
-"not audited"; a factory gets the keywords sqlite3 would give it.
+"not audited"; a factory gets the keywords sqlite3 would give it. For the audited open
+(its policy merge and config digest kept per config object and stored text, presets
+resolved once per name, one schema read for both neighbourhood checks): every session
+still writes its LOGIN and LOGOUT, a policy raised between two opens applies at the
+next, and an edited preset file is read again.
 """
 from __future__ import annotations
 
@@ -247,3 +251,73 @@ def test_a_factory_gets_the_keywords_sqlite3_gives_it(tmp_path, kwargs):
 
     assert received(heliosdb) == received(sqlite3)
 
+
+# --- the audited open (issue 18 item 4) -------------------------------------------------
+
+
+def _events(path):
+    with contextlib.closing(heliosdb.connect(str(path))) as conn:
+        return [(e.operation, e.session_id) for e in conn.audit.query().all()]
+
+
+def test_every_audited_open_writes_its_login_and_logout(tmp_path):
+    path = tmp_path / "a.db"
+    _plain_file(path)
+    sessions = []
+    for kw in ({"config": "default"}, {"config": "default"}, {}, {"config": "verbose"},
+               {"config": "default"}):
+        with contextlib.closing(heliosdb.connect(str(path), **kw)) as conn:
+            sessions.append(conn.audit.session_id)
+    events = _events(path)
+    for sid in sessions:
+        ops = [op for op, s in events if s == sid]
+        # (a session that raised the stored policy records that first)
+        assert ops.count("LOGIN") == 1 and ops[-1] == "LOGOUT", ops
+        assert set(ops[:ops.index("LOGIN")]) <= {"AUDIT_CONFIG_CHANGE"}, ops
+
+
+def test_the_policy_read_at_each_open_follows_the_file(tmp_path):
+    """enforce() keeps its answers per (config, stored policy text): a policy raised by
+    another connection between two opens applies at the next open, and the overrides
+    reported in LOGIN are the connection's own copy."""
+    path = tmp_path / "a.db"
+    _plain_file(path)
+    with contextlib.closing(heliosdb.connect(str(path), config="default")) as conn:
+        conn.commit()
+    first = heliosdb.connect(str(path), config="minimal")
+    second = heliosdb.connect(str(path), config="minimal")
+    try:
+        assert first.config.audit.log_dml and second.config.audit.log_dml
+        assert first.config.audit == second.config.audit
+    finally:
+        first.close()
+        second.close()
+    with contextlib.closing(heliosdb.connect(str(path), config="verbose")) as conn:
+        conn.commit()  # the stored policy now logs SELECTs
+    with contextlib.closing(heliosdb.connect(str(path), config="minimal")) as conn:
+        assert conn.config.audit.log_select  # raised to the new stored policy
+    with contextlib.closing(heliosdb.connect(str(path))) as conn:
+        assert conn.config.audit.log_select and conn.config.audit.log_dml
+
+
+def test_a_preset_file_edited_between_two_opens_is_read_again(tmp_path, monkeypatch):
+    import shutil
+
+    from heliosdb import config as config_mod
+
+    presets = tmp_path / "presets"
+    shutil.copytree(config_mod.presets_dir(), presets)
+    a = config_mod.load_config("default")  # from the shipped presets
+    monkeypatch.setattr(config_mod, "presets_dir", lambda: presets)
+    assert config_mod.load_config("default") is not a  # another directory: another file
+    a = config_mod.load_config("default")
+    assert config_mod.load_config("default") is a  # kept while the file reads the same
+    assert a.audit.retention_days == 90
+    text = (presets / "default.toml").read_text()
+    (presets / "default.toml").write_text(text.replace("retention_days = 90",
+                                                       "retention_days = 91"))
+    b = config_mod.load_config("default")
+    assert b.audit.retention_days == 91
+    (presets / "default.toml").unlink()
+    with pytest.raises(heliosdb.ConfigError):
+        config_mod.load_config("default")
