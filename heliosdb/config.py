@@ -1395,6 +1395,12 @@ def _warn_once(cfg: Config, ctx: _Ctx) -> None:
 #: ``extra`` is empty, so nothing shared is mutable), so a warning is never swallowed.
 _file_configs: dict[str, tuple[Config, tuple[tuple[str, bytes], ...]]] = {}
 _loading = threading.local()
+#: Preset name as given -> (presets_dir(), its key in _file_configs). A name resolves in
+#: the presets directory alone (never relative to the working directory): while that is
+#: the directory and the cached config's files read the same, the name means that
+#: config, without resolving the path again at every connect(config="<preset>"). A
+#: preset file gone or changed fails the check and the name is resolved anew.
+_preset_keys: dict[str, tuple[Path, str]] = {}
 
 
 def _digest(content: bytes) -> bytes:
@@ -1447,9 +1453,20 @@ def load_config(spec: Union[None, str, os.PathLike, Mapping[str, Any], Config] =
         _warn_once(cfg, ctx)
         return cfg
     if isinstance(spec, (str, os.PathLike)):
+        hit = _preset_keys.get(spec) if type(spec) is str else None
+        if hit is not None:
+            where = presets_dir()
+            if hit[0] is where or hit[0] == where:
+                cfg = _cached_file_config(hit[1])
+                if cfg is not None:
+                    return cfg
         path, display, default_name = _resolve(spec, None)
         resolved = str(path.resolve())
         key = f"{resolved}\0{display}"
+        if type(spec) is str and _is_preset_name(spec):
+            if len(_preset_keys) >= 256:
+                _preset_keys.clear()
+            _preset_keys[spec] = (presets_dir(), key)
         cfg = _cached_file_config(key)
         if cfg is not None:
             return cfg

@@ -1375,6 +1375,10 @@ class _OpenModules:
 
 
 _OPEN_MODULES: Optional[_OpenModules] = None
+# The statement classifications of every connection with cached_statements=128 (the
+# default): see Connection._finish_open.
+_SHARED_STMT_CACHE = _StatementCache(128)
+_SHARED_STMT_FLAGS = _SHARED_STMT_CACHE.data
 
 
 def _open_modules() -> _OpenModules:
@@ -1499,7 +1503,8 @@ class Connection:
         if autocommit is not LEGACY_TRANSACTION_CONTROL and not _HAS_AUTOCOMMIT:
             raise TypeError("Connection() got an unexpected keyword argument 'autocommit' "
                             "(Python 3.12+)")
-        autocommit = _autocommit_mode(autocommit)
+        if autocommit is not LEGACY_TRANSACTION_CONTROL:
+            autocommit = _autocommit_mode(autocommit)
         if self._initialized:
             # sqlite3: __init__ on an open connection lets go of the old database (closed
             # once its last cursor is gone: a cursor still reads its rows) and, if the new
@@ -1534,7 +1539,8 @@ class Connection:
         # the audit session's included, under this one lock.
         self._serial = None if self._check_same_thread else (
             self._serial or threading.RLock())
-        database = _fspath(database)
+        if type(database) is not str:
+            database = _fspath(database)
         if not isinstance(timeout, (int, float)):
             raise _versions.timeout_type_error(timeout)
         if uri:
@@ -1599,15 +1605,27 @@ class Connection:
         self._begin_sql: Optional[str] = None
         self._isolation_level: Optional[str] = None
         self._set_isolation_level(isolation_level, commit=False)
-        self._stmt_cache = _StatementCache(int(cached_statements))
-        self._stmt_flags = self._stmt_cache.data
+        # What statements.classify says is a function of the SQL text alone: connections
+        # of the default size share one cache, so that a new connection finds the texts
+        # that earlier ones classified (a connection opened per request, W7).
+        size = int(cached_statements)
+        if size == 128:
+            self._stmt_cache, self._stmt_flags = _SHARED_STMT_CACHE, _SHARED_STMT_FLAGS
+        else:
+            self._stmt_cache = _StatementCache(size)
+            self._stmt_flags = self._stmt_cache.data
         self.row_factory: Optional[Callable[[Cursor, tuple], Any]] = None
         self.text_factory: Callable[[bytes], Any] = str
         self._trace: Optional[Callable[..., bool]] = None
         self._user_authorizer: Optional[Callable[..., int]] = None
         self._internal_authorizer: Optional[Callable[..., int]] = None
-        self._install_binding_hook()
-        self._apply_authorizer()
+        # APSW asks this for values it cannot bind natively: that is where registered
+        # adapters (date, datetime, user types) and __conform__ apply.
+        self._apsw.convert_binding = self._convert_binding
+        if (_OPEN_MODULES or _open_modules()).crypto.is_encrypted(self._apsw):
+            self._apply_authorizer()
+        else:
+            self._apsw.authorizer = None  # what _apply_authorizer does with none to chain
         self._apply_database_config()
         # Whatever config= says, a database whose file holds an audit policy runs under at
         # least that policy (heliosdb.audit.policy).
@@ -1621,11 +1639,6 @@ class Connection:
                 self._apsw.pragma(name, value)
             except apsw.Error as exc:
                 raise _translate(self._apsw, exc) from exc
-
-    def _install_binding_hook(self) -> None:
-        # APSW asks this for values it cannot bind natively: that is where registered
-        # adapters (date, datetime, user types) and __conform__ apply.
-        self._apsw.convert_binding = self._convert_binding
 
     def _convert_binding(self, cursor: Any, num: int, value: Any) -> Any:
         adapter = adapters.get((type(value), PrepareProtocol))
@@ -2856,18 +2869,31 @@ def connect(database: Any, timeout: float = 5.0, detect_types: int = 0,
     cls = Connection if factory is None else factory  # None: tolerated, as sqlite3 does
     # Pass heliosdb's own keywords only when used, so that a ``factory`` written for
     # sqlite3's signature keeps working.
-    extra = {name: value for name, value in (("key", key), ("config", config),
-             ("audit_user", audit_user), ("audit_context", audit_context))
-             if value is not None}
+    # (Written out, not a loop over tuples: this runs at every open, W7.)
+    extra: dict = {}
+    if key is not None:
+        extra["key"] = key
+    if config is not None:
+        extra["config"] = config
+    if audit_user is not None:
+        extra["audit_user"] = audit_user
+    if audit_context is not None:
+        extra["audit_context"] = audit_context
     # As sqlite3 (gh-95132), the factory gets keyword arguments, not positional ones:
-    # only those that differ from the defaults, as a caller would have given them.
-    for name, value, default in (("timeout", timeout, 5.0), ("detect_types", detect_types, 0),
-                                 ("isolation_level", isolation_level, ""),
-                                 ("check_same_thread", check_same_thread, True),
-                                 ("cached_statements", cached_statements, 128),
-                                 ("uri", uri, False)):
-        if value is not default and (type(value) is not type(default) or value != default):
-            extra[name] = value
+    # only those that differ from the defaults (in type or value), as a caller would
+    # have given them.
+    if type(timeout) is not float or timeout != 5.0:
+        extra["timeout"] = timeout
+    if type(detect_types) is not int or detect_types != 0:
+        extra["detect_types"] = detect_types
+    if type(isolation_level) is not str or isolation_level != "":
+        extra["isolation_level"] = isolation_level
+    if check_same_thread is not True:
+        extra["check_same_thread"] = check_same_thread
+    if type(cached_statements) is not int or cached_statements != 128:
+        extra["cached_statements"] = cached_statements
+    if uri is not False:
+        extra["uri"] = uri
     if factory is not Connection:
         extra["factory"] = factory
     if autocommit is not LEGACY_TRANSACTION_CONTROL:

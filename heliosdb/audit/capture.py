@@ -51,6 +51,12 @@ from ..errors import Error as HeliosError
 from . import store
 from .api import AuditAPI
 from .events import EventFields, canonical_json
+# Module level, not inside the functions of the open path: an import statement run in a
+# function costs about 10,000 instructions each time even when the module is loaded.
+from .neighbourhood import (audited_attachments, find_audit_tables, find_foreign_schema,
+                            schema_rows)
+from .policy import POLICY_ROW, enforce, read_stored_policy
+from . import retention
 
 # Authorizer action codes -> audit operation, in priority order: the first one seen in
 # this list names the statement (a CREATE TABLE also reports an INSERT into
@@ -601,7 +607,8 @@ class AuditSession(AuditAPI):
         self.readonly = bool(self._db.readonly("main"))
         self._foreign: list = []
         with self._internal():
-            self._check_neighbourhood(self._refresh_protected())
+            rows = schema_rows(self._db)  # one read of the schema for both checks
+            self._check_neighbourhood(self._refresh_protected(rows), rows)
             self._check_log_present()
             if not self.readonly and not self._foreign:
                 # (creates nothing _protected does not already name: this table, the meta)
@@ -642,12 +649,7 @@ class AuditSession(AuditAPI):
         was never recorded (see :attr:`record_initial_config`). The event and the meta
         update commit together, under BEGIN IMMEDIATE with the hash re-read inside:
         concurrent connects record a change once. Called inside ``_internal()``."""
-        import hashlib
-
-        full = self._config.to_dict()
-        cur = {k: full[k] for k in ("name", "audit", "encryption")}
-        text = canonical_json(cur)
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        digest = _config_digest(self._config)
         db, table = self._db, self.table
         if store.get_meta(db, table, "config_hash") == digest:
             return  # the common case: no write lock taken
@@ -656,6 +658,8 @@ class AuditSession(AuditAPI):
             old_hash = store.get_meta(c, table, "config_hash")
             if old_hash == digest:
                 return  # another connection recorded it meanwhile
+            cur = _recorded_config(self._config)
+            text = canonical_json(cur)  # (its SHA-256 is digest: the config is immutable)
             details: dict[str, Any] = {"preset": cur["name"], "hash": digest,
                                        "previous_hash": old_hash}
             old_text = store.get_meta(c, table, "config")
@@ -989,33 +993,30 @@ class AuditSession(AuditAPI):
         """Whether ``table`` is one of the audit tables this session keeps append-only."""
         return str(table).lower() in self._protected
 
-    def _refresh_protected(self) -> list[str]:
-        """Protect every audit table the file holds, not only this session's."""
-        from .neighbourhood import find_audit_tables
-
+    def _refresh_protected(self, rows: Optional[dict] = None) -> list[str]:
+        """Protect every audit table the file holds, not only this session's. ``rows``:
+        the schema as neighbourhood.schema_rows() just read it (else it is read here)."""
         names = {self.table.lower(), store.META_TABLE.lower()}
-        tables = find_audit_tables(self._db)
+        tables = find_audit_tables(self._db, rows=rows)
         names.update(t.lower() for t in tables)
         self._protected = frozenset(names)
         return tables
 
     def _point_policy(self) -> None:
         """Record this session's table as the one whose config is the policy in force."""
-        from .policy import POLICY_ROW
-
         if store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) != self.table:
             store.set_meta(self._db, POLICY_ROW[0], POLICY_ROW[1], self.table)
 
-    def _check_neighbourhood(self, audit_tables: Optional[list[str]] = None) -> None:
+    def _check_neighbourhood(self, audit_tables: Optional[list[str]] = None,
+                             rows: Optional[dict] = None) -> None:
         """Triggers, views and indexes on (or writing to) an audit table that heliosdb
         did not create: while any is there, this connection refuses every statement but
         the DROP that removes it (recorded like any DROP). ``audit_tables``: what
-        :meth:`_refresh_protected` just found (else the file is scanned again)."""
-        from .neighbourhood import find_foreign_schema
-
+        :meth:`_refresh_protected` just found (else the file is scanned again); ``rows``:
+        the schema it read them from."""
         self._foreign = [(f.type, f.name, f.table) for f in find_foreign_schema(
             self._db, sorted(self._protected - {store.META_TABLE.lower()}),
-            audit_tables=audit_tables)]
+            audit_tables=audit_tables, rows=rows)]
 
     def _reason_in_force(self) -> bool:
         """A reason for the change: this thread's acting_as() frame, else the context."""
@@ -1063,8 +1064,6 @@ class AuditSession(AuditAPI):
         into the archive next to the database. Never under a legal hold (skipped, not
         refused: nobody asked for this purge); an in-memory database has nowhere to
         archive and is skipped."""
-        from . import retention
-
         if self._db_path() is None:
             return
         now = retention._clock_us()  # the clock purge() measures retention with
@@ -1750,8 +1749,6 @@ class AuditSession(AuditAPI):
         refused. Attached, its tables were written with the events in this connection's
         log (or none), never in its own: its log said nothing of the change and verified
         ok. It is opened with heliosdb.connect(), which enforces its policy."""
-        from .neighbourhood import audited_attachments
-
         with self._internal():
             refuse_audited_attachments(self._db, audited_attachments(self._db),
                                        self._abort_transaction)
@@ -2338,6 +2335,33 @@ class AuditSession(AuditAPI):
             self._append([ev])
 
 
+def _recorded_config(config: Any) -> dict:
+    """What ``__audit_meta`` records of a config: ``name``, ``[audit]``, ``[encryption]``."""
+    full = config.to_dict()
+    return {k: full[k] for k in ("name", "audit", "encryption")}
+
+
+#: id(config) -> (config, digest): _config_digest()'s answers. Configs are immutable, and
+#: every audited open asks, most with the object load_config() keeps for a file or
+#: preset. Bounded: cleared when full.
+_CONFIG_DIGESTS: dict = {}
+
+
+def _config_digest(config: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of :func:`_recorded_config` (``config_hash``)."""
+    hit = _CONFIG_DIGESTS.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    import hashlib
+
+    text = canonical_json(_recorded_config(config))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if len(_CONFIG_DIGESTS) >= 64:
+        _CONFIG_DIGESTS.clear()
+    _CONFIG_DIGESTS[id(config)] = (config, digest)
+    return digest
+
+
 def attach_audit(conn: Any, config: Any, *, user: Optional[str],
                  context: Optional[dict], lock: Any = None,
                  ) -> tuple[Optional[AuditSession], Any]:
@@ -2349,14 +2373,13 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
     neither the config nor the file asks for audit; a file whose stored policy switched
     capture off still gets its audit tables protected.
     """
-    from .neighbourhood import find_audit_tables
-    from .policy import enforce, read_stored_policy
-
     db = conn._apsw
     try:
         stored = read_stored_policy(db)
     except apsw.Error as exc:
         raise translate(exc) from exc
+    if stored is None and not config.audit.enabled:
+        return None, config  # what enforce() answers: most connections (W7)
     effective, overridden = enforce(config, stored)
     if not effective.audit.enabled:
         if stored is not None:

@@ -186,6 +186,13 @@ def _rows(db: apsw.Connection, schema: str) -> list[tuple]:
         raise translate(exc) from None
 
 
+def schema_rows(db: apsw.Connection) -> dict[str, list[tuple]]:
+    """``(type, name, tbl_name, sql)`` of every schema object, per attached schema (in
+    ``PRAGMA database_list`` order): one read of the schema that :func:`find_audit_tables`
+    and :func:`find_foreign_schema` can share (``rows=``), as a connection's open does."""
+    return {schema: _rows(db, schema) for schema in _schemas(db)}
+
+
 def audited_attachments(db: apsw.Connection) -> list[str]:
     """The attached databases (not main, not temp) that hold an audit log of their own
     (a ``__audit_meta`` table). Written through another connection's attachment, their
@@ -225,16 +232,20 @@ def _open_read_only(path: str, vfs: Optional[str]) -> apsw.Connection:
     return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs)
 
 
-def find_audit_tables(db: apsw.Connection) -> list[str]:
+def find_audit_tables(db: apsw.Connection, *,
+                      rows: Optional[dict[str, list[tuple]]] = None) -> list[str]:
     """Audit tables in the file (see the module docstring), sorted, without the meta
     table. Names from ``__audit_meta`` are included only when they are plain identifiers
-    (anything else could not be an audit table HeliosDB made)."""
+    (anything else could not be an audit table HeliosDB made). ``rows``: what
+    :func:`schema_rows` just read (else the schema is read here)."""
     found: set[str] = set(recorded_audit_tables(db))
     want = {c.lower() for c in COLUMNS}
-    for schema in _schemas(db):
-        for typ, name, _tbl, sql in _rows(db, schema):
+    for schema, schema_objects in (schema_rows(db) if rows is None else rows).items():
+        for typ, name, _tbl, sql in schema_objects:
             if typ != "table" or name.lower() == META_TABLE or name.startswith("sqlite_"):
                 continue
+            if name in found:
+                continue  # recorded in __audit_meta: found already, whatever its columns
             text = sql.lower() if sql is not None else None
             if text is not None and not all(c in text for c in want):
                 # Every column a table has is named in its stored CREATE TABLE text (ALTER
@@ -270,7 +281,8 @@ def _expected_indexes(table: str) -> dict[str, str]:
 
 def find_foreign_schema(db: apsw.Connection,
                         tables: Optional[Iterable[str]] = None, *,
-                        audit_tables: Optional[Iterable[str]] = None) -> list[ForeignObject]:
+                        audit_tables: Optional[Iterable[str]] = None,
+                        rows: Optional[dict[str, list[tuple]]] = None) -> list[ForeignObject]:
     """Schema objects HeliosDB did not create that act on an audit table.
 
     ``tables``: the audit tables to protect (default ``["__audit_log"]``); the meta table
@@ -279,11 +291,14 @@ def find_foreign_schema(db: apsw.Connection,
     Reads only ``sqlite_schema`` of each attached schema (no table data). A schema that
     cannot be read raises (as its :mod:`heliosdb.errors` class): it cannot be declared
     clean. ``audit_tables``: what :func:`find_audit_tables` returned, when the caller has
-    just asked it (the scan is not repeated).
+    just asked it (the scan is not repeated); ``rows``: what :func:`schema_rows` just
+    read (else the schema is read here).
     """
     protected = {DEFAULT_TABLE.lower()} if tables is None else {t.lower() for t in tables}
+    if rows is None:
+        rows = schema_rows(db)
     if audit_tables is None:
-        audit_tables = find_audit_tables(db)
+        audit_tables = find_audit_tables(db, rows=rows)
     protected |= {t.lower() for t in audit_tables}
     protected.add(META_TABLE.lower())
     # what HeliosDB creates for each audit table
@@ -292,8 +307,8 @@ def find_foreign_schema(db: apsw.Connection,
         if t != META_TABLE.lower() and TABLE_NAME_RE.match(t) and not t.startswith("sqlite_"):
             expected.update(_expected_indexes(t))
     out: list[ForeignObject] = []
-    for schema in _schemas(db):
-        for typ, name, tbl, sql in _rows(db, schema):
+    for schema, schema_objects in rows.items():
+        for typ, name, tbl, sql in schema_objects:
             tl = (tbl or "").lower()
             if typ == "index":
                 if tl not in protected:

@@ -34,7 +34,7 @@ from . import _files
 from . import format as fmt
 from . import vfs as _vfs
 from .keys import KDF_PROFILES, Key, KeyLike, coerce_key, derive_kek, get_profile
-from .uri import SqliteTarget, UriError, parse_filename
+from .uri import SqliteTarget, UriError, parse_filename, target_path
 
 __all__ = [
     "Key", "KDF_PROFILES", "open_connection", "explain", "storage_info",
@@ -390,7 +390,7 @@ def open_connection(database: str, *, flags: int, uri: bool, key: KeyLike, encry
                           f"{ALGORITHM!r}", key="encryption.algorithm")
     prof = getattr(encryption, "kdf_profile", None) if encryption is not None else None
     owned_key = False
-    k = coerce_key(key, prof)
+    k = coerce_key(key, prof) if key is not None else None
     if k is not None and k is not key:
         owned_key = True
     if k is None and enabled:
@@ -413,23 +413,42 @@ def _plain(database: str, flags: int, statementcachesize: int, **kw: Any) -> aps
         raise translate(exc) from None
 
 
+def _opened_encrypted(conn: apsw.Connection, path: str) -> bool:
+    """Whether the file a plain connection just opened is a HeliosDB encrypted one.
+
+    Read through the connection's own file handle (``Connection.read``): opening a
+    database makes SQLite read its first 100 bytes and nothing else (no lock, no journal,
+    no WAL: those come with the first statement), so checking here, before anything runs,
+    refuses the file as early as checking before the open did, without a descriptor of
+    our own to open, park and sweep (:mod:`._files`: about 30,000 instructions per open,
+    W7). A short read (an empty or new file) is zero-filled: not encrypted. If the
+    connection cannot read its file, the file is read from ``path`` as before.
+    """
+    try:
+        head = conn.read("main", 0, 0, len(fmt.MAGIC))[1]
+    except apsw.Error:
+        return file_state(path) == "encrypted"
+    return head == fmt.MAGIC  # (fmt.is_encrypted_file() of exactly that many bytes)
+
+
 def _open(database: str, flags: int, uri: bool, key: Optional[Key], encryption: Any,
           statementcachesize: int) -> apsw.Connection:
     if uri:
         flags |= apsw.SQLITE_OPEN_URI  # what SQLite is given is what is parsed here
-    try:
-        target = resolve_target(database, flags)
-    except UriError:
-        if key is not None:
-            raise
-        return _plain(database, flags, statementcachesize)  # SQLite says what is wrong
-    path = target.path
     if key is None:
-        if path is not None and file_state(path) == "encrypted":
+        try:
+            path = target_path(database, flags)
+        except UriError:
+            return _plain(database, flags, statementcachesize)  # SQLite says what is wrong
+        conn = _plain(database, flags, statementcachesize)
+        if path is not None and _opened_encrypted(conn, path):
+            conn.close()
             raise KeyRequiredError(
                 f"{path} is an encrypted HeliosDB database: pass the key, e.g. "
                 "heliosdb.connect(path, key=...) (a passphrase, 32 raw bytes or heliosdb.Key)")
-        return _plain(database, flags, statementcachesize)
+        return conn
+    target = resolve_target(database, flags)
+    path = target.path
     if not target.is_uri and path is None:
         if database == "":
             # An on-disk temp database: the shim encrypts it with a throwaway key.
@@ -574,7 +593,9 @@ def is_encrypted(conn: apsw.Connection) -> bool:
     For callers that copy data out (backup, dump): a copy of an encrypted database into a
     plaintext one must be an explicit operation, never a side effect.
     """
-    return conn in encrypted_connections
+    # Only EncryptedConnection objects are ever recorded: a plain APSW connection is
+    # answered without a weak-key lookup (every connect() asks).
+    return type(conn) is not apsw.Connection and conn in encrypted_connections
 
 
 def storage_info(conn: apsw.Connection) -> Dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..errors import EncryptionError, OperationalError
 
-__all__ = ["SqliteTarget", "UriError", "parse_filename", "KNOWN_PARAMETERS",
+__all__ = ["SqliteTarget", "UriError", "parse_filename", "target_path", "KNOWN_PARAMETERS",
            "uri_boolean"]
 
 # SQLite's open flags (sqlite3.h); repeated here so this module needs no apsw import.
@@ -151,6 +151,14 @@ def uri_boolean(value: str, name: str, filename: str) -> bool:
 
 def _hex(c: int) -> bool:
     return c in b"0123456789abcdefABCDEF"
+
+
+def target_path(filename: str, flags: int) -> Optional[str]:
+    """``parse_filename(filename, flags).path``, without building the target for a
+    filename that is not a URI (every connect() without a key asks)."""
+    if not (flags & OPEN_URI) or not filename.startswith("file:"):
+        return None if filename == ":memory:" or filename == "" else filename
+    return parse_filename(filename, flags).path
 
 
 def parse_filename(filename: str, flags: int) -> SqliteTarget:
