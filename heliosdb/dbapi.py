@@ -30,6 +30,7 @@ import warnings as _warnings
 import weakref
 from threading import get_ident as _get_ident
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -266,6 +267,11 @@ from .statements import (  # noqa: E402 - the short private names keep the hot p
     named_parameters as _named_parameters,
     split_statements,
 )
+
+# Flag masks of the execute path, computed once (module globals are not constant-folded:
+# written inline, each ``|`` ran on every statement).
+_SPECIAL = _MULTI | _TRAILING | _NAMED | _ATTACH
+_DML_OR_RETURNING = _DML | _RETURNING
 
 
 def _warn_named_sequence(sql: str) -> None:
@@ -582,6 +588,14 @@ Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
 # cursor, and a spare one so leaked would keep a connection dropped without close() alive.
 _SPARE_CURSORS = not _versions.PY310
 
+def _type_name(obj: Any) -> str:
+    """How sqlite3's argument errors name the type of ``obj`` ("None" for None)."""
+    return "None" if obj is None else type(obj).__name__
+
+
+# Cursor._plain_sql when there is none: no argument of execute() is this object.
+_NO_SQL = object()
+
 # Cursor._peek of a cursor reset by a 3.10 rollback(): fetching raises InterfaceError.
 _RESET_BY_ROLLBACK: tuple = ("reset by rollback",)
 
@@ -610,8 +624,13 @@ class Cursor:
     _peek: Optional[tuple] = None
     _locked = False  # converters / row factory running: the cursor may not be re-entered
     _ran_dml = False  # a DML statement ran on a spare APSW cursor (see execute())
+    # The SQL text (that very object) of the plain DML statement this cursor last ran on
+    # its own APSW cursor, while the state it left (the class defaults but rowcount and
+    # lastrowid) stands: running it again changes nothing else (see execute()). Anything
+    # else that changes the cursor's state sets it back to _NO_SQL.
+    _plain_sql: Any = _NO_SQL  # (not None: that would match execute(None))
 
-    _connection: Any = None  # set below: _UNINIT_CONNECTION
+    _connection: Any = None  # set below: an uninitialised cursor's
     # The APSW cursor, made when a statement first needs its own (one that yields rows, or
     # anything but plain DML): a statement that yields none runs on one of the connection's
     # spare APSW cursors (Connection._spare), as making one costs more than the statement.
@@ -654,6 +673,7 @@ class Cursor:
         self._connection._check()
 
     def _reset(self) -> None:
+        self._plain_sql = _NO_SQL
         self._active = False
         self._peek = None
         self._desc = None
@@ -704,6 +724,23 @@ class Cursor:
     def execute(self, sql: str, parameters: Any = (), /) -> "Cursor":
         """Execute one SQL statement, binding ``parameters`` (sequence or mapping)."""
         conn = self._connection
+        # The hot path of a reused cursor: the plain DML statement it ran last, again (see
+        # _plain_sql), with a tuple of parameters, inside a transaction or with none to
+        # open. Only rowcount and lastrowid change. (A closed cursor has no _plain_sql, so
+        # conn._closed and the thread are what is left to check.)
+        if sql is self._plain_sql and type(parameters) is tuple and not _base_type_adapted \
+                and not conn._closed and not (
+                    conn._check_same_thread and _get_ident() != conn._thread_id):
+            db = conn._apsw
+            if conn._begin_sql is None or not db.get_autocommit():
+                try:
+                    self._cur.execute(sql, parameters)
+                except BaseException as exc:  # noqa: BLE001
+                    self._failed()  # (sets _plain_sql back to _NO_SQL)
+                    _raise_sql_error(conn, exc, sql)
+                self.rowcount = db.changes()
+                self.lastrowid = db.last_insert_rowid()
+                return self
         # The hot path: the checks below are _check() inlined; it raises the right error.
         if self._closed or conn._closed or (
                 conn._check_same_thread and _get_ident() != conn._thread_id):
@@ -711,9 +748,9 @@ class Cursor:
         flags = conn._stmt_flags.get(sql)
         if flags is None:
             if not isinstance(sql, str):
-                raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+                raise TypeError(f"execute() argument 1 must be str, not {_type_name(sql)}")
             flags = conn._stmt_cache.flags(sql)
-        if flags & (_MULTI | _TRAILING | _NAMED | _ATTACH):
+        if flags & _SPECIAL:
             if flags & _MULTI:
                 # sqlite3 compiles the first statement before it looks at the rest: an
                 # error in it is the one raised.
@@ -767,7 +804,7 @@ class Cursor:
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
         # after the statement ran, or reset by _failed() when it did not.)
         cur = self._cur
-        if flags & (_DML | _RETURNING) == _DML:
+        if flags & _DML_OR_RETURNING == _DML:
             # DML without RETURNING yields no rows: it needs no cursor of its own after it
             # ran, so (unless this cursor has one already) a spare one of the connection
             # runs it. Its state afterwards is the class defaults but rowcount, lastrowid.
@@ -802,6 +839,8 @@ class Cursor:
                 _raise_sql_error(conn, exc, sql)
             if spare is not None:
                 spare.append(cur)
+            elif flags == _DML:
+                self._plain_sql = sql  # the next run of this text takes the hot path
             conn._binding_source = None  # (the paths that bind tuples never set it)
             self.rowcount = db.changes()
             self._count_at_end = False
@@ -815,6 +854,8 @@ class Cursor:
             return self
         if cur is None:
             cur = self._cur = db.cursor()
+        else:
+            self._plain_sql = _NO_SQL  # (only a cursor with an APSW cursor of its own has one)
         self._sql = sql
         self._params = params
         try:
@@ -845,6 +886,7 @@ class Cursor:
 
     def _failed(self) -> None:
         """The state after a statement that did not run (or failed while running)."""
+        self._plain_sql = _NO_SQL
         self._active = False
         self._desc = None
         self._desc_known = True
@@ -907,7 +949,7 @@ class Cursor:
         """Execute a DML statement once for each parameter set of an iterable."""
         self._check()
         if not isinstance(sql, str):
-            raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
+            raise TypeError(f"executemany() argument 1 must be str, not {_type_name(sql)}")
         if "\x00" in sql:  # refused before anything runs, even with no parameter sets
             raise _versions.null_character()
         conn = self._connection
@@ -1198,6 +1240,7 @@ class Cursor:
             return
         if not self._desc_known:
             self._build_description()
+        self._plain_sql = _NO_SQL
         if self._cur is not None:
             try:
                 self._cur.close(True)
@@ -1344,6 +1387,7 @@ class Cursor:
         if not self._closed:
             if not self._desc_known and self._active:
                 self._build_description()
+            self._plain_sql = _NO_SQL  # (execute()'s hot path does not look at _closed)
             self._closed = True
             self._active = False
             if self._cur is not None:
@@ -1391,20 +1435,18 @@ def _stop_trace(_cursor: Any, _sql: str, _bindings: Any) -> bool:
     return False
 
 
-class _UninitialisedCursorConnection:
-    """The connection of a Cursor whose __init__ was never called: every use raises
-    sqlite3's error (and costs nothing on the hot path, which reads ``_closed``)."""
-
-    _closed = True
-    _check_same_thread = False
-
-    def _check(self) -> None:
-        raise ProgrammingError("Base Cursor.__init__ not called.")
-
-    _check_open = _check
+def _uninitialised_cursor() -> None:
+    raise ProgrammingError("Base Cursor.__init__ not called.")
 
 
-Cursor._connection = _UninitialisedCursorConnection()
+# The connection of a Cursor whose __init__ was never called: every use raises sqlite3's
+# error (and costs nothing on the hot path, which reads ``_closed``). A SimpleNamespace, not
+# an instance of a class of ours: CPython 3.11 specializes no read of an attribute whose
+# class-level value is of a mutable (heap) type, so such a default would have made every
+# ``self._connection`` of every cursor method a generic attribute lookup.
+Cursor._connection = types.SimpleNamespace(
+    _closed=True, _check_same_thread=False,
+    _check=_uninitialised_cursor, _check_open=_uninitialised_cursor)
 
 
 def _strip_colname(name: str) -> str:
