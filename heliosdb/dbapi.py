@@ -639,14 +639,30 @@ class Cursor:
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
             raise TypeError("Cursor() argument must be a heliosdb.Connection")
-        if self._locked:
-            raise ProgrammingError("Recursive use of cursors not allowed.")
-        connection._check()
+        if self._connection is not _UNINIT_CONNECTION:  # __init__ again
+            if self._locked:
+                raise ProgrammingError("Recursive use of cursors not allowed.")
+            connection._check()
+            self._reinit()
+        else:
+            connection._check()
         self._connection = connection
         if connection._cursors is not None:
             connection._cursors.add(self)
         if connection.row_factory is not None:
             self.row_factory = connection.row_factory
+
+    # What __init__ called again resets, as sqlite3 does: the statement (the APSW cursor
+    # of the connection it belonged to, its rows and description), rowcount, lastrowid,
+    # arraysize, closed and row_factory. (Attributes of a subclass stay.)
+    _REINIT = ("_cur", "_plain_sql", "_ran_dml", "_active", "_rows_kind", "_sql", "_params",
+               "_desc", "_desc_known", "_converters", "_count_at_end", "_end_count", "_peek",
+               "rowcount", "lastrowid", "_arraysize", "_closed", "row_factory")
+
+    def _reinit(self) -> None:
+        state = vars(self)
+        for name in self._REINIT:
+            state.pop(name, None)  # back to the class default
 
     @property
     def arraysize(self) -> int:
@@ -1444,7 +1460,7 @@ def _uninitialised_cursor() -> None:
 # an instance of a class of ours: CPython 3.11 specializes no read of an attribute whose
 # class-level value is of a mutable (heap) type, so such a default would have made every
 # ``self._connection`` of every cursor method a generic attribute lookup.
-Cursor._connection = types.SimpleNamespace(
+_UNINIT_CONNECTION = Cursor._connection = types.SimpleNamespace(
     _closed=True, _check_same_thread=False,
     _check=_uninitialised_cursor, _check_open=_uninitialised_cursor)
 

@@ -381,6 +381,40 @@ def test_a_cursor_whose_init_was_not_called(mod, tmp_path):
     same(_uninitialised_cursor, mod, tmp_path)
 
 
+def _cursor_init_again(mod, path):
+    """Cursor.__init__ called again, with another connection: sqlite3 drops the cursor's
+    statement and state, and its DML then runs on the new connection."""
+    first = _open(mod, path)
+    other = mod.connect(db(path) + "-other")
+    other.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, a, b)")
+    cur = first.cursor()
+    cur.arraysize = 5
+    for i in range(3):  # the same text, so that it is known to the cursor
+        cur.execute(INS, (i, "first"))
+    cur.execute("SELECT a FROM t ORDER BY a")
+    out = [cur.fetchone()]
+    cur.__init__(other)
+    out.append((cur.rowcount, cur.lastrowid, cur.description, cur.fetchone(), cur.arraysize,
+                cur.connection is other))
+    for i in range(3):
+        cur.execute(INS, (10 + i, "other"))
+        out.append((cur.rowcount, cur.lastrowid))
+    cur.close()
+    cur.__init__(first)  # a closed cursor is usable again
+    cur.execute(INS, (20, "again"))
+    cur.execute(INS, (21, "again"))
+    out.append((cur.rowcount, cur.lastrowid))
+    first.commit()
+    other.commit()
+    out.append(first.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    out.append(other.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    return out
+
+
+def test_cursor_init_called_again(mod, tmp_path):
+    same(_cursor_init_again, mod, tmp_path)
+
+
 def test_a_connection_dropped_without_close_is_collected(tmp_path):
     # Python 3.10 with APSW 3.54.0: every cursor made leaks a reference to each live cursor
     # of its connection; the implicit BEGIN and the spare cursors must not set that off.
