@@ -741,18 +741,25 @@ class Cursor:
         """Execute one SQL statement, binding ``parameters`` (sequence or mapping)."""
         conn = self._connection
         # The hot path of a reused cursor: the plain DML statement it ran last, again (see
-        # _plain_sql), with a tuple of parameters, inside a transaction or with none to
-        # open. Only rowcount and lastrowid change. (A closed cursor has no _plain_sql, so
-        # conn._closed and the thread are what is left to check.)
-        if sql is self._plain_sql and type(parameters) is tuple and not _base_type_adapted \
-                and not conn._closed and not (
+        # _plain_sql), with a tuple, dict or list of parameters, inside a transaction or
+        # with none to open. Only rowcount and lastrowid change. (A closed cursor has no
+        # _plain_sql, so conn._closed and the thread are what is left to check.)
+        tp = type(parameters)
+        if sql is self._plain_sql and (tp is tuple or tp is dict or tp is list) \
+                and not _base_type_adapted and not conn._closed and not (
                     conn._check_same_thread and _get_ident() != conn._thread_id):
             db = conn._apsw
             if conn._begin_sql is None or not db.get_autocommit():
                 try:
-                    self._cur.execute(sql, parameters)
+                    if tp is list:  # bound as a copy: see _prepare_params
+                        conn._binding_source = parameters
+                        conn._binding_len = len(parameters)
+                        self._cur.execute(sql, tuple(parameters))
+                        conn._binding_source = None
+                    else:
+                        self._cur.execute(sql, parameters)
                 except BaseException as exc:  # noqa: BLE001
-                    self._failed()  # (sets _plain_sql back to _NO_SQL)
+                    self._failed()  # (sets _plain_sql back to _NO_SQL, _binding_source None)
                     _raise_sql_error(conn, exc, sql)
                 self.rowcount = db.changes()
                 self.lastrowid = db.last_insert_rowid()
@@ -787,9 +794,13 @@ class Cursor:
                 _warn_named_sequence(sql)
             if flags & _TRAILING:
                 sql = _first_statement(sql)
-        if type(parameters) is tuple and not _base_type_adapted:
-            params = parameters
+        if (tp is tuple or tp is dict) and not _base_type_adapted:
+            params = parameters  # (bound as they are: what _prepare_params returns)
             conn._binding_source = None
+        elif tp is list and not _base_type_adapted:  # _prepare_params's list, inlined
+            conn._binding_source = parameters
+            conn._binding_len = len(parameters)
+            params = tuple(parameters)
         else:
             params = self._prepare_params(parameters, sql)
         db = conn._apsw
@@ -1691,9 +1702,10 @@ class Connection:
             if out is None:
                 raise _versions.binding_error(num, value, cursor.bindings_names)
         src = self._binding_source
-        if src is not None and len(src) != self._binding_len:
-            # sqlite3 reads each parameter from the list as it binds: a list emptied by
-            # an adapter fails there with IndexError.
+        if src is not None and num < self._binding_len and len(src) < self._binding_len:
+            # sqlite3 reads each parameter from the list as it binds: one that an adapter
+            # shortened fails with IndexError at the first item it lacks (after the last
+            # item, or if it grew, nothing is read from it again).
             raise IndexError("list index out of range")
         if isinstance(out, (bytearray, memoryview)):
             return bytes(out)
@@ -2019,7 +2031,8 @@ class Connection:
         # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
         # to open: on a spare APSW cursor, as Cursor.execute runs it.
         db = self._apsw
-        if sql in self._plain_dml and type(parameters) is tuple and not (
+        tp = type(parameters)
+        if sql in self._plain_dml and (tp is tuple or tp is dict or tp is list) and not (
                 self._check_same_thread and _get_ident() != self._thread_id) \
                 and (self._begin_sql is None or not db.get_autocommit()):
             cur = _new_cursor(Cursor)
@@ -2035,7 +2048,13 @@ class Connection:
             if apsw_cur is None:
                 apsw_cur = db.cursor()
             try:
-                apsw_cur.execute(sql, parameters)
+                if tp is list:  # bound as a copy (see Cursor._prepare_params)
+                    self._binding_source = parameters
+                    self._binding_len = len(parameters)
+                    apsw_cur.execute(sql, tuple(parameters))
+                    self._binding_source = None
+                else:
+                    apsw_cur.execute(sql, parameters)
             except BaseException as exc:  # noqa: BLE001
                 self._slot = apsw_cur
                 cur._failed()
@@ -2051,7 +2070,7 @@ class Connection:
         if self._cursors is not None:
             self._cursors.add(cur)
         cur.row_factory = self.row_factory  # (set even if None: read faster once set)
-        if self._stmt_flags.get(sql) != 0 or type(parameters) is not tuple \
+        if self._stmt_flags.get(sql) != 0 or (tp is not tuple and tp is not dict) \
                 or _base_type_adapted or self._audit is not None:
             # not classified yet, DML, several statements, named parameters, audited...
             return cur.execute(sql, parameters)

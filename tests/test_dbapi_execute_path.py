@@ -415,6 +415,57 @@ def test_cursor_init_called_again(mod, tmp_path):
     same(_cursor_init_again, mod, tmp_path)
 
 
+def _lists_and_dicts(mod, path):
+    """Parameters as lists and dicts, on each path a text takes (first run, known text
+    through conn.execute, a reused cursor): rowcount, lastrowid, errors, a list an
+    adapter empties while it is bound (sqlite3: IndexError), a list reused and changed
+    between statements."""
+    conn = _open(mod, path)
+    named = "INSERT INTO t(a, b) VALUES (:a, :b)"
+    query = "SELECT a, b FROM t WHERE a = :a"
+
+    class Clearing:
+        def __init__(self, seq):
+            self.seq = seq
+
+        def __conform__(self, protocol):
+            self.seq.clear()
+            return "conformed"
+
+    cur = conn.cursor()
+    out = []
+    for run in range(4):
+        for label, ex in (("conn", conn.execute), ("cursor", cur.execute)):
+            base = 100 * run + (0 if label == "conn" else 50)
+            out.append((label, run, attempt(mod, lambda: (
+                lambda c: (c.rowcount, c.lastrowid))(ex(INS, [base, "list"])))))
+            out.append((label, run, attempt(mod, lambda: (
+                lambda c: (c.rowcount, c.lastrowid))(ex(named, {"a": base + 1, "b": "d"})))))
+            out.append((label, run, attempt(mod, lambda: ex(INS, [base + 2]))))
+            out.append((label, run, attempt(mod, lambda: ex(named, {"a": base + 3}))))
+            out.append((label, run, attempt(mod, lambda: ex(INS, (base + 4,)))))
+            seq = [base + 5, None]
+            seq[1] = Clearing(seq)
+            out.append((label, run, attempt(mod, lambda: ex(INS, seq)), seq))
+            first = [None, "emptied first"]
+            first[0] = Clearing(first)
+            out.append((label, run, attempt(mod, lambda: ex(INS, first)), first))
+            reused = [base + 6, "r"]
+            ex(INS, reused)
+            reused[0] = base + 7
+            ex(INS, reused)
+            out.append((label, run, attempt(mod, lambda: ex(query, {"a": base}).fetchall())))
+            out.append((label, run, attempt(mod, lambda: ex(query, {"a": base}).description)))
+            out.append((label, run, attempt(mod, lambda: ex(query, {}).fetchall())))
+    conn.commit()
+    out.append(conn.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    return out
+
+
+def test_list_and_dict_parameters_on_each_path(mod, tmp_path):
+    same(_lists_and_dicts, mod, tmp_path)
+
+
 def test_a_connection_dropped_without_close_is_collected(tmp_path):
     # Python 3.10 with APSW 3.54.0: every cursor made leaks a reference to each live cursor
     # of its connection; the implicit BEGIN and the spare cursors must not set that off.
