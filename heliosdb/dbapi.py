@@ -588,6 +588,13 @@ Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
 # cursor, and a spare one so leaked would keep a connection dropped without close() alive.
 _SPARE_CURSORS = not _versions.PY310
 
+# A "bound copy" (written out where it is used: a function would cost a frame): a list of
+# parameters is bound as a tuple copy (APSW reads a list while it binds it; an adapter that
+# changed the list meanwhile crashed the process, CPython bpo-41662), the list itself left
+# in conn._binding_source for the binding hook to watch (Connection._convert_binding),
+# with its length in conn._binding_len; set back to None once the statement ran.
+
+
 def _type_name(obj: Any) -> str:
     """How sqlite3's argument errors name the type of ``obj`` ("None" for None)."""
     return "None" if obj is None else type(obj).__name__
@@ -744,26 +751,41 @@ class Cursor:
         # _plain_sql), with a tuple, dict or list of parameters, inside a transaction or
         # with none to open. Only rowcount and lastrowid change. (A closed cursor has no
         # _plain_sql, so conn._closed and the thread are what is left to check.)
-        tp = type(parameters)
-        if sql is self._plain_sql and (tp is tuple or tp is dict or tp is list) \
-                and not _base_type_adapted and not conn._closed and not (
-                    conn._check_same_thread and _get_ident() != conn._thread_id):
-            db = conn._apsw
-            if conn._begin_sql is None or not db.get_autocommit():
-                try:
-                    if tp is list:  # bound as a copy: see _prepare_params
-                        conn._binding_source = parameters
-                        conn._binding_len = len(parameters)
-                        self._cur.execute(sql, tuple(parameters))
-                        conn._binding_source = None
-                    else:
+        # (Tuples first, and alone: each bytecode added there costs about 20 instructions
+        # per statement.)
+        if sql is self._plain_sql:
+            if type(parameters) is tuple and not _base_type_adapted \
+                    and not conn._closed and not (
+                        conn._check_same_thread and _get_ident() != conn._thread_id):
+                db = conn._apsw
+                if conn._begin_sql is None or not db.get_autocommit():
+                    try:
                         self._cur.execute(sql, parameters)
-                except BaseException as exc:  # noqa: BLE001
-                    self._failed()  # (sets _plain_sql back to _NO_SQL, _binding_source None)
-                    _raise_sql_error(conn, exc, sql)
-                self.rowcount = db.changes()
-                self.lastrowid = db.last_insert_rowid()
-                return self
+                    except BaseException as exc:  # noqa: BLE001
+                        self._failed()  # (sets _plain_sql back to _NO_SQL)
+                        _raise_sql_error(conn, exc, sql)
+                    self.rowcount = db.changes()
+                    self.lastrowid = db.last_insert_rowid()
+                    return self
+            elif ((tp := type(parameters)) is list or tp is dict) \
+                    and not _base_type_adapted and not conn._closed and not (
+                        conn._check_same_thread and _get_ident() != conn._thread_id):
+                db = conn._apsw
+                if conn._begin_sql is None or not db.get_autocommit():
+                    try:
+                        if tp is list:  # (a "bound copy": see the note before _type_name)
+                            conn._binding_source = parameters
+                            conn._binding_len = len(parameters)
+                            self._cur.execute(sql, tuple(parameters))
+                        else:
+                            self._cur.execute(sql, parameters)
+                    except BaseException as exc:  # noqa: BLE001
+                        self._failed()  # (sets _binding_source back to None too)
+                        _raise_sql_error(conn, exc, sql)
+                    conn._binding_source = None
+                    self.rowcount = db.changes()
+                    self.lastrowid = db.last_insert_rowid()
+                    return self
         # The hot path: the checks below are _check() inlined; it raises the right error.
         if self._closed or conn._closed or (
                 conn._check_same_thread and _get_ident() != conn._thread_id):
@@ -794,11 +816,12 @@ class Cursor:
                 _warn_named_sequence(sql)
             if flags & _TRAILING:
                 sql = _first_statement(sql)
+        tp = type(parameters)
         if (tp is tuple or tp is dict) and not _base_type_adapted:
             params = parameters  # (bound as they are: what _prepare_params returns)
             conn._binding_source = None
         elif tp is list and not _base_type_adapted:  # _prepare_params's list, inlined
-            conn._binding_source = parameters
+            conn._binding_source = parameters  # (a "bound copy")
             conn._binding_len = len(parameters)
             params = tuple(parameters)
         else:
@@ -2031,38 +2054,62 @@ class Connection:
         # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
         # to open: on a spare APSW cursor, as Cursor.execute runs it.
         db = self._apsw
-        tp = type(parameters)
-        if sql in self._plain_dml and (tp is tuple or tp is dict or tp is list) and not (
-                self._check_same_thread and _get_ident() != self._thread_id) \
-                and (self._begin_sql is None or not db.get_autocommit()):
-            cur = _new_cursor(Cursor)
-            cur._connection = self
-            if self.row_factory is not None:
-                cur.row_factory = self.row_factory
-            # The spare cursor of this path: taken and put back as plain attribute reads
-            # and writes, between which CPython never switches threads (a statement run
-            # meanwhile, from inside this one or by another thread, finds None and makes
-            # a cursor; APSW refuses a cursor used twice at once rather than misbehave).
-            apsw_cur = self._slot
-            self._slot = None
-            if apsw_cur is None:
-                apsw_cur = db.cursor()
-            try:
-                if tp is list:  # bound as a copy (see Cursor._prepare_params)
-                    self._binding_source = parameters
-                    self._binding_len = len(parameters)
-                    apsw_cur.execute(sql, tuple(parameters))
-                    self._binding_source = None
-                else:
+        if sql in self._plain_dml:
+            if type(parameters) is tuple and not (
+                    self._check_same_thread and _get_ident() != self._thread_id) \
+                    and (self._begin_sql is None or not db.get_autocommit()):
+                cur = _new_cursor(Cursor)
+                cur._connection = self
+                if self.row_factory is not None:
+                    cur.row_factory = self.row_factory
+                # The spare cursor of this path: taken and put back as plain attribute reads
+                # and writes, between which CPython never switches threads (a statement run
+                # meanwhile, from inside this one or by another thread, finds None and makes
+                # a cursor; APSW refuses a cursor used twice at once rather than misbehave).
+                apsw_cur = self._slot
+                self._slot = None
+                if apsw_cur is None:
+                    apsw_cur = db.cursor()
+                try:
                     apsw_cur.execute(sql, parameters)
-            except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:  # noqa: BLE001
+                    self._slot = apsw_cur
+                    cur._failed()
+                    _raise_sql_error(self, exc, sql)
                 self._slot = apsw_cur
-                cur._failed()
-                _raise_sql_error(self, exc, sql)
-            self._slot = apsw_cur
-            cur.rowcount = db.changes()
-            cur.lastrowid = db.last_insert_rowid()
-            return cur
+                cur.rowcount = db.changes()
+                cur.lastrowid = db.last_insert_rowid()
+                return cur
+            # The same with a list or a dict of parameters (after tuples, which pay nothing
+            # for it: each bytecode there costs about 20 instructions). A list is bound as a
+            # copy.
+            elif ((tp := type(parameters)) is list or tp is dict) and not (
+                    self._check_same_thread and _get_ident() != self._thread_id) \
+                    and (self._begin_sql is None or not db.get_autocommit()):
+                cur = _new_cursor(Cursor)
+                cur._connection = self
+                if self.row_factory is not None:
+                    cur.row_factory = self.row_factory
+                apsw_cur = self._slot
+                self._slot = None
+                if apsw_cur is None:
+                    apsw_cur = db.cursor()
+                try:
+                    if tp is list:  # (a "bound copy": see the note before _type_name)
+                        self._binding_source = parameters
+                        self._binding_len = len(parameters)
+                        apsw_cur.execute(sql, tuple(parameters))
+                    else:
+                        apsw_cur.execute(sql, parameters)
+                except BaseException as exc:  # noqa: BLE001
+                    self._slot = apsw_cur
+                    cur._failed()
+                    _raise_sql_error(self, exc, sql)
+                self._slot = apsw_cur
+                self._binding_source = None
+                cur.rowcount = db.changes()
+                cur.lastrowid = db.last_insert_rowid()
+                return cur
         if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
             self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
         cur = _new_cursor(Cursor)
@@ -2070,7 +2117,7 @@ class Connection:
         if self._cursors is not None:
             self._cursors.add(cur)
         cur.row_factory = self.row_factory  # (set even if None: read faster once set)
-        if self._stmt_flags.get(sql) != 0 or (tp is not tuple and tp is not dict) \
+        if self._stmt_flags.get(sql) != 0 or type(parameters) is not tuple \
                 or _base_type_adapted or self._audit is not None:
             # not classified yet, DML, several statements, named parameters, audited...
             return cur.execute(sql, parameters)
