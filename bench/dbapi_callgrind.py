@@ -21,11 +21,22 @@ synchronous=NORMAL):
                  BEGIN and ended by ``commit()`` (the default isolation_level)
   single-explicit  the same with isolation_level=None and BEGIN / COMMIT statements (W5)
   single-cursor  ``single`` through one cursor's ``execute``, made once
+  single-list    ``single`` with each row's parameters in a list
+  single-dict    ``single`` with named parameters (:id, :a, :b, :c) from a dict
   many           executemany of 1,000 rows per call, one transaction per call (W5m, W1);
                  figure per row
   update         UPDATE t SET a = a + 1 WHERE id = ?, implicit BEGIN, commit() every 1,000
   update-explicit  the same with BEGIN / COMMIT statements (W5u)
   select         SELECT a, b, c FROM t WHERE id = ? then fetchone() (W3, W3s, W3c)
+  select-cursor  ``select`` through one cursor's ``execute``, made once
+  w3             bench/worker.py's W3: the point SELECT of ``select`` (then fetchone())
+                 on a database of 200,000 rows in rollback-journal mode, random ids over
+                 all of them, the default cache (most reads miss it: page reads)
+  w3s            W3s: the same with cache_size=-256
+  w3c            W3c: the same reads within the first 2,000 rows (a working set the
+                 cache holds). The three open a copy of one database file, built once
+                 outside valgrind (the per-statement figure of a page read leaves out
+                 the system call itself, which callgrind does not count)
   scan           ``for row in conn.execute("SELECT * FROM t")`` over 1,000 rows; per row
   open           connect, ``SELECT count(*) FROM sqlite_master``, fetchall, close (W7);
                  figure per open (N / 10 opens)
@@ -50,8 +61,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import callgrind as _callgrind  # noqa: E402  (bench/callgrind.py)
 
 ENGINES = ("sqlite3", "apsw", "heliosdb")
-WORKLOADS = ("single", "single-explicit", "single-cursor", "many", "update",
-             "update-explicit", "select", "scan", "open")
+WORKLOADS = ("single", "single-explicit", "single-cursor", "single-list", "single-dict",
+             "many", "update", "update-explicit", "select", "select-cursor", "w3", "w3s",
+             "w3c", "scan", "open")
+W3_ROWS = 200_000  # bench/worker.py's full size
+W3_HOT = 2000  # W3c's working set
 BATCH = 1000
 RESULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                       "dbapi_callgrind.md")
@@ -59,6 +73,7 @@ TIME_RESULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
                            "dbapi_time.md")
 SCHEMA = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER, b TEXT, c REAL)"
 INS = "INSERT INTO t(id, a, b, c) VALUES (?, ?, ?, ?)"
+INS_NAMED = "INSERT INTO t(id, a, b, c) VALUES (:id, :a, :b, :c)"
 UPD = "UPDATE t SET a = a + 1 WHERE id = ?"
 SEL = "SELECT a, b, c FROM t WHERE id = ?"
 SCAN = "SELECT * FROM t"
@@ -85,6 +100,23 @@ def _connect(engine: str, path: str, explicit: bool):
     return mod.connect(path)
 
 
+def _w3_fixture() -> str:
+    """The W3 database (W3_ROWS rows, rollback journal), built once, with stdlib sqlite3
+    and outside valgrind: every engine and run opens a copy of the same file."""
+    path = os.path.join(tempfile.gettempdir(), f"dbapi_callgrind_w3_{W3_ROWS}.sqlite")
+    if not os.path.exists(path):
+        import sqlite3
+        tmp = path + f".{os.getpid()}.tmp"
+        conn = sqlite3.connect(tmp)
+        conn.execute(SCHEMA)
+        for s in range(1, W3_ROWS + 1, 10_000):
+            conn.executemany(INS, _rows(s, min(s + 10_000, W3_ROWS + 1)))
+        conn.commit()
+        conn.close()
+        os.replace(tmp, path)
+    return path
+
+
 def _prefill(engine: str, conn, rows: int) -> None:
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -106,21 +138,34 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> float:
         path = os.path.join(d, "db.sqlite")
         explicit = workload.endswith("-explicit") or engine == "apsw"
         base = workload.replace("-explicit", "").replace("-cursor", "")
-        conn = _connect(engine, path, explicit)
-        _prefill(engine, conn, prefill if base in ("update", "select", "open") else
-                 BATCH if base == "scan" else 0)
+        base = base.replace("-list", "").replace("-dict", "")
+        if base.startswith("w3"):
+            shutil.copyfile(_w3_fixture(), path)
+            conn = _connect(engine, path, explicit)
+            if base == "w3s":
+                conn.execute("PRAGMA cache_size=-256")
+        else:
+            conn = _connect(engine, path, explicit)
+            _prefill(engine, conn, prefill if base in ("update", "select", "open") else
+                     BATCH if base == "scan" else 0)
         ex = conn.cursor().execute if workload.endswith("-cursor") else conn.execute
         if base == "open":
             conn.close()
         pc = time.perf_counter
         if base == "single":
             data = _rows(prefill + 1, prefill + 1 + n)
+            sql = INS
+            if workload.endswith("-list"):
+                data = [list(row) for row in data]
+            elif workload.endswith("-dict"):
+                data = [dict(zip(("id", "a", "b", "c"), row)) for row in data]
+                sql = INS_NAMED
             t0 = pc()
             for s in range(0, n, BATCH):
                 if explicit:
                     ex("BEGIN")
                 for row in data[s:s + BATCH]:
-                    ex(INS, row)
+                    ex(sql, row)
                 if explicit:
                     ex("COMMIT")
                 else:
@@ -137,7 +182,8 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> float:
                     conn.executemany(INS, data[s:s + BATCH])
                     conn.commit()
         elif base == "update":
-            ids = [random.Random(5).randrange(1, prefill + 1) for _ in range(n)]
+            rnd = random.Random(5)  # (one generator: seeding one per id cost 25k Ir each)
+            ids = [rnd.randrange(1, prefill + 1) for _ in range(n)]
             t0 = pc()
             for s in range(0, n, BATCH):
                 if explicit:
@@ -151,6 +197,13 @@ def drive(engine: str, workload: str, n: int, prefill: int) -> float:
         elif base == "select":
             rnd = random.Random(3)
             ids = [rnd.randrange(1, prefill + 1) for _ in range(n)]
+            t0 = pc()
+            for i in ids:
+                ex(SEL, (i,)).fetchone()
+        elif base.startswith("w3"):
+            rnd = random.Random(3)
+            top = W3_HOT if base == "w3c" else W3_ROWS
+            ids = [rnd.randrange(1, top + 1) for _ in range(n)]
             t0 = pc()
             for i in ids:
                 ex(SEL, (i,)).fetchone()
@@ -189,6 +242,8 @@ def per_unit(engine: str, workload: str, n: int) -> float:
     ``open``): (Ir(2n) - Ir(n)) / n."""
     n = _units(workload, n)
     prefill = 2 * max(n, BATCH)
+    if workload.startswith("w3"):
+        _w3_fixture()  # built here, not inside either of the measured runs
     return (instructions(engine, workload, 2 * n, prefill)
             - instructions(engine, workload, n, prefill)) / n
 
@@ -197,6 +252,8 @@ def timed(engine: str, workload: str, n: int, reps: int) -> float:
     """Median seconds per unit over ``reps`` fresh processes (no valgrind)."""
     n = _units(workload, n)
     prefill = 2 * max(n, BATCH)
+    if workload.startswith("w3"):
+        _w3_fixture()
     times = []
     for _ in range(reps):
         cmd = [sys.executable, os.path.abspath(__file__), "--drive", engine, workload,

@@ -30,6 +30,7 @@ import warnings as _warnings
 import weakref
 from threading import get_ident as _get_ident
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -267,6 +268,11 @@ from .statements import (  # noqa: E402 - the short private names keep the hot p
     named_parameters as _named_parameters,
     split_statements,
 )
+
+# Flag masks of the execute path, computed once (module globals are not constant-folded:
+# written inline, each ``|`` ran on every statement).
+_SPECIAL = _MULTI | _TRAILING | _NAMED | _ATTACH
+_DML_OR_RETURNING = _DML | _RETURNING
 
 
 def _warn_named_sequence(sql: str) -> None:
@@ -583,6 +589,21 @@ Sequence.register(Row)  # as sqlite3.Row is a collections.abc.Sequence
 # cursor, and a spare one so leaked would keep a connection dropped without close() alive.
 _SPARE_CURSORS = not _versions.PY310
 
+# A "bound copy" (written out where it is used: a function would cost a frame): a list of
+# parameters is bound as a tuple copy (APSW reads a list while it binds it; an adapter that
+# changed the list meanwhile crashed the process, CPython bpo-41662), the list itself left
+# in conn._binding_source for the binding hook to watch (Connection._convert_binding),
+# with its length in conn._binding_len; set back to None once the statement ran.
+
+
+def _type_name(obj: Any) -> str:
+    """How sqlite3's argument errors name the type of ``obj`` ("None" for None)."""
+    return "None" if obj is None else type(obj).__name__
+
+
+# Cursor._plain_sql when there is none: no argument of execute() is this object.
+_NO_SQL = object()
+
 # Cursor._peek of a cursor reset by a 3.10 rollback(): fetching raises InterfaceError.
 _RESET_BY_ROLLBACK: tuple = ("reset by rollback",)
 
@@ -611,8 +632,13 @@ class Cursor:
     _peek: Optional[tuple] = None
     _locked = False  # converters / row factory running: the cursor may not be re-entered
     _ran_dml = False  # a DML statement ran on a spare APSW cursor (see execute())
+    # The SQL text (that very object) of the plain DML statement this cursor last ran on
+    # its own APSW cursor, while the state it left (the class defaults but rowcount and
+    # lastrowid) stands: running it again changes nothing else (see execute()). Anything
+    # else that changes the cursor's state sets it back to _NO_SQL.
+    _plain_sql: Any = _NO_SQL  # (not None: that would match execute(None))
 
-    _connection: Any = None  # set below: _UNINIT_CONNECTION
+    _connection: Any = None  # set below: an uninitialised cursor's
     # The APSW cursor, made when a statement first needs its own (one that yields rows, or
     # anything but plain DML): a statement that yields none runs on one of the connection's
     # spare APSW cursors (Connection._spare), as making one costs more than the statement.
@@ -621,9 +647,13 @@ class Cursor:
     def __init__(self, connection: "Connection", /) -> None:
         if not isinstance(connection, Connection):
             raise TypeError("Cursor() argument must be a heliosdb.Connection")
-        if self._locked:
-            raise ProgrammingError("Recursive use of cursors not allowed.")
-        connection._check()
+        if self._connection is not _UNINIT_CONNECTION:  # __init__ again
+            if self._locked:
+                raise ProgrammingError("Recursive use of cursors not allowed.")
+            connection._check()
+            self._reinit()
+        else:
+            connection._check()
         self._connection = connection
         if connection._serial is not None:
             share_cursor(self)
@@ -631,6 +661,18 @@ class Cursor:
             connection._cursors.add(self)
         if connection.row_factory is not None:
             self.row_factory = connection.row_factory
+
+    # What __init__ called again resets, as sqlite3 does: the statement (the APSW cursor
+    # of the connection it belonged to, its rows and description), rowcount, lastrowid,
+    # arraysize, closed and row_factory. (Attributes of a subclass stay.)
+    _REINIT = ("_cur", "_plain_sql", "_ran_dml", "_active", "_rows_kind", "_sql", "_params",
+               "_desc", "_desc_known", "_converters", "_count_at_end", "_end_count", "_peek",
+               "rowcount", "lastrowid", "_arraysize", "_closed", "row_factory")
+
+    def _reinit(self) -> None:
+        state = vars(self)
+        for name in self._REINIT:
+            state.pop(name, None)  # back to the class default
 
     @property
     def arraysize(self) -> int:
@@ -657,6 +699,7 @@ class Cursor:
         self._connection._check()
 
     def _reset(self) -> None:
+        self._plain_sql = _NO_SQL
         self._active = False
         self._peek = None
         self._desc = None
@@ -707,6 +750,45 @@ class Cursor:
     def execute(self, sql: str, parameters: Any = (), /) -> "Cursor":
         """Execute one SQL statement, binding ``parameters`` (sequence or mapping)."""
         conn = self._connection
+        # The hot path of a reused cursor: the plain DML statement it ran last, again (see
+        # _plain_sql), with a tuple, dict or list of parameters, inside a transaction or
+        # with none to open. Only rowcount and lastrowid change. (A closed cursor has no
+        # _plain_sql, so conn._closed and the thread are what is left to check.)
+        # (Tuples first, and alone: each bytecode added there costs about 20 instructions
+        # per statement.)
+        if sql is self._plain_sql:
+            if type(parameters) is tuple and not _base_type_adapted \
+                    and not conn._closed and not (
+                        conn._check_same_thread and _get_ident() != conn._thread_id):
+                db = conn._apsw
+                if conn._begin_sql is None or not db.get_autocommit():
+                    try:
+                        self._cur.execute(sql, parameters)
+                    except BaseException as exc:  # noqa: BLE001
+                        self._failed()  # (sets _plain_sql back to _NO_SQL)
+                        _raise_sql_error(conn, exc, sql)
+                    self.rowcount = db.changes()
+                    self.lastrowid = db.last_insert_rowid()
+                    return self
+            elif ((tp := type(parameters)) is list or tp is dict) \
+                    and not _base_type_adapted and not conn._closed and not (
+                        conn._check_same_thread and _get_ident() != conn._thread_id):
+                db = conn._apsw
+                if conn._begin_sql is None or not db.get_autocommit():
+                    try:
+                        if tp is list:  # (a "bound copy": see the note before _type_name)
+                            conn._binding_source = parameters
+                            conn._binding_len = len(parameters)
+                            self._cur.execute(sql, tuple(parameters))
+                        else:
+                            self._cur.execute(sql, parameters)
+                    except BaseException as exc:  # noqa: BLE001
+                        self._failed()  # (sets _binding_source back to None too)
+                        _raise_sql_error(conn, exc, sql)
+                    conn._binding_source = None
+                    self.rowcount = db.changes()
+                    self.lastrowid = db.last_insert_rowid()
+                    return self
         # The hot path: the checks below are _check() inlined; it raises the right error.
         if self._closed or conn._closed or (
                 conn._check_same_thread and _get_ident() != conn._thread_id):
@@ -714,9 +796,9 @@ class Cursor:
         flags = conn._stmt_flags.get(sql)
         if flags is None:
             if not isinstance(sql, str):
-                raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+                raise TypeError(f"execute() argument 1 must be str, not {_type_name(sql)}")
             flags = conn._stmt_cache.flags(sql)
-        if flags & (_MULTI | _TRAILING | _NAMED | _ATTACH):
+        if flags & _SPECIAL:
             if flags & _MULTI:
                 # sqlite3 compiles the first statement before it looks at the rest: an
                 # error in it is the one raised.
@@ -737,9 +819,14 @@ class Cursor:
                 _warn_named_sequence(sql)
             if flags & _TRAILING:
                 sql = _first_statement(sql)
-        if type(parameters) is tuple and not _base_type_adapted:
-            params = parameters
+        tp = type(parameters)
+        if (tp is tuple or tp is dict) and not _base_type_adapted:
+            params = parameters  # (bound as they are: what _prepare_params returns)
             conn._binding_source = None
+        elif tp is list and not _base_type_adapted:  # _prepare_params's list, inlined
+            conn._binding_source = parameters  # (a "bound copy")
+            conn._binding_len = len(parameters)
+            params = tuple(parameters)
         else:
             params = self._prepare_params(parameters, sql)
         db = conn._apsw
@@ -770,7 +857,7 @@ class Cursor:
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
         # after the statement ran, or reset by _failed() when it did not.)
         cur = self._cur
-        if flags & (_DML | _RETURNING) == _DML:
+        if flags & _DML_OR_RETURNING == _DML:
             # DML without RETURNING yields no rows: it needs no cursor of its own after it
             # ran, so (unless this cursor has one already) a spare one of the connection
             # runs it. Its state afterwards is the class defaults but rowcount, lastrowid.
@@ -805,6 +892,8 @@ class Cursor:
                 _raise_sql_error(conn, exc, sql)
             if spare is not None:
                 spare.append(cur)
+            elif flags == _DML:
+                self._plain_sql = sql  # the next run of this text takes the hot path
             conn._binding_source = None  # (the paths that bind tuples never set it)
             self.rowcount = db.changes()
             self._count_at_end = False
@@ -818,6 +907,8 @@ class Cursor:
             return self
         if cur is None:
             cur = self._cur = db.cursor()
+        else:
+            self._plain_sql = _NO_SQL  # (only a cursor with an APSW cursor of its own has one)
         self._sql = sql
         self._params = params
         try:
@@ -848,6 +939,7 @@ class Cursor:
 
     def _failed(self) -> None:
         """The state after a statement that did not run (or failed while running)."""
+        self._plain_sql = _NO_SQL
         self._active = False
         self._desc = None
         self._desc_known = True
@@ -910,7 +1002,7 @@ class Cursor:
         """Execute a DML statement once for each parameter set of an iterable."""
         self._check()
         if not isinstance(sql, str):
-            raise TypeError(f"executemany() argument 1 must be str, not {type(sql).__name__}")
+            raise TypeError(f"executemany() argument 1 must be str, not {_type_name(sql)}")
         if "\x00" in sql:  # refused before anything runs, even with no parameter sets
             raise _versions.null_character()
         conn = self._connection
@@ -1201,6 +1293,7 @@ class Cursor:
             return
         if not self._desc_known:
             self._build_description()
+        self._plain_sql = _NO_SQL
         if self._cur is not None:
             try:
                 self._cur.close(True)
@@ -1347,6 +1440,7 @@ class Cursor:
         if not self._closed:
             if not self._desc_known and self._active:
                 self._build_description()
+            self._plain_sql = _NO_SQL  # (execute()'s hot path does not look at _closed)
             self._closed = True
             self._active = False
             if self._cur is not None:
@@ -1398,20 +1492,18 @@ def _stop_trace(_cursor: Any, _sql: str, _bindings: Any) -> bool:
     return False
 
 
-class _UninitialisedCursorConnection:
-    """The connection of a Cursor whose __init__ was never called: every use raises
-    sqlite3's error (and costs nothing on the hot path, which reads ``_closed``)."""
-
-    _closed = True
-    _check_same_thread = False
-
-    def _check(self) -> None:
-        raise ProgrammingError("Base Cursor.__init__ not called.")
-
-    _check_open = _check
+def _uninitialised_cursor() -> None:
+    raise ProgrammingError("Base Cursor.__init__ not called.")
 
 
-Cursor._connection = _UninitialisedCursorConnection()
+# The connection of a Cursor whose __init__ was never called: every use raises sqlite3's
+# error (and costs nothing on the hot path, which reads ``_closed``). A SimpleNamespace, not
+# an instance of a class of ours: CPython 3.11 specializes no read of an attribute whose
+# class-level value is of a mutable (heap) type, so such a default would have made every
+# ``self._connection`` of every cursor method a generic attribute lookup.
+_UNINIT_CONNECTION = Cursor._connection = types.SimpleNamespace(
+    _closed=True, _check_same_thread=False,
+    _check=_uninitialised_cursor, _check_open=_uninitialised_cursor)
 
 
 def _strip_colname(name: str) -> str:
@@ -1656,9 +1748,10 @@ class Connection:
             if out is None:
                 raise _versions.binding_error(num, value, cursor.bindings_names)
         src = self._binding_source
-        if src is not None and len(src) != self._binding_len:
-            # sqlite3 reads each parameter from the list as it binds: a list emptied by
-            # an adapter fails there with IndexError.
+        if src is not None and num < self._binding_len and len(src) < self._binding_len:
+            # sqlite3 reads each parameter from the list as it binds: one that an adapter
+            # shortened fails with IndexError at the first item it lacks (after the last
+            # item, or if it grew, nothing is read from it again).
             raise IndexError("list index out of range")
         if isinstance(out, (bytearray, memoryview)):
             return bytes(out)
@@ -1984,31 +2077,62 @@ class Connection:
         # it leaves. First, plain DML (see _plain_dml) inside a transaction, or with none
         # to open: on a spare APSW cursor, as Cursor.execute runs it.
         db = self._apsw
-        if sql in self._plain_dml and type(parameters) is tuple and not (
-                self._check_same_thread and _get_ident() != self._thread_id) \
-                and (self._begin_sql is None or not db.get_autocommit()):
-            cur = _new_cursor(Cursor)
-            cur._connection = self
-            if self.row_factory is not None:
-                cur.row_factory = self.row_factory
-            # The spare cursor of this path: taken and put back as plain attribute reads
-            # and writes, between which CPython never switches threads (a statement run
-            # meanwhile, from inside this one or by another thread, finds None and makes
-            # a cursor; APSW refuses a cursor used twice at once rather than misbehave).
-            apsw_cur = self._slot
-            self._slot = None
-            if apsw_cur is None:
-                apsw_cur = db.cursor()
-            try:
-                apsw_cur.execute(sql, parameters)
-            except BaseException as exc:  # noqa: BLE001
+        if sql in self._plain_dml:
+            if type(parameters) is tuple and not (
+                    self._check_same_thread and _get_ident() != self._thread_id) \
+                    and (self._begin_sql is None or not db.get_autocommit()):
+                cur = _new_cursor(Cursor)
+                cur._connection = self
+                if self.row_factory is not None:
+                    cur.row_factory = self.row_factory
+                # The spare cursor of this path: taken and put back as plain attribute reads
+                # and writes, between which CPython never switches threads (a statement run
+                # meanwhile, from inside this one or by another thread, finds None and makes
+                # a cursor; APSW refuses a cursor used twice at once rather than misbehave).
+                apsw_cur = self._slot
+                self._slot = None
+                if apsw_cur is None:
+                    apsw_cur = db.cursor()
+                try:
+                    apsw_cur.execute(sql, parameters)
+                except BaseException as exc:  # noqa: BLE001
+                    self._slot = apsw_cur
+                    cur._failed()
+                    _raise_sql_error(self, exc, sql)
                 self._slot = apsw_cur
-                cur._failed()
-                _raise_sql_error(self, exc, sql)
-            self._slot = apsw_cur
-            cur.rowcount = db.changes()
-            cur.lastrowid = db.last_insert_rowid()
-            return cur
+                cur.rowcount = db.changes()
+                cur.lastrowid = db.last_insert_rowid()
+                return cur
+            # The same with a list or a dict of parameters (after tuples, which pay nothing
+            # for it: each bytecode there costs about 20 instructions). A list is bound as a
+            # copy.
+            elif ((tp := type(parameters)) is list or tp is dict) and not (
+                    self._check_same_thread and _get_ident() != self._thread_id) \
+                    and (self._begin_sql is None or not db.get_autocommit()):
+                cur = _new_cursor(Cursor)
+                cur._connection = self
+                if self.row_factory is not None:
+                    cur.row_factory = self.row_factory
+                apsw_cur = self._slot
+                self._slot = None
+                if apsw_cur is None:
+                    apsw_cur = db.cursor()
+                try:
+                    if tp is list:  # (a "bound copy": see the note before _type_name)
+                        self._binding_source = parameters
+                        self._binding_len = len(parameters)
+                        apsw_cur.execute(sql, tuple(parameters))
+                    else:
+                        apsw_cur.execute(sql, parameters)
+                except BaseException as exc:  # noqa: BLE001
+                    self._slot = apsw_cur
+                    cur._failed()
+                    _raise_sql_error(self, exc, sql)
+                self._slot = apsw_cur
+                self._binding_source = None
+                cur.rowcount = db.changes()
+                cur.lastrowid = db.last_insert_rowid()
+                return cur
         if self._closed or (self._check_same_thread and _get_ident() != self._thread_id):
             self._check()  # raises sqlite3's error (thread first, as its cursor() checks)
         cur = _new_cursor(Cursor)

@@ -260,6 +260,212 @@ def test_row_factory_on_dml_and_queries(mod, tmp_path):
     same(_row_factory, mod, tmp_path)
 
 
+def _reused_cursor(mod, path):
+    """One cursor running the same INSERT text again and again (heliosdb: after its second
+    run, a path that only binds, steps and reads rowcount and lastrowid) with every other
+    kind of statement and cursor operation in between."""
+    conn = _open(mod, path)
+    conn.execute("CREATE UNIQUE INDEX ua ON t(a)")
+    conn.commit()
+    cur = conn.cursor()
+    out = []
+
+    def ins(a, params=None):
+        out.append(("ins", a, attempt(mod, lambda: cur.execute(
+            INS, (a, "x") if params is None else params).rowcount), _state(cur),
+            conn.in_transaction))
+
+    for a in range(3):
+        ins(a)
+    ins(0)  # a constraint error on the short path, then the same text again
+    ins(3)
+    ins(4, (4,))  # a binding error
+    ins(5)
+    cur.execute("SELECT a, b FROM t ORDER BY a")  # a query with rows left
+    out.append(("select", cur.rowcount, cur.description, cur.fetchone()))
+    ins(6)  # the rows are gone, and so is the description
+    cur.execute("SELECT a FROM t WHERE a > ?", (4,))
+    out.append(("select read", cur.fetchall(), cur.description))
+    ins(7)
+    ins(8)
+    cur.execute("UPDATE t SET b = 'u' WHERE a > ?", (6,))  # another DML text
+    out.append(("update", _state(cur)))
+    ins(9)
+    cur.execute("DELETE FROM t WHERE a = ? RETURNING a", (9,))  # DML that yields rows
+    out.append(("returning", cur.rowcount, cur.description, cur.fetchone(), cur.rowcount))
+    ins(10)
+    ins(11)
+    cur.executemany(INS, [(12, "m"), (13, "m")])
+    out.append(("executemany", _state(cur)))
+    ins(14)
+    conn.commit()  # the next one opens a transaction (implicit BEGIN)
+    out.append(("committed", conn.in_transaction))
+    ins(15)
+    ins(16)
+    conn.rollback()
+    ins(17)
+    ins(18)
+    cur.executescript("INSERT INTO t(a, b) VALUES (19, 's');")
+    # (rowcount and the rest are left out: sqlite3's executescript leaves the cursor's
+    # last statement, its rows included, as they were; heliosdb resets them)
+    out.append(("script", cur.lastrowid, conn.in_transaction))
+    ins(20)
+    ins(21)
+    conn.isolation_level = None  # autocommit: no transaction to open
+    ins(22)
+    ins(23)
+    out.append(("in tx", conn.in_transaction))
+    conn.isolation_level = ""
+    ins(24)
+    ins(25)
+    ins(26, [26, "list"])  # other kinds of parameters, same text
+    ins(27, {"a": 1})
+    ins(28)
+    same_text = "".join(["INSERT INTO t(a, b) ", "VALUES (?, ?)"])  # equal, not identical
+    out.append(("equal text", cur.execute(same_text, (29, "e")).rowcount, cur.lastrowid))
+    ins(30)
+    out.append(("none", attempt(mod, lambda: cur.execute(None))))
+    out.append(("none again", attempt(mod, lambda: cur.execute(None, ()))))
+    out.append(("none many", attempt(mod, lambda: cur.executemany(None, []))))
+    ins(31)
+    conn.commit()
+    out.append(conn.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    cur.close()
+    out.append(("closed", attempt(mod, lambda: cur.execute(INS, (40, "c")))))
+    live = conn.cursor()
+    live.execute(INS, (41, "l"))
+    live.execute(INS, (42, "l"))
+    conn.commit()
+    conn.close()
+    out.append(("conn closed", attempt(mod, lambda: live.execute(INS, (43, "l")))))
+    return out
+
+
+def test_a_reused_cursor_running_the_same_dml(mod, tmp_path):
+    same(_reused_cursor, mod, tmp_path)
+
+
+def _reused_cursor_other_thread(mod, path):
+    conn = _open(mod, path)
+    cur = conn.cursor()
+    cur.execute(INS, (1, "x"))
+    cur.execute(INS, (2, "x"))
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(
+        attempt(mod, lambda: cur.execute(INS, (3, "x")), message=False)))
+    t.start()
+    t.join()
+    cur.execute(INS, (4, "x"))
+    conn.commit()
+    return seen, (cur.rowcount, cur.lastrowid), conn.execute(
+        "SELECT a FROM t ORDER BY a").fetchall()
+
+
+def test_a_reused_cursor_in_another_thread_is_refused(mod, tmp_path):
+    same(_reused_cursor_other_thread, mod, tmp_path)
+
+
+def _uninitialised_cursor(mod, path):
+    conn = _open(mod, path)
+
+    class Lazy(mod.Cursor):
+        def __init__(self, connection):  # never calls Cursor.__init__
+            pass
+
+    cur = Lazy(conn)
+    return [attempt(mod, lambda: cur.execute(INS, (1, "x"))),
+            attempt(mod, lambda: cur.fetchone())]
+
+
+def test_a_cursor_whose_init_was_not_called(mod, tmp_path):
+    same(_uninitialised_cursor, mod, tmp_path)
+
+
+def _cursor_init_again(mod, path):
+    """Cursor.__init__ called again, with another connection: sqlite3 drops the cursor's
+    statement and state, and its DML then runs on the new connection."""
+    first = _open(mod, path)
+    other = mod.connect(db(path) + "-other")
+    other.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, a, b)")
+    cur = first.cursor()
+    cur.arraysize = 5
+    for i in range(3):  # the same text, so that it is known to the cursor
+        cur.execute(INS, (i, "first"))
+    cur.execute("SELECT a FROM t ORDER BY a")
+    out = [cur.fetchone()]
+    cur.__init__(other)
+    out.append((cur.rowcount, cur.lastrowid, cur.description, cur.fetchone(), cur.arraysize,
+                cur.connection is other))
+    for i in range(3):
+        cur.execute(INS, (10 + i, "other"))
+        out.append((cur.rowcount, cur.lastrowid))
+    cur.close()
+    cur.__init__(first)  # a closed cursor is usable again
+    cur.execute(INS, (20, "again"))
+    cur.execute(INS, (21, "again"))
+    out.append((cur.rowcount, cur.lastrowid))
+    first.commit()
+    other.commit()
+    out.append(first.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    out.append(other.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    return out
+
+
+def test_cursor_init_called_again(mod, tmp_path):
+    same(_cursor_init_again, mod, tmp_path)
+
+
+def _lists_and_dicts(mod, path):
+    """Parameters as lists and dicts, on each path a text takes (first run, known text
+    through conn.execute, a reused cursor): rowcount, lastrowid, errors, a list an
+    adapter empties while it is bound (sqlite3: IndexError), a list reused and changed
+    between statements."""
+    conn = _open(mod, path)
+    named = "INSERT INTO t(a, b) VALUES (:a, :b)"
+    query = "SELECT a, b FROM t WHERE a = :a"
+
+    class Clearing:
+        def __init__(self, seq):
+            self.seq = seq
+
+        def __conform__(self, protocol):
+            self.seq.clear()
+            return "conformed"
+
+    cur = conn.cursor()
+    out = []
+    for run in range(4):
+        for label, ex in (("conn", conn.execute), ("cursor", cur.execute)):
+            base = 100 * run + (0 if label == "conn" else 50)
+            out.append((label, run, attempt(mod, lambda: (
+                lambda c: (c.rowcount, c.lastrowid))(ex(INS, [base, "list"])))))
+            out.append((label, run, attempt(mod, lambda: (
+                lambda c: (c.rowcount, c.lastrowid))(ex(named, {"a": base + 1, "b": "d"})))))
+            out.append((label, run, attempt(mod, lambda: ex(INS, [base + 2]))))
+            out.append((label, run, attempt(mod, lambda: ex(named, {"a": base + 3}))))
+            out.append((label, run, attempt(mod, lambda: ex(INS, (base + 4,)))))
+            seq = [base + 5, None]
+            seq[1] = Clearing(seq)
+            out.append((label, run, attempt(mod, lambda: ex(INS, seq)), seq))
+            first = [None, "emptied first"]
+            first[0] = Clearing(first)
+            out.append((label, run, attempt(mod, lambda: ex(INS, first)), first))
+            reused = [base + 6, "r"]
+            ex(INS, reused)
+            reused[0] = base + 7
+            ex(INS, reused)
+            out.append((label, run, attempt(mod, lambda: ex(query, {"a": base}).fetchall())))
+            out.append((label, run, attempt(mod, lambda: ex(query, {"a": base}).description)))
+            out.append((label, run, attempt(mod, lambda: ex(query, {}).fetchall())))
+    conn.commit()
+    out.append(conn.execute("SELECT a, b FROM t ORDER BY a").fetchall())
+    return out
+
+
+def test_list_and_dict_parameters_on_each_path(mod, tmp_path):
+    same(_lists_and_dicts, mod, tmp_path)
+
+
 def test_a_connection_dropped_without_close_is_collected(tmp_path):
     # Python 3.10 with APSW 3.54.0: every cursor made leaks a reference to each live cursor
     # of its connection; the implicit BEGIN and the spare cursors must not set that off.
@@ -291,10 +497,13 @@ out = []
 for mod in (sqlite3, heliosdb):
     conn = mod.connect(":memory:")
     conn.execute("CREATE TABLE t(a)")
+    cur = conn.cursor()
     for i in range(3):  # the text is known to take the shortest path by now
         conn.execute("INSERT INTO t VALUES (?)", (i,))
+        cur.execute("INSERT INTO t VALUES (?)", (i,))  # and so on a reused cursor
     mod.register_adapter(int, lambda v: v * 10)  # registered while the connection is open
     conn.execute("INSERT INTO t VALUES (?)", (5,))
+    cur.execute("INSERT INTO t VALUES (?)", (5,))
     other = mod.connect(":memory:")
     other.execute("CREATE TABLE t(a)")
     other.execute("INSERT INTO t VALUES (?)", (6,))
