@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import closing
+from contextlib import closing, suppress
 
 import apsw
 import pytest
@@ -115,10 +115,8 @@ def test_a_function_that_writes_through_the_connection_is_recorded(tmp_path, in_
     conn.create_function("side", 1, side)
     if in_tx:
         conn.execute("INSERT INTO t VALUES (0)")
-    try:
+    with suppress(heliosdb.Error):
         conn.execute("INSERT INTO t VALUES (side(1))")
-    except heliosdb.Error:
-        pass
     conn.commit()
     conn.close()
     state, _failed, ok = _state(path, ("t", "u"))
@@ -137,23 +135,19 @@ def test_a_function_that_ends_the_transaction_mid_statement(tmp_path, action):
         conn.execute("INSERT INTO t VALUES (?)", (i,))
 
     def end(x):
-        try:
+        with suppress(heliosdb.Error):
             if action == "commit":
                 conn.commit()
             elif action == "rollback":
                 conn.rollback()
             else:
                 conn.execute(action)
-        except heliosdb.Error:
-            pass
         return x
 
     conn.create_function("endtx", 1, end)
     for sql in ("SELECT endtx(a) FROM r", "INSERT INTO t SELECT endtx(a) FROM r"):
-        try:
+        with suppress(heliosdb.Error):
             conn.execute(sql).fetchall()
-        except heliosdb.Error:
-            pass
     try:
         conn.commit()
     except heliosdb.Error:
@@ -253,10 +247,8 @@ def test_rollback_to_after_a_failed_statement_then_commit(tmp_path):
 def test_executescript_with_transaction_control(tmp_path, script, rows):
     path = tmp_path / "x.db"
     conn = _setup(path)
-    try:
+    with suppress(heliosdb.Error):
         conn.executescript(script)
-    except heliosdb.Error:
-        pass
     try:
         conn.commit()
     except heliosdb.Error:
@@ -298,10 +290,8 @@ def test_transaction_mode_changed_while_a_transaction_is_open(tmp_path, how):
     except (AttributeError, heliosdb.Error):
         pass
     _inserted(conn, range(3))
-    try:
+    with suppress(heliosdb.Error):
         conn.rollback()
-    except heliosdb.Error:
-        pass
     conn.close()
     state, _failed, ok = _state(path)
     assert state["t"][0] == state["t"][1] and ok
@@ -526,10 +516,8 @@ def test_interrupt_from_another_thread_during_commits(tmp_path):
                 pass
             finally:
                 go.clear()
-            try:
+            with suppress(heliosdb.Error):
                 conn.commit()  # whatever is still open
-            except heliosdb.Error:
-                pass
     finally:
         done.set()
         th.join()
@@ -696,12 +684,10 @@ def test_an_unaudited_connection_cannot_write_an_attached_audited_database(tmp_p
     conn = _setup(x)
     conn.close()
     plain = heliosdb.connect(":memory:")
-    try:
+    with suppress(heliosdb.Error):
         plain.execute("ATTACH ? AS a", (str(x),))
         plain.execute("INSERT INTO a.t VALUES (1)")
         plain.commit()
-    except heliosdb.Error:
-        pass
     plain.close()
     state, _failed, ok = _state(x)
     assert state["t"][0] == state["t"][1] and ok
@@ -752,7 +738,7 @@ def test_a_function_acting_on_the_connection_mid_statement(tmp_path, action, iso
 
     def f(x):
         if x == 2:
-            try:
+            with suppress(heliosdb.Error):
                 if action == "interrupt":
                     conn.interrupt()
                 elif action == "log":
@@ -765,16 +751,12 @@ def test_a_function_acting_on_the_connection_mid_statement(tmp_path, action, iso
                     conn.execute("ROLLBACK TO q")
                 else:
                     conn.close()
-            except heliosdb.Error:
-                pass
         return x
 
     conn.create_function("f", 1, f)
-    try:
+    with suppress(heliosdb.Error):
         conn.execute("INSERT INTO t SELECT f(x) FROM r")
         conn.commit()
-    except heliosdb.Error:
-        pass
     try:
         conn.close()
     except heliosdb.Error:
@@ -808,10 +790,8 @@ def test_a_doomed_transaction_cannot_commit_through_sql_either(tmp_path, sql):
     with pytest.raises(heliosdb.Error):
         conn.execute(sql)
     conn.execute("INSERT INTO t VALUES (99)")
-    try:
+    with suppress(heliosdb.Error):
         conn.commit()
-    except heliosdb.Error:
-        pass
     conn.close()
     state, failed, ok = _state(path, ("t",))
     assert state["t"][0] == state["t"][1] and state["t"][0] <= 1 and ok and failed >= 20
@@ -911,10 +891,8 @@ def test_a_delete_hidden_behind_a_read_is_recorded(tmp_path, script, how):
             conn.execute(script.rstrip().rstrip(";")).fetchall()
     except (heliosdb.Error, heliosdb.Warning, ValueError):
         pass  # Warning: Python 3.10's sqlite3 (and heliosdb there) for two statements
-    try:
+    with suppress(heliosdb.Error):
         conn.commit()
-    except heliosdb.Error:
-        pass
     conn.close()
     with closing(_open(path)) as conn:
         rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
@@ -1056,17 +1034,13 @@ def test_executemany_parameters_cannot_close_the_connection(tmp_path, isolation)
     def rows():
         for i in range(3):
             yield (i,)
-        try:
+        with suppress(heliosdb.Error):
             conn.close()
-        except heliosdb.Error:
-            pass
         for i in range(3, 5):
             yield (i,)
 
-    try:
+    with suppress(heliosdb.Error):
         conn.executemany("INSERT INTO t VALUES (?)", rows())
-    except heliosdb.Error:
-        pass
     try:
         conn.close()
     except heliosdb.Error:
