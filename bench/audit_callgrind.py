@@ -29,7 +29,6 @@ Merkle leaf) count about 20,000 instructions here, several times what they cost 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -127,13 +126,7 @@ def table(results: dict, engines: list, workloads: list, n: int) -> str:
 
 def main() -> None:
     """Measure every engine on every workload and print / write the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="statements in the short run")
-    ap.add_argument("--engines", default=",".join(ENGINES))
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--out", default=RESULT, help="where to write the markdown table")
-    ap.add_argument("--drive", nargs=4, metavar=("ENGINE", "WORKLOAD", "N", "PREFILL"),
-                    help=argparse.SUPPRESS)
+    ap = _callgrind.arguments(__doc__, ENGINES, WORKLOADS, RESULT)
     a = ap.parse_args()
     if a.drive:
         drive(a.drive[0], a.drive[1], int(a.drive[2]), int(a.drive[3]))

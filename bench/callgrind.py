@@ -7,6 +7,7 @@ the shared machine runs; instruction counts repeat.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -29,3 +30,18 @@ def instructions(script: str, *drive_args: object) -> int:
         if proc.returncode != 0 or m is None:
             raise SystemExit(f"callgrind run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
         return int(m.group(1))
+
+
+def arguments(doc: str, engines: tuple, workloads: tuple,
+              out: "str | None") -> argparse.ArgumentParser:
+    """The command line both drivers share: ``--n``, ``--engines``, ``--workloads``,
+    ``--out`` and the hidden ``--drive ENGINE WORKLOAD N PREFILL`` of the run under
+    callgrind. ``doc``: the script's docstring (its first paragraph describes it)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="statements in the short run")
+    ap.add_argument("--engines", default=",".join(engines))
+    ap.add_argument("--workloads", default=",".join(workloads))
+    ap.add_argument("--out", default=out, help="where to write the markdown table")
+    ap.add_argument("--drive", nargs=4, metavar=("ENGINE", "WORKLOAD", "N", "PREFILL"),
+                    help=argparse.SUPPRESS)
+    return ap

@@ -47,7 +47,6 @@ bench/results/dbapi_time.md).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -290,16 +289,10 @@ def table(results: dict, engines: list, workloads: list, n: int, what: str) -> s
 
 def main() -> None:
     """Measure every engine on every workload and print / write the table."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="statements in the short run")
-    ap.add_argument("--engines", default=",".join(ENGINES))
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--out", default=None, help="where to write the markdown table")
+    ap = _callgrind.arguments(__doc__, ENGINES, WORKLOADS, None)
     ap.add_argument("--time", action="store_true",
                     help="time fresh processes instead of counting instructions")
     ap.add_argument("--reps", type=int, default=5, help="--time: processes per cell")
-    ap.add_argument("--drive", nargs=4, metavar=("ENGINE", "WORKLOAD", "N", "PREFILL"),
-                    help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.drive:
         print(drive(a.drive[0], a.drive[1], int(a.drive[2]), int(a.drive[3])))
