@@ -477,26 +477,32 @@ def refuse_audited_attachments(db: apsw.Connection, names: list,
         said = (f"the database attached as {name} has an audit log of its own: its "
                 "changes would not be recorded there. Open it with heliosdb.connect() "
                 "instead")
-        try:
-            db.execute(detach)
-        except apsw.Error:
-            if db.get_autocommit():
-                db.close()
-                raise AuditPolicyError(said + "; it could not be detached, so the "
-                                       "connection was closed") from None
+        if _ran(db, detach):
+            raise AuditPolicyError(said)
+        if not db.get_autocommit():
             try:
                 if rollback is None:
                     db.execute("ROLLBACK")
                 else:
                     rollback(f"an audited database was attached as {name}")
-                db.execute(detach)
             except apsw.Error:
-                db.close()
-                raise AuditPolicyError(said + "; it could not be detached, so the "
-                                       "connection was closed") from None
-            raise AuditPolicyError(said + "; the open transaction was rolled back to "
-                                   "detach it") from None
-        raise AuditPolicyError(said)
+                pass  # still attached: the connection is closed below
+            else:
+                if _ran(db, detach):
+                    raise AuditPolicyError(said + "; the open transaction was rolled back "
+                                           "to detach it")
+        db.close()
+        raise AuditPolicyError(said + "; it could not be detached, so the connection was "
+                               "closed")
+
+
+def _ran(db: apsw.Connection, sql: str) -> bool:
+    """Whether ``sql`` ran without an SQLite error."""
+    try:
+        db.execute(sql)
+    except apsw.Error:
+        return False
+    return True
 
 
 #: The commit hook that turns every COMMIT into a rollback, installed while a transaction
