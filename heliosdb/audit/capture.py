@@ -55,7 +55,7 @@ from .events import EventFields, canonical_json
 # function costs about 10,000 instructions each time even when the module is loaded.
 from .neighbourhood import (audited_attachments, find_audit_tables, find_foreign_schema,
                             schema_rows)
-from .policy import POLICY_ROW, enforce, read_stored_policy
+from .policy import POLICY_ROW, enforce, per_config, read_stored_policy
 from . import retention
 
 # Authorizer action codes -> audit operation, in priority order: the first one seen in
@@ -2347,25 +2347,20 @@ def _recorded_config(config: Any) -> dict:
     return {k: full[k] for k in ("name", "audit", "encryption")}
 
 
-#: id(config) -> (config, digest): _config_digest()'s answers. Configs are immutable, and
-#: every audited open asks, most with the object load_config() keeps for a file or
-#: preset. Bounded: cleared when full.
+#: _config_digest()'s answers (policy.per_config): every audited open asks, most with the
+#: config object load_config() keeps for a file or preset.
 _CONFIG_DIGESTS: dict = {}
 
 
 def _config_digest(config: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of :func:`_recorded_config` (``config_hash``)."""
-    hit = _CONFIG_DIGESTS.get(id(config))
-    if hit is not None and hit[0] is config:
-        return hit[1]
-    import hashlib
+    def digest() -> str:
+        import hashlib
 
-    text = canonical_json(_recorded_config(config))
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if len(_CONFIG_DIGESTS) >= 64:
-        _CONFIG_DIGESTS.clear()
-    _CONFIG_DIGESTS[id(config)] = (config, digest)
-    return digest
+        text = canonical_json(_recorded_config(config))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    return per_config(_CONFIG_DIGESTS, config, (), digest)
 
 
 def attach_audit(conn: Any, config: Any, *, user: Optional[str],

@@ -23,7 +23,7 @@ import copy
 import dataclasses
 import functools
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import apsw
 
@@ -142,14 +142,27 @@ def _stricter(name: str, want: Any, have: Any, default: Any) -> Any:
     return want if want != default else have
 
 
-#: enforce()'s answers: (id(requested), table, recorded JSON text) -> (requested, config,
-#: overridden). Every audited open asks, with the config object load_config() keeps for
+#: enforce()'s answers (per_config: the requested config, the table, the recorded JSON
+#: text). Every audited open asks, with the config object load_config() keeps for
 #: a file or preset and the same stored text; the merge (two to_dict() of the config, a
 #: deep copy of the defaults, a validated replace()) cost more than the rest of the
 #: policy read. A pure function of its inputs: a changed policy is another text, hence
 #: another key. Bounded: cleared when full.
 _ENFORCED: dict = {}
-_ENFORCED_MAX = 64
+
+
+def per_config(cache: dict, config: Any, extra: tuple, compute: Callable[[], Any]) -> Any:
+    """``compute()``, remembered in ``cache`` for the config object ``config`` (configs
+    are immutable) and the hashable ``extra``. Keyed by ``id(config)``; the entry holds
+    the object too, so that an id reused by another object never answers. Bounded: the
+    cache is cleared when it holds 64 entries."""
+    key = (id(config),) + extra
+    hit = cache.get(key)
+    if hit is None or hit[0] is not config:
+        if len(cache) >= 64:
+            cache.clear()
+        hit = cache[key] = (config, compute())
+    return hit[1]
 
 
 def enforce(requested: Config, stored: Optional[StoredPolicy]) -> tuple[Config, dict]:
@@ -162,15 +175,10 @@ def enforce(requested: Config, stored: Optional[StoredPolicy]) -> tuple[Config, 
         return requested, {}
     if stored.text is None:  # not read from a file by read_stored_policy: not cached
         return _enforce(requested, stored)
-    key = (id(requested), stored.table, stored.text)
-    hit = _ENFORCED.get(key)
-    if hit is None or hit[0] is not requested:
-        config, overridden = _enforce(requested, stored)
-        if len(_ENFORCED) >= _ENFORCED_MAX:
-            _ENFORCED.clear()
-        hit = _ENFORCED[key] = (requested, config, overridden)
+    config, overridden = per_config(_ENFORCED, requested, (stored.table, stored.text),
+                                    lambda: _enforce(requested, stored))
     # (Configs are immutable; the caller gets its own copy of the overrides.)
-    return hit[1], copy.deepcopy(hit[2]) if hit[2] else {}
+    return config, copy.deepcopy(overridden) if overridden else {}
 
 
 def _enforce(requested: Config, stored: StoredPolicy) -> tuple[Config, dict]:
