@@ -19,7 +19,11 @@ INSERT/UPDATE/DELETE triggers writing an audit table, what users write themselve
 bench/audit_hotpath.py), ``heliosdb`` (not audited), ``heliosdb-audit`` (``config=
 "default"``) and ``heliosdb-enc-audit`` (the same, encrypted with a raw key). The journal
 is WAL with synchronous=NORMAL everywhere. Prints a markdown table and writes it to
-bench/results/audit_callgrind.md.
+bench/results/audit_callgrind.md, followed by a second table splitting the audited
+engine's figure into its parts (SQLite running the statement, SQLite storing the event
+row, SHA-256, the C writer, the Merkle fold, and the rest: Python and glue), from
+callgrind's inclusive costs by caller (``callgrind_annotate --tree=caller``), with the same
+(2N - N) / N difference.
 
 Under valgrind, OpenSSL cannot use the CPU's SHA extensions (valgrind does not emulate
 them), so SHA-256 runs its portable code: the two hashes an event needs (chain link and
@@ -33,6 +37,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from audit_hotpath import _executemany_committed, _open, _schema  # noqa: E402  (same engines, schema, transactions)
@@ -96,9 +101,65 @@ def instructions(engine: str, workload: str, n: int, prefill: int) -> int:
 
 def per_statement(engine: str, workload: str, n: int) -> float:
     """Instructions per statement (per row for ``many``): (Ir(2n) - Ir(n)) / n."""
+    return measure(engine, workload, n)[0]
+
+
+#: Where an audited statement's instructions go: (label, how its figure is derived from
+#: the call edges of :func:`callgrind.profile`). Each part is an inclusive cost, so a
+#: part excludes what an earlier one counted; the last is what remains.
+_SHA = ("SHA256_Init", "SHA256_Update", "SHA256_Final")
+PARTS = (
+    ("SQLite running the statement itself and its COMMIT (sqlite3_step called by APSW)",
+     lambda e: e.get(("sqlite3_step", "APSWCursor_step"), 0)),
+    ("SQLite storing the event row: log table, 3 indexes, 2 generated columns "
+     "(sqlite3_step called by the C writer)",
+     lambda e: e.get(("sqlite3_step", "heliosdb_log_append"), 0)),
+    ("SHA-256: chain link and Merkle leaf per event, Merkle nodes (OpenSSL's portable "
+     "code: valgrind hides the CPU's SHA instructions)",
+     lambda e: sum(e.get((f, c), 0) for f in _SHA
+                   for c in ("heliosdb_log_append", "merkle_fold"))),
+    ("the C writer's own work: encoding the event, binding, preparing the INSERT",
+     lambda e: e.get(("heliosdb_log_append", ""), 0)
+     - e.get(("sqlite3_step", "heliosdb_log_append"), 0)
+     - sum(e.get((f, "heliosdb_log_append"), 0) for f in _SHA)),
+    ("the Merkle frontier fold, without its hashes",
+     lambda e: e.get(("heliosdb_merkle_fold", ""), 0)
+     - sum(e.get((f, "merkle_fold"), 0) for f in _SHA)),
+)
+REST = ("everything else: Python (DB-API cursor, audit capture, the flush's per-event "
+        "work), APSW's glue, memory management")
+#: The engines whose instructions are split into :data:`PARTS`.
+SPLIT_ENGINES = ("heliosdb-audit",)
+
+
+def measure(engine: str, workload: str, n: int) -> "tuple[float, Optional[list[float]]]":
+    """(instructions per statement, and for :data:`SPLIT_ENGINES` the share of each of
+    :data:`PARTS` and then the rest, per statement; else None)."""
     prefill = 2 * n
-    return (instructions(engine, workload, 2 * n, prefill)
-            - instructions(engine, workload, n, prefill)) / n
+    args = (__file__, engine, workload)
+    if engine not in SPLIT_ENGINES:
+        return (_callgrind.instructions(*args, 2 * n, prefill)
+                - _callgrind.instructions(*args, n, prefill)) / n, None
+    total2, e2 = _callgrind.profile(*args, 2 * n, prefill)
+    total1, e1 = _callgrind.profile(*args, n, prefill)
+    total = (total2 - total1) / n
+    parts = [(fn(e2) - fn(e1)) / n for _, fn in PARTS]
+    return total, parts + [total - sum(parts)]
+
+
+def split_table(splits: dict, n: int) -> str:
+    """The :data:`PARTS` of each split engine and workload as a markdown table."""
+    cols = [(e, w) for (e, w) in splits]
+    lines = [f"Where the instructions of an audited statement go (callgrind inclusive costs "
+             f"by caller, (2N - N) / N, N = {n:,})", "",
+             "| part | " + " | ".join(f"{e} {w}" for e, w in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    labels = [label for label, _ in PARTS] + [REST]
+    for i, label in enumerate(labels):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{splits[c][i]:,.0f} ({splits[c][i] / sum(splits[c]):.0%})" for c in cols) + " |")
+    lines.append("| total | " + " | ".join(f"{sum(splits[c]):,.0f}" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table(results: dict, engines: list, workloads: list, n: int) -> str:
@@ -135,11 +196,16 @@ def main() -> None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
     engines, workloads = a.engines.split(","), a.workloads.split(",")
     results: dict = {}
+    splits: dict = {}
     for w in workloads:
         for e in engines:
-            results.setdefault(w, {})[e] = per_statement(e, w, a.n)
+            results.setdefault(w, {})[e], parts = measure(e, w, a.n)
+            if parts is not None:
+                splits[(e, w)] = parts
             print(f"{w:10} {e:15} {results[w][e]:12,.0f} Ir per statement", flush=True)
     text = table(results, engines, workloads, a.n)
+    if splits:
+        text += "\n" + split_table(splits, a.n)
     print()
     print(text)
     if a.out:

@@ -19,6 +19,17 @@ _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 def instructions(script: str, *drive_args: object) -> int:
     """Total instructions of ``python script --drive drive_args...`` under callgrind."""
+    return profile(script, *drive_args, calls=False)[0]
+
+
+def profile(script: str, *drive_args: object,
+            calls: bool = True) -> "tuple[int, dict[tuple[str, str], int]]":
+    """Total instructions of ``python script --drive drive_args...`` under callgrind, and
+    (with ``calls``) the inclusive instructions of every call edge: ``(callee, caller)``
+    -> instructions spent in ``callee`` (and what it called) when ``caller`` called it,
+    from ``callgrind_annotate --tree=caller``. Names are bare function names
+    (:func:`_bare`), so that ``sqlite3_step`` called by ``heliosdb_log_append`` can be told
+    from ``sqlite3_step`` called by APSW."""
     with tempfile.TemporaryDirectory(prefix="callgrind_out_") as out:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
                sys.executable, os.path.abspath(script), "--drive",
@@ -29,7 +40,48 @@ def instructions(script: str, *drive_args: object) -> int:
         m = _COLLECTED.search(proc.stderr)
         if proc.returncode != 0 or m is None:
             raise SystemExit(f"callgrind run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        return int(m.group(1))
+        edges: dict[tuple[str, str], int] = {}
+        if calls:
+            ann = subprocess.run(["callgrind_annotate", "--tree=caller", "--inclusive=yes",
+                                  "--threshold=100", f"{out}/cg.out"],
+                                 capture_output=True, text=True, check=True).stdout
+            edges = call_edges(ann)
+        return int(m.group(1)), edges
+
+
+_EDGE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+([<*])\s+(.*?)(?: \(([\d,]+)x\))?(?: \[.*\])?$")
+
+
+def _bare(name: str) -> str:
+    """``/path/file.c:merkle_fold.part.0'2`` -> ``merkle_fold``: the function's name without
+    its file, the compiler's clone suffix or callgrind's recursion mark."""
+    name = name.rsplit(":", 1)[-1]
+    name = re.sub(r"'\d+$", "", name)
+    return re.sub(r"\.(part|isra|constprop|cold)\.\d+.*$", "", name)
+
+
+def call_edges(annotated: str) -> "dict[tuple[str, str], int]":
+    """``(callee, caller)`` -> inclusive instructions, parsed from ``callgrind_annotate
+    --tree=caller --inclusive=yes`` output: each function's block lists its callers
+    (``<`` lines, the cost of the calls each made) and then the function (``*``)."""
+    edges: dict[tuple[str, str], int] = {}
+    callers: list[tuple[str, int]] = []
+    for line in annotated.splitlines():
+        m = _EDGE.match(line)
+        if m is None:
+            callers = [] if not line.strip() else callers
+            continue
+        cost, kind, name = int(m.group(1).replace(",", "")), m.group(2), _bare(m.group(3))
+        if kind == "<":
+            callers.append((name, cost))
+            continue
+        for caller, c in callers:
+            edges[(name, caller)] = edges.get((name, caller), 0) + c
+        # inclusive, every caller (a function can be listed twice, under two spellings of
+        # its file: the same figure)
+        edges[(name, "")] = max(edges.get((name, ""), 0), cost)
+        callers = []
+    return edges
 
 
 def arguments(doc: str, engines: tuple, workloads: tuple,
