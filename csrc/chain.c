@@ -620,6 +620,14 @@ int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *pr
      * query, affected_rows, success, error, metadata, old_values, new_values, reason,
      * prev_hash, checksum; text field f of the buffer goes to column text_col[f]. */
     static const int text_col[HELIOSDB_CHAIN_NTEXT] = {3, 4, 5, 6, 7, 10, 11, 12, 13, 14};
+    /* What each text parameter holds now: a field equal to the previous event's (the
+     * session, user, operation, target and query of a run of one statement) keeps its
+     * binding. sqlite3_reset keeps bindings, and a SQLITE_STATIC binding may point at the
+     * previous event's slot: the whole buffer outlives the call. */
+    const char *bound_s[HELIOSDB_CHAIN_NTEXT];
+    size_t bound_len[HELIOSDB_CHAIN_NTEXT];
+    signed char bound[HELIOSDB_CHAIN_NTEXT]; /* -1 nothing bound yet, 0 text, 1 NULL */
+    memset(bound, -1, sizeof bound);
     sqlite3_stmt *st = NULL;
     sqlite3_int64 before = sqlite3_total_changes64(db);
     rc = sqlite3_prepare_v3(db, insert_sql, -1, 0, &st, NULL);
@@ -633,8 +641,15 @@ int64_t heliosdb_log_append(void *db_, const char *insert_sql, unsigned char *pr
             int is_null;
             next_text(&cur, end, i == n - 1 && f == HELIOSDB_CHAIN_NTEXT - 1, &s, &len,
                       &is_null);
-            if (is_null) sqlite3_bind_null(st, text_col[f]);
-            else sqlite3_bind_text64(st, text_col[f], s, len, SQLITE_STATIC, SQLITE_UTF8);
+            if (is_null) {
+                if (bound[f] != 1) sqlite3_bind_null(st, text_col[f]);
+                bound[f] = 1;
+            } else if (bound[f] != 0 || bound_len[f] != len || memcmp(bound_s[f], s, len)) {
+                sqlite3_bind_text64(st, text_col[f], s, len, SQLITE_STATIC, SQLITE_UTF8);
+                bound[f] = 0;
+                bound_s[f] = s;
+                bound_len[f] = len;
+            }
         }
         if (rows_nulls[i]) sqlite3_bind_null(st, 8);
         else sqlite3_bind_int64(st, 8, rows[i]);

@@ -63,6 +63,39 @@ def test_c_writer_stores_the_same_rows_as_executemany(tmp_path, monkeypatch):
 
 
 @NEEDS_C
+def test_runs_of_equal_fields_keep_their_values(tmp_path, monkeypatch):
+    """The C writer binds a text again only when it differs from the previous event's:
+    runs of one statement, a text of the same length but other bytes, text -> NULL ->
+    the same text, NULL -> empty text, all stored as the executemany path stores them."""
+    base = EventFields("INSERT", target="main.t", user="alice", session_id="s1",
+                       query="INSERT INTO t VALUES (?)", affected_rows=1)
+    events = [base] * 20 + [
+        base._replace(user="alicf"),            # same length, other bytes
+        base._replace(user="alice"),
+        base._replace(user=None),               # text -> NULL
+        base._replace(user="alice"),            # NULL -> the text bound before the NULL
+        base._replace(reason=""),               # NULL -> empty text
+        base._replace(reason=None),
+        base._replace(reason=""),
+        base._replace(target="main.u", query="INSERT INTO u VALUES (?)"),
+    ] + [base] * 5
+    taken = _calls(monkeypatch)
+    select(monkeypatch, "c")
+    fast = make_log(str(tmp_path / "c.db"), 0)
+    store.append(fast, TABLE, events, now_us=1_700_000_000_000_000)
+    select(monkeypatch, "pure")
+    slow = make_log(str(tmp_path / "pure.db"), 0)
+    store.append(slow, TABLE, events, now_us=1_700_000_000_000_000)
+    assert taken == [True, False]
+    assert _rows(fast) == _rows(slow)
+    users = [r[0] for r in fast.execute(f'SELECT "user" FROM {TABLE} ORDER BY id')]
+    assert users[20:24] == ["alicf", "alice", None, "alice"]
+    reasons = [r[0] for r in fast.execute(f"SELECT reason FROM {TABLE} ORDER BY id")]
+    assert reasons[24:27] == ["", None, ""]
+    assert verify_chain(fast, TABLE).ok
+
+
+@NEEDS_C
 def test_a_text_holding_nul_takes_the_other_path_and_is_stored_as_is(tmp_path, monkeypatch):
     taken = _calls(monkeypatch)
     select(monkeypatch, "c")
