@@ -55,7 +55,7 @@ from .events import EventFields, canonical_json
 # function costs about 10,000 instructions each time even when the module is loaded.
 from .neighbourhood import (audited_attachments, find_audit_tables, find_foreign_schema,
                             schema_rows)
-from .policy import POLICY_ROW, enforce, per_config, read_stored_policy
+from .policy import POLICY_ROW, enforce, per_config, read_meta, read_stored_policy
 from . import retention
 
 # Authorizer action codes -> audit operation, in priority order: the first one seen in
@@ -548,7 +548,11 @@ class AuditSession(AuditAPI):
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
-                 enforced: bool = False, lock: Any = None) -> None:
+                 enforced: bool = False, lock: Any = None,
+                 meta: Optional[dict] = None) -> None:
+        # meta: every row of __audit_meta as attach_audit() just read it (policy.read_meta;
+        # {} for a file without the table): the open's questions about the meta table are
+        # answered from it instead of a query each. None: read here.
         self._conn = conn
         self._db = conn._apsw
         self._cfg = config.audit
@@ -613,20 +617,23 @@ class AuditSession(AuditAPI):
         self.readonly = bool(self._db.readonly("main"))
         self._foreign: list = []
         with self._internal():
-            rows = schema_rows(self._db)  # one read of the schema for both checks
-            self._check_neighbourhood(self._refresh_protected(rows), rows)
-            self._check_log_present()
+            if meta is None:
+                meta = read_meta(self._db) or {}
+            rows = schema_rows(self._db)  # one read of the schema for all three checks
+            self._check_neighbourhood(self._refresh_protected(rows, meta), rows)
+            self._check_log_present(rows, meta)
             if not self.readonly and not self._foreign:
                 # (creates nothing _protected does not already name: this table, the meta)
-                store.ensure_schema(self._db, self.table)
-                self._record_config_change()
-                self._point_policy()
+                if store.ensure_schema(self._db, self.table, meta=meta):
+                    meta = None  # it wrote: what was read before is not the file now
+                self._record_config_change(meta=meta)
+                self._point_policy(meta)
         conn._set_internal_authorizer(self._authorize)
         self._db.set_rollback_hook(self._on_rollback)
         if self._cfg.capture_row_values:
             self._db.preupdate_hook(self._on_preupdate)
         if not self.readonly and not self._foreign and self._cfg.auto_purge:
-            self._auto_purge()
+            self._auto_purge(meta)
         if self.readonly or self._foreign:
             pass  # nothing can be written (or a foreign trigger could swallow it)
         elif overridden or enforced:
@@ -648,16 +655,19 @@ class AuditSession(AuditAPI):
     #: recorded, naming the changed keys.
     record_initial_config = False
 
-    def _record_config_change(self, extra: Optional[dict] = None) -> None:
+    def _record_config_change(self, extra: Optional[dict] = None, *,
+                              meta: Optional[dict] = None) -> None:
         """AUDIT_CONFIG_CHANGE when the audit-relevant config (``name``, ``[audit]``,
         ``[encryption]``: no secrets, key sources are paths or variable names) differs
         from the one last recorded in ``__audit_meta`` (``config_hash``, ``config``), or
         was never recorded (see :attr:`record_initial_config`). The event and the meta
         update commit together, under BEGIN IMMEDIATE with the hash re-read inside:
-        concurrent connects record a change once. Called inside ``_internal()``."""
+        concurrent connects record a change once. Called inside ``_internal()``. ``meta``:
+        the meta rows as the open read them (else ``config_hash`` is read here)."""
         digest = _config_digest(self._config)
         db, table = self._db, self.table
-        if store.get_meta(db, table, "config_hash") == digest:
+        if (store.get_meta(db, table, "config_hash") if meta is None
+                else meta.get((table, "config_hash"))) == digest:
             return  # the common case: no write lock taken
 
         def work(c: Any) -> None:
@@ -999,18 +1009,23 @@ class AuditSession(AuditAPI):
         """Whether ``table`` is one of the audit tables this session keeps append-only."""
         return str(table).lower() in self._protected
 
-    def _refresh_protected(self, rows: Optional[dict] = None) -> list[str]:
+    def _refresh_protected(self, rows: Optional[dict] = None,
+                           meta: Optional[dict] = None) -> list[str]:
         """Protect every audit table the file holds, not only this session's. ``rows``:
-        the schema as neighbourhood.schema_rows() just read it (else it is read here)."""
+        the schema as neighbourhood.schema_rows() just read it (else it is read here);
+        ``meta``: the meta rows as policy.read_meta() just read them (else read here)."""
         names = {self.table.lower(), store.META_TABLE.lower()}
-        tables = find_audit_tables(self._db, rows=rows)
+        tables = find_audit_tables(self._db, rows=rows, meta=meta)
         names.update(t.lower() for t in tables)
         self._protected = frozenset(names)
         return tables
 
-    def _point_policy(self) -> None:
-        """Record this session's table as the one whose config is the policy in force."""
-        if store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) != self.table:
+    def _point_policy(self, meta: Optional[dict] = None) -> None:
+        """Record this session's table as the one whose config is the policy in force.
+        ``meta``: the meta rows as the open read them (else the pointer is read here)."""
+        pointed = store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) if meta is None \
+            else meta.get(POLICY_ROW)
+        if pointed != self.table:
             store.set_meta(self._db, POLICY_ROW[0], POLICY_ROW[1], self.table)
 
     def _check_neighbourhood(self, audit_tables: Optional[list[str]] = None,
@@ -1065,16 +1080,20 @@ class AuditSession(AuditAPI):
     #: auto_purge runs at most once per this many microseconds (a day).
     AUTO_PURGE_INTERVAL_US = 86_400 * 1_000_000
 
-    def _auto_purge(self) -> None:
+    def _auto_purge(self, meta: Optional[dict] = None) -> None:
         """``auto_purge``: at most once a day, at connect, purge what retention says is due
         into the archive next to the database. Never under a legal hold (skipped, not
         refused: nobody asked for this purge); an in-memory database has nowhere to
-        archive and is skipped."""
+        archive and is skipped. ``meta``: the meta rows as the open read them (else the
+        time of the last purge is read here; a stale one only runs the check again)."""
         if self._db_path() is None:
             return
         now = retention._clock_us()  # the clock purge() measures retention with
-        with self._internal():
-            last = store.get_meta(self._db, self.table, "auto_purge_us")
+        if meta is not None:
+            last = meta.get((self.table, "auto_purge_us"))
+        else:
+            with self._internal():
+                last = store.get_meta(self._db, self.table, "auto_purge_us")
         if isinstance(last, int) and 0 <= now - last < self.AUTO_PURGE_INTERVAL_US:
             return
         if retention.active_holds(self):
@@ -1085,15 +1104,25 @@ class AuditSession(AuditAPI):
         if due.purged:
             retention.purge(self)
 
-    def _check_log_present(self) -> None:
+    def _check_log_present(self, rows: Optional[dict] = None,
+                           meta: Optional[dict] = None) -> None:
         """A log that ``__audit_meta`` records must still be there: never start a fresh,
         empty chain in its place (it would verify, and hide that the log was dropped). A
-        read-only connection cannot create a new one either."""
-        found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
-                                 "AND name = ?", (self.table,)).fetchall()[0][0]
+        read-only connection cannot create a new one either. ``rows``: the schema as
+        neighbourhood.schema_rows() just read it, ``meta``: the meta rows as
+        policy.read_meta() did (else each is asked here)."""
+        if rows is not None:
+            # main's sqlite_schema, the name compared as `name = ?` does (exactly)
+            found = any(typ == "table" and name == self.table
+                        for typ, name, _tbl, _sql in rows.get("main", ()))
+        else:
+            found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = "
+                                     "'table' AND name = ?", (self.table,)).fetchall()[0][0]
         if found:
             return
-        if store.get_meta(self._db, self.table, "database_id") is not None:
+        recorded = store.get_meta(self._db, self.table, "database_id") if meta is None \
+            else meta.get((self.table, "database_id"))
+        if recorded is not None:
             raise AuditIntegrityError(
                 f"the audit log {self.table} that this database records in "
                 f"{store.META_TABLE} is missing: it was dropped outside heliosdb. Restore the "
@@ -2376,7 +2405,10 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
     """
     db = conn._apsw
     try:
-        stored = read_stored_policy(db)
+        # Every row of the meta table, once (None: there is none): the policy, and the
+        # session's questions at open, are answered from it.
+        meta = read_meta(db)
+        stored = None if meta is None else read_stored_policy(db, meta=meta)
     except apsw.Error as exc:
         raise translate(exc) from exc
     if stored is None and not config.audit.enabled:
@@ -2386,7 +2418,7 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
         if stored is not None:
             # Capture switched off by an audited call: the log stays append-only.
             try:
-                tables = find_audit_tables(db)
+                tables = find_audit_tables(db, meta=meta)
             except apsw.Error as exc:
                 raise translate(exc) from exc
             conn._set_internal_authorizer(guard_authorizer(tables))
@@ -2394,7 +2426,7 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
         return None, effective
     session = AuditSession(conn, effective, user, context, overridden=overridden,
                            enforced=stored is not None and not config.audit.enabled,
-                           lock=lock)
+                           lock=lock, meta=meta if meta is not None else {})
     return session, effective
 
 

@@ -41,7 +41,7 @@ from .events import COLUMNS
 from .store import DEFAULT_TABLE, META_TABLE, TABLE_NAME_RE, known_indexes
 
 __all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables", "audited_attachments",
-           "recorded_audit_tables"]
+           "recorded_audit_tables", "recorded_in"]
 
 
 @dataclass(frozen=True)
@@ -233,12 +233,15 @@ def _open_read_only(path: str, vfs: Optional[str]) -> apsw.Connection:
 
 
 def find_audit_tables(db: apsw.Connection, *,
-                      rows: Optional[dict[str, list[tuple]]] = None) -> list[str]:
+                      rows: Optional[dict[str, list[tuple]]] = None,
+                      meta: Optional[dict] = None) -> list[str]:
     """Audit tables in the file (see the module docstring), sorted, without the meta
     table. Names from ``__audit_meta`` are included only when they are plain identifiers
     (anything else could not be an audit table HeliosDB made). ``rows``: what
-    :func:`schema_rows` just read (else the schema is read here)."""
-    found: set[str] = set(recorded_audit_tables(db))
+    :func:`schema_rows` just read (else the schema is read here); ``meta``: every row of
+    ``__audit_meta`` as :func:`heliosdb.audit.policy.read_meta` just read it (else the
+    table names are read here)."""
+    found: set[str] = set(recorded_audit_tables(db) if meta is None else recorded_in(meta))
     want = {c.lower() for c in COLUMNS}
     for schema, schema_objects in (schema_rows(db) if rows is None else rows).items():
         for typ, name, _tbl, sql in schema_objects:
@@ -273,6 +276,12 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
     except apsw.Error as exc:  # unreadable: fail closed, as a heliosdb error
         raise translate(exc) from None
     return sorted(t for (t,) in rows if isinstance(t, str) and TABLE_NAME_RE.match(t))
+
+
+def recorded_in(meta: dict) -> list[str]:
+    """:func:`recorded_audit_tables`, answered from every row of ``__audit_meta`` already
+    read (``{(tbl, key): value}``, :func:`heliosdb.audit.policy.read_meta`)."""
+    return sorted({t for t, _key in meta if isinstance(t, str) and TABLE_NAME_RE.match(t)})
 
 
 def _expected_indexes(table: str) -> dict[str, str]:
