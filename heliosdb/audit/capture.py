@@ -536,6 +536,35 @@ def _locked(method: Any) -> Any:
     return locked
 
 
+#: uid -> login name from the password database (getpass.getuser()'s last resort, an NSS
+#: lookup that reads /etc/passwd: about 10 us per audited open).
+_LOGIN_NAMES: dict = {}
+_LOGIN_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")  # getpass.getuser()'s order
+
+
+def _default_user() -> str:
+    """``getpass.getuser()`` (a fallback where there is no login name), with the password
+    database's answer kept per uid: the environment is still read at every call, as
+    getpass reads it first."""
+    uid = None
+    if hasattr(os, "getuid"):
+        environ = os.environ
+        if not any(environ.get(name) for name in _LOGIN_VARIABLES):
+            uid = os.getuid()
+            name = _LOGIN_NAMES.get(uid)
+            if name is not None:
+                return name
+    try:
+        name = getpass.getuser()
+    except (ImportError, KeyError, OSError):  # no login name in some containers
+        name = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    if uid is not None:
+        if len(_LOGIN_NAMES) > 16:
+            _LOGIN_NAMES.clear()
+        _LOGIN_NAMES[uid] = name
+    return name
+
+
 class AuditSession(AuditAPI):
     """The audit side of one connection: capture, pending events, and the public API.
 
@@ -559,11 +588,7 @@ class AuditSession(AuditAPI):
         self._config = config
         self.table = self._cfg.table_name
         self.session_id = uuid.uuid4().hex
-        try:
-            default_user = getpass.getuser()
-        except (ImportError, KeyError, OSError):  # no login name in some containers
-            default_user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-        self.user = user if user is not None else default_user
+        self.user = user if user is not None else _default_user()
         self._context: dict[str, Any] = dict(context or {})
         # acting_as(): per thread, the (user, reason, context overrides) in force.
         self._tls = _ActorFrames()

@@ -30,6 +30,7 @@ are accepted).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -284,8 +285,12 @@ def recorded_in(meta: dict) -> list[str]:
     return sorted({t for t, _key in meta if isinstance(t, str) and TABLE_NAME_RE.match(t)})
 
 
+@functools.lru_cache(maxsize=64)
 def _expected_indexes(table: str) -> dict[str, str]:
-    return known_indexes(table)  # the current layout's, the covering and the legacy one's
+    # The current layout's, the covering and the legacy one's: a function of the name
+    # alone, asked at every audited open (twelve SQL texts built and checked). Kept per
+    # name; the dict is only read (find_foreign_schema copies it into its own).
+    return known_indexes(table)
 
 
 def find_foreign_schema(db: apsw.Connection,
