@@ -405,3 +405,37 @@ def test_meta_rows_changed_behind_heliosdb_are_read_at_the_next_open(tmp_path):
                            "key = 'checkpoint_seq'").fetchall() == [(0,)]
     finally:
         raw.close()
+
+
+def test_the_stored_policy_is_parsed_once_per_text_and_read_only(tmp_path):
+    """read_stored_policy() keeps the parse of each recorded config text: what it returns
+    for a text is shared by every read of it, hence read-only; another text (a policy
+    changed behind heliosdb) is parsed again. Session ids stay uuid4 hex."""
+    import uuid
+
+    import apsw
+
+    from heliosdb.audit.policy import read_stored_policy
+
+    path = str(tmp_path / "a.db")
+    with contextlib.closing(heliosdb.connect(path, config="default")) as conn:
+        assert uuid.UUID(hex=conn.audit.session_id).version == 4
+        assert uuid.UUID(hex=conn.audit.session_id).hex == conn.audit.session_id
+    db = apsw.Connection(path)
+    try:
+        first, second = read_stored_policy(db), read_stored_policy(db)
+        assert first.audit is second.audit and first.audit["log_dml"] is True
+        with pytest.raises(TypeError):
+            first.audit["log_dml"] = False
+        with pytest.raises(TypeError):
+            first.config["audit"] = {}
+        text = first.text.replace('"log_select":false', '"log_select":true')
+        assert text != first.text
+        db.execute("UPDATE __audit_meta SET value = ? WHERE tbl = '__audit_log' AND "
+                   "key = 'config'", (text,))
+        third = read_stored_policy(db)
+        assert third.audit["log_select"] is True and first.audit["log_select"] is False
+    finally:
+        db.close()
+    with contextlib.closing(heliosdb.connect(path)) as conn:
+        assert conn.config.audit.log_select  # the changed policy, enforced at this open

@@ -39,7 +39,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import apsw
@@ -536,6 +535,16 @@ def _locked(method: Any) -> Any:
     return locked
 
 
+def _new_session_id() -> str:
+    """``uuid.uuid4().hex`` without building the UUID object (about 10,000 instructions
+    per open): 16 random bytes with the version (4) and variant (RFC 4122) bits set as
+    uuid4 sets them, as 32 hex digits."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
+
+
 #: uid -> login name from the password database (getpass.getuser()'s last resort, an NSS
 #: lookup that reads /etc/passwd: about 10 us per audited open).
 _LOGIN_NAMES: dict = {}
@@ -587,7 +596,7 @@ class AuditSession(AuditAPI):
         self._cfg = config.audit
         self._config = config
         self.table = self._cfg.table_name
-        self.session_id = uuid.uuid4().hex
+        self.session_id = _new_session_id()
         self.user = user if user is not None else _default_user()
         self._context: dict[str, Any] = dict(context or {})
         # acting_as(): per thread, the (user, reason, context overrides) in force.

@@ -233,6 +233,10 @@ def _open_read_only(path: str, vfs: Optional[str]) -> apsw.Connection:
     return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs)
 
 
+#: The audit log's columns, lower-cased: a table with all of them is a log.
+_LOG_COLUMNS = frozenset(c.lower() for c in COLUMNS)
+
+
 def find_audit_tables(db: apsw.Connection, *,
                       rows: Optional[dict[str, list[tuple]]] = None,
                       meta: Optional[dict] = None) -> list[str]:
@@ -243,7 +247,7 @@ def find_audit_tables(db: apsw.Connection, *,
     ``__audit_meta`` as :func:`heliosdb.audit.policy.read_meta` just read it (else the
     table names are read here)."""
     found: set[str] = set(recorded_audit_tables(db) if meta is None else recorded_in(meta))
-    want = {c.lower() for c in COLUMNS}
+    want = _LOG_COLUMNS
     for schema, schema_objects in (schema_rows(db) if rows is None else rows).items():
         for typ, name, _tbl, sql in schema_objects:
             if typ != "table" or name.lower() == META_TABLE or name.startswith("sqlite_"):
@@ -282,7 +286,8 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
 def recorded_in(meta: dict) -> list[str]:
     """:func:`recorded_audit_tables`, answered from every row of ``__audit_meta`` already
     read (``{(tbl, key): value}``, :func:`heliosdb.audit.policy.read_meta`)."""
-    return sorted({t for t, _key in meta if isinstance(t, str) and TABLE_NAME_RE.match(t)})
+    names = {t for t, _key in meta}  # (a few names for many keys: each name checked once)
+    return sorted(t for t in names if isinstance(t, str) and TABLE_NAME_RE.match(t))
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import functools
 import json
+import types
 from typing import Any, Callable, Optional
 
 import apsw
@@ -119,21 +120,48 @@ def read_stored_policy(db: apsw.Connection, *,
         else:
             table = tables[0]
     text = meta.get((table, "config")) if table != POLICY_ROW[0] else None
-    audit: dict = {}
-    whole: dict = {}
-    if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("audit"), dict):
-            audit = data["audit"]
-            whole = data
+    if not isinstance(text, str):
+        text = None
+    audit, whole = _parsed(text)
     # A table with a log but no recorded config (written by an older release): audited
     # with the defaults of the [audit] section.
     enabled = bool(audit.get("enabled", True))
-    return StoredPolicy(table=table, audit=audit, enabled=enabled, config=whole,
-                        text=text if isinstance(text, str) else None)
+    return StoredPolicy(table=table, audit=audit, enabled=enabled, config=whole, text=text)
+
+
+#: _parsed()'s answers, per recorded config text (every audited open reads the same text;
+#: parsing it cost about 80,000 instructions). A pure function of the text; bounded.
+_PARSED: dict = {}
+_PARSED_MAX_TEXT = 1 << 16  # a larger text (none HeliosDB writes is) is parsed each time
+
+
+def _parsed(text: Optional[str]) -> tuple[Any, Any]:
+    """``(audit, whole)`` of a recorded config text: its ``[audit]`` section and the whole
+    config, or two empty mappings when the text is absent, not JSON, or has no ``audit``
+    object. Read-only views (``types.MappingProxyType``): the objects are shared by every
+    read of the same text, so nothing that reads a policy may change them."""
+    if text is None:
+        return _EMPTY, _EMPTY
+    hit = _PARSED.get(text)
+    if hit is not None:
+        return hit
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("audit"), dict):
+        data["audit"] = types.MappingProxyType(data["audit"])
+        out = (data["audit"], types.MappingProxyType(data))
+    else:
+        out = (_EMPTY, _EMPTY)
+    if len(text) <= _PARSED_MAX_TEXT:
+        if len(_PARSED) >= 64:
+            _PARSED.clear()
+        _PARSED[text] = out
+    return out
+
+
+_EMPTY: Any = types.MappingProxyType({})
 
 
 def _stricter(name: str, want: Any, have: Any, default: Any) -> Any:
