@@ -439,3 +439,31 @@ def test_the_stored_policy_is_parsed_once_per_text_and_read_only(tmp_path):
         db.close()
     with contextlib.closing(heliosdb.connect(path)) as conn:
         assert conn.config.audit.log_select  # the changed policy, enforced at this open
+
+
+def test_each_connection_records_its_own_metadata(tmp_path):
+    """The constant part of the metadata is kept per config, database and context: two
+    connections with contexts whose values are equal in Python (1 and True, 0 and
+    False) but not in JSON record each its own; a file of another name, its own name;
+    a context that cannot key the cache (a float, a list) is encoded as before."""
+    import json
+
+    def login_metadata(path, context):
+        with contextlib.closing(heliosdb.connect(str(path), config="default",
+                                                 audit_context=context)) as conn:
+            sid = conn.audit.session_id
+            conn.commit()
+        with contextlib.closing(heliosdb.connect(str(path), config="default")) as conn:
+            ev = [e for e in conn.audit.query().all()
+                  if e.session_id == sid and e.operation == "LOGIN"]
+        return json.loads(ev[0].metadata)
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    assert login_metadata(a, {"application_name": 1})["application_name"] == 1
+    assert login_metadata(a, {"application_name": True})["application_name"] is True
+    assert login_metadata(a, {"application_name": 0})["application_name"] == 0
+    assert login_metadata(a, {"application_name": False})["application_name"] is False
+    assert login_metadata(a, {"application_name": -0.0})["application_name"] == 0.0
+    assert login_metadata(a, {"application_name": [1]})["application_name"] == [1]
+    assert login_metadata(b, {"application_name": 1})["database_name"] == "b.db"
+    assert login_metadata(a, {"application_name": 1})["database_name"] == "a.db"

@@ -545,6 +545,12 @@ def _new_session_id() -> str:
     return b.hex()
 
 
+#: AuditSession._metadata_parts()'s answers (policy.per_config), and the value types of a
+#: context it keeps them for (floats are not: 0.0 and -0.0 are equal keys, not equal JSON).
+_MD_PARTS: dict = {}
+_PLAIN_JSON = frozenset((str, int, bool, type(None)))
+
+
 #: uid -> login name from the password database (getpass.getuser()'s last resort, an NSS
 #: lookup that reads /etc/passwd: about 10 us per audited open).
 _LOGIN_NAMES: dict = {}
@@ -1295,21 +1301,35 @@ class AuditSession(AuditAPI):
         """(canonical JSON of the constant metadata or None, prefix, suffix): the metadata
         of an event with an execution time is ``prefix + repr(ms) + suffix``, already in
         canonical form (sorted keys), so that no JSON is encoded per statement. Rebuilt
-        when the context changes. ``prefix`` is None when that shortcut does not apply."""
+        when the context changes. ``prefix`` is None when that shortcut does not apply.
+
+        Kept per config object, database name and context (``_MD_PARTS``) when every
+        context key is a str and every value a str, an int, a bool or None, typed in the
+        key (``1`` and ``True`` are equal keys but not equal JSON): every connection of a
+        process builds the same parts, three canonical JSON encodings at its first event
+        (LOGIN)."""
         parts = self._md_parts
         if parts is None:
-            const = self._metadata(None)
-            whole = canonical_json(const) if const else None
-            key = "execution_time_ms"
-            if key in const:  # a custom field of that name: no shortcut
-                parts = (whole, None, None)
+            ctx = self._context
+            if all(k.__class__ is str and v.__class__ in _PLAIN_JSON for k, v in ctx.items()):
+                parts = per_config(_MD_PARTS, self._config, (
+                    self._conn._database, tuple([(k, v.__class__, v) for k, v in ctx.items()])),
+                    self._build_metadata_parts)
             else:
-                before = canonical_json({k: v for k, v in const.items() if k < key})[1:-1]
-                after = canonical_json({k: v for k, v in const.items() if k > key})[1:-1]
-                parts = (whole, "{" + before + ("," if before else "") + f'"{key}":',
-                         ("," + after if after else "") + "}")
+                parts = self._build_metadata_parts()
             self._md_parts = parts
         return parts
+
+    def _build_metadata_parts(self) -> tuple:
+        const = self._metadata(None)
+        whole = canonical_json(const) if const else None
+        key = "execution_time_ms"
+        if key in const:  # a custom field of that name: no shortcut
+            return (whole, None, None)
+        before = canonical_json({k: v for k, v in const.items() if k < key})[1:-1]
+        after = canonical_json({k: v for k, v in const.items() if k > key})[1:-1]
+        return (whole, "{" + before + ("," if before else "") + f'"{key}":',
+                ("," + after if after else "") + "}")
 
     def _timed_metadata(self, elapsed_ns: Optional[int]) -> Any:
         """The metadata of an event without details: canonical JSON text built from the
