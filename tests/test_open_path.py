@@ -12,7 +12,11 @@ error before anything reads or writes it; a schema that cannot be read is an err
 (its policy merge and config digest kept per config object and stored text, presets
 resolved once per name, one schema read for both neighbourhood checks): every session
 still writes its LOGIN and LOGOUT, a policy raised between two opens applies at the
-next, and an edited preset file is read again.
+next, and an edited preset file is read again. The audited open reads ``__audit_meta``
+once (the policy, the recorded tables, the schema's completeness, the config hash, the
+policy pointer and the last auto-purge are answered from that read) and keeps per process
+only what is a function of its inputs (the parse of a policy text, the metadata of a
+config and context): meta rows changed behind heliosdb are seen at the next open.
 """
 from __future__ import annotations
 
