@@ -12,7 +12,11 @@ error before anything reads or writes it; a schema that cannot be read is an err
 (its policy merge and config digest kept per config object and stored text, presets
 resolved once per name, one schema read for both neighbourhood checks): every session
 still writes its LOGIN and LOGOUT, a policy raised between two opens applies at the
-next, and an edited preset file is read again.
+next, and an edited preset file is read again. The audited open reads ``__audit_meta``
+once (the policy, the recorded tables, the schema's completeness, the config hash, the
+policy pointer and the last auto-purge are answered from that read) and keeps per process
+only what is a function of its inputs (the parse of a policy text, the metadata of a
+config and context): meta rows changed behind heliosdb are seen at the next open.
 """
 from __future__ import annotations
 
@@ -321,3 +325,149 @@ def test_a_preset_file_edited_between_two_opens_is_read_again(tmp_path, monkeypa
     (presets / "default.toml").unlink()
     with pytest.raises(heliosdb.ConfigError):
         config_mod.load_config("default")
+
+
+# --- what an audited open runs (issue 18 item 4) ------------------------------------------
+
+
+def _tracing():
+    """A list that receives the SQL of every statement SQLite runs on the connections
+    opened while it is installed (remove it with ``_untrace``), for their lifetime."""
+    import apsw
+
+    seen = []
+
+    def hook(db):
+        db.trace_v2(apsw.SQLITE_TRACE_STMT,
+                    lambda ev: seen.append(" ".join((ev.get("sql") or "").split())))
+
+    apsw.connection_hooks.append(hook)
+    return seen, hook
+
+
+def _untrace(hook):
+    import apsw
+
+    apsw.connection_hooks.remove(hook)
+
+
+def test_an_audited_open_reads_the_meta_table_once(tmp_path):
+    """The open answers the policy, the recorded tables, the schema's completeness, the
+    config hash, the policy pointer and the last auto-purge from one read of
+    ``__audit_meta``; the log's presence from the schema read the neighbourhood check
+    makes. The LOGIN write keeps its head read inside BEGIN IMMEDIATE, and a whole cycle
+    (open, first read, close) runs 14 statements (21 before)."""
+    path = str(tmp_path / "a.db")
+    with contextlib.closing(heliosdb.connect(path, config="default")) as conn:
+        conn.execute("CREATE TABLE t(x)")
+        conn.commit()
+    heliosdb.connect(path, config="default").close()  # as every later open finds the file
+    seen, hook = _tracing()
+    try:
+        conn = heliosdb.connect(path, config="default")
+    finally:
+        _untrace(hook)
+    opened = list(seen)
+    conn.execute("SELECT count(*) FROM t").fetchall()
+    at_close = len(seen)
+    conn.close()
+    read, closed = seen[len(opened):at_close], seen[at_close:]
+    meta_reads = [s for s in opened if "__audit_meta" in s and not s.startswith("INSERT")]
+    assert meta_reads == ["SELECT tbl, key, value FROM __audit_meta"], opened
+    assert not [s for s in opened if "table_xinfo" in s or "sqlite_schema" in s], opened
+    for writes in (opened, closed):
+        begin = writes.index("BEGIN IMMEDIATE")
+        head = next(i for i, s in enumerate(writes) if s.startswith("SELECT id, checksum"))
+        assert begin < head < writes.index("COMMIT"), writes
+    assert len(opened) + len(read) + len(closed) <= 14, (opened, read, closed)
+
+
+def test_meta_rows_changed_behind_heliosdb_are_read_at_the_next_open(tmp_path):
+    """Nothing of ``__audit_meta`` is kept from one open to the next: a config hash, a
+    default meta row, a recorded audit table changed by another tool between two opens
+    are seen (a config change recorded, the row restored, the table protected)."""
+    path = str(tmp_path / "a.db")
+    with contextlib.closing(heliosdb.connect(path, config="default")) as conn:
+        conn.execute("CREATE TABLE t(x)")
+        conn.commit()
+    heliosdb.connect(path, config="default").close()
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE __audit_meta SET value = 'x' WHERE tbl = '__audit_log' "
+                "AND key = 'config_hash'")
+    raw.execute("DELETE FROM __audit_meta WHERE tbl = '__audit_log' AND key = 'checkpoint_seq'")
+    raw.execute("INSERT INTO __audit_meta VALUES ('other_log', 'format_version', 1)")
+    raw.commit()
+    raw.close()
+    with contextlib.closing(heliosdb.connect(path, config="default")) as conn:
+        assert conn.audit.protects("other_log")
+        ops = [e.operation for e in conn.audit.query().all()]
+        assert ops[-2:] == ["AUDIT_CONFIG_CHANGE", "LOGIN"], ops
+        assert conn.audit.verify().ok
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT value FROM __audit_meta WHERE tbl = '__audit_log' AND "
+                           "key = 'checkpoint_seq'").fetchall() == [(0,)]
+    finally:
+        raw.close()
+
+
+def test_the_stored_policy_is_parsed_once_per_text_and_read_only(tmp_path):
+    """read_stored_policy() keeps the parse of each recorded config text: what it returns
+    for a text is shared by every read of it, hence read-only; another text (a policy
+    changed behind heliosdb) is parsed again. Session ids stay uuid4 hex."""
+    import uuid
+
+    import apsw
+
+    from heliosdb.audit.policy import read_stored_policy
+
+    path = str(tmp_path / "a.db")
+    with contextlib.closing(heliosdb.connect(path, config="default")) as conn:
+        assert uuid.UUID(hex=conn.audit.session_id).version == 4
+        assert uuid.UUID(hex=conn.audit.session_id).hex == conn.audit.session_id
+    db = apsw.Connection(path)
+    try:
+        first, second = read_stored_policy(db), read_stored_policy(db)
+        assert first.audit is second.audit and first.audit["log_dml"] is True
+        with pytest.raises(TypeError):
+            first.audit["log_dml"] = False
+        with pytest.raises(TypeError):
+            first.config["audit"] = {}
+        text = first.text.replace('"log_select":false', '"log_select":true')
+        assert text != first.text
+        db.execute("UPDATE __audit_meta SET value = ? WHERE tbl = '__audit_log' AND "
+                   "key = 'config'", (text,))
+        third = read_stored_policy(db)
+        assert third.audit["log_select"] is True and first.audit["log_select"] is False
+    finally:
+        db.close()
+    with contextlib.closing(heliosdb.connect(path)) as conn:
+        assert conn.config.audit.log_select  # the changed policy, enforced at this open
+
+
+def test_each_connection_records_its_own_metadata(tmp_path):
+    """The constant part of the metadata is kept per config, database and context: two
+    connections with contexts whose values are equal in Python (1 and True, 0 and
+    False) but not in JSON record each its own; a file of another name, its own name;
+    a context that cannot key the cache (a float, a list) is encoded as before."""
+    import json
+
+    def login_metadata(path, context):
+        with contextlib.closing(heliosdb.connect(str(path), config="default",
+                                                 audit_context=context)) as conn:
+            sid = conn.audit.session_id
+            conn.commit()
+        with contextlib.closing(heliosdb.connect(str(path), config="default")) as conn:
+            ev = [e for e in conn.audit.query().all()
+                  if e.session_id == sid and e.operation == "LOGIN"]
+        return json.loads(ev[0].metadata)
+
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    assert login_metadata(a, {"application_name": 1})["application_name"] == 1
+    assert login_metadata(a, {"application_name": True})["application_name"] is True
+    assert login_metadata(a, {"application_name": 0})["application_name"] == 0
+    assert login_metadata(a, {"application_name": False})["application_name"] is False
+    assert login_metadata(a, {"application_name": -0.0})["application_name"] == 0.0
+    assert login_metadata(a, {"application_name": [1]})["application_name"] == [1]
+    assert login_metadata(b, {"application_name": 1})["database_name"] == "b.db"
+    assert login_metadata(a, {"application_name": 1})["database_name"] == "a.db"

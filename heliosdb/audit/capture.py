@@ -39,7 +39,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import apsw
@@ -55,7 +54,7 @@ from .events import EventFields, canonical_json
 # function costs about 10,000 instructions each time even when the module is loaded.
 from .neighbourhood import (audited_attachments, find_audit_tables, find_foreign_schema,
                             schema_rows)
-from .policy import POLICY_ROW, enforce, per_config, read_stored_policy
+from .policy import POLICY_ROW, enforce, per_config, read_meta, read_stored_policy
 from . import retention
 
 # Authorizer action codes -> audit operation, in priority order: the first one seen in
@@ -536,6 +535,51 @@ def _locked(method: Any) -> Any:
     return locked
 
 
+def _new_session_id() -> str:
+    """``uuid.uuid4().hex`` without building the UUID object (about 10,000 instructions
+    per open): 16 random bytes with the version (4) and variant (RFC 4122) bits set as
+    uuid4 sets them, as 32 hex digits."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
+
+
+#: AuditSession._metadata_parts()'s answers (policy.per_config), and the value types of a
+#: context it keeps them for (floats are not: 0.0 and -0.0 are equal keys, not equal JSON).
+_MD_PARTS: dict = {}
+_PLAIN_JSON = frozenset((str, int, bool, type(None)))
+
+
+#: uid -> login name from the password database (getpass.getuser()'s last resort, an NSS
+#: lookup that reads /etc/passwd: about 10 us per audited open).
+_LOGIN_NAMES: dict = {}
+_LOGIN_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")  # getpass.getuser()'s order
+
+
+def _default_user() -> str:
+    """``getpass.getuser()`` (a fallback where there is no login name), with the password
+    database's answer kept per uid: the environment is still read at every call, as
+    getpass reads it first."""
+    uid = None
+    if hasattr(os, "getuid"):
+        environ = os.environ
+        if not any(environ.get(name) for name in _LOGIN_VARIABLES):
+            uid = os.getuid()
+            name = _LOGIN_NAMES.get(uid)
+            if name is not None:
+                return name
+    try:
+        name = getpass.getuser()
+    except (ImportError, KeyError, OSError):  # no login name in some containers
+        name = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    if uid is not None:
+        if len(_LOGIN_NAMES) > 16:
+            _LOGIN_NAMES.clear()
+        _LOGIN_NAMES[uid] = name
+    return name
+
+
 class AuditSession(AuditAPI):
     """The audit side of one connection: capture, pending events, and the public API.
 
@@ -548,18 +592,18 @@ class AuditSession(AuditAPI):
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
-                 enforced: bool = False, lock: Any = None) -> None:
+                 enforced: bool = False, lock: Any = None,
+                 meta: Optional[dict] = None) -> None:
+        # meta: every row of __audit_meta as attach_audit() just read it (policy.read_meta;
+        # {} for a file without the table): the open's questions about the meta table are
+        # answered from it instead of a query each. None: read here.
         self._conn = conn
         self._db = conn._apsw
         self._cfg = config.audit
         self._config = config
         self.table = self._cfg.table_name
-        self.session_id = uuid.uuid4().hex
-        try:
-            default_user = getpass.getuser()
-        except (ImportError, KeyError, OSError):  # no login name in some containers
-            default_user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-        self.user = user if user is not None else default_user
+        self.session_id = _new_session_id()
+        self.user = user if user is not None else _default_user()
         self._context: dict[str, Any] = dict(context or {})
         # acting_as(): per thread, the (user, reason, context overrides) in force.
         self._tls = _ActorFrames()
@@ -613,20 +657,23 @@ class AuditSession(AuditAPI):
         self.readonly = bool(self._db.readonly("main"))
         self._foreign: list = []
         with self._internal():
-            rows = schema_rows(self._db)  # one read of the schema for both checks
-            self._check_neighbourhood(self._refresh_protected(rows), rows)
-            self._check_log_present()
+            if meta is None:
+                meta = read_meta(self._db) or {}
+            rows = schema_rows(self._db)  # one read of the schema for all three checks
+            self._check_neighbourhood(self._refresh_protected(rows, meta), rows)
+            self._check_log_present(rows, meta)
             if not self.readonly and not self._foreign:
                 # (creates nothing _protected does not already name: this table, the meta)
-                store.ensure_schema(self._db, self.table)
-                self._record_config_change()
-                self._point_policy()
+                if store.ensure_schema(self._db, self.table, meta=meta):
+                    meta = None  # it wrote: what was read before is not the file now
+                self._record_config_change(meta=meta)
+                self._point_policy(meta)
         conn._set_internal_authorizer(self._authorize)
         self._db.set_rollback_hook(self._on_rollback)
         if self._cfg.capture_row_values:
             self._db.preupdate_hook(self._on_preupdate)
         if not self.readonly and not self._foreign and self._cfg.auto_purge:
-            self._auto_purge()
+            self._auto_purge(meta)
         if self.readonly or self._foreign:
             pass  # nothing can be written (or a foreign trigger could swallow it)
         elif overridden or enforced:
@@ -648,16 +695,19 @@ class AuditSession(AuditAPI):
     #: recorded, naming the changed keys.
     record_initial_config = False
 
-    def _record_config_change(self, extra: Optional[dict] = None) -> None:
+    def _record_config_change(self, extra: Optional[dict] = None, *,
+                              meta: Optional[dict] = None) -> None:
         """AUDIT_CONFIG_CHANGE when the audit-relevant config (``name``, ``[audit]``,
         ``[encryption]``: no secrets, key sources are paths or variable names) differs
         from the one last recorded in ``__audit_meta`` (``config_hash``, ``config``), or
         was never recorded (see :attr:`record_initial_config`). The event and the meta
         update commit together, under BEGIN IMMEDIATE with the hash re-read inside:
-        concurrent connects record a change once. Called inside ``_internal()``."""
+        concurrent connects record a change once. Called inside ``_internal()``. ``meta``:
+        the meta rows as the open read them (else ``config_hash`` is read here)."""
         digest = _config_digest(self._config)
         db, table = self._db, self.table
-        if store.get_meta(db, table, "config_hash") == digest:
+        if (store.get_meta(db, table, "config_hash") if meta is None
+                else meta.get((table, "config_hash"))) == digest:
             return  # the common case: no write lock taken
 
         def work(c: Any) -> None:
@@ -999,18 +1049,23 @@ class AuditSession(AuditAPI):
         """Whether ``table`` is one of the audit tables this session keeps append-only."""
         return str(table).lower() in self._protected
 
-    def _refresh_protected(self, rows: Optional[dict] = None) -> list[str]:
+    def _refresh_protected(self, rows: Optional[dict] = None,
+                           meta: Optional[dict] = None) -> list[str]:
         """Protect every audit table the file holds, not only this session's. ``rows``:
-        the schema as neighbourhood.schema_rows() just read it (else it is read here)."""
+        the schema as neighbourhood.schema_rows() just read it (else it is read here);
+        ``meta``: the meta rows as policy.read_meta() just read them (else read here)."""
         names = {self.table.lower(), store.META_TABLE.lower()}
-        tables = find_audit_tables(self._db, rows=rows)
+        tables = find_audit_tables(self._db, rows=rows, meta=meta)
         names.update(t.lower() for t in tables)
         self._protected = frozenset(names)
         return tables
 
-    def _point_policy(self) -> None:
-        """Record this session's table as the one whose config is the policy in force."""
-        if store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) != self.table:
+    def _point_policy(self, meta: Optional[dict] = None) -> None:
+        """Record this session's table as the one whose config is the policy in force.
+        ``meta``: the meta rows as the open read them (else the pointer is read here)."""
+        pointed = store.get_meta(self._db, POLICY_ROW[0], POLICY_ROW[1]) if meta is None \
+            else meta.get(POLICY_ROW)
+        if pointed != self.table:
             store.set_meta(self._db, POLICY_ROW[0], POLICY_ROW[1], self.table)
 
     def _check_neighbourhood(self, audit_tables: Optional[list[str]] = None,
@@ -1065,16 +1120,20 @@ class AuditSession(AuditAPI):
     #: auto_purge runs at most once per this many microseconds (a day).
     AUTO_PURGE_INTERVAL_US = 86_400 * 1_000_000
 
-    def _auto_purge(self) -> None:
+    def _auto_purge(self, meta: Optional[dict] = None) -> None:
         """``auto_purge``: at most once a day, at connect, purge what retention says is due
         into the archive next to the database. Never under a legal hold (skipped, not
         refused: nobody asked for this purge); an in-memory database has nowhere to
-        archive and is skipped."""
+        archive and is skipped. ``meta``: the meta rows as the open read them (else the
+        time of the last purge is read here; a stale one only runs the check again)."""
         if self._db_path() is None:
             return
         now = retention._clock_us()  # the clock purge() measures retention with
-        with self._internal():
-            last = store.get_meta(self._db, self.table, "auto_purge_us")
+        if meta is not None:
+            last = meta.get((self.table, "auto_purge_us"))
+        else:
+            with self._internal():
+                last = store.get_meta(self._db, self.table, "auto_purge_us")
         if isinstance(last, int) and 0 <= now - last < self.AUTO_PURGE_INTERVAL_US:
             return
         if retention.active_holds(self):
@@ -1085,15 +1144,25 @@ class AuditSession(AuditAPI):
         if due.purged:
             retention.purge(self)
 
-    def _check_log_present(self) -> None:
+    def _check_log_present(self, rows: Optional[dict] = None,
+                           meta: Optional[dict] = None) -> None:
         """A log that ``__audit_meta`` records must still be there: never start a fresh,
         empty chain in its place (it would verify, and hide that the log was dropped). A
-        read-only connection cannot create a new one either."""
-        found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table' "
-                                 "AND name = ?", (self.table,)).fetchall()[0][0]
+        read-only connection cannot create a new one either. ``rows``: the schema as
+        neighbourhood.schema_rows() just read it, ``meta``: the meta rows as
+        policy.read_meta() did (else each is asked here)."""
+        if rows is not None:
+            # main's sqlite_schema, the name compared as `name = ?` does (exactly)
+            found = any(typ == "table" and name == self.table
+                        for typ, name, _tbl, _sql in rows.get("main", ()))
+        else:
+            found = self._db.execute("SELECT count(*) FROM sqlite_schema WHERE type = "
+                                     "'table' AND name = ?", (self.table,)).fetchall()[0][0]
         if found:
             return
-        if store.get_meta(self._db, self.table, "database_id") is not None:
+        recorded = store.get_meta(self._db, self.table, "database_id") if meta is None \
+            else meta.get((self.table, "database_id"))
+        if recorded is not None:
             raise AuditIntegrityError(
                 f"the audit log {self.table} that this database records in "
                 f"{store.META_TABLE} is missing: it was dropped outside heliosdb. Restore the "
@@ -1232,21 +1301,35 @@ class AuditSession(AuditAPI):
         """(canonical JSON of the constant metadata or None, prefix, suffix): the metadata
         of an event with an execution time is ``prefix + repr(ms) + suffix``, already in
         canonical form (sorted keys), so that no JSON is encoded per statement. Rebuilt
-        when the context changes. ``prefix`` is None when that shortcut does not apply."""
+        when the context changes. ``prefix`` is None when that shortcut does not apply.
+
+        Kept per config object, database name and context (``_MD_PARTS``) when every
+        context key is a str and every value a str, an int, a bool or None, typed in the
+        key (``1`` and ``True`` are equal keys but not equal JSON): every connection of a
+        process builds the same parts, three canonical JSON encodings at its first event
+        (LOGIN)."""
         parts = self._md_parts
         if parts is None:
-            const = self._metadata(None)
-            whole = canonical_json(const) if const else None
-            key = "execution_time_ms"
-            if key in const:  # a custom field of that name: no shortcut
-                parts = (whole, None, None)
+            ctx = self._context
+            if all(k.__class__ is str and v.__class__ in _PLAIN_JSON for k, v in ctx.items()):
+                parts = per_config(_MD_PARTS, self._config, (
+                    self._conn._database, tuple([(k, v.__class__, v) for k, v in ctx.items()])),
+                    self._build_metadata_parts)
             else:
-                before = canonical_json({k: v for k, v in const.items() if k < key})[1:-1]
-                after = canonical_json({k: v for k, v in const.items() if k > key})[1:-1]
-                parts = (whole, "{" + before + ("," if before else "") + f'"{key}":',
-                         ("," + after if after else "") + "}")
+                parts = self._build_metadata_parts()
             self._md_parts = parts
         return parts
+
+    def _build_metadata_parts(self) -> tuple:
+        const = self._metadata(None)
+        whole = canonical_json(const) if const else None
+        key = "execution_time_ms"
+        if key in const:  # a custom field of that name: no shortcut
+            return (whole, None, None)
+        before = canonical_json({k: v for k, v in const.items() if k < key})[1:-1]
+        after = canonical_json({k: v for k, v in const.items() if k > key})[1:-1]
+        return (whole, "{" + before + ("," if before else "") + f'"{key}":',
+                ("," + after if after else "") + "}")
 
     def _timed_metadata(self, elapsed_ns: Optional[int]) -> Any:
         """The metadata of an event without details: canonical JSON text built from the
@@ -2376,7 +2459,10 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
     """
     db = conn._apsw
     try:
-        stored = read_stored_policy(db)
+        # Every row of the meta table, once (None: there is none): the policy, and the
+        # session's questions at open, are answered from it.
+        meta = read_meta(db)
+        stored = None if meta is None else read_stored_policy(db, meta=meta)
     except apsw.Error as exc:
         raise translate(exc) from exc
     if stored is None and not config.audit.enabled:
@@ -2386,7 +2472,7 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
         if stored is not None:
             # Capture switched off by an audited call: the log stays append-only.
             try:
-                tables = find_audit_tables(db)
+                tables = find_audit_tables(db, meta=meta)
             except apsw.Error as exc:
                 raise translate(exc) from exc
             conn._set_internal_authorizer(guard_authorizer(tables))
@@ -2394,7 +2480,7 @@ def attach_audit(conn: Any, config: Any, *, user: Optional[str],
         return None, effective
     session = AuditSession(conn, effective, user, context, overridden=overridden,
                            enforced=stored is not None and not config.audit.enabled,
-                           lock=lock)
+                           lock=lock, meta=meta if meta is not None else {})
     return session, effective
 
 

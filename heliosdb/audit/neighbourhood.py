@@ -30,6 +30,7 @@ are accepted).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -41,7 +42,7 @@ from .events import COLUMNS
 from .store import DEFAULT_TABLE, META_TABLE, TABLE_NAME_RE, known_indexes
 
 __all__ = ["ForeignObject", "find_foreign_schema", "find_audit_tables", "audited_attachments",
-           "recorded_audit_tables"]
+           "recorded_audit_tables", "recorded_in"]
 
 
 @dataclass(frozen=True)
@@ -232,14 +233,21 @@ def _open_read_only(path: str, vfs: Optional[str]) -> apsw.Connection:
     return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs)
 
 
+#: The audit log's columns, lower-cased: a table with all of them is a log.
+_LOG_COLUMNS = frozenset(c.lower() for c in COLUMNS)
+
+
 def find_audit_tables(db: apsw.Connection, *,
-                      rows: Optional[dict[str, list[tuple]]] = None) -> list[str]:
+                      rows: Optional[dict[str, list[tuple]]] = None,
+                      meta: Optional[dict] = None) -> list[str]:
     """Audit tables in the file (see the module docstring), sorted, without the meta
     table. Names from ``__audit_meta`` are included only when they are plain identifiers
     (anything else could not be an audit table HeliosDB made). ``rows``: what
-    :func:`schema_rows` just read (else the schema is read here)."""
-    found: set[str] = set(recorded_audit_tables(db))
-    want = {c.lower() for c in COLUMNS}
+    :func:`schema_rows` just read (else the schema is read here); ``meta``: every row of
+    ``__audit_meta`` as :func:`heliosdb.audit.policy.read_meta` just read it (else the
+    table names are read here)."""
+    found: set[str] = set(recorded_audit_tables(db) if meta is None else recorded_in(meta))
+    want = _LOG_COLUMNS
     for schema, schema_objects in (schema_rows(db) if rows is None else rows).items():
         for typ, name, _tbl, sql in schema_objects:
             if typ != "table" or name.lower() == META_TABLE or name.startswith("sqlite_"):
@@ -275,8 +283,19 @@ def recorded_audit_tables(db: apsw.Connection) -> list[str]:
     return sorted(t for (t,) in rows if isinstance(t, str) and TABLE_NAME_RE.match(t))
 
 
+def recorded_in(meta: dict) -> list[str]:
+    """:func:`recorded_audit_tables`, answered from every row of ``__audit_meta`` already
+    read (``{(tbl, key): value}``, :func:`heliosdb.audit.policy.read_meta`)."""
+    names = {t for t, _key in meta}  # (a few names for many keys: each name checked once)
+    return sorted(t for t in names if isinstance(t, str) and TABLE_NAME_RE.match(t))
+
+
+@functools.lru_cache(maxsize=64)
 def _expected_indexes(table: str) -> dict[str, str]:
-    return known_indexes(table)  # the current layout's, the covering and the legacy one's
+    # The current layout's, the covering and the legacy one's: a function of the name
+    # alone, asked at every audited open (twelve SQL texts built and checked). Kept per
+    # name; the dict is only read (find_foreign_schema copies it into its own).
+    return known_indexes(table)
 
 
 def find_foreign_schema(db: apsw.Connection,

@@ -23,16 +23,17 @@ import copy
 import dataclasses
 import functools
 import json
+import types
 from typing import Any, Callable, Optional
 
 import apsw
 
 from ..config import Config
 from ..errors import ConfigError
-from .neighbourhood import recorded_audit_tables
+from .neighbourhood import recorded_in
 from .store import DEFAULT_TABLE, META_TABLE
 
-__all__ = ["POLICY_ROW", "StoredPolicy", "read_stored_policy", "enforce",
+__all__ = ["POLICY_ROW", "StoredPolicy", "read_meta", "read_stored_policy", "enforce",
            "relaxations"]
 
 #: ``__audit_meta`` row (tbl, key) naming the audit table whose config is in force.
@@ -61,19 +62,20 @@ class StoredPolicy:
     text: Optional[str] = dataclasses.field(default=None, compare=False)
 
 
-def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
-    """The policy stored in the file, or ``None`` for a database never audited.
-
-    Files written before the policy row existed: the table whose config was recorded
-    (``__audit_log`` first when several were). One query for a database without a meta
-    table (every plain connection asks).
+def read_meta(db: apsw.Connection) -> Optional[dict]:
+    """Every row of ``__audit_meta`` as ``{(tbl, key): value}``, or ``None`` for a database
+    without a meta table (never audited). One statement: what an audited open asks of
+    the meta table (the policy, the recorded tables, whether the log's schema is
+    complete, the config hash, the policy pointer, the last auto-purge) is answered from
+    it. A snapshot of the file, untrusted like every value read from it: the writes it
+    leads to re-read what they depend on inside their own transaction.
 
     Whether the meta table exists is asked of SQLite's schema first
     (``sqlite3_table_column_metadata``: it loads the schema from the file as the query
     would, raises what loading it raises, and is answered without compiling SQL): a plain
     database then costs no failing statement (about 30,000 instructions per open, W7).
     The SELECT still runs whenever the table is there. (A *view* named ``__audit_meta``,
-    which HeliosDB never creates, is not read as a policy.)
+    which HeliosDB never creates, is not read.)
     """
     try:
         if not db.table_exists(None, META_TABLE):  # None: where the SELECT would look
@@ -81,17 +83,35 @@ def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
     except apsw.SQLError:
         return None  # as the SELECT below
     try:
-        rows = db.execute(f"SELECT tbl, key, value FROM {META_TABLE} WHERE "
-                          "(tbl = ? AND key = ?) OR key = 'config'", POLICY_ROW).fetchall()
+        rows = db.execute(f"SELECT tbl, key, value FROM {META_TABLE}").fetchall()
     except apsw.SQLError:
         return None  # no meta table: not an audited database (or not yet)
-    table = next((v for t, k, v in rows if (t, k) == POLICY_ROW and isinstance(v, str)),
-                 None)
-    configs = {t: v for t, k, v in rows if k == "config" and t != POLICY_ROW[0]}
+    # (tbl, key) is the table's primary key; in a table made by another tool, the last of
+    # several rows answers. SQLite's values are all hashable.
+    return {(t, k): v for t, k, v in rows}
+
+
+def read_stored_policy(db: apsw.Connection, *,
+                       meta: Optional[dict] = None) -> Optional[StoredPolicy]:
+    """The policy stored in the file, or ``None`` for a database never audited.
+
+    Files written before the policy row existed: the table whose config was recorded
+    (``__audit_log`` first when several were). ``meta``: what :func:`read_meta` just
+    returned (else it is read here: one query, none for a database without a meta table,
+    which every plain connection is).
+    """
+    if meta is None:
+        meta = read_meta(db)
+        if meta is None:
+            return None
+    table = meta.get(POLICY_ROW)
+    if not isinstance(table, str):
+        table = None
     if table is None:
-        tables = recorded_audit_tables(db)
+        tables = recorded_in(meta)
         if not tables:
             return None
+        configs = {t for (t, k) in meta if k == "config"}
         with_config = sorted(t for t in tables if t in configs)
         if DEFAULT_TABLE in tables:
             table = DEFAULT_TABLE
@@ -99,22 +119,49 @@ def read_stored_policy(db: apsw.Connection) -> Optional[StoredPolicy]:
             table = with_config[0]
         else:
             table = tables[0]
-    text = configs.get(table)
-    audit: dict = {}
-    whole: dict = {}
-    if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("audit"), dict):
-            audit = data["audit"]
-            whole = data
+    text = meta.get((table, "config")) if table != POLICY_ROW[0] else None
+    if not isinstance(text, str):
+        text = None
+    audit, whole = _parsed(text)
     # A table with a log but no recorded config (written by an older release): audited
     # with the defaults of the [audit] section.
     enabled = bool(audit.get("enabled", True))
-    return StoredPolicy(table=table, audit=audit, enabled=enabled, config=whole,
-                        text=text if isinstance(text, str) else None)
+    return StoredPolicy(table=table, audit=audit, enabled=enabled, config=whole, text=text)
+
+
+#: _parsed()'s answers, per recorded config text (every audited open reads the same text;
+#: parsing it cost about 80,000 instructions). A pure function of the text; bounded.
+_PARSED: dict = {}
+_PARSED_MAX_TEXT = 1 << 16  # a larger text (none HeliosDB writes is) is parsed each time
+
+
+def _parsed(text: Optional[str]) -> tuple[Any, Any]:
+    """``(audit, whole)`` of a recorded config text: its ``[audit]`` section and the whole
+    config, or two empty mappings when the text is absent, not JSON, or has no ``audit``
+    object. Read-only views (``types.MappingProxyType``): the objects are shared by every
+    read of the same text, so nothing that reads a policy may change them."""
+    if text is None:
+        return _EMPTY, _EMPTY
+    hit = _PARSED.get(text)
+    if hit is not None:
+        return hit
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("audit"), dict):
+        data["audit"] = types.MappingProxyType(data["audit"])
+        out = (data["audit"], types.MappingProxyType(data))
+    else:
+        out = (_EMPTY, _EMPTY)
+    if len(text) <= _PARSED_MAX_TEXT:
+        if len(_PARSED) >= 64:
+            _PARSED.clear()
+        _PARSED[text] = out
+    return out
+
+
+_EMPTY: Any = types.MappingProxyType({})
 
 
 def _stricter(name: str, want: Any, have: Any, default: Any) -> Any:

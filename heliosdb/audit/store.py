@@ -308,8 +308,10 @@ def _run(conn: apsw.Connection, fn: Any, *args: Any, write: bool = True) -> Any:
         raise translate(exc) from None
 
 
-def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
-    """Create the audit table, its indexes and its meta rows if they do not exist.
+def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE, *,
+                  meta: Optional[dict] = None) -> bool:
+    """Create the audit table, its indexes and its meta rows if they do not exist; return
+    whether it had to (a write transaction ran), False when the file held them already.
 
     The indexes (:func:`index_sql`) are created with the table, never added to a log that
     exists: a file made with the legacy indexes keeps them (no DDL runs on an audited file
@@ -319,10 +321,14 @@ def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
     ``database_id`` (16 random bytes, hex: binds checkpoints to this database),
     ``anchor_id`` / ``anchor_checksum`` / ``anchor_ts_us`` (start of the stored chain) and
     ``checkpoint_seq`` (number of the last checkpoint taken of this database).
+
+    ``meta``: every row of ``__audit_meta`` as :func:`heliosdb.audit.policy.read_meta`
+    just read it (``{}``: no meta table), to answer whether the meta rows are there
+    without a query. Whatever it says, the creation re-checks inside its transaction.
     """
     check_table_name(table)
-    if _schema_complete(conn, table):
-        return  # what every open of an existing log finds: no write transaction for it
+    if _schema_complete(conn, table, meta):
+        return False  # what every open of an existing log finds: no write transaction
 
     def work(c: apsw.Connection) -> None:
         schema = _schema_sql(table)
@@ -341,26 +347,38 @@ def ensure_schema(conn: apsw.Connection, table: str = DEFAULT_TABLE) -> None:
                       [(table, k, v) for k, v in defaults.items()])
 
     _run(conn, work)
+    return True
 
 
 _META_DEFAULT_KEYS = ("format_version", "database_id", "anchor_id", "anchor_checksum",
                       "anchor_ts_us", "checkpoint_seq")
 
 
-def _schema_complete(conn: apsw.Connection, table: str) -> bool:
+def _schema_complete(conn: apsw.Connection, table: str, meta: Optional[dict] = None) -> bool:
     """Does the file already hold everything :func:`ensure_schema` would create for
-    ``table`` (its meta rows, the table with its generated columns)? Two reads, no lock."""
-    try:
-        n = conn.execute(
-            f"SELECT count(*) FROM {META_TABLE} WHERE tbl = ? AND key IN "
-            f"({', '.join('?' * len(_META_DEFAULT_KEYS))})",
-            (table, *_META_DEFAULT_KEYS)).fetchall()[0][0]
-    except apsw.SQLError:
-        return False  # no meta table yet
+    ``table`` (its meta rows, the table with its generated columns)? No lock; one query
+    for the meta rows (none when ``meta``, every meta row already read, is given), and
+    SQLite's schema asked for each generated column (``sqlite3_table_column_metadata``:
+    no statement compiled; it finds the table where ``PRAGMA table_xinfo`` would, temp
+    first, and hidden columns too)."""
+    if meta is not None:
+        n = sum(1 for k in _META_DEFAULT_KEYS if (table, k) in meta)
+    else:
+        try:
+            n = conn.execute(
+                f"SELECT count(*) FROM {META_TABLE} WHERE tbl = ? AND key IN "
+                f"({', '.join('?' * len(_META_DEFAULT_KEYS))})",
+                (table, *_META_DEFAULT_KEYS)).fetchall()[0][0]
+        except apsw.SQLError:
+            return False  # no meta table yet
     if n != len(_META_DEFAULT_KEYS):
         return False
-    have = {r[1] for r in conn.execute(f"PRAGMA table_xinfo({quoted(table)})")}
-    return bool(have) and all(name in have for name in GENERATED_COLUMNS)
+    for name in GENERATED_COLUMNS:
+        try:
+            conn.column_metadata(None, table, name)
+        except apsw.SQLError:
+            return False  # no such table, or no such column
+    return True
 
 
 def get_meta(conn: apsw.Connection, table: str, key: str, default: Any = None) -> Any:
