@@ -334,6 +334,11 @@ if EventFields._fields != _STMT_EVENT_ORDER:  # pragma: no cover - a developer's
                       f"but events.py declares {EventFields._fields}: update _stmt_event")
 
 
+#: At most this many metadata texts are kept by execution time (see _hot_metadata).
+_MD_TEXTS = 4096
+_MISSING = object()
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -545,6 +550,9 @@ class AuditSession(AuditAPI):
     #: Also a class attribute: the rollback hook reads it, and may run on a session whose
     #: __init__ did not get that far (a connection collected half-built).
     _doomed: Optional[str] = None
+    #: acting_as() frames open now, on any thread (changed under the lock): while there is
+    #: none, execute()'s hot path need not read this thread's frame (a thread-local).
+    _acting = 0
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
@@ -1229,22 +1237,26 @@ class AuditSession(AuditAPI):
         return md
 
     def _metadata_parts(self) -> tuple:
-        """(canonical JSON of the constant metadata or None, prefix, suffix): the metadata
-        of an event with an execution time is ``prefix + repr(ms) + suffix``, already in
-        canonical form (sorted keys), so that no JSON is encoded per statement. Rebuilt
-        when the context changes. ``prefix`` is None when that shortcut does not apply."""
+        """(canonical JSON of the constant metadata or None, prefix, suffix, texts,
+        reason): the metadata of an event with an execution time is ``prefix + repr(ms) +
+        suffix``, already in canonical form (sorted keys), so that no JSON is encoded per
+        statement. Rebuilt when the context changes (``set_context``), which empties
+        ``texts``, the metadata of the hot path's events by their time in microseconds
+        (see :meth:`_hot_metadata`); ``reason`` is the context's. ``prefix`` is None
+        when that shortcut does not apply."""
         parts = self._md_parts
         if parts is None:
             const = self._metadata(None)
             whole = canonical_json(const) if const else None
             key = "execution_time_ms"
+            reason = self._context.get("reason")
             if key in const:  # a custom field of that name: no shortcut
-                parts = (whole, None, None)
+                parts = (whole, None, None, {}, reason)
             else:
                 before = canonical_json({k: v for k, v in const.items() if k < key})[1:-1]
                 after = canonical_json({k: v for k, v in const.items() if k > key})[1:-1]
                 parts = (whole, "{" + before + ("," if before else "") + f'"{key}":',
-                         ("," + after if after else "") + "}")
+                         ("," + after if after else "") + "}", {}, reason)
             self._md_parts = parts
         return parts
 
@@ -1252,12 +1264,26 @@ class AuditSession(AuditAPI):
         """The metadata of an event without details: canonical JSON text built from the
         cached parts (see :meth:`_metadata_parts`), its ``execution_time_ms`` to the
         microsecond; a dict when no shortcut applies; None when there is none."""
-        whole, prefix, suffix = self._md_parts or self._metadata_parts()
+        whole, prefix, suffix, _texts, _reason = self._md_parts or self._metadata_parts()
         if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
             return whole
         if prefix is not None:
             return prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
         return self._metadata(elapsed_ns)
+
+    def _hot_metadata(self, us: int, elapsed_ns: int) -> Any:
+        """``_timed_metadata(elapsed_ns) or None``, the metadata of a hot path event
+        (:meth:`execute`) for a statement that took ``us`` microseconds (``elapsed_ns``
+        rounded as ``execution_time_ms`` is), kept for the next statement that takes as
+        long when it is text (the metadata depends on ``us`` only): the hot path reads
+        it from ``_md_parts[3]`` instead of building it, ``repr(float)`` included."""
+        md = self._timed_metadata(elapsed_ns) or None
+        if md is None or md.__class__ is str:
+            texts = self._md_parts[3]
+            if len(texts) >= _MD_TEXTS:
+                texts.clear()
+            texts[us] = md
+        return md
 
     def _stmt_event(self, operation: str, target: Optional[str], query: Optional[str],
                     affected_rows: Optional[int], elapsed_ns: int) -> EventFields:
@@ -1401,6 +1427,8 @@ class AuditSession(AuditAPI):
     def _failed_copies(self, events: list[EventFields], reason: str) -> list[EventFields]:
         out = []
         for ev in events:
+            if ev.__class__ is tuple:  # queued by execute()'s hot path: the same fields
+                ev = _new_event(EventFields, ev)
             if ev.operation in _KEEP_ON_ROLLBACK:
                 out.append(ev)
             elif ev.success:
@@ -1474,32 +1502,80 @@ class AuditSession(AuditAPI):
 
     # -- the execution paths the DB-API calls ----------------------------------------
     def execute(self, cur: apsw.Cursor, sql: str, params: Any, *,
-                query: Optional[str] = None, begin: bool = False) -> StatementRun:
+                query: Optional[str] = None, begin: bool = False) -> Any:
         """Run one statement on the APSW cursor ``cur`` and record it (as ``query`` if
         given: the statement of a script without its surrounding white space). ``begin``:
         open the DB-API's implicit transaction first if none is open (decided under the
-        lock). Returns what the DB-API cursor reports of the statement."""
+        lock). Returns what the DB-API cursor reports of the statement: a
+        :class:`StatementRun`, or on the hot path a plain tuple in its order."""
         with self._lock:
-            self._refuse_reentry()
+            if self._writing:
+                self._refuse_reentry()
             if self._many and _keyword_op(sql) in _TX_OPS:
                 self._no_tx_end(sql)
             if self._depth:
                 return self._nested(self.execute, cur, sql, params, query=query,
                                     begin=begin)
             db = self._db
-            if begin and db.get_autocommit():
+            autocommit = db.get_autocommit()
+            if begin and autocommit:
                 self._conn._begin()
+                autocommit = db.get_autocommit()
             info = self._sql_info.get(sql)
-            if info is not None and len(info) > 5 and query is None and self._hot_allowed \
-                    and not self._foreign and not self._just_begun \
+            if not autocommit and info is not None and len(info) > 5 and query is None \
+                    and self._hot_allowed and not self._foreign and not self._just_begun \
                     and self._unstored < _TX_BATCH - 1 and self._pending_begin is None \
                     and not self._select_buffer and not self._rolled_back \
-                    and self._tls.top is None and not db.get_autocommit():
-                self._depth += 1
+                    and (not self._acting or self._tls.top is None):
+                # The hot path: DML already classified, in an open transaction whose queue
+                # takes its event (no acting_as() frame on this thread). Same event as
+                # _execute and _finish record, in fewer steps; anything unusual after it
+                # ran goes to _finish.
+                self._depth = 1  # (it was 0: see above)
                 try:
-                    return self._execute_hot(cur, sql, params, info)
+                    if self._actions:
+                        self._actions = []
+                    if self._denied is not None:
+                        self._denied = None
+                    before = db.total_changes()
+                    t0 = _perf_ns()
+                    try:
+                        cur.execute(sql, params)
+                    except BaseException as exc:  # noqa: BLE001
+                        elapsed = _perf_ns() - t0
+                        explained = _explain_now(db, exc)
+                        self._record_failure(sql, exc, elapsed, wrapped=False, before=before,
+                                             query=None, params=params)
+                        if explained is not None:
+                            raise explained from exc
+                        self._raise(exc, sql)
+                    elapsed = _perf_ns() - t0
+                    if self._actions or self._rolled_back or self._row_values \
+                            or db.get_autocommit():
+                        # Prepared again (the schema changed: classify it again), or the
+                        # transaction ended under it: the general path decides.
+                        return self._finish(cur, sql, params, None, info, False, False,
+                                            before, elapsed, None, None)
+                    # A statement whose first word is INSERT, UPDATE, DELETE, REPLACE or
+                    # WITH (hot records are made for no other: see _finish): SQLite sets
+                    # changes() when it ends, to 0 when it changed nothing, so that the
+                    # event's affected_rows is changes() without the total_changes()
+                    # comparison _finish needs for other statements.
+                    changes = db.changes()
+                    op, target, q = info[5]
+                    parts = self._md_parts or self._metadata_parts()
+                    us = (elapsed + 500) // 1000
+                    md = parts[3].get(us, _MISSING)
+                    if md is _MISSING:
+                        md = self._hot_metadata(us, elapsed)
+                    # _stmt_event's fields, as a plain tuple (see _failed_copies): the
+                    # record holds the query already cut to max_query_length.
+                    self._pending_tx.append((op, target, self.user, self.session_id, q,
+                                             changes, 1, None, md, None, None, parts[4]))
+                    self._unstored += 1
+                    return (changes, db.last_insert_rowid(), None, None)
                 finally:
-                    self._depth -= 1
+                    self._depth = 0
             if self._foreign:
                 try:
                     return self._execute(cur, sql, params, query)
@@ -1567,46 +1643,6 @@ class AuditSession(AuditAPI):
             self._nested_changes += self._db.total_changes() - changes
             self._depth = depth
             self._actions, self._denied, self._row_values = saved
-
-    def _execute_hot(self, cur: apsw.Cursor, sql: str, params: Any,
-                     info: tuple) -> StatementRun:
-        """:meth:`_execute` for the statement audited most: DML already classified, in an
-        open transaction whose queue takes its event (execute() checked the rest). Same
-        event, fewer steps; anything unusual after it ran goes to :meth:`_finish`."""
-        db = self._db
-        if self._actions:
-            self._actions = []
-        if self._denied is not None:
-            self._denied = None
-        before = db.total_changes()
-        t0 = _perf_ns()
-        try:
-            cur.execute(sql, params)
-        except BaseException as exc:  # noqa: BLE001
-            elapsed = _perf_ns() - t0
-            explained = _explain_now(db, exc)
-            self._record_failure(sql, exc, elapsed, wrapped=False, before=before,
-                                 query=None, params=params)
-            if explained is not None:
-                raise explained from exc
-            self._raise(exc, sql)
-        elapsed = _perf_ns() - t0
-        if self._actions or self._rolled_back or self._row_values or db.get_autocommit():
-            # Prepared again (the schema changed: classify it again), or the transaction
-            # ended under it: the general path decides.
-            return self._finish(cur, sql, params, None, info, False, False, before, elapsed,
-                                None, None)
-        changes = db.changes()
-        op, target, query = info[5]
-        # _stmt_event's tuple, built here: the hot record holds the query already cut to
-        # max_query_length, and execute() checked that no acting_as() frame is open.
-        md = self._timed_metadata(elapsed)
-        self._pending_tx.append(_new_event(EventFields, (
-            op, target, self.user, self.session_id, query,
-            changes if db.total_changes() != before else 0, 1, None, md or None, None, None,
-            self._context.get("reason"))))
-        self._unstored += 1
-        return _new_event(StatementRun, (changes, db.last_insert_rowid(), None, None))
 
     def _execute(self, cur: apsw.Cursor, sql: str, params: Any,
                  query: Optional[str]) -> StatementRun:
@@ -1705,8 +1741,10 @@ class AuditSession(AuditAPI):
             # A DML statement classified from the authorizer's account (now, or when it
             # was prepared): the next runs of this text inside a transaction take the hot
             # path of execute(), with what it was classified as. Classified again (the
-            # schema changed), the record is replaced, or dropped.
-            if wanted and op in _DML_OPS and rows is None and info[1] \
+            # schema changed), the record is replaced, or dropped. Only a text that is a
+            # DML statement by its first word (info[0]): the hot path counts its rows
+            # by changes() alone (not EXPLAIN INSERT ..., which changes nothing).
+            if wanted and op in _DML_OPS and rows is None and info[0] and info[1] \
                     and not (info[2] or info[3] or info[4]) \
                     and (self._actions or sql in self._class_cache):
                 maxlen = self._cfg.max_query_length
@@ -2306,11 +2344,15 @@ class AuditSession(AuditAPI):
             self._record_actor_change(user, why, overrides, vouched_by=vouched_by)
             tls.stack.append((user, why, ctx))
             tls.top = tls.stack[-1]
+            with self._lock:
+                self._acting += 1
             try:
                 yield self
             finally:
                 tls.stack.pop()
                 tls.top = tls.stack[-1] if tls.stack else None
+                with self._lock:
+                    self._acting -= 1
 
         return frame()
 
