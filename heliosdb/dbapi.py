@@ -838,7 +838,9 @@ class Cursor:
             self._converters = None
             self._count_at_end = False
             self.rowcount = -1
-            cur = self._apsw_cursor()
+            cur = self._cur
+            if cur is None or cur.__class__ is _Drained:
+                cur = self._apsw_cursor()
             # The hook: the audit session runs the statement and records it, and decides
             # on BEGIN under its lock (threads sharing the connection).
             outer, conn._begin_cursor = conn._begin_cursor, cur  # for _begin() on 3.10
@@ -852,7 +854,16 @@ class Cursor:
             finally:
                 conn._begin_cursor = outer
                 conn._binding_source = None
-            self._after_audited(flags, run)
+            if flags & _DML_OR_RETURNING == _DML and run[2] is None:
+                # _after_audited() for DML without RETURNING, inlined (the audit's hot path)
+                self.rowcount = run[0]
+                self.lastrowid = run[1]
+                self._rows_kind = False
+                self._peek = None
+                self._active = True
+                self._desc_known = False
+            else:
+                self._after_audited(flags, run)
             return self
         # (DESIGN.md 1, speed: no second Python frame per statement; the state is set once,
         # after the statement ran, or reset by _failed() when it did not.)
