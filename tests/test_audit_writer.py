@@ -175,7 +175,7 @@ def _uniform(n: int) -> list[EventFields]:
 @pytest.mark.parametrize("change, column_path, c_path", [
     (None, True, True),  # fields None in every event: NULL slots a column at a time
     ({"reason": "ticket 42"}, False, True),  # one event has a reason: text by text
-    ({"target": "a\x01b"}, False, True),  # holds the slot's character: text by text
+    ({"target": "a\x01b"}, True, True),  # holds the slot's character: no matter
     ({"query": "\x01"}, False, False),  # is the slot: the executemany path
     ({"user": None}, False, True),  # a column of texts with one NULL
     ({"affected_rows": None}, True, True),

@@ -124,8 +124,14 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
         joined = "\x00".join([_NULL_SLOT if t is None else t for t in texts])
     else:
         _check_int_types(rows, success)
-    rows_nulls = bytes(map(is_, rows, repeat(None)))
-    rows_v = [0 if r is None else r for r in rows] if any(rows_nulls) else rows
+    try:
+        sum(rows)  # (ints only now: it fails on a None)
+    except TypeError:
+        rows_nulls = bytes(map(is_, rows, repeat(None)))
+        rows = [0 if r is None else r for r in rows]
+    else:
+        rows_nulls = bytes(n)
+    rows_v = rows
     blob = joined.encode("utf-8")
     link = _ffi.new("unsigned char[32]", prev)
     leaves = _ffi.new("unsigned char[]", 32 * n)
@@ -172,27 +178,23 @@ def _slotted(texts: Sequence[Optional[str]], n: int) -> Optional[str]:
     column at a time: a text field that is None in every event (an error, row values, a
     reason) becomes the NULL slot by one slice assignment, and the rest is joined as it
     is. None (the caller then goes text by text, which decides) when that does not apply:
-    a column mixing None and texts, a value that is no str, or a text holding the slot's
-    character (counted in the buffer: then some text may *be* the slot)."""
+    a column mixing None and texts, a value that is no str, a text that is the slot."""
     if len(texts) != NTEXT * n:
         return None
     out = None
-    slots = 0
-    for c in range(NTEXT):
-        if texts[c] is None:
-            if texts[c::NTEXT].count(None) != n:  # (cheap: None is compared by identity)
-                return None
-            if out is None:
-                out = list(texts)
-            out[c::NTEXT] = _slot_column(n)
-            slots += n
     try:
-        joined = "\x00".join(texts if out is None else out)
-    except TypeError:
+        for c in range(NTEXT):
+            if texts[c] is None:
+                if texts[c::NTEXT].count(None) != n:  # (cheap: None is compared by identity)
+                    return None
+                if out is None:
+                    out = list(texts)
+                out[c::NTEXT] = _slot_column(n)
+            elif _NULL_SLOT in set(texts[c::NTEXT]):  # (a column repeats its texts)
+                return None
+        return "\x00".join(texts if out is None else out)
+    except TypeError:  # a value that is no str (unhashable, or refused by the join)
         return None
-    if joined.count(_NULL_SLOT) != slots:
-        return None
-    return joined
 
 
 _slot_columns: dict[int, list] = {}
