@@ -334,8 +334,9 @@ if EventFields._fields != _STMT_EVENT_ORDER:  # pragma: no cover - a developer's
                       f"but events.py declares {EventFields._fields}: update _stmt_event")
 
 
-#: At most this many metadata texts are kept by execution time (see _hot_metadata).
-_MD_TEXTS = 4096
+#: At most this many metadata texts are kept by execution time (see _hot_metadata): a
+#: millisecond's worth of distinct times, some 150 kB per connection at most.
+_MD_TEXTS = 1024
 _MISSING = object()
 
 
