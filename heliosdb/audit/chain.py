@@ -107,8 +107,8 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
     checksum, the RFC 6962 leaf hashes (a tuple), the rows the inserts changed) or None
     when the C writer does not apply (the pure implementation runs, the extension is not
     loaded into APSW's SQLite, a batch smaller than :data:`INSERT_IN_C_FROM`, a text
-    holding U+0000): nothing is written then, and the caller takes its own path, which gives the same rows.
-    A SQLite error is raised as the ``apsw`` exception of its code.
+    holding U+0000): nothing is written then, and the caller takes its own path, which
+    gives the same rows. A SQLite error is raised as the ``apsw`` exception of its code.
     """
     n = len(rows)
     if __impl__ != "c" or n < INSERT_IN_C_FROM or not _loaded_into_sqlite():
@@ -124,14 +124,14 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
         joined = "\x00".join([_NULL_SLOT if t is None else t for t in texts])
     else:
         _check_int_types(rows, success)
+    rows_v = rows
     try:
         sum(rows)  # (ints only now: it fails on a None)
     except TypeError:
         rows_nulls = bytes(map(is_, rows, repeat(None)))
-        rows = [0 if r is None else r for r in rows]
+        rows_v = [0 if r is None else r for r in rows]
     else:
         rows_nulls = bytes(n)
-    rows_v = rows
     blob = joined.encode("utf-8")
     link = _ffi.new("unsigned char[32]", prev)
     leaves = _ffi.new("unsigned char[]", 32 * n)
@@ -185,7 +185,9 @@ def _slotted(texts: Sequence[Optional[str]], n: int) -> Optional[str]:
     try:
         for c in range(NTEXT):
             if texts[c] is None:
-                if texts[c::NTEXT].count(None) != n:  # (cheap: None is compared by identity)
+                # (cheap: None is compared by identity first. A value that is no str but
+                # equals None would be a NULL here, a TypeError text by text.)
+                if texts[c::NTEXT].count(None) != n:
                     return None
                 if out is None:
                     out = list(texts)
