@@ -1757,6 +1757,9 @@ class AuditSession(AuditAPI):
                 maxlen = self._cfg.max_query_length
                 self._sql_info[sql] = info[:5] + (
                     (op, c.target, sql[:maxlen] if maxlen else sql),)
+                # (the class attribute made the instance's: execute() reads it on the hot
+                # path, where Python 3.11 reads an instance attribute much more cheaply)
+                self._acting = self._acting
             elif len(info) > 5:
                 self._sql_info[sql] = info[:5]
         if op in _TX_OPS:
