@@ -851,7 +851,7 @@ class Cursor:
             outer, conn._begin_cursor = conn._begin_cursor, cur  # for _begin() on 3.10
             try:
                 run = conn._audit.execute(
-                    cur, sql, params, begin=bool(flags & _DML) and conn._begin_sql is not None)
+                    cur, sql, params, (flags & _DML) != 0 and conn._begin_sql is not None)
             except BaseException:
                 if not _SPARE_CURSORS:
                     self._close_apsw_cursor()
