@@ -193,3 +193,62 @@ def test_an_event_read_back_is_the_dataclass_it_would_be_built_as(tmp_path):
         ev.id = 0
     with pytest.raises(TypeError):
         AuditEvent.from_row(row[:-1])
+
+
+def _uniform(n: int) -> list[EventFields]:
+    """What the capture queues for a run of one statement: the same texts but the
+    metadata, and the same fields None in every event (error, row values, reason)."""
+    return [EventFields("INSERT", target="t", user="alice", session_id="s-1",
+                        query="INSERT INTO t VALUES (?)", affected_rows=1,
+                        metadata=f'{{"execution_time_ms":{i / 1000!r}}}')
+            for i in range(n)]
+
+
+@NEEDS_C
+@pytest.mark.parametrize("change, column_path, c_path", [
+    (None, True, True),  # fields None in every event: NULL slots a column at a time
+    ({"reason": "ticket 42"}, False, True),  # one event has a reason: text by text
+    ({"target": "a\x01b"}, True, True),  # holds the slot's character: no matter
+    ({"query": "\x01"}, False, False),  # is the slot: the executemany path
+    ({"user": None}, False, True),  # a column of texts with one NULL
+    ({"affected_rows": None}, True, True),
+])
+def test_uniform_batches_store_the_same_rows_as_executemany(tmp_path, monkeypatch, change,
+                                                            column_path, c_path):
+    """insert_events builds the buffer of a batch whose fields are each None in every
+    event or in none a column at a time: the rows, checksums and Merkle frontier are
+    those the pure path stores, and any batch it cannot take that way goes text by text."""
+    events = _uniform(BATCH)
+    if change:
+        events[5] = events[5]._replace(**change)
+    select(monkeypatch, "c")
+    fast = make_log(str(tmp_path / "c.db"), 3)
+    built: list = []
+    real = chain._slotted
+    monkeypatch.setattr(chain, "_slotted", lambda *a: built.append(real(*a)) or built[-1])
+    taken = _calls(monkeypatch)
+    store.append(fast, TABLE, events, now_us=1_700_000_000_000_000)
+    assert taken == [c_path]
+    assert (built[0] is not None) == column_path
+    select(monkeypatch, "pure")
+    slow = make_log(str(tmp_path / "pure.db"), 3)
+    store.append(slow, TABLE, events, now_us=1_700_000_000_000_000)
+    assert _rows(fast) == _rows(slow)
+    assert verify_chain(fast, TABLE).ok
+    meta = "SELECT value FROM __audit_meta WHERE tbl = ? AND key = 'merkle_tree'"
+    assert list(fast.execute(meta, (TABLE,))) == list(slow.execute(meta, (TABLE,)))
+
+
+@NEEDS_C
+def test_uniform_batches_refuse_wrong_types_like_the_other_path(tmp_path, monkeypatch):
+    select(monkeypatch, "c")
+    conn = make_log(str(tmp_path / "c.db"), 0)
+    for change, exc in (({"affected_rows": True}, errors.ProgrammingError),
+                        ({"query": 5}, errors.ProgrammingError),
+                        ({"error": b"x"}, errors.ProgrammingError),
+                        ({"user": "\ud800"}, errors.DataError)):
+        events = _uniform(BATCH)
+        events[9] = events[9]._replace(**change)
+        with pytest.raises(exc):
+            store.append(conn, TABLE, events)
+    assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchall() == [(0,)]

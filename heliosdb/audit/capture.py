@@ -333,6 +333,12 @@ if EventFields._fields != _STMT_EVENT_ORDER:  # pragma: no cover - a developer's
                       f"but events.py declares {EventFields._fields}: update _stmt_event")
 
 
+#: At most this many metadata texts are kept by execution time (see _hot_metadata): a
+#: millisecond's worth of distinct times, some 150 kB per connection at most.
+_MD_TEXTS = 1024
+_MISSING = object()
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -589,6 +595,9 @@ class AuditSession(AuditAPI):
     #: Also a class attribute: the rollback hook reads it, and may run on a session whose
     #: __init__ did not get that far (a connection collected half-built).
     _doomed: Optional[str] = None
+    #: acting_as() frames open now, on any thread (changed under the lock): while there is
+    #: none, execute()'s hot path need not read this thread's frame (a thread-local).
+    _acting = 0
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
@@ -1298,25 +1307,29 @@ class AuditSession(AuditAPI):
         return md
 
     def _metadata_parts(self) -> tuple:
-        """(canonical JSON of the constant metadata or None, prefix, suffix): the metadata
-        of an event with an execution time is ``prefix + repr(ms) + suffix``, already in
-        canonical form (sorted keys), so that no JSON is encoded per statement. Rebuilt
-        when the context changes. ``prefix`` is None when that shortcut does not apply.
+        """(canonical JSON of the constant metadata or None, prefix, suffix, texts,
+        reason): the metadata of an event with an execution time is ``prefix + repr(ms) +
+        suffix``, already in canonical form (sorted keys), so that no JSON is encoded per
+        statement. Rebuilt when the context changes (``set_context``), which empties
+        ``texts``, the metadata of the hot path's events by their time in microseconds
+        (see :meth:`_hot_metadata`); ``reason`` is the context's. ``prefix`` is None
+        when that shortcut does not apply.
 
-        Kept per config object, database name and context (``_MD_PARTS``) when every
-        context key is a str and every value a str, an int, a bool or None, typed in the
-        key (``1`` and ``True`` are equal keys but not equal JSON): every connection of a
-        process builds the same parts, three canonical JSON encodings at its first event
-        (LOGIN)."""
+        The first three are kept per config object, database name and context
+        (``_MD_PARTS``) when every context key is a str and every value a str, an int, a
+        bool or None, typed in the key (``1`` and ``True`` are equal keys but not equal
+        JSON): every connection of a process builds the same parts, three canonical JSON
+        encodings at its first event (LOGIN). ``texts`` is the session's own."""
         parts = self._md_parts
         if parts is None:
             ctx = self._context
             if all(k.__class__ is str and v.__class__ in _PLAIN_JSON for k, v in ctx.items()):
-                parts = per_config(_MD_PARTS, self._config, (
+                base = per_config(_MD_PARTS, self._config, (
                     self._conn._database, tuple([(k, v.__class__, v) for k, v in ctx.items()])),
                     self._build_metadata_parts)
             else:
-                parts = self._build_metadata_parts()
+                base = self._build_metadata_parts()
+            parts = base + ({}, ctx.get("reason"))
             self._md_parts = parts
         return parts
 
@@ -1335,12 +1348,26 @@ class AuditSession(AuditAPI):
         """The metadata of an event without details: canonical JSON text built from the
         cached parts (see :meth:`_metadata_parts`), its ``execution_time_ms`` to the
         microsecond; a dict when no shortcut applies; None when there is none."""
-        whole, prefix, suffix = self._md_parts or self._metadata_parts()
+        whole, prefix, suffix, _texts, _reason = self._md_parts or self._metadata_parts()
         if elapsed_ns is None or not self._cfg.capture_metadata.execution_time:
             return whole
         if prefix is not None:
             return prefix + repr((elapsed_ns + 500) // 1000 / 1000) + suffix
         return self._metadata(elapsed_ns)
+
+    def _hot_metadata(self, us: int, elapsed_ns: int) -> Any:
+        """``_timed_metadata(elapsed_ns) or None``, the metadata of a hot path event
+        (:meth:`execute`) for a statement that took ``us`` microseconds (``elapsed_ns``
+        rounded as ``execution_time_ms`` is), kept for the next statement that takes as
+        long when it is text (the metadata depends on ``us`` only): the hot path reads
+        it from ``_md_parts[3]`` instead of building it, ``repr(float)`` included."""
+        md = self._timed_metadata(elapsed_ns) or None
+        if md is None or md.__class__ is str:
+            texts = self._md_parts[3]
+            if len(texts) >= _MD_TEXTS:
+                texts.clear()
+            texts[us] = md
+        return md
 
     def _stmt_event(self, operation: str, target: Optional[str], query: Optional[str],
                     affected_rows: Optional[int], elapsed_ns: int) -> EventFields:
@@ -1484,6 +1511,8 @@ class AuditSession(AuditAPI):
     def _failed_copies(self, events: list[EventFields], reason: str) -> list[EventFields]:
         out = []
         for ev in events:
+            if ev.__class__ is tuple:  # queued by execute()'s hot path: the same fields
+                ev = _new_event(EventFields, ev)
             if ev.operation in _KEEP_ON_ROLLBACK:
                 out.append(ev)
             elif ev.success:
@@ -1556,33 +1585,85 @@ class AuditSession(AuditAPI):
         self._after_rollback(reason)
 
     # -- the execution paths the DB-API calls ----------------------------------------
-    def execute(self, cur: apsw.Cursor, sql: str, params: Any, *,
-                query: Optional[str] = None, begin: bool = False) -> StatementRun:
+    def execute(self, cur: apsw.Cursor, sql: str, params: Any, begin: bool = False, *,
+                query: Optional[str] = None) -> Any:
         """Run one statement on the APSW cursor ``cur`` and record it (as ``query`` if
         given: the statement of a script without its surrounding white space). ``begin``:
         open the DB-API's implicit transaction first if none is open (decided under the
-        lock). Returns what the DB-API cursor reports of the statement."""
-        with self._lock:
-            self._refuse_reentry()
+        lock; positional, as the DB-API passes it: a keyword costs a name match per call). Returns what the DB-API cursor reports of the statement: a
+        :class:`StatementRun`, or on the hot path a plain tuple in its order."""
+        # (acquire and release, not ``with``: a with statement looks __enter__ and
+        # __exit__ up and binds them each time, about 1,000 instructions)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._writing:
+                self._refuse_reentry()
             if self._many and _keyword_op(sql) in _TX_OPS:
                 self._no_tx_end(sql)
             if self._depth:
                 return self._nested(self.execute, cur, sql, params, query=query,
                                     begin=begin)
             db = self._db
-            if begin and db.get_autocommit():
+            autocommit = db.get_autocommit()
+            if begin and autocommit:
                 self._conn._begin()
+                autocommit = db.get_autocommit()
             info = self._sql_info.get(sql)
-            if info is not None and len(info) > 5 and query is None and self._hot_allowed \
-                    and not self._foreign and not self._just_begun \
+            if not autocommit and info is not None and len(info) > 5 and query is None \
+                    and self._hot_allowed and not self._foreign and not self._just_begun \
                     and self._unstored < _TX_BATCH - 1 and self._pending_begin is None \
                     and not self._select_buffer and not self._rolled_back \
-                    and self._tls.top is None and not db.get_autocommit():
-                self._depth += 1
+                    and (not self._acting or self._tls.top is None):
+                # The hot path: DML already classified, in an open transaction whose queue
+                # takes its event (no acting_as() frame on this thread). Same event as
+                # _execute and _finish record, in fewer steps; anything unusual after it
+                # ran goes to _finish.
+                self._depth = 1  # (it was 0: see above)
                 try:
-                    return self._execute_hot(cur, sql, params, info)
+                    if self._actions:
+                        self._actions = []
+                    if self._denied is not None:
+                        self._denied = None
+                    before = db.total_changes()
+                    t0 = _perf_ns()
+                    try:
+                        cur.execute(sql, params)
+                    except BaseException as exc:  # noqa: BLE001
+                        elapsed = _perf_ns() - t0
+                        explained = _explain_now(db, exc)
+                        self._record_failure(sql, exc, elapsed, wrapped=False, before=before,
+                                             query=None, params=params)
+                        if explained is not None:
+                            raise explained from exc
+                        self._raise(exc, sql)
+                    elapsed = _perf_ns() - t0
+                    if self._actions or self._rolled_back or self._row_values \
+                            or db.get_autocommit():
+                        # Prepared again (the schema changed: classify it again), or the
+                        # transaction ended under it: the general path decides.
+                        return self._finish(cur, sql, params, None, info, False, False,
+                                            before, elapsed, None, None)
+                    # A statement whose first word is INSERT, UPDATE, DELETE, REPLACE or
+                    # WITH (hot records are made for no other: see _finish): SQLite sets
+                    # changes() when it ends, to 0 when it changed nothing, so that the
+                    # event's affected_rows is changes() without the total_changes()
+                    # comparison _finish needs for other statements.
+                    changes = db.changes()
+                    op, target, q = info[5]
+                    parts = self._md_parts or self._metadata_parts()
+                    us = (elapsed + 500) // 1000
+                    md = parts[3].get(us, _MISSING)
+                    if md is _MISSING:
+                        md = self._hot_metadata(us, elapsed)
+                    # _stmt_event's fields, as a plain tuple (see _failed_copies): the
+                    # record holds the query already cut to max_query_length.
+                    self._pending_tx.append((op, target, self.user, self.session_id, q,
+                                             changes, 1, None, md, None, None, parts[4]))
+                    self._unstored += 1
+                    return (changes, db.last_insert_rowid(), None, None)
                 finally:
-                    self._depth -= 1
+                    self._depth = 0
             if self._foreign:
                 try:
                     return self._execute(cur, sql, params, query)
@@ -1598,6 +1679,8 @@ class AuditSession(AuditAPI):
                 raise
             finally:
                 self._depth -= 1
+        finally:
+            lock.release()
 
     def probe(self, run: Any) -> Any:
         """Run ``run()``, a compile-only probe of user SQL (``con(sql)``, a description or
@@ -1650,46 +1733,6 @@ class AuditSession(AuditAPI):
             self._nested_changes += self._db.total_changes() - changes
             self._depth = depth
             self._actions, self._denied, self._row_values = saved
-
-    def _execute_hot(self, cur: apsw.Cursor, sql: str, params: Any,
-                     info: tuple) -> StatementRun:
-        """:meth:`_execute` for the statement audited most: DML already classified, in an
-        open transaction whose queue takes its event (execute() checked the rest). Same
-        event, fewer steps; anything unusual after it ran goes to :meth:`_finish`."""
-        db = self._db
-        if self._actions:
-            self._actions = []
-        if self._denied is not None:
-            self._denied = None
-        before = db.total_changes()
-        t0 = _perf_ns()
-        try:
-            cur.execute(sql, params)
-        except BaseException as exc:  # noqa: BLE001
-            elapsed = _perf_ns() - t0
-            explained = _explain_now(db, exc)
-            self._record_failure(sql, exc, elapsed, wrapped=False, before=before,
-                                 query=None, params=params)
-            if explained is not None:
-                raise explained from exc
-            self._raise(exc, sql)
-        elapsed = _perf_ns() - t0
-        if self._actions or self._rolled_back or self._row_values or db.get_autocommit():
-            # Prepared again (the schema changed: classify it again), or the transaction
-            # ended under it: the general path decides.
-            return self._finish(cur, sql, params, None, info, False, False, before, elapsed,
-                                None, None)
-        changes = db.changes()
-        op, target, query = info[5]
-        # _stmt_event's tuple, built here: the hot record holds the query already cut to
-        # max_query_length, and execute() checked that no acting_as() frame is open.
-        md = self._timed_metadata(elapsed)
-        self._pending_tx.append(_new_event(EventFields, (
-            op, target, self.user, self.session_id, query,
-            changes if db.total_changes() != before else 0, 1, None, md or None, None, None,
-            self._context.get("reason"))))
-        self._unstored += 1
-        return _new_event(StatementRun, (changes, db.last_insert_rowid(), None, None))
 
     def _execute(self, cur: apsw.Cursor, sql: str, params: Any,
                  query: Optional[str]) -> StatementRun:
@@ -1788,13 +1831,18 @@ class AuditSession(AuditAPI):
             # A DML statement classified from the authorizer's account (now, or when it
             # was prepared): the next runs of this text inside a transaction take the hot
             # path of execute(), with what it was classified as. Classified again (the
-            # schema changed), the record is replaced, or dropped.
-            if wanted and op in _DML_OPS and rows is None and info[1] \
+            # schema changed), the record is replaced, or dropped. Only a text that is a
+            # DML statement by its first word (info[0]): the hot path counts its rows
+            # by changes() alone (not EXPLAIN INSERT ..., which changes nothing).
+            if wanted and op in _DML_OPS and rows is None and info[0] and info[1] \
                     and not (info[2] or info[3] or info[4]) \
                     and (self._actions or sql in self._class_cache):
                 maxlen = self._cfg.max_query_length
                 self._sql_info[sql] = info[:5] + (
                     (op, c.target, sql[:maxlen] if maxlen else sql),)
+                # (the class attribute made the instance's: execute() reads it on the hot
+                # path, where Python 3.11 reads an instance attribute much more cheaply)
+                self._acting = self._acting
             elif len(info) > 5:
                 self._sql_info[sql] = info[:5]
         if op in _TX_OPS:
@@ -2389,11 +2437,15 @@ class AuditSession(AuditAPI):
             self._record_actor_change(user, why, overrides, vouched_by=vouched_by)
             tls.stack.append((user, why, ctx))
             tls.top = tls.stack[-1]
+            with self._lock:
+                self._acting += 1
             try:
                 yield self
             finally:
                 tls.stack.pop()
                 tls.top = tls.stack[-1] if tls.stack else None
+                with self._lock:
+                    self._acting -= 1
 
         return frame()
 

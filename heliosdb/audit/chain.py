@@ -98,29 +98,41 @@ INSERT_IN_C_FROM = 16
 
 def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, first_ts: int,
                   rows: Sequence[Optional[int]], success: Sequence[int],
-                  texts: Sequence[Optional[str]]) -> Optional[tuple[bytes, list, int]]:
+                  texts: Sequence[Optional[str]]) -> Optional[tuple[bytes, tuple, int]]:
     """Hash and insert consecutive events in one call into C (store.append's fast path).
 
     Event ``i`` gets id ``first_id + i`` and ``ts_us`` ``first_ts + i``; ``texts`` holds
     its ten text fields as :func:`chain_checksums` takes them, and ``insert_sql`` is the
     log's INSERT of :data:`~heliosdb.audit.events.COLUMNS` in order. Returns (the last
-    checksum, the RFC 6962 leaf hashes, the rows the inserts changed) or None when the C
-    writer does not apply (the pure implementation runs, the extension is not loaded into
-    APSW's SQLite, a batch smaller than :data:`INSERT_IN_C_FROM`, a text holding U+0000):
-    nothing is written then, and the caller takes its own path, which gives the same rows.
-    A SQLite error is raised as the ``apsw`` exception of its code.
+    checksum, the RFC 6962 leaf hashes (a tuple), the rows the inserts changed) or None
+    when the C writer does not apply (the pure implementation runs, the extension is not
+    loaded into APSW's SQLite, a batch smaller than :data:`INSERT_IN_C_FROM`, a text
+    holding U+0000): nothing is written then, and the caller takes its own path, which
+    gives the same rows. A SQLite error is raised as the ``apsw`` exception of its code.
     """
     n = len(rows)
     if __impl__ != "c" or n < INSERT_IN_C_FROM or not _loaded_into_sqlite():
         return None
     if first_id.__class__ is not int or first_ts.__class__ is not int:
         raise TypeError("id and ts_us must be integers")
-    if _NULL_SLOT in texts:
-        return None  # a text that reads as the NULL slot: the other path takes the batch
-    rows_nulls = bytes(map(is_, rows, repeat(None)))
-    rows_v = [0 if r is None else r for r in rows] if any(rows_nulls) else rows
-    _check_int_types(rows, success)
-    blob = "\x00".join([_NULL_SLOT if t is None else t for t in texts]).encode("utf-8")
+    joined = _slotted(texts, n)
+    if joined is None:  # (the general case, per text, as it always was)
+        if _NULL_SLOT in texts:
+            return None  # a text that reads as the NULL slot: the other path takes the batch
+        _check_int_types(rows, success)
+        # join raises TypeError for a non-str field, as the pure encoder does.
+        joined = "\x00".join([_NULL_SLOT if t is None else t for t in texts])
+    else:
+        _check_int_types(rows, success)
+    rows_v = rows
+    try:
+        sum(rows)  # (ints only now: it fails on a None)
+    except TypeError:
+        rows_nulls = bytes(map(is_, rows, repeat(None)))
+        rows_v = [0 if r is None else r for r in rows]
+    else:
+        rows_nulls = bytes(n)
+    blob = joined.encode("utf-8")
     link = _ffi.new("unsigned char[32]", prev)
     leaves = _ffi.new("unsigned char[]", 32 * n)
     changes = _ffi.new("int64_t *")
@@ -137,15 +149,67 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
         exc = apsw.exception_for(rc)
         exc.args = (_ffi.string(errmsg).decode("utf-8", "replace"),)
         raise exc
-    lb = _ffi.buffer(leaves)[:]
-    return (bytes(_ffi.buffer(link)), [lb[i:i + 32] for i in range(0, 32 * n, 32)],
+    return (bytes(_ffi.buffer(link)), _leaf_split(n).unpack(_ffi.buffer(leaves)),
             changes[0])
 
 
 #: How the C writer's text buffer spells NULL (csrc/chain.c NULL_SLOT): a slot of that one
 #: character. A batch where some text is exactly it goes the other way.
 _NULL_SLOT = "\x01"
+_leaf_structs: dict[int, struct.Struct] = {}
+
+
+def _leaf_split(n: int) -> struct.Struct:
+    """A Struct whose unpack() cuts ``32 * n`` bytes into ``n`` leaf hashes of 32 bytes
+    (a tuple, in one call into C); kept per ``n``, at most 64 of them."""
+    s = _leaf_structs.get(n)
+    if s is None:
+        if len(_leaf_structs) >= 64:
+            _leaf_structs.clear()
+        s = _leaf_structs[n] = struct.Struct("32s" * n)
+    return s
+
+
 _sqlite_loaded: Optional[bool] = None
+
+
+def _slotted(texts: Sequence[Optional[str]], n: int) -> Optional[str]:
+    """The C writer's text buffer for ``n`` events (``texts``, ten per event), built a
+    column at a time: a text field that is None in every event (an error, row values, a
+    reason) becomes the NULL slot by one slice assignment, and the rest is joined as it
+    is. None (the caller then goes text by text, which decides) when that does not apply:
+    a column mixing None and texts, a value that is no str, a text that is the slot."""
+    if len(texts) != NTEXT * n:
+        return None
+    out = None
+    try:
+        for c in range(NTEXT):
+            if texts[c] is None:
+                # (cheap: None is compared by identity first. A value that is no str but
+                # equals None would be a NULL here, a TypeError text by text.)
+                if texts[c::NTEXT].count(None) != n:
+                    return None
+                if out is None:
+                    out = list(texts)
+                out[c::NTEXT] = _slot_column(n)
+            elif _NULL_SLOT in set(texts[c::NTEXT]):  # (a column repeats its texts)
+                return None
+        return "\x00".join(texts if out is None else out)
+    except TypeError:  # a value that is no str (unhashable, or refused by the join)
+        return None
+
+
+_slot_columns: dict[int, list] = {}
+
+
+def _slot_column(n: int) -> list:
+    """``[_NULL_SLOT] * n``, kept per ``n`` (at most 64 of them): read, never changed."""
+    col = _slot_columns.get(n)
+    if col is None:
+        if len(_slot_columns) >= 64:
+            _slot_columns.clear()
+        col = _slot_columns[n] = [_NULL_SLOT] * n
+    return col
 
 
 def _loaded_into_sqlite() -> bool:
