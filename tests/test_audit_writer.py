@@ -155,6 +155,31 @@ def test_wrong_types_are_refused_like_the_other_path(tmp_path, chain_impl):
 
 
 @NEEDS_C
+def test_a_value_that_says_it_equals_none_is_not_written_as_null(tmp_path, monkeypatch):
+    """The C writer's entry point, called directly (store.append refuses a field that is
+    no str before it gets there): a text column that is None in the first event and an
+    object claiming to equal None in the others is not turned into NULL slots; the batch
+    is refused as any value that is no str is, and nothing is written."""
+    class SaysNone:
+        def __eq__(self, other):
+            return other is None
+
+        __hash__ = object.__hash__
+
+    select(monkeypatch, "c")
+    conn = make_log(str(tmp_path / "c.db"), 0)
+    n = BATCH
+    texts = ["INSERT", "main.t", "alice", "s1", "q", None, None, None, None, None] * n
+    for i in range(1, n):
+        texts[10 * i + 9] = SaysNone()  # the reason field
+    with conn:
+        with pytest.raises(TypeError):
+            chain.insert_events(conn, store._insert_sql(TABLE), bytes(32), 1,
+                                1_700_000_000_000_000, [1] * n, [1] * n, texts)
+    assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchall() == [(0,)]
+
+
+@NEEDS_C
 def test_texts_that_look_like_the_null_slot_are_stored_as_given(tmp_path, monkeypatch):
     """The C writer's buffer spells NULL as the one-character slot U+0001: a text that is
     exactly that sends the batch down the other path; one that merely contains it does not."""

@@ -185,9 +185,9 @@ def _slotted(texts: Sequence[Optional[str]], n: int) -> Optional[str]:
     try:
         for c in range(NTEXT):
             if texts[c] is None:
-                # (cheap: None is compared by identity first. A value that is no str but
-                # equals None would be a NULL here, a TypeError text by text.)
-                if texts[c::NTEXT].count(None) != n:
+                # (by identity: a value that is no str but says it equals None is refused
+                # text by text, as the pure encoder refuses it)
+                if not all(map(is_, texts[c::NTEXT], repeat(None))):
                     return None
                 if out is None:
                     out = list(texts)
