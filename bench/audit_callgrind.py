@@ -20,10 +20,10 @@ bench/audit_hotpath.py), ``heliosdb`` (not audited), ``heliosdb-audit`` (``confi
 "default"``) and ``heliosdb-enc-audit`` (the same, encrypted with a raw key). The journal
 is WAL with synchronous=NORMAL everywhere. Prints a markdown table and writes it to
 bench/results/audit_callgrind.md, followed by a second table splitting the audited
-engine's figure into its parts (SQLite running the statement, SQLite storing the event
-row, SHA-256, the C writer, the Merkle fold, and the rest: Python and glue), from
-callgrind's inclusive costs by caller (``callgrind_annotate --tree=caller``), with the same
-(2N - N) / N difference.
+engine's figure for ``single`` and ``update`` into its parts (SQLite running the
+statement, SQLite storing the event row, SHA-256, the C writer, the Merkle fold, and the
+rest: Python and glue), from callgrind's inclusive costs by caller
+(``callgrind_annotate --tree=caller``), with the same (2N - N) / N difference.
 
 Under valgrind, OpenSSL cannot use the CPU's SHA extensions (valgrind does not emulate
 them), so SHA-256 runs its portable code: the two hashes an event needs (chain link and
@@ -128,16 +128,21 @@ PARTS = (
 )
 REST = ("everything else: Python (DB-API cursor, audit capture, the flush's per-event "
         "work), APSW's glue, memory management")
-#: The engines whose instructions are split into :data:`PARTS`.
+#: The engines and workloads whose instructions are split into :data:`PARTS`: those where
+#: each event is stored by the C writer at commit. (``many`` records one event per call
+#: of 1,000 rows; an ``autocommit`` statement's single event takes the executemany path,
+#: whose INSERT APSW steps: the parts above would misname it.)
 SPLIT_ENGINES = ("heliosdb-audit",)
+SPLIT_WORKLOADS = ("single", "update")
 
 
 def measure(engine: str, workload: str, n: int) -> "tuple[float, Optional[list[float]]]":
-    """(instructions per statement, and for :data:`SPLIT_ENGINES` the share of each of
-    :data:`PARTS` and then the rest, per statement; else None)."""
+    """(instructions per statement, and for :data:`SPLIT_ENGINES` on
+    :data:`SPLIT_WORKLOADS` the share of each of :data:`PARTS` and then the rest, per
+    statement; else None)."""
     prefill = 2 * n
     args = (__file__, engine, workload)
-    if engine not in SPLIT_ENGINES:
+    if engine not in SPLIT_ENGINES or workload not in SPLIT_WORKLOADS:
         return (_callgrind.instructions(*args, 2 * n, prefill)
                 - _callgrind.instructions(*args, n, prefill)) / n, None
     total2, e2 = _callgrind.profile(*args, 2 * n, prefill)
