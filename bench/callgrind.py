@@ -49,7 +49,10 @@ def profile(script: str, *drive_args: object,
         return int(m.group(1)), edges
 
 
-_EDGE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+([<*])\s+(.*?)(?: \(([\d,]+)x\))?(?: \[.*\])?$")
+#: A line of the caller tree: cost, percentage, ``<`` (a caller) or ``*`` (the function),
+#: the name, the call count of a caller, the object file.
+_EDGE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+([<*])\s+(.*?)"
+                   r"(?: \(([\d,]+)x\))?(?: \[.*\])?$")
 
 
 def _bare(name: str) -> str:

@@ -1590,7 +1590,8 @@ class AuditSession(AuditAPI):
         """Run one statement on the APSW cursor ``cur`` and record it (as ``query`` if
         given: the statement of a script without its surrounding white space). ``begin``:
         open the DB-API's implicit transaction first if none is open (decided under the
-        lock; positional, as the DB-API passes it: a keyword costs a name match per call). Returns what the DB-API cursor reports of the statement: a
+        lock; positional, as the DB-API passes it: a keyword costs a name match per
+        call). Returns what the DB-API cursor reports of the statement: a
         :class:`StatementRun`, or on the hot path a plain tuple in its order."""
         # (acquire and release, not ``with``: a with statement looks __enter__ and
         # __exit__ up and binds them each time, about 1,000 instructions)
