@@ -595,9 +595,6 @@ class AuditSession(AuditAPI):
     #: Also a class attribute: the rollback hook reads it, and may run on a session whose
     #: __init__ did not get that far (a connection collected half-built).
     _doomed: Optional[str] = None
-    #: acting_as() frames open now, on any thread (changed under the lock): while there is
-    #: none, execute()'s hot path need not read this thread's frame (a thread-local).
-    _acting = 0
 
     def __init__(self, conn: Any, config: Any, user: Optional[str],
                  context: Optional[dict], *, overridden: Optional[dict] = None,
@@ -626,6 +623,9 @@ class AuditSession(AuditAPI):
         self._sql_info: dict[str, tuple] = {}  # sql -> (wrap in autocommit, can_cache)
         self._actions: list = []
         self._depth = 0  # audited statements running now on this connection (_nested)
+        # acting_as() frames open now, on any thread (changed under the lock): while there
+        # is none, execute()'s hot path need not read this thread's frame (a thread-local).
+        self._acting = 0
         self._nested_changes = 0  # rows changed by nested statements (_nested), ever
         self._many = 0  # executemany() is drawing its parameters (see _no_tx_end)
         # Our own statements: the authorizer lets them through, on the thread that runs
@@ -1841,9 +1841,6 @@ class AuditSession(AuditAPI):
                 maxlen = self._cfg.max_query_length
                 self._sql_info[sql] = info[:5] + (
                     (op, c.target, sql[:maxlen] if maxlen else sql),)
-                # (the class attribute made the instance's: execute() reads it on the hot
-                # path, where Python 3.11 reads an instance attribute much more cheaply)
-                self._acting = self._acting
             elif len(info) > 5:
                 self._sql_info[sql] = info[:5]
         if op in _TX_OPS:

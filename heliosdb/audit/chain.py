@@ -14,6 +14,7 @@ specified in :mod:`heliosdb.audit.events` and ``docs/AUDIT_FORMAT.md``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from itertools import repeat
@@ -156,18 +157,13 @@ def insert_events(conn: object, insert_sql: str, prev: bytes, first_id: int, fir
 #: How the C writer's text buffer spells NULL (csrc/chain.c NULL_SLOT): a slot of that one
 #: character. A batch where some text is exactly it goes the other way.
 _NULL_SLOT = "\x01"
-_leaf_structs: dict[int, struct.Struct] = {}
 
 
+@functools.lru_cache(maxsize=64)
 def _leaf_split(n: int) -> struct.Struct:
     """A Struct whose unpack() cuts ``32 * n`` bytes into ``n`` leaf hashes of 32 bytes
-    (a tuple, in one call into C); kept per ``n``, at most 64 of them."""
-    s = _leaf_structs.get(n)
-    if s is None:
-        if len(_leaf_structs) >= 64:
-            _leaf_structs.clear()
-        s = _leaf_structs[n] = struct.Struct("32s" * n)
-    return s
+    (a tuple, in one call into C); kept per ``n``."""
+    return struct.Struct("32s" * n)
 
 
 _sqlite_loaded: Optional[bool] = None
@@ -199,17 +195,10 @@ def _slotted(texts: Sequence[Optional[str]], n: int) -> Optional[str]:
         return None
 
 
-_slot_columns: dict[int, list] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _slot_column(n: int) -> list:
-    """``[_NULL_SLOT] * n``, kept per ``n`` (at most 64 of them): read, never changed."""
-    col = _slot_columns.get(n)
-    if col is None:
-        if len(_slot_columns) >= 64:
-            _slot_columns.clear()
-        col = _slot_columns[n] = [_NULL_SLOT] * n
-    return col
+    """``[_NULL_SLOT] * n``, kept per ``n``: read, never changed."""
+    return [_NULL_SLOT] * n
 
 
 def _loaded_into_sqlite() -> bool:
